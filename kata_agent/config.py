@@ -1,0 +1,56 @@
+"""Configuration of kata-agent's service half (gRPC service, containers, processes).
+
+`AgentConfig` is built by the agent's CLI (kata_agent/cli.py) from flags and the
+kernel command line, and handed to `kata_agent.service.start_grpc_server`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+# Where the 9p share (mount tag "kataShared") is mounted in the guest, and
+# therefore where each container's bundle lives: <SHARED_MOUNT>/<container id>/.
+KATA_SHARED_DIR = "/run/kata-containers/shared/containers/"
+
+
+@dataclass
+class AgentConfig:
+    # runc binary (name looked up on PATH, or an absolute path).
+    runc: str = "runc"
+    # Agent state: runc's --root is <state_dir>/runc, consoles and scratch
+    # files of each container live under <state_dir>/containers/<id>/.
+    state_dir: str = "/run/kata-agent"
+    # Process sandbox only: a Storage {driver "9p", source "kataShared"} is
+    # satisfied by BIND-mounting this host directory at its mount_point
+    # instead of mounting 9p. None (a VM): mount 9p for real.
+    shared_dir_source: str | None = None
+    # Bound of each stdout/stderr buffer kept by the agent. When it is full the
+    # agent stops reading that pipe (the process blocks; nothing is dropped).
+    stream_buffer_limit: int = 1 << 20
+    # Largest chunk a single read(2) of a container pipe asks for.
+    read_chunk: int = 64 << 10
+    # Python logging level name (debug, info, warning, error).
+    log_level: str = "info"
+    # Cgroup parent used when a spec has no Linux.CgroupsPath
+    # (runc then gets "<cgroup_parent>/<container id>").
+    cgroup_parent: str = "/kata"
+    # Default mount point of the shared directory when a spec's root path is
+    # relative or a Storage has no mount_point.
+    shared_mount: str = KATA_SHARED_DIR
+    # Perform sandbox-wide system changes (sethostname, settimeofday, mounts).
+    # The process sandbox runs the agent in its own uts/mount namespaces, so
+    # these are safe there; tests running the service directly on the host set
+    # this False so nothing global is touched.
+    manage_system: bool = True
+    # Version string reported by Health.Version.
+    agent_version: str = "kata-py-0.1.0"
+    # Extra environment for runc invocations (rarely needed).
+    runc_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def runc_root(self) -> str:
+        return os.path.join(self.state_dir, "runc")
+
+    def container_state_dir(self, container_id: str) -> str:
+        return os.path.join(self.state_dir, "containers", container_id)
