@@ -1,0 +1,365 @@
+"""Logging for kata-proxy: logfmt text or JSON lines, never blocking the event loop.
+
+Every record becomes one line with these fields, in this order::
+
+    time=2026-11-24T17:25:19.123456Z level=info msg="..." name=kata-proxy pid=42 source=proxy sandbox=ID ...
+
+``source`` is ``proxy`` for the proxy's own lines, ``agent`` for guest console lines and
+``yamux`` for the multiplexer's.  Extra fields are passed with ``extra={"fields": {...}}``
+(see :func:`fields`).
+
+Lines are queued to a writer thread: a full log pipe never stalls the data path.  When the
+bounded queue is full, records are dropped and counted, and a ``dropped N log lines`` notice
+is written once the writer catches up.
+
+The module is named ``log`` (not ``logging``) so that it can never shadow the standard library.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+
+#: Level names accepted on the command line (logrus spellings plus Python's).
+LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+    "critical": logging.CRITICAL,
+}
+
+#: The name written in the ``level=`` field (logrus style).
+LEVEL_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "fatal",
+}
+
+FORMATS = ("text", "logfmt", "json")
+
+PROXY_LOGGER = "kata_proxy"
+AGENT_LOGGER = "kata_proxy.agent"
+
+
+def parse_level(name: str) -> int:
+    """Level number for a command-line level name; ValueError when unknown."""
+    try:
+        return LEVELS[name.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown log level {name!r} (one of: {', '.join(sorted(set(LEVELS)))})"
+        ) from None
+
+
+def level_name(levelno: int) -> str:
+    if levelno in LEVEL_NAMES:
+        return LEVEL_NAMES[levelno]
+    best = logging.DEBUG
+    for number in sorted(LEVEL_NAMES):
+        if number <= levelno:
+            best = number
+    return LEVEL_NAMES[best]
+
+
+def fields(**kw) -> dict:
+    """``extra=`` argument carrying structured fields: ``log.info("x", extra=fields(a=1))``."""
+    return {"fields": kw}
+
+
+# --------------------------------------------------------------------------- logfmt
+
+
+def _needs_quotes(value: str) -> bool:
+    if value == "":
+        return True
+    for ch in value:
+        if ch <= " " or ch in '="\\' or ch == "\x7f":
+            return True
+    return False
+
+
+def logfmt_value(value) -> str:
+    """One logfmt value: bare when safe, else double-quoted with Go-style escapes."""
+    if value is None:
+        return '""'
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    text = value if isinstance(value, str) else str(value)
+    if not _needs_quotes(text):
+        return text
+    out = ['"']
+    for ch in text:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch < " " or ch == "\x7f":
+            out.append("\\u%04x" % ord(ch))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _valid_key(key: str) -> str:
+    cleaned = "".join(ch if (ch > " " and ch not in '="\\') else "_" for ch in str(key))
+    return cleaned or "_"
+
+
+def format_logfmt(items) -> str:
+    """``key=value`` pairs, in order, separated by single spaces (no newline)."""
+    return " ".join(f"{_valid_key(k)}={logfmt_value(v)}" for k, v in items)
+
+
+_UNESCAPE = {'"': '"', "\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def parse_logfmt(line: str) -> dict:
+    """Parse one logfmt line into a dict (the inverse of :func:`format_logfmt`).
+
+    Used by the tests and by the console reader to pick up an agent line's own level.
+    A key without ``=`` maps to ``True``.  Raises ValueError on an unterminated quote.
+    """
+    out: dict = {}
+    i, n = 0, len(line)
+    while i < n:
+        while i < n and line[i] == " ":
+            i += 1
+        if i >= n:
+            break
+        start = i
+        while i < n and line[i] not in " =":
+            i += 1
+        key = line[start:i]
+        if i >= n or line[i] == " ":
+            out[key] = True
+            continue
+        i += 1  # '='
+        if i < n and line[i] == '"':
+            i += 1
+            buf = []
+            while True:
+                if i >= n:
+                    raise ValueError("unterminated quoted value")
+                ch = line[i]
+                if ch == '"':
+                    i += 1
+                    break
+                if ch == "\\" and i + 1 < n:
+                    nxt = line[i + 1]
+                    if nxt == "u" and i + 5 < n:
+                        buf.append(chr(int(line[i + 2 : i + 6], 16)))
+                        i += 6
+                        continue
+                    buf.append(_UNESCAPE.get(nxt, nxt))
+                    i += 2
+                    continue
+                buf.append(ch)
+                i += 1
+            out[key] = "".join(buf)
+        else:
+            start = i
+            while i < n and line[i] != " ":
+                i += 1
+            out[key] = line[start:i]
+    return out
+
+
+# --------------------------------------------------------------------------- formatter
+
+
+def _timestamp(created: float) -> str:
+    moment = _dt.datetime.fromtimestamp(created, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _source(record: logging.LogRecord) -> str:
+    name = record.name
+    if name == AGENT_LOGGER or name.startswith(AGENT_LOGGER + "."):
+        return "agent"
+    if name == PROXY_LOGGER or name.startswith(PROXY_LOGGER + "."):
+        return "proxy"
+    return name.split(".", 1)[0] or "proxy"
+
+
+class LineFormatter(logging.Formatter):
+    """Formats a record as one logfmt (``text``) or JSON line."""
+
+    def __init__(self, fmt: str = "text", *, sandbox: str | None = None, name: str = "kata-proxy"):
+        super().__init__()
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown log format {fmt!r} (one of: text, logfmt, json)")
+        self.json = fmt == "json"
+        self.sandbox = sandbox
+        self.name = name
+        self.pid = os.getpid()
+
+    def items(self, record: logging.LogRecord) -> list:
+        msg = record.getMessage()
+        if record.exc_info and record.levelno >= logging.ERROR:
+            exc = record.exc_info[1]
+            msg = f"{msg}: {type(exc).__name__}: {exc}"
+        items = [
+            ("time", _timestamp(record.created)),
+            ("level", level_name(record.levelno)),
+            ("msg", msg),
+            ("name", self.name),
+            ("pid", self.pid),
+            ("source", _source(record)),
+        ]
+        if self.sandbox:
+            items.append(("sandbox", self.sandbox))
+        extra = getattr(record, "fields", None)
+        if extra:
+            taken = {k for k, _ in items}
+            for key, value in extra.items():
+                if key in taken:
+                    key = "fields." + key
+                items.append((key, value))
+        return items
+
+    def format(self, record: logging.LogRecord) -> str:
+        items = self.items(record)
+        if self.json:
+            return json.dumps(dict(items), default=str, ensure_ascii=False, separators=(",", ":"))
+        return format_logfmt(items)
+
+
+# --------------------------------------------------------------------------- handler
+
+
+class BackgroundHandler(logging.Handler):
+    """Queues formatted lines for a writer thread; drops (and counts) when the queue is full."""
+
+    _STOP = object()
+
+    def __init__(self, stream, *, capacity: int = 4096, close_stream: bool = False):
+        super().__init__()
+        self.stream = stream
+        self.close_stream = close_stream
+        self.queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self.dropped = 0
+        self._dropped_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._writer, name="kata-proxy-log", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # a broken record must never take the proxy down
+            self.handleError(record)
+            return
+        try:
+            self.queue.put_nowait(line)
+        except queue.Full:
+            with self._dropped_lock:
+                self.dropped += 1
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _writer(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is self._STOP:
+                self.queue.task_done()
+                return
+            self._write(item)
+            self.queue.task_done()
+            if self.dropped:
+                with self._dropped_lock:
+                    count, self.dropped = self.dropped, 0
+                if count:
+                    self._write(
+                        format_logfmt(
+                            [
+                                ("time", _timestamp(time.time())),
+                                ("level", "warning"),
+                                ("msg", f"dropped {count} log lines (log output too slow)"),
+                                ("name", "kata-proxy"),
+                                ("pid", os.getpid()),
+                                ("source", "proxy"),
+                            ]
+                        )
+                    )
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait (bounded) until the queue has been written."""
+        deadline = time.monotonic() + timeout
+        while self.queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            try:
+                self.queue.put(self._STOP, timeout=2.0)
+            except queue.Full:
+                pass
+            self._thread.join(timeout=2.0)
+        if self.close_stream:
+            try:
+                self.stream.close()
+            except OSError:
+                pass
+        super().close()
+
+
+class LogSetup:
+    """What :func:`setup` installed, so that it can be torn down (tests call setup repeatedly)."""
+
+    def __init__(self, handler: BackgroundHandler, to_stderr: bool, level: int):
+        self.handler = handler
+        self.to_stderr = to_stderr
+        self.level = level
+
+    def close(self) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        self.handler.close()
+
+
+def setup(*, level: int = logging.WARNING, fmt: str = "text", file: str | None = None,
+          sandbox: str | None = None) -> LogSetup:
+    """Route all logging (ours, yamux's) to one background handler.  Raises OSError for ``file``."""
+    if file:
+        stream = open(file, "a", buffering=1, encoding="utf-8", errors="replace")
+        close_stream = True
+    else:
+        stream = sys.stderr
+        close_stream = False
+    handler = BackgroundHandler(stream, close_stream=close_stream)
+    handler.setFormatter(LineFormatter(fmt, sandbox=sandbox))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, BackgroundHandler):
+            root.removeHandler(old)
+            old.close()
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger(PROXY_LOGGER).setLevel(logging.NOTSET)
+    return LogSetup(handler, not file, level)
