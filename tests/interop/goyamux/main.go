@@ -7,7 +7,8 @@
 // Subcommands (all talk over a unix socket; every line on stdout is
 // machine-readable, diagnostics go to stderr):
 //
-//	server -listen SOCK [-window N] [-backlog N] [-no-accept] [-goaway-after N] [-hangup] [-ping N]
+//	server -listen SOCK [-window N] [-backlog N] [-bufsize N] [-no-accept] [-goaway-after N]
+//	       [-hangup] [-ping N]
 //	    yamux server role. Prints READY once listening, then serves every
 //	    connection as a session. Default: echo every accepted stream, Close
 //	    after reading EOF. -no-accept never calls Accept (a full backlog makes
@@ -131,8 +132,8 @@ func main() {
 // ---------------------------------------------------------------- server
 
 type serverOpts struct {
-	window, backlog, goawayAfter, pings int
-	noAccept, hangup                    bool
+	window, backlog, goawayAfter, pings, bufsize int
+	noAccept, hangup                             bool
 }
 
 func runServer(args []string) error {
@@ -145,6 +146,7 @@ func runServer(args []string) error {
 	fs.IntVar(&o.goawayAfter, "goaway-after", -1, "GoAway after this many accepted streams (0: at once)")
 	fs.BoolVar(&o.hangup, "hangup", false, "close the session without Go Away after the first read")
 	fs.IntVar(&o.pings, "ping", 0, "ping the client this many times")
+	fs.IntVar(&o.bufsize, "bufsize", 256*1024, "echo read buffer (bounds the echo's frame size)")
 	fs.Parse(args)
 	if *listen == "" {
 		return errors.New("server: -listen is required")
@@ -199,7 +201,7 @@ func serveConn(conn net.Conn, o serverOpts) {
 			out("HANGUP")
 			return
 		}
-		go echo(st)
+		go echo(st, o.bufsize)
 	}
 }
 
@@ -210,9 +212,9 @@ func sendGoAway(sess *yamux.Session) {
 	out("GOAWAY")
 }
 
-func echo(st *yamux.Stream) {
+func echo(st *yamux.Stream, bufsize int) {
 	defer st.Close()
-	buf := make([]byte, 64*1024)
+	buf := make([]byte, bufsize)
 	for {
 		n, err := st.Read(buf)
 		if n > 0 {

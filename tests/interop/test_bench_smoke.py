@@ -1,0 +1,30 @@
+"""Smoke run of the yamux benchmark so it does not rot. Never asserts timings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(120)
+def test_yamux_bench_smoke():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.yamux_bench", "--quick"],
+        cwd=REPO, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    table = "\n".join(lines)
+    for row in ("(a) raw unix socket", "(b) yamux py client <-> py server",
+                "(c) yamux py client <-> go server", "(d) yamux go client <-> go server"):
+        assert row in table, table
+    assert re.search(r"^\(a\) raw unix socket.*\s\d+\s+\d+\s+[\d.]+\s+[\d.]+$", table, re.M), table
+    assert re.fullmatch(
+        r"RESULT bulk1_vs_go=(\S+) bulk8_vs_go=(\S+) rtt_p50_vs_go=(\S+)", lines[-1]
+    ), lines[-1]
