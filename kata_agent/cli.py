@@ -1,11 +1,256 @@
-"""Command line entry point of kata-agent (filled in by its own issue)."""
+"""kata-agent: the guest agent (and the process sandbox's "guest").
 
+    kata-agent [--channel-fd N | --channel-socket PATH] [--shared-dir PATH]
+               [--state-dir DIR] [--log LEVEL] [--log-format text|json]
+
+Without a channel flag the channel is the virtio-serial port named
+``agent.channel.0`` (a VM). Where it runs decides the set-up (kata_agent.init):
+
+* PID 1 with the virtio port: a VM guest; mount the system, read
+  ``agent.log=<level>`` (and other ``agent.*`` options) from /proc/cmdline.
+* PID 1 with --channel-fd/--channel-socket: the process sandbox (fresh
+  mount/pid/uts/ipc namespaces made by the driver); private tmpfs on
+  /run/kata-containers, state in /run/kata-containers/agent by default.
+* otherwise: a developer's run on the host; nothing is mounted (the service's
+  reaper makes the agent a child subreaper).
+
+The gRPC server (kata_agent.service) listens on a private unix socket in the
+state directory; the yamux bridge (kata_agent.bridge) splices each stream the
+host opens onto it. A socket channel ends the agent when the host hangs up,
+with one log line saying so; the virtio port is waited on again instead (PID 1
+of a VM must not exit).
+
+grpc is imported only once the system is set up and the channel found (it
+takes ~1.5 s in a TCG guest); nothing before that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
 import sys
+import tempfile
+import time
+
+log = logging.getLogger("kata_agent")
+
+SANDBOX_STATE_DIR = "/run/kata-containers/agent"
+GRPC_SOCKET_NAME = "agent.sock"
+LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
+          "critical": logging.CRITICAL, "panic": logging.CRITICAL}
 
 
-def main(argv=None):
-    sys.stderr.write("kata-agent: not built yet in this version of kata-py\n")
-    return 2
+# -------------------------------------------------------------------- logging
+
+
+class _Formatter(logging.Formatter):
+    """logrus-style lines (as the Go agent printed them) or one JSON object per line."""
+
+    def __init__(self, fmt: str):
+        super().__init__()
+        self.json = fmt == "json"
+        self.pid = os.getpid()
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs * 1000):06d}Z"
+        level = {"WARNING": "warning", "CRITICAL": "fatal"}.get(record.levelname, record.levelname.lower())
+        msg = record.getMessage()
+        if record.exc_info:
+            msg = f"{msg}\n{self.formatException(record.exc_info)}"
+        sub = record.name.split(".", 1)[1] if "." in record.name else ""
+        fields = {"time": ts, "level": level, "msg": msg, "name": "kata-agent", "pid": self.pid, "source": "agent"}
+        if sub:
+            fields["subsystem"] = sub
+        if self.json:
+            return json.dumps(fields, separators=(",", ":"))
+        return " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items())
+
+
+def _logfmt(value) -> str:
+    text = str(value)
+    if text and all(c.isalnum() or c in "-._:/@+" for c in text):
+        return text
+    return json.dumps(text)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS.get(level.lower(), logging.INFO))
+
+
+# ------------------------------------------------------------------------ cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kata-agent", description="kata-py guest agent: yamux server + gRPC AgentService")
+    ch = p.add_mutually_exclusive_group()
+    ch.add_argument("--channel-fd", type=int, metavar="N",
+                    help="inherited channel fd: a listening unix socket (accept one connection), "
+                         "a connected stream socket or a character device")
+    ch.add_argument("--channel-socket", metavar="PATH", help="listen on this unix socket and accept one connection")
+    p.add_argument("--shared-dir", metavar="PATH",
+                   help="process sandbox: host directory bind-mounted where CreateSandbox asks for the 9p share")
+    p.add_argument("--state-dir", metavar="DIR", help="agent state (runc root, consoles, gRPC socket)")
+    p.add_argument("--log", metavar="LEVEL", help="debug, info, warn, error (default: agent.log= on the kernel "
+                                                   "command line in a VM, else info)")
+    p.add_argument("--log-format", choices=("text", "json"), default=None)
+    p.add_argument("--sysfs-root", default="/sys", help=argparse.SUPPRESS)
+    p.add_argument("--dev-root", default="/dev", help=argparse.SUPPRESS)
+    return p
+
+
+def detect_mode(explicit_channel: bool, pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    if pid != 1:
+        return "host"
+    return "sandbox" if explicit_channel else "vm"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    explicit = args.channel_fd is not None or args.channel_socket is not None
+    mode = detect_mode(explicit)
+    setup_logging(args.log or "info", args.log_format or "text")
+
+    from kata_agent import init
+    from kata_agent.channel import ChannelError, open_channel
+
+    cmdline: dict[str, str] = {}
+    try:
+        if mode == "vm":
+            cmdline = init.setup_guest()
+        elif mode == "sandbox":
+            init.setup_process_sandbox()
+        # else (host): nothing to mount; the service's reaper makes us a child subreaper.
+    except OSError as exc:
+        log.critical("system set-up failed: %s", exc)
+        return _fail(mode)
+    level = args.log or cmdline.get("log") or "info"
+    fmt = args.log_format or cmdline.get("log_format") or "text"
+    setup_logging(level, fmt)
+
+    try:
+        channel = open_channel(fd=args.channel_fd, socket_path=args.channel_socket,
+                               sysfs_root=args.sysfs_root, dev_root=args.dev_root)
+    except ChannelError as exc:
+        log.critical("channel: %s", exc)
+        return _fail(mode)
+
+    from kata_agent.config import AgentConfig
+
+    state_dir = args.state_dir or (SANDBOX_STATE_DIR if mode == "sandbox" else AgentConfig.state_dir)
+    config = AgentConfig(
+        state_dir=state_dir,
+        shared_dir_source=os.path.abspath(args.shared_dir) if args.shared_dir else None,
+        log_level=level,
+        manage_system=mode != "host",
+    )
+    log.info("kata-agent starting: mode=%s pid=%d channel=%s state=%s", mode, os.getpid(), channel.description, state_dir)
+
+    import uvloop
+
+    try:
+        rc = uvloop.run(serve(config, channel))
+    except KeyboardInterrupt:
+        rc = 0
+    if mode == "vm" and rc != 0:
+        return _fail(mode)
+    return rc
+
+
+def _fail(mode: str) -> int:
+    if mode == "vm":
+        # PID 1 exiting panics the kernel; leave time for the console to show why.
+        time.sleep(1)
+    return 1
+
+
+def grpc_socket_path(state_dir: str) -> tuple[str, str | None]:
+    """The private gRPC socket, and a temp dir to remove if the state dir's path is too long."""
+    path = os.path.join(state_dir, GRPC_SOCKET_NAME)
+    if len(os.fsencode(path)) <= 100:
+        return path, None
+    tmp = tempfile.mkdtemp(prefix="kata-agent-")
+    return os.path.join(tmp, GRPC_SOCKET_NAME), tmp
+
+
+async def serve(config, channel) -> int:
+    """Run the gRPC server and the bridge until the channel is gone or SIGTERM."""
+    from kata_agent.bridge import Bridge
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    sock_path, tmpdir = grpc_socket_path(config.state_dir)
+    try:
+        os.unlink(sock_path)
+    except FileNotFoundError:
+        pass
+
+    t0 = time.monotonic()
+    from kata_agent.service import start_grpc_server  # imports grpc
+
+    server, state = await start_grpc_server(sock_path, config)
+    log.info("gRPC server listening on %s (%.0f ms)", sock_path, (time.monotonic() - t0) * 1000)
+
+    bridge = Bridge(sock_path)
+    bridge_task = asyncio.ensure_future(bridge.run(channel))
+    stop_task = asyncio.ensure_future(stopping.wait())
+    rc = 0
+    try:
+        await asyncio.wait({bridge_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if bridge_task.done():
+            exc = bridge_task.exception()
+            if exc is None:
+                log.warning("channel closed: %s; exiting", bridge_task.result())
+            else:
+                log.error("channel failed: %s; exiting", exc)
+                rc = 1
+        else:
+            log.info("signal received: shutting down")
+            bridge.close()
+            bridge_task.cancel()
+            await asyncio.wait({bridge_task}, timeout=3)
+    finally:
+        stop_task.cancel()
+        channel.close()
+        await _shutdown(server, state)
+        for p in (sock_path,):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        if tmpdir:
+            os.rmdir(tmpdir)
+    return rc
+
+
+async def _shutdown(server, state) -> None:
+    for name in ("shutdown", "close", "aclose"):
+        fn = getattr(state, name, None)
+        if callable(fn):
+            try:
+                res = fn()
+                if asyncio.iscoroutine(res):
+                    await asyncio.wait_for(res, 5)
+            except Exception as exc:
+                log.debug("state.%s: %s", name, exc)
+            break
+    try:
+        await server.stop(grace=1)
+    except Exception as exc:
+        log.debug("server.stop: %s", exc)
 
 
 if __name__ == "__main__":

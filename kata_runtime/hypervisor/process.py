@@ -1,0 +1,311 @@
+"""The process sandbox: `hypervisor = "process"` — kata-agent as a host process.
+
+**No VM isolation.** The "guest" is kata-agent running on the host kernel as
+root, in fresh mount, pid, uts and ipc namespaces only (no user, network or
+cgroup namespace, no seccomp, same kernel, same root filesystem). It exists so
+that the proxy, shim and runtime — the production code — can be tested in
+seconds without QEMU. Never use it to run untrusted containers.
+
+What it looks like from the host, file by file (see hypervisor/base.py):
+
+* ``<sandbox>/kata.sock`` — the driver binds and listens on it BEFORE the agent
+  starts and hands the listening socket to the agent (``--channel-fd N``); the
+  agent accepts one connection. To kata-proxy this is exactly QEMU's
+  ``-chardev socket,server=on,wait=off`` virtio-serial socket: the path exists
+  when `start()` returns, connecting succeeds at once (the kernel backlog holds
+  the connection until the agent accepts it), and the yamux bytes reach the
+  agent unchanged. When the agent is gone, connecting is refused.
+* ``<sandbox>/shared/`` — passed as ``--shared-dir``: CreateSandbox's 9p
+  Storage (source ``kataShared``) becomes a bind mount of this directory at
+  the Storage's mount point inside the agent's mount namespace, so a rootfs
+  placed at ``shared/<cid>/rootfs`` is the container's root, as with 9p.
+* ``<sandbox>/console.log`` — the agent's stdout and stderr, like a VM console.
+* ``<sandbox>/process.pid`` — pid of the sandbox process, for `stop()` from
+  another kata-runtime invocation.
+
+How it runs: ``unshare --mount --pid --uts --ipc --fork --mount-proc
+--kill-child=SIGKILL -- python -m kata_agent --channel-fd N --shared-dir ...
+--state-dir /run/kata-containers/agent``. `pid` is unshare's pid (it stays in
+the host pid namespace and waits); the agent is its only child and PID 1 of
+the new pid namespace, where it mounts a private tmpfs on /run/kata-containers
+(its state and runc's ``--root`` live there) with all mounts private, so
+nothing reaches the host mount table. Containers are still run by runc, inside
+the agent's namespaces. Killing the agent (PID 1 of the namespace) kills every
+process in it, containers included; killing unshare kills the agent
+(``--kill-child``).
+
+`stop()`: SIGTERM to the agent (unshare blocks SIGTERM itself), wait up to
+`timeout`, then SIGKILL to unshare (and so to the agent); then the socket and
+the pid file are removed. The console log is kept.
+
+Only ``python -m kata_agent`` is spawned; kata_agent is never imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
+
+log = logging.getLogger("kata_runtime.hypervisor.process")
+
+AGENT_STATE_DIR = "/run/kata-containers/agent"
+START_CHECK_TIMEOUT = 5.0
+POLL_INTERVAL = 0.01
+UNIX_PATH_MAX = 107
+
+
+class ProcessSandbox(Hypervisor):
+    """kata-agent on the host in new mount/pid/uts/ipc namespaces (no VM isolation)."""
+
+    kind = "process"
+
+    def __init__(
+        self,
+        sandbox_dir: str | os.PathLike,
+        sandbox_id: str,
+        *,
+        python: str | None = None,
+        log_level: str = "info",
+        log_format: str = "text",
+        unshare: str = "unshare",
+        env: dict[str, str] | None = None,
+        agent_args: list[str] | tuple[str, ...] = (),
+    ):
+        super().__init__(sandbox_dir, sandbox_id)
+        self.python = python or sys.executable
+        self.log_level = log_level
+        self.log_format = log_format
+        self.unshare = unshare
+        self.env = env
+        self.agent_args = list(agent_args)
+        self._proc: subprocess.Popen | None = None
+
+    # ---------------------------------------------------------------- state
+    @property
+    def pid(self) -> int | None:
+        if self._proc is not None:
+            return self._proc.pid if self._proc.poll() is None else None
+        pid = self._read_pid_file()
+        if pid is not None and self._is_ours(pid):
+            return pid
+        return None
+
+    def agent_pid(self) -> int | None:
+        """Host pid of kata-agent (PID 1 inside the sandbox), if running."""
+        pid = self.pid
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    def _read_pid_file(self) -> int | None:
+        try:
+            with open(self.pid_file) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _is_ours(self, pid: int) -> bool:
+        """Guard against pid reuse: the process must be this sandbox's unshare."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            return False
+        return b"kata_agent" in args and os.fsencode(self.shared_dir) in args
+
+    def _argv(self, unshare: str, fd: int) -> list[str]:
+        return [
+            unshare, "--mount", "--pid", "--uts", "--ipc", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--",
+            self.python, "-m", "kata_agent",
+            "--channel-fd", str(fd),
+            "--shared-dir", self.shared_dir,
+            "--state-dir", AGENT_STATE_DIR,
+            "--log", self.log_level,
+            "--log-format", self.log_format,
+            *self.agent_args,
+        ]
+
+    def _environ(self) -> dict[str, str]:
+        env = dict(os.environ if self.env is None else self.env)
+        # The agent runs with cwd "/"; make sure `-m kata_agent` still finds the
+        # project when it is used from a source tree rather than installed.
+        spec = importlib.util.find_spec("kata_agent")
+        if spec is not None and spec.origin:
+            root = os.path.dirname(os.path.dirname(os.path.abspath(spec.origin)))
+            parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+            if root not in parts:
+                env["PYTHONPATH"] = os.pathsep.join([root, *parts])
+        return env
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.pid is not None:
+            raise HypervisorError(f"sandbox {self.sandbox_id} is already running (pid {self.pid})")
+        unshare = shutil.which(self.unshare)
+        if unshare is None:
+            raise HypervisorError(f"process sandbox needs {self.unshare!r} (util-linux) on PATH")
+        os.makedirs(self.sandbox_dir, mode=0o750, exist_ok=True)
+        os.makedirs(self.shared_dir, mode=0o755, exist_ok=True)
+        _remove(self.pid_file)
+        listener = self._listen()
+        try:
+            console = os.open(self.console_log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            try:
+                fd = listener.fileno()
+                self._proc = subprocess.Popen(
+                    self._argv(unshare, fd),
+                    stdin=subprocess.DEVNULL,
+                    stdout=console,
+                    stderr=console,
+                    pass_fds=(fd,),
+                    cwd="/",
+                    env=self._environ(),
+                    start_new_session=True,
+                )
+            finally:
+                os.close(console)
+        except BaseException:
+            _remove(self.channel_socket_path)
+            raise
+        finally:
+            listener.close()  # the agent holds the only copy now
+        _write_atomic(self.pid_file, f"{self._proc.pid}\n")
+        log.debug("process sandbox %s: unshare pid %d", self.sandbox_id, self._proc.pid)
+        await self._check_started()
+
+    def _listen(self) -> socket.socket:
+        path = self.channel_socket_path
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            raise HypervisorError(f"channel socket path is too long for a unix socket ({len(path)} > "
+                                  f"{UNIX_PATH_MAX} bytes): {path}; use a shorter sandbox directory")
+        _remove(path)  # stale: nothing runs (checked by the caller)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(1)
+        except OSError as exc:
+            sock.close()
+            raise HypervisorError(f"cannot listen on {path}: {exc.strerror}") from exc
+        return sock
+
+    async def _check_started(self) -> None:
+        """Wait until unshare has forked the agent; fail with the console's tail if it died."""
+        deadline = time.monotonic() + START_CHECK_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                rc = self._proc.returncode
+                self._cleanup()
+                raise HypervisorError(f"process sandbox {self.sandbox_id} exited at start (status {rc}): "
+                                      f"{self._console_tail() or 'no output'} (console: {self.console_log_path})")
+            if self.agent_pid() is not None:
+                return
+            await asyncio.sleep(POLL_INTERVAL)
+        log.warning("process sandbox %s: agent not forked after %gs", self.sandbox_id, START_CHECK_TIMEOUT)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        pid = self.pid
+        if pid is None:
+            self._reap()
+            self._cleanup()
+            return
+        agent = self.agent_pid()
+        if agent is not None:
+            _kill(agent, signal.SIGTERM)
+        if not await self._wait_exit(pid, timeout):
+            log.warning("process sandbox %s: agent still running %gs after SIGTERM; killing it",
+                        self.sandbox_id, timeout)
+            _kill(pid, signal.SIGKILL)  # --kill-child: the agent, and its namespace, follow
+            if agent is not None:
+                _kill(agent, signal.SIGKILL)
+            if not await self._wait_exit(pid, 5.0):
+                raise HypervisorError(f"process sandbox {self.sandbox_id}: pid {pid} survived SIGKILL")
+        if agent is not None and not await _wait_gone(agent, 5.0):
+            raise HypervisorError(f"process sandbox {self.sandbox_id}: agent pid {agent} survived its sandbox")
+        self._cleanup()
+
+    async def _wait_exit(self, pid: int, timeout: float) -> bool:
+        if self._proc is not None and self._proc.pid == pid:
+            deadline = time.monotonic() + timeout
+            while self._proc.poll() is None:
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(POLL_INTERVAL)
+            return True
+        return await _wait_gone(pid, timeout)
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            self._proc.poll()
+
+    def _cleanup(self) -> None:
+        _remove(self.channel_socket_path)
+        _remove(self.pid_file)
+
+    def _console_tail(self, lines: int = 5) -> str:
+        try:
+            with open(self.console_log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                tail = f.read().decode("utf-8", "replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(tail[-lines:])
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X", b"")
+
+
+async def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(POLL_INTERVAL)
+    return True
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
