@@ -1,0 +1,106 @@
+"""Unit tests: flag normalising (Go single-dash spellings) and option parsing."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+import pytest
+
+from kata_proxy import cli, exits
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["-listen-socket", "unix:///p", "-mux-socket", "/m"], ["--listen-socket", "unix:///p", "--mux-socket", "/m"]),
+    (["-sandbox", "abc", "-log", "debug"], ["--sandbox", "abc", "--log", "debug"]),
+    (["-agent-logs-socket", "/c", "-debug"], ["--agent-logs-socket", "/c", "--debug"]),
+    (["-version"], ["--version"]),
+    (["-log=info", "-sandbox=x"], ["--log=info", "--sandbox=x"]),
+    (["-debug=true", "-version=false"], ["--debug"]),
+    (["--debug=1"], ["--debug"]),
+    (["-h"], ["--help"]),
+    (["--listen-socket", "/p"], ["--listen-socket", "/p"]),
+    # values that look like flags are left alone
+    (["-sandbox", "-weird-id"], ["--sandbox", "-weird-id"]),
+    (["--channel-timeout", "-1"], ["--channel-timeout", "-1"]),
+    # unknown single-dash names become --name so click names them properly
+    (["-bogus"], ["--bogus"]),
+    (["--", "-mux-socket"], ["--", "-mux-socket"]),
+    (["-listen_socket", "/p"], ["--listen-socket", "/p"]),
+])
+def test_normalise_argv(argv, want):
+    assert cli.normalise_argv(argv) == want
+
+
+def test_go_spelling_parses_like_long_flags(monkeypatch):
+    for key in ("LISTEN_PID", "LISTEN_FDS"):
+        monkeypatch.delenv(key, raising=False)
+    go = cli.parse(["-listen-socket", "unix:///run/p.sock", "-mux-socket", "/run/kata.sock",
+                    "-sandbox", "sb1", "-log", "info", "-agent-logs-socket", "/run/console.sock"])
+    long = cli.parse(["--listen-socket", "/run/p.sock", "--mux-socket", "/run/kata.sock",
+                      "--sandbox", "sb1", "--log-level", "info",
+                      "--agent-logs-socket", "/run/console.sock"])
+    assert go == long
+    assert go.listen_socket == "/run/p.sock"
+    assert go.log_level == logging.INFO
+    assert go.sandbox == "sb1"
+    assert go.log_file is None
+
+
+def test_log_value_level_or_file(monkeypatch):
+    monkeypatch.delenv("LISTEN_PID", raising=False)
+    base = ["--listen-socket", "/p", "--mux-socket", "/m"]
+    assert cli.parse(base + ["-log", "warn"]).log_level == logging.WARNING
+    assert cli.parse(base + ["-log", "panic"]).log_level == logging.CRITICAL
+    opts = cli.parse(base + ["--log", "/tmp/proxy.log"])
+    assert opts.log_file == "/tmp/proxy.log" and opts.log_level == logging.WARNING
+    assert cli.parse(base + ["-debug"]).log_level == logging.DEBUG
+    assert cli.parse(base).log_level == logging.WARNING  # Go's default
+
+
+def test_version_and_help():
+    assert cli.parse(["-version"]) == exits.OK
+    assert cli.parse(["--help"]) == exits.OK
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--mux-socket", "/m"], "--listen-socket"),
+    (["--listen-socket", "/p"], "--mux-socket"),
+    (["--listen-socket", "/p", "--mux-socket", "/m", "--channel", "/dev/x"], "mutually exclusive"),
+    (["--listen-socket", "vsock://3:1024", "--mux-socket", "/m"], "unix://"),
+    (["--listen-socket", "/p", "--mux-socket", "/m", "--log-format", "xml"], "xml"),
+    (["--listen-socket", "/p", "--mux-socket", "/m", "--log-level", "loud"], "loud"),
+    (["-bogus-flag", "x"], "--bogus-flag"),
+])
+def test_usage_errors(argv, words, monkeypatch):
+    monkeypatch.delenv("LISTEN_PID", raising=False)
+    with pytest.raises(click.ClickException) as info:
+        cli.parse(argv)
+    assert words in info.value.format_message()
+
+
+def test_main_usage_error_is_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("LISTEN_PID", raising=False)
+    assert cli.main(["-mux-socket"]) == exits.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kata-proxy: error: ")
+
+
+def test_listen_fds_zero_needs_listen_socket(monkeypatch):
+    import os
+
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    monkeypatch.setenv("LISTEN_FDS", "0")
+    with pytest.raises(click.UsageError):
+        cli.parse(["--mux-socket", "/m"])  # LISTEN_FDS=0: no socket passed
+    assert "LISTEN_PID" not in os.environ  # unset after reading, as sd_listen_fds(1)
+
+
+def test_bad_listen_env_is_listen_error(monkeypatch):
+    import os
+
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    monkeypatch.setenv("LISTEN_FDS", "many")
+    with pytest.raises(exits.ProxyExit) as info:
+        cli.parse(["--mux-socket", "/m"])
+    assert info.value.code == exits.LISTEN

@@ -1,0 +1,114 @@
+"""Unit tests: logfmt and JSON lines, level names, the non-blocking handler."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from hypothesis import given, strategies as st
+
+from kata_proxy import log as klog
+
+
+def record(msg="hello", levelno=logging.INFO, name="kata_proxy", **fields):
+    rec = logging.LogRecord(name, levelno, __file__, 1, msg, (), None)
+    rec.created = 1700000000.25
+    if fields:
+        rec.fields = fields
+    return rec
+
+
+def test_logfmt_line_shape():
+    fmt = klog.LineFormatter("text", sandbox="sb-1")
+    line = fmt.format(record('say "hi" = ok', clients=3, path="/run/a b"))
+    parsed = klog.parse_logfmt(line)
+    assert line.startswith("time=2023-11-14T22:13:20.250000Z level=info ")
+    assert parsed["msg"] == 'say "hi" = ok'
+    assert parsed["level"] == "info"
+    assert parsed["source"] == "proxy"
+    assert parsed["sandbox"] == "sb-1"
+    assert parsed["name"] == "kata-proxy"
+    assert parsed["clients"] == "3"
+    assert parsed["path"] == "/run/a b"
+    assert "\n" not in line
+
+
+def test_agent_and_yamux_sources():
+    fmt = klog.LineFormatter("text", sandbox="x")
+    assert klog.parse_logfmt(fmt.format(record(name=klog.AGENT_LOGGER)))["source"] == "agent"
+    assert klog.parse_logfmt(fmt.format(record(name="yamux.session")))["source"] == "yamux"
+
+
+def test_json_line():
+    fmt = klog.LineFormatter("json", sandbox="sb")
+    line = fmt.format(record("multi\nline", levelno=logging.WARNING, streams=2))
+    obj = json.loads(line)
+    assert obj["msg"] == "multi\nline"
+    assert obj["level"] == "warning"
+    assert obj["sandbox"] == "sb"
+    assert obj["streams"] == 2
+    assert obj["source"] == "proxy"
+    assert "\n" not in line
+
+
+def test_field_name_clash_is_prefixed():
+    fmt = klog.LineFormatter("text")
+    parsed = klog.parse_logfmt(fmt.format(record(level="x_not_level", msg="m")))
+    # a field called "level" must not replace the record's level
+    assert parsed["level"] == "info"
+    assert parsed["fields.level"] == "x_not_level"
+
+
+@pytest.mark.parametrize("value, text", [
+    ("plain", "plain"), ("", '""'), ("a b", '"a b"'), ('q"', '"q\\""'), ("a=b", '"a=b"'),
+    ("tab\there", '"tab\\there"'), ("\x01", '"\\u0001"'), (True, "true"), (None, '""'), (12, "12"),
+])
+def test_logfmt_values(value, text):
+    assert klog.logfmt_value(value) == text
+
+
+@given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9_.]{0,10}", fullmatch=True),
+                       st.text(max_size=40), max_size=6))
+def test_logfmt_round_trip(fields):
+    line = klog.format_logfmt(fields.items())
+    assert "\n" not in line
+    assert klog.parse_logfmt(line) == fields
+
+
+@pytest.mark.parametrize("name, level", [
+    ("debug", logging.DEBUG), ("info", logging.INFO), ("warn", logging.WARNING),
+    ("WARNING", logging.WARNING), ("error", logging.ERROR), ("fatal", logging.CRITICAL),
+    ("panic", logging.CRITICAL), ("trace", logging.DEBUG),
+])
+def test_levels(name, level):
+    assert klog.parse_level(name) == level
+
+
+def test_unknown_level():
+    with pytest.raises(ValueError):
+        klog.parse_level("loud")
+
+
+def test_handler_drops_instead_of_blocking():
+    class Stuck(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            import threading
+            self.gate = threading.Event()
+
+        def write(self, text):
+            self.gate.wait(5)
+            return super().write(text)
+
+    stream = Stuck()
+    handler = klog.BackgroundHandler(stream, capacity=4)
+    handler.setFormatter(klog.LineFormatter("text"))
+    for i in range(50):  # must return at once although the stream is stuck
+        handler.emit(record(f"line {i}"))
+    assert handler.dropped > 0
+    stream.gate.set()
+    handler.flush()
+    handler.close()
+    assert "dropped" in stream.getvalue()
