@@ -57,7 +57,7 @@ class _Formatter(logging.Formatter):
         self.pid = os.getpid()
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs * 1000):06d}Z"
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.created % 1 * 1e6):06d}Z"
         level = {"WARNING": "warning", "CRITICAL": "fatal"}.get(record.levelname, record.levelname.lower())
         msg = record.getMessage()
         if record.exc_info:
@@ -161,6 +161,9 @@ def main(argv=None) -> int:
         rc = uvloop.run(serve(config, channel))
     except KeyboardInterrupt:
         rc = 0
+    except Exception as exc:
+        log.critical("kata-agent failed: %s", exc, exc_info=True)
+        rc = 1
     if mode == "vm" and rc != 0:
         return _fail(mode)
     return rc
