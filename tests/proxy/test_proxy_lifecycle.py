@@ -1,0 +1,151 @@
+"""Process tier: systemd socket activation for real, sd_notify readiness, guest console lines,
+JSON logs, the serial-device channel (a pty)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kata_proxy import exits
+from tests.peers import proxy_harness
+from tests.peers.proxy_harness import REPO
+from tests.proxy.clients import LOCAL_POOL, health_check
+
+pytestmark = pytest.mark.sandbox
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate missing (apt-get install systemd)")
+async def test_socket_activation_for_real(sockdir, peer, procs):
+    import grpc
+    from katapb import health_pb2
+
+    sock = os.path.join(sockdir, "activated.sock")
+    log = os.path.join(sockdir, "proxy.log")
+    cmd = ["systemd-socket-activate", "-l", sock, "-E", f"PYTHONPATH={REPO}",
+           sys.executable, "-m", "kata_proxy", "-mux-socket", peer.listen, "-sandbox", "sa",
+           "-log", "debug", "--log-file", log]
+    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO))
+    activator = proxy_harness.Proc(popen, "systemd-socket-activate")
+    procs.append(activator)
+    wait_for(lambda: os.path.exists(sock), 20, "systemd-socket-activate to listen")
+    # the first connection starts the proxy, which serves the socket it is handed as fd 3
+    async with grpc.aio.insecure_channel("unix:" + sock, options=LOCAL_POOL) as channel:
+        assert await health_check(channel) == health_pb2.HealthCheckResponse.SERVING
+    async with grpc.aio.insecure_channel("unix:" + sock, options=LOCAL_POOL) as channel:
+        assert await health_check(channel) == health_pb2.HealthCheckResponse.SERVING
+    lines = open(log).read()
+    assert "systemd fd 3" in lines
+    assert "sandbox=sa" in lines
+    activator.signal(signal.SIGTERM)  # systemd-socket-activate exec'ed the proxy: same pid
+    assert activator.wait(15) == exits.OK
+    assert os.path.exists(sock)  # systemd's socket: never unlinked by the proxy
+
+
+def test_ready_via_sd_notify(sockdir, peer, procs):
+    notify_path = os.path.join(sockdir, "notify.sock")
+    nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    nsock.bind(notify_path)
+    nsock.settimeout(30)
+    try:
+        proxy = proxy_harness.start_proxy(sockdir, mux=peer.listen, ready=False,
+                                          env={"NOTIFY_SOCKET": notify_path})
+        procs.append(proxy)
+        message = nsock.recv(4096).decode()
+        assert "READY=1" in message.splitlines()
+        assert f"MAINPID={proxy.pid}" in message.splitlines()
+        proxy.signal(signal.SIGTERM)
+        assert "STOPPING=1" in nsock.recv(4096).decode()
+        assert proxy.wait(15) == exits.OK
+        assert proxy.popen.stdout.read() == b""  # with systemd, no stdout line
+    finally:
+        nsock.close()
+
+
+def test_guest_console_lines_are_logged(sockdir, peer, procs):
+    console_path = os.path.join(sockdir, "console.sock")
+    console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    console.bind(console_path)
+    console.listen(1)
+    console.settimeout(20)
+    try:
+        proxy = proxy_harness.start_proxy(
+            sockdir, mux=peer.listen, log_level="warn",
+            args=["--sandbox", "sb-9", "--agent-logs-socket", console_path])
+        procs.append(proxy)
+        conn, _ = console.accept()
+        conn.sendall(b"[    0.1] guest kernel line\r\nlevel=info msg=\"agent started\"\npartial")
+        conn.sendall(b" line\n" + b"\xff\xfebad bytes\n")
+
+        def agent_lines():
+            lines = [line for line in proxy.log_lines() if "source=agent" in line]
+            return lines if len(lines) >= 4 else None
+
+        from kata_proxy.log import parse_logfmt
+
+        lines = [parse_logfmt(line) for line in wait_for(agent_lines, 20, "4 agent lines")]
+        assert [entry["msg"] for entry in lines] == [
+            "[    0.1] guest kernel line", 'level=info msg="agent started"', "partial line",
+            "\ufffd\ufffdbad bytes"]
+        assert all(entry["sandbox"] == "sb-9" for entry in lines)
+        assert all(entry["level"] == "warning" for entry in lines)  # at the proxy's level
+        conn.close()
+        # the data path never depended on the console
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(proxy.listen)
+        s.sendall(b"Eok")
+        assert s.recv(2) == b"ok"
+        s.close()
+    finally:
+        console.close()
+
+
+def test_json_log_format(sockdir, peer, procs):
+    proxy = proxy_harness.start_proxy(sockdir, mux=peer.listen, log_level="debug",
+                                      args=["--log-format", "json", "--sandbox", "js"])
+    procs.append(proxy)
+    proxy.signal(signal.SIGUSR1)
+    wait_for(lambda: any('"msg":"stats"' in line for line in proxy.log_lines()), 10, "stats")
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait(15) == exits.OK
+    entries = [json.loads(line) for line in proxy.log_lines()]
+    assert entries and all(e["sandbox"] == "js" and e["name"] == "kata-proxy" for e in entries)
+    assert any(e["msg"] == "guest channel up" for e in entries)
+    stats = next(e for e in entries if e["msg"] == "stats")
+    assert stats["streams"] == 0 and stats["clients"] == 0 and stats["fds"] > 0
+
+
+async def test_channel_is_a_tty(sockdir, procs):
+    import grpc
+    from katapb import health_pb2
+
+    peer = proxy_harness.start_peer(sockdir, pty=True)
+    procs.append(peer)
+    proxy = proxy_harness.start_proxy(sockdir, args=["--channel", peer.pty_path()])
+    procs.append(proxy)
+    async with grpc.aio.insecure_channel("unix:" + proxy.listen, options=LOCAL_POOL) as channel:
+        for _ in range(3):
+            assert await health_check(channel) == health_pb2.HealthCheckResponse.SERVING
+    from tests.proxy.clients import echo_bulk
+
+    received, sent, got = await echo_bulk(proxy.listen, 4 << 20)
+    assert received == 4 << 20 and sent == got
