@@ -309,7 +309,8 @@ class Proxy:
         clients = len(self.clients)
         await self._stop_accepting()
         # The session is closed: every splice ends and its client socket is closed (EOF).
-        await asyncio.wait(list(self.clients), timeout=SHUTDOWN_GRACE) if self.clients else None
+        if self.clients:
+            await asyncio.wait(list(self.clients), timeout=SHUTDOWN_GRACE)
         if isinstance(error, ProtocolError):
             log.error("protocol error from the guest: %s; sent Go Away and closed the channel, "
                       "%d client(s) disconnected, exiting", error, clients,

@@ -1,0 +1,259 @@
+"""kata-proxy benchmark: gRPC round trips and bulk throughput through the proxy, and its memory.
+
+    python -m bench.proxy_bench [--quick] [--calls N] [--mib N]
+
+Processes (all real, on this machine): the agent stand-in tests/peers/yamux_health_server.py
+(a yamux server whose streams are spliced to a grpc.aio server on a private unix socket), a
+kata-proxy connected to it, and this client.
+
+- gRPC unary round trip (grpc.Health/Check, blocking client, one call at a time), p50 and p99:
+  (direct) the peer's gRPC unix socket, no proxy and no yamux;
+  (proxy)  through kata-proxy: client -> proxy -> yamux -> peer -> splice -> the same server.
+- Bulk MiB/s, one stream, upload (sink, checked with sha256) and download (generated pattern):
+  (yamux)  this process as the yamux client straight to the peer: yamux alone;
+  (proxy)  a plain unix socket to kata-proxy, which carries it over yamux to the same peer.
+- Proxy RSS idle (after a few calls) and with 100 client connections open, each with its yamux
+  stream open (an echo round trip done on each).
+
+Targets (issue 3): unary p50 via proxy <= 1.15x direct; bulk via proxy >= 0.9x yamux alone.
+Never asserts timings.  The last line is machine-readable:
+
+    RESULT unary_p50_ratio=.. unary_p99_ratio=.. bulk_up_ratio=.. bulk_down_ratio=.. rss_idle_kb=.. rss_100_kb=..
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import platform
+import shutil
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.peers import proxy_harness  # noqa: E402
+from tests.peers.yamux_health_server import pattern  # noqa: E402
+
+MiB = 1 << 20
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[k]
+
+
+# --------------------------------------------------------------------------- gRPC
+
+
+def unary_rtts(target: str, calls: int, warmup: int) -> list[float]:
+    import grpc
+    from katapb import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.CheckRequest(service="bench")
+        for _ in range(warmup):
+            stub.Check(request, timeout=30)
+        out = []
+        for _ in range(calls):
+            t0 = time.perf_counter_ns()
+            stub.Check(request, timeout=30)
+            out.append((time.perf_counter_ns() - t0) / 1000.0)
+    return out
+
+
+# --------------------------------------------------------------------------- bulk
+
+
+async def _bulk_over(reader_read, write, drain, write_eof, total: int, direction: str) -> float:
+    t0 = time.perf_counter()
+    if direction == "up":
+        digest = hashlib.sha256()
+        write(b"S")
+        for block in pattern(total):
+            digest.update(block)
+            write(block)
+            await drain()
+        await write_eof()
+        reply = b""
+        while len(reply) < 40:
+            chunk = await reader_read(40 - len(reply))
+            if not chunk:
+                raise RuntimeError("sink closed early")
+            reply += chunk
+        elapsed = time.perf_counter() - t0
+        count, = struct.unpack(">Q", reply[:8])
+        if count != total or reply[8:] != digest.digest():
+            raise RuntimeError("upload was not byte-exact")
+    else:
+        write(b"G" + struct.pack(">Q", total))
+        await drain()
+        got = 0
+        while True:
+            chunk = await reader_read(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+        elapsed = time.perf_counter() - t0
+        await write_eof()
+        if got != total:
+            raise RuntimeError(f"download got {got} of {total} bytes")
+    return total / MiB / elapsed
+
+
+async def bulk_via_proxy(path: str, total: int, direction: str) -> float:
+    reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
+
+    async def eof():
+        if writer.can_write_eof():
+            writer.write_eof()
+
+    try:
+        return await _bulk_over(reader.read, writer.write, writer.drain, eof, total, direction)
+    finally:
+        writer.close()
+
+
+async def bulk_via_yamux(path: str, total: int, direction: str) -> float:
+    from yamux import Session
+
+    session = await Session.connect_unix(path, client=True)
+    try:
+        stream = await session.open_stream()
+
+        async def eof():
+            await stream.write_eof()
+
+        mibs = await _bulk_over(stream.read, stream.write, stream.drain, eof, total, direction)
+        if direction == "up":
+            while await stream.read(65536):
+                pass
+        return mibs
+    finally:
+        await session.close()
+
+
+def new_loop():
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def run_async(coro):
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(coro)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def open_clients(path: str, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(path)
+        s.sendall(b"E.")
+        if s.recv(1) != b".":
+            raise RuntimeError("echo failed")
+        socks.append(s)
+    return socks
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="kata-proxy benchmark")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    parser.add_argument("--calls", type=int, help="unary calls per configuration (2000)")
+    parser.add_argument("--mib", type=int, help="MiB per bulk transfer (256)")
+    parser.add_argument("--repeat", type=int, default=None, help="bulk runs per figure, median (3)")
+    args = parser.parse_args(argv)
+    calls = args.calls or (200 if args.quick else 2000)
+    warmup = 50 if args.quick else 300
+    total = (args.mib or (8 if args.quick else 256)) * MiB
+    repeat = args.repeat or (1 if args.quick else 3)
+
+    workdir = tempfile.mkdtemp(prefix="kpb", dir="/tmp")
+    started = []
+    try:
+        peer = proxy_harness.start_peer(workdir)
+        started.append(peer)
+        proxy = proxy_harness.start_proxy(workdir, mux=peer.listen, log_level="warn")
+        started.append(proxy)
+
+        direct = unary_rtts("unix:" + peer.grpc_socket, calls, warmup)
+        via = unary_rtts("unix:" + proxy.listen, calls, warmup)
+        d50, d99 = percentile(direct, 0.5), percentile(direct, 0.99)
+        p50, p99 = percentile(via, 0.5), percentile(via, 0.99)
+
+        bulk = {}
+        for direction in ("up", "down"):
+            for name, fn, target in (("yamux", bulk_via_yamux, peer.listen),
+                                     ("proxy", bulk_via_proxy, proxy.listen)):
+                runs = [run_async(fn(target, total, direction)) for _ in range(repeat)]
+                bulk[(name, direction)] = statistics.median(runs)
+
+        rss_idle = proxy.rss_kb()
+        clients = open_clients(proxy.listen, 100)
+        time.sleep(0.2)
+        rss_100 = proxy.rss_kb()
+        streams = proxy.stats()["streams"]
+        for s in clients:
+            s.close()
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    try:
+        import uvloop  # noqa: F401
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    print(f"kata-proxy bench  {platform.python_implementation()} {platform.python_version()} "
+          f"{loop}  {os.cpu_count()} cpus  calls={calls} bulk={total // MiB} MiB x{repeat}")
+    print()
+    print(f"{'gRPC unary round trip (Health/Check)':44} {'p50 us':>9} {'p99 us':>9}")
+    print(f"{'(direct) unix socket to the gRPC server':44} {d50:9.0f} {d99:9.0f}")
+    print(f"{'(proxy)  through kata-proxy + yamux':44} {p50:9.0f} {p99:9.0f}")
+    print(f"{'ratio proxy/direct (target <= 1.15)':44} {p50 / d50:9.2f} {p99 / d99:9.2f}")
+    print()
+    print(f"{'bulk, one stream (MiB/s)':44} {'up':>9} {'down':>9}")
+    print(f"{'(yamux)  yamux client straight to the peer':44} "
+          f"{bulk[('yamux', 'up')]:9.1f} {bulk[('yamux', 'down')]:9.1f}")
+    print(f"{'(proxy)  unix socket through kata-proxy':44} "
+          f"{bulk[('proxy', 'up')]:9.1f} {bulk[('proxy', 'down')]:9.1f}")
+    up_ratio = bulk[("proxy", "up")] / bulk[("yamux", "up")]
+    down_ratio = bulk[("proxy", "down")] / bulk[("yamux", "down")]
+    print(f"{'ratio proxy/yamux (target >= 0.9)':44} {up_ratio:9.2f} {down_ratio:9.2f}")
+    print()
+    print(f"{'proxy RSS':44} {'KiB':>9}")
+    print(f"{'idle':44} {rss_idle:9d}")
+    print(f"{'100 client connections open':44} {rss_100:9d}   (live streams: {streams})")
+    print()
+    print(f"RESULT unary_p50_ratio={p50 / d50:.2f} unary_p99_ratio={p99 / d99:.2f} "
+          f"bulk_up_ratio={up_ratio:.2f} bulk_down_ratio={down_ratio:.2f} "
+          f"rss_idle_kb={rss_idle} rss_100_kb={rss_100}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
