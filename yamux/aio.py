@@ -1,0 +1,990 @@
+"""asyncio layer: :class:`Session`, :class:`Stream` and :func:`splice`.
+
+The session drives a sans-IO :class:`~yamux.core.Connection`.  Bytes come in
+through an ``asyncio.Protocol`` (``data_received``) on the fast paths
+(:meth:`Session.connect_unix`, :meth:`Session.from_socket`,
+:meth:`Session.from_fd`), or from a reader task for a generic
+``(StreamReader, StreamWriter)`` pair.  Output is written with
+``writelines`` (headers and bodies together, never interleaved), control
+frames first; while the transport asks us to pause, only control frames are
+written and data stays in the streams' queues.
+
+Waiters (reads, drains, accepts, opens, pings) are plain futures resolved
+directly from the event handlers; every one of them is woken when the
+session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+from .config import Config
+from .core import (
+    ConnectionTerminated,
+    Connection,
+    DataReceived,
+    GoAwayReceived,
+    OpenSlotAvailable,
+    PingAcked,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+    StreamState,
+)
+from .errors import (
+    GoAwayError,
+    SessionClosedError,
+    StreamResetError,
+    YamuxError,
+    YamuxTimeoutError,
+    copy_error,
+)
+from .frame import GO_AWAY_NORMAL
+
+#: Payload bytes handed to the transport per take_output call.
+_FLUSH_BUDGET = 1024 * 1024
+#: Transport write-buffer limits: above HIGH we stop adding Data frames.
+_TRANSPORT_HIGH = 512 * 1024
+_TRANSPORT_LOW = 128 * 1024
+#: Read size of the generic StreamReader path.
+_READ_SIZE = 256 * 1024
+
+
+# ---------------------------------------------------------------------------
+# Transport adapters
+# ---------------------------------------------------------------------------
+
+
+class _SessionProtocol(asyncio.Protocol):
+    """Feeds a session from a transport (socket, or one end of a pipe pair)."""
+
+    def __init__(self, session: Session, writable: bool = True) -> None:
+        self._session = session
+        self._writable = writable
+        self.data_received = session._on_data  # bound once: no extra call per chunk
+
+    def connection_made(self, transport) -> None:
+        self._session._io.attach(transport, self._writable)
+
+    def data_received(self, data) -> None:  # replaced per instance in __init__
+        self._session._on_data(data)
+
+    def eof_received(self):
+        self._session._on_eof()
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self._session._on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._session._paused = True
+
+    def resume_writing(self) -> None:
+        self._session._resume()
+
+
+class _TransportIO:
+    """Output and closing over one transport (socket) or two (read/write pipes)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._transports: list = []
+        self._write_transport = None
+        self._open = 0
+        self._abort_handle = None
+        self.done = session._loop.create_future()
+
+    def attach(self, transport, writable: bool) -> None:
+        self._transports.append(transport)
+        self._open += 1
+        if writable:
+            self._write_transport = transport
+            try:
+                transport.set_write_buffer_limits(high=_TRANSPORT_HIGH, low=_TRANSPORT_LOW)
+            except (AttributeError, NotImplementedError):  # pragma: no cover
+                pass
+            self._session._write = transport.writelines
+
+    def lost(self) -> None:
+        self._open -= 1
+        if self._open <= 0:
+            if self._abort_handle is not None:
+                self._abort_handle.cancel()
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def close(self, timeout: float) -> None:
+        for transport in self._transports:
+            if not transport.is_closing():
+                transport.close()
+        if self._open > 0 and self._abort_handle is None:
+            self._abort_handle = self._session._loop.call_later(timeout, self._abort)
+
+    def _abort(self) -> None:
+        for transport in self._transports:
+            transport.abort()
+
+
+class _StreamPairIO:
+    """Output, input task and closing over an (asyncio.StreamReader, StreamWriter) pair."""
+
+    def __init__(self, session: Session, reader, writer) -> None:
+        self._session = session
+        self._reader = reader
+        self._writer = writer
+        self._drain_task: asyncio.Task | None = None
+        self._closing = False
+        self.done = session._loop.create_future()
+        session._write = self._write
+        self._read_task = session._loop.create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        session = self._session
+        reader = self._reader
+        try:
+            while True:
+                data = await reader.read(_READ_SIZE)
+                if not data:
+                    break
+                session._on_data(data)
+                if session._closed:
+                    return
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # transport failure
+            session._on_lost(exc)
+            return
+        session._on_eof()
+
+    def _write(self, bufs) -> None:
+        writer = self._writer
+        writer.writelines(bufs)
+        try:
+            size = writer.transport.get_write_buffer_size()
+        except Exception:
+            size = _TRANSPORT_HIGH + 1  # unknown: wait for drain() each time
+        if size > _TRANSPORT_HIGH and self._drain_task is None and not self._closing:
+            self._session._paused = True
+            self._drain_task = self._session._loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            self._drain_task = None
+            self._session._on_lost(exc)
+            return
+        self._drain_task = None
+        self._session._resume()
+
+    def close(self, timeout: float) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._session._loop.create_task(self._close(timeout))
+
+    async def _close(self, timeout: float) -> None:
+        current = asyncio.current_task()
+        for task in (self._read_task, self._drain_task):
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+        try:
+            self._writer.close()
+            await asyncio.wait_for(self._writer.wait_closed(), timeout)
+        except Exception:
+            transport = getattr(self._writer, "transport", None)
+            if transport is not None:
+                transport.abort()
+        for task in (self._read_task, self._drain_task):
+            if task is not None and task is not current:
+                try:
+                    await task
+                except BaseException:
+                    pass
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+# ---------------------------------------------------------------------------
+# Session
+# ---------------------------------------------------------------------------
+
+
+class Session:
+    """A yamux session over a byte channel, in either role.
+
+    Construct it from a ``(StreamReader, StreamWriter)`` pair inside a running
+    loop, or use the faster :meth:`connect_unix`, :meth:`from_socket` and
+    :meth:`from_fd`, which read through an ``asyncio.Protocol``.
+    """
+
+    def __init__(self, reader, writer, *, client: bool, config: Config | None = None) -> None:
+        self._setup(client, config)
+        self._io = _StreamPairIO(self, reader, writer)
+        self._start()
+
+    # ------------------------------------------------------------ creation
+
+    @classmethod
+    async def connect_unix(cls, path, *, client: bool, config: Config | None = None) -> Session:
+        """Connect to a unix socket at ``path`` and run a session over it."""
+        self = cls._new(client, config)
+        await self._loop.create_unix_connection(lambda: _SessionProtocol(self), path)
+        self._start()
+        return self
+
+    @classmethod
+    async def from_socket(cls, sock: socket.socket, *, client: bool, config: Config | None = None) -> Session:
+        """Run a session over a connected stream socket (the session owns it)."""
+        self = cls._new(client, config)
+        await self._loop.connect_accepted_socket(lambda: _SessionProtocol(self), sock)
+        self._start()
+        return self
+
+    @classmethod
+    async def from_fd(cls, fd: int, *, client: bool, config: Config | None = None) -> Session:
+        """Run a session over a bidirectional fd that is a character device or
+        pipe-like (e.g. a virtio-serial port ``/dev/vportNpM``).
+
+        The fd is duplicated twice (read side, write side) and set non-blocking
+        (this affects the shared open file description).  The caller keeps
+        ``fd`` and may close it; the session closes its duplicates.
+        """
+        self = cls._new(client, config)
+        loop = self._loop
+        write_fd = os.dup(fd)
+        try:
+            read_fd = os.dup(fd)
+        except BaseException:
+            os.close(write_fd)
+            raise
+        os.set_blocking(write_fd, False)
+        os.set_blocking(read_fd, False)
+        write_file = open(write_fd, "wb", buffering=0, closefd=True)
+        read_file = open(read_fd, "rb", buffering=0, closefd=True)
+        try:
+            await loop.connect_write_pipe(lambda: _SessionProtocol(self), write_file)
+        except BaseException:
+            write_file.close()
+            read_file.close()
+            raise
+        try:
+            await loop.connect_read_pipe(lambda: _SessionProtocol(self, writable=False), read_file)
+        except BaseException:
+            read_file.close()
+            self._close_io()
+            raise
+        self._start()
+        return self
+
+    @classmethod
+    def _new(cls, client: bool, config: Config | None) -> Session:
+        self = cls.__new__(cls)
+        self._setup(client, config)
+        self._io = _TransportIO(self)
+        return self
+
+    def _setup(self, client: bool, config: Config | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._config = config = config or Config()
+        self._conn = Connection(client=client, config=config)
+        self.is_client = client
+        self._closed = False  # the session has ended
+        self._error: BaseException | None = None
+        self._paused = False
+        self._flush_scheduled = False
+        self._write = _write_nowhere
+        self._io_closed = False
+        self._accept_waiters: list = []
+        self._open_waiters: list = []
+        self._pings: dict = {}
+        self._blocked_writers: set = set()
+        self._rx_chunks = 0
+        self._keepalive_task: asyncio.Task | None = None
+
+    def _start(self) -> None:
+        if self._config.enable_keepalive and not self._closed:
+            self._keepalive_task = self._loop.create_task(self._keepalive())
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        """True once the session has ended (closed locally, by the peer, or by an error)."""
+        return self._closed
+
+    @property
+    def error(self) -> BaseException | None:
+        """What ended the session, or None for a clean close (local close, or
+        the peer's Go Away(0) followed by EOF)."""
+        return self._error
+
+    @property
+    def streams(self) -> dict:
+        """Live streams by id (a snapshot)."""
+        return {sid: st.user for sid, st in self._conn.streams.items()}
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._conn.streams)
+
+    @property
+    def local_go_away(self) -> bool:
+        return self._conn.local_go_away
+
+    @property
+    def remote_go_away(self) -> bool:
+        return self._conn.remote_go_away
+
+    @property
+    def connection(self) -> Connection:
+        """The sans-IO core (for inspection)."""
+        return self._conn
+
+    def __repr__(self) -> str:
+        role = "client" if self.is_client else "server"
+        state = "closed" if self._closed else "open"
+        return f"<yamux.Session {role} {state} streams={self.num_streams}>"
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ public API
+
+    async def open_stream(self) -> Stream:
+        """Open a new stream.  Never waits for the peer's ACK; waits only while
+        ``accept_backlog`` of our opens are un-ACKed."""
+        conn = self._conn
+        while True:
+            if self._closed:
+                raise self._closed_exc()
+            if conn.remote_go_away:
+                raise GoAwayError("the peer sent Go Away: it accepts no new streams")
+            if conn.can_open():
+                stream = Stream(self, conn.open_stream())
+                self._schedule_flush()
+                return stream
+            await self._wait(self._open_waiters)
+
+    async def accept_stream(self) -> Stream:
+        """The next stream opened by the peer (its ACK is sent now).
+        Raises :class:`SessionClosedError` once the session has ended."""
+        conn = self._conn
+        while True:
+            if self._closed:
+                raise self._closed_exc()
+            st = conn.accept()
+            if st is not None:
+                self._schedule_flush()
+                return st.user
+            await self._wait(self._accept_waiters)
+
+    async def ping(self) -> float:
+        """Round-trip time of one ping, in seconds.  Raises
+        :class:`YamuxTimeoutError` after ``connection_write_timeout``."""
+        if self._closed:
+            raise self._closed_exc()
+        opaque = self._conn.ping()
+        fut = self._loop.create_future()
+        self._pings[opaque] = fut
+        timeout = self._config.connection_write_timeout
+        timer = self._loop.call_later(timeout, _expire, fut, f"no ping reply within {timeout} s")
+        start = time.perf_counter()
+        self._flush()
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._pings.pop(opaque, None)
+        return time.perf_counter() - start
+
+    async def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
+        """Send Go Away.  With 0, inbound SYNs are refused with RST from now
+        on; existing streams go on.  Another code ends the session."""
+        if self._closed:
+            return
+        self._conn.go_away(code)
+        self._flush()
+        if self._closed:
+            await self.wait_closed()
+
+    async def close(self) -> None:
+        """Send what the windows allow, Go Away(0), close the transport; wake
+        every waiter; wait until the transport and our tasks are done."""
+        if not self._closed:
+            self._flush()
+            self._handle_events(self._conn.close())
+            self._flush()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the session has ended and its transport is closed."""
+        await asyncio.shield(self._io.done)
+        task = self._keepalive_task
+        if task is not None and task is not asyncio.current_task():
+            try:
+                await task
+            except BaseException:
+                pass
+
+    # ------------------------------------------------------------ internals
+
+    def _closed_exc(self) -> BaseException:
+        if self._error is None:
+            return SessionClosedError("session closed")
+        return copy_error(self._error)
+
+    async def _wait(self, waiters: list) -> None:
+        fut = self._loop.create_future()
+        waiters.append(fut)
+        try:
+            await fut
+        finally:
+            try:
+                waiters.remove(fut)
+            except ValueError:
+                pass
+
+    @staticmethod
+    def _wake_all(waiters: list) -> None:
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _on_data(self, data) -> None:
+        self._rx_chunks += 1
+        events = self._conn.receive_data(data)
+        if events:
+            self._handle_events(events)
+        self._flush()
+
+    def _on_eof(self) -> None:
+        if not self._closed:
+            self._handle_events(self._conn.connection_lost(None))
+        self._flush()
+
+    def _on_lost(self, exc) -> None:
+        if not self._closed:
+            error = None
+            if exc is not None:
+                error = SessionClosedError(f"connection lost: {exc!r}")
+                error.__cause__ = exc
+            self._handle_events(self._conn.connection_lost(error))
+        self._io_closed = True
+        if isinstance(self._io, _TransportIO):
+            self._io.lost()
+            self._io.close(self._config.connection_write_timeout)  # the other pipe end, if any
+        else:
+            self._io.close(self._config.connection_write_timeout)
+
+    def _resume(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what the core has to send (control first, data unless paused)."""
+        self._flush_scheduled = False
+        conn = self._conn
+        if conn._events:
+            self._handle_events(conn.take_events())
+        if not self._io_closed:
+            while True:
+                out = conn.take_output(0 if self._paused else _FLUSH_BUDGET)
+                if out:
+                    self._write(out)
+                if self._paused or not conn._ready or self._io_closed:
+                    break
+            if conn._events:
+                self._handle_events(conn.take_events())
+            if self._closed and not self._io_closed:
+                self._close_io()
+        if self._blocked_writers:
+            self._wake_writers()
+
+    def _close_io(self) -> None:
+        if not self._io_closed:
+            self._io_closed = True
+            self._io.close(self._config.connection_write_timeout)
+
+    def _wake_writers(self) -> None:
+        for stream in list(self._blocked_writers):
+            st = stream._st
+            if st.send_len <= stream._high or st.reset or self._closed:
+                stream._writable()
+
+    def _handle_events(self, events: list) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is DataReceived:
+                event.stream.user._readable()
+            elif kind is StreamOpened:
+                Stream(self, event.stream)
+                self._wake_all(self._accept_waiters)
+            elif kind is StreamClosed:
+                event.stream.user._finished()
+            elif kind is StreamEnded:
+                event.stream.user._readable()
+            elif kind is StreamReset:
+                stream = event.stream.user
+                stream._readable()
+                stream._writable()
+            elif kind is OpenSlotAvailable:
+                self._wake_all(self._open_waiters)
+            elif kind is PingAcked:
+                fut = self._pings.pop(event.opaque, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            elif kind is GoAwayReceived:
+                self._wake_all(self._open_waiters)
+            elif kind is ConnectionTerminated:
+                self._on_terminated(event.error, event.streams)
+
+    def _on_terminated(self, error: BaseException | None, streams: list) -> None:
+        self._closed = True
+        self._error = error
+        for st in streams:
+            if st.user is not None:
+                st.user._session_ended()
+        self._wake_all(self._accept_waiters)
+        self._wake_all(self._open_waiters)
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(self._closed_exc())
+        self._pings.clear()
+        for stream in list(self._blocked_writers):
+            stream._writable()
+        task = self._keepalive_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+
+    def _abort(self, error: BaseException) -> None:
+        """End the session with ``error`` without a Go Away (like Go's keepalive failure)."""
+        if not self._closed:
+            self._handle_events(self._conn.abort(error))
+            self._flush()
+
+    async def _keepalive(self) -> None:
+        interval = self._config.keepalive_interval
+        while not self._closed:
+            await asyncio.sleep(interval)
+            seen = self._rx_chunks
+            try:
+                await self.ping()
+            except YamuxTimeoutError:
+                if self._rx_chunks - seen > 1:
+                    continue  # the peer is busy sending: alive, its pong is queued behind data
+                timeout = self._config.connection_write_timeout
+                self._abort(SessionClosedError(f"keepalive failed: no reply to a ping within {timeout} s"))
+                return
+            except SessionClosedError:
+                return
+
+
+def _write_nowhere(bufs) -> None:  # before a transport is attached
+    raise SessionClosedError("session has no transport")
+
+
+def _expire(fut: asyncio.Future, message: str) -> None:
+    if not fut.done():
+        fut.set_exception(YamuxTimeoutError(message))
+
+
+# ---------------------------------------------------------------------------
+# Stream
+# ---------------------------------------------------------------------------
+
+
+class Stream:
+    """One yamux stream.  Reads are serial (one reader at a time)."""
+
+    def __init__(self, session: Session, st: StreamState) -> None:
+        self._session = session
+        self._conn = session._conn
+        self._st = st
+        st.user = self
+        self._high = session._config.stream_write_buffer
+        self._read_waiter: asyncio.Future | None = None
+        self._write_waiter: asyncio.Future | None = None
+        self._closed_waiter: asyncio.Future | None = None
+        self._sink = None  # splice: gets stream_readable() instead of waking a reader
+        self._writable_cb = None  # splice: called when the send queue has room again
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def id(self) -> int:
+        return self._st.stream_id
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    @property
+    def state(self) -> str:
+        return self._st.state
+
+    @property
+    def is_reset(self) -> bool:
+        return self._st.reset
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream is finished (both FINs, a RST, or the session ended)."""
+        return self._st.freed or self._session._closed
+
+    def at_eof(self) -> bool:
+        """True if nothing is buffered and the peer has sent FIN."""
+        return self._st.at_eof
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes written but not yet handed to the transport."""
+        return self._st.send_len
+
+    def __repr__(self) -> str:
+        return f"<yamux.Stream id={self.id} {self.state}>"
+
+    # ------------------------------------------------------------ reading
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (``n < 0``: all that is buffered), waiting until at
+        least one is available.  Returns ``b''`` at EOF (peer FIN, or after our
+        own ``close()``).  Raises :class:`StreamResetError` after a RST and
+        :class:`SessionClosedError` (or its :class:`ProtocolError` subclass) if
+        the session ended before the peer's FIN."""
+        st = self._st
+        while True:
+            if st.recv_len:
+                if n == 0:
+                    return b""
+                data = self._conn.read(st, n)
+                if self._conn._control:
+                    self._session._schedule_flush()
+                return data
+            if st.reset:
+                raise self._reset_error()
+            if st.remote_fin or st.read_closed or n == 0:
+                return b""
+            if self._session._closed:
+                raise self._session._closed_exc()
+            await self._wait_readable()
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; ``asyncio.IncompleteReadError`` on early EOF."""
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        st = self._st
+        if st.recv_len >= n:
+            data = self._conn.read(st, n)
+            if self._conn._control:
+                self._session._schedule_flush()
+            return data
+        chunks = []
+        need = n
+        while need:
+            data = await self.read(need)
+            if not data:
+                raise asyncio.IncompleteReadError(b"".join(chunks), n)
+            chunks.append(data)
+            need -= len(data)
+        return b"".join(chunks)
+
+    async def read_until_eof(self) -> bytes:
+        """Everything until the peer's FIN."""
+        chunks = []
+        while True:
+            data = await self.read()
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+    async def _wait_readable(self) -> None:
+        if self._read_waiter is not None:
+            raise RuntimeError(f"stream {self.id}: read() called while another coroutine is already reading")
+        if self._sink is not None:
+            raise RuntimeError(f"stream {self.id} is being spliced")
+        fut = self._session._loop.create_future()
+        self._read_waiter = fut
+        try:
+            await fut
+        finally:
+            self._read_waiter = None
+
+    # ------------------------------------------------------------ writing
+
+    def write(self, data) -> None:
+        """Queue ``data`` (bytes are kept as they are, other buffers copied).
+        Raises after a RST, write_eof()/close(), or the session's end."""
+        st = self._st
+        if st.reset:
+            raise self._reset_error()
+        session = self._session
+        if session._closed:
+            raise session._closed_exc()
+        self._conn.send_data(st, data)
+        if not session._flush_scheduled:
+            session._schedule_flush()
+
+    def writelines(self, data) -> None:
+        for item in data:
+            self.write(item)
+
+    async def drain(self) -> None:
+        """Wait while this stream's queue is above its bound (the send window
+        is exhausted or the transport is busy).  Raises on RST or session end."""
+        st = self._st
+        session = self._session
+        while True:
+            if st.reset:
+                raise self._reset_error()
+            if session._closed:
+                if st.fin_sent:
+                    return  # everything, FIN included, went out before the end
+                raise session._closed_exc()
+            if st.send_len <= self._high:
+                return
+            fut = session._loop.create_future()
+            self._write_waiter = fut
+            session._blocked_writers.add(self)
+            try:
+                await fut
+            finally:
+                self._write_waiter = None
+                session._blocked_writers.discard(self)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Half-close: FIN after the queued data (only once).  Reads go on
+        until the peer's FIN."""
+        self._conn.end_stream(self._st)
+        self._session._schedule_flush()
+
+    def close(self) -> None:
+        """FIN (if not sent yet) and stop reading: later reads return b'' and
+        data still arriving is dropped.  The stream is freed when both FINs
+        have been seen."""
+        self._conn.close_stream(self._st)
+        self._readable()
+        self._session._schedule_flush()
+
+    def reset(self) -> None:
+        """Abort with RST: queued data is dropped and the stream freed at once;
+        blocked readers and writers get :class:`StreamResetError`."""
+        st = self._st
+        if st.reset or st.freed:
+            return
+        self._conn.reset_stream(st)
+        self._readable()
+        self._writable()
+        self._finished()
+        self._session._schedule_flush()
+
+    async def wait_closed(self) -> None:
+        """Wait until the stream is finished (both FINs or a RST) or the session ended."""
+        if self.closed:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = self._session._loop.create_future()
+        await asyncio.shield(self._closed_waiter)
+
+    # ------------------------------------------------------------ wake-ups
+
+    def _reset_error(self) -> StreamResetError:
+        who = "the peer" if self._st.reset_by_peer else "us"
+        return StreamResetError(f"stream {self.id} was reset by {who}")
+
+    def _readable(self) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink.stream_readable()
+            return
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _writable(self) -> None:
+        waiter = self._write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        callback = self._writable_cb
+        if callback is not None:
+            self._writable_cb = None
+            self._session._blocked_writers.discard(self)
+            callback()
+
+    def _finished(self) -> None:
+        waiter = self._closed_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _session_ended(self) -> None:
+        self._readable()
+        self._writable()
+        self._finished()
+
+
+# ---------------------------------------------------------------------------
+# splice
+# ---------------------------------------------------------------------------
+
+
+class _Splice(asyncio.Protocol):
+    """Copies bytes between a yamux stream and a socket transport, both ways,
+    with backpressure and half-close; no task per chunk."""
+
+    def __init__(self, stream: Stream, done: asyncio.Future) -> None:
+        self.stream = stream
+        self.st = stream._st
+        self.session = stream._session
+        self.conn = stream._conn
+        self.done = done
+        self.transport = None
+        self.up_done = False  # socket -> stream finished (FIN queued)
+        self.down_done = False  # stream -> socket finished (socket write side shut)
+        self.write_paused = False
+        self.read_paused = False
+        self.finished = False
+
+    # socket side
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.stream._sink = self
+        self.stream_readable()
+
+    def data_received(self, data) -> None:
+        stream = self.stream
+        try:
+            stream.write(data)
+        except YamuxError:
+            self.fail()
+            return
+        if self.st.send_len > stream._high and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+            stream._writable_cb = self.stream_writable
+            self.session._blocked_writers.add(stream)
+
+    def eof_received(self):
+        if not self.up_done:
+            self.up_done = True
+            try:
+                self.stream.write_eof()
+            except YamuxError:
+                self.fail()
+                return False
+            self.check_done()
+        return True  # keep the socket open for writing
+
+    def connection_lost(self, exc) -> None:
+        if not self.finished:
+            self.fail()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.stream_readable()
+
+    # stream side
+
+    def stream_writable(self) -> None:
+        if self.finished:
+            return
+        st = self.st
+        if st.reset or (self.session._closed and not self.up_done):
+            self.fail()
+            return
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def stream_readable(self) -> None:
+        if self.finished or self.write_paused:
+            return
+        st = self.st
+        conn = self.conn
+        if st.recv_len:
+            self.transport.writelines(conn.take_received(st))
+            if conn._control:
+                self.session._schedule_flush()
+        if st.reset:
+            self.fail()
+            return
+        if st.remote_fin:
+            if not st.recv_len and not self.down_done:
+                self.down_done = True
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
+                self.check_done()
+        elif self.session._closed:
+            self.fail()
+
+    def check_done(self) -> None:
+        if self.up_done and self.down_done and not self.finished:
+            self.finish()
+            self.transport.close()
+            self.stream.close()
+
+    def fail(self) -> None:
+        if self.finished:
+            return
+        self.finish()
+        self.stream.reset()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def finish(self) -> None:
+        self.finished = True
+        stream = self.stream
+        stream._sink = None
+        stream._writable_cb = None
+        self.session._blocked_writers.discard(stream)
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def splice(stream: Stream, sock: socket.socket) -> None:
+    """Copy bytes both ways between ``stream`` and a connected socket.
+
+    Backpressure both ways (the socket is not read while the stream's queue is
+    full; the stream's buffer is not taken while the socket's write buffer is
+    full, so the peer's window closes).  EOF on one side half-closes the other
+    (FIN / ``shutdown(SHUT_WR)``); an error on either side resets the stream and
+    closes the socket.  Returns when both directions are done; the socket is
+    closed.  Cancelling resets the stream and closes the socket.
+    """
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    splicer = _Splice(stream, done)
+    try:
+        await loop.connect_accepted_socket(lambda: splicer, sock)
+    except BaseException:
+        stream.reset()
+        sock.close()
+        raise
+    try:
+        await done
+    except asyncio.CancelledError:
+        splicer.fail()
+        raise

@@ -1,0 +1,47 @@
+"""Session configuration (hashicorp/yamux names in snake_case, same defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .frame import INITIAL_WINDOW, MAX_UINT32
+
+
+@dataclass(frozen=True)
+class Config:
+    """Tunables of one session.  Validated on construction (``ValueError``).
+
+    accept_backlog: inbound streams waiting for ``accept_stream()``; a SYN beyond
+        it is refused with RST.  Also the limit of our own un-ACKed opens.
+    enable_keepalive / keepalive_interval: ping the peer every interval seconds;
+        a ping unanswered within connection_write_timeout (with no other traffic
+        received meanwhile) ends the session.
+    connection_write_timeout: ping deadline, and how long ``close()`` waits for
+        the transport to flush before aborting it.
+    max_stream_window_size: this side's receive window per stream (>= 256 KiB);
+        the extra above 256 KiB is granted on the SYN/ACK window update.
+    stream_write_buffer: bytes a stream may queue locally (beyond what the send
+        window lets out) before ``drain()`` blocks.
+    """
+
+    accept_backlog: int = 256
+    enable_keepalive: bool = True
+    keepalive_interval: float = 30.0
+    connection_write_timeout: float = 10.0
+    max_stream_window_size: int = INITIAL_WINDOW
+    stream_write_buffer: int = 128 * 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.accept_backlog, int) or self.accept_backlog <= 0:
+            raise ValueError(f"accept_backlog must be a positive integer, got {self.accept_backlog!r}")
+        if not self.keepalive_interval > 0:
+            raise ValueError(f"keepalive_interval must be > 0, got {self.keepalive_interval!r}")
+        if not self.connection_write_timeout > 0:
+            raise ValueError(f"connection_write_timeout must be > 0, got {self.connection_write_timeout!r}")
+        window = self.max_stream_window_size
+        if not isinstance(window, int) or not INITIAL_WINDOW <= window <= MAX_UINT32:
+            raise ValueError(
+                f"max_stream_window_size must be an integer between {INITIAL_WINDOW} and {MAX_UINT32}, got {window!r}"
+            )
+        if not isinstance(self.stream_write_buffer, int) or self.stream_write_buffer < 0:
+            raise ValueError(f"stream_write_buffer must be a non-negative integer, got {self.stream_write_buffer!r}")

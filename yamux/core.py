@@ -1,0 +1,816 @@
+"""Sans-IO yamux session: frame parsing, stream state machines, windows.
+
+No I/O and no asyncio here.  A :class:`Connection` is fed the bytes that
+arrived (:meth:`Connection.receive_data`) and returns :class:`Event` objects;
+the bytes to send are collected with :meth:`Connection.take_output`, a list of
+buffers (12-byte headers and body pieces) to write in order, e.g. with
+``transport.writelines``.  Control frames (SYN/ACK/FIN/RST, window updates,
+pings, Go Away) always come before queued Data frames.
+
+Each stream is a :class:`StreamState`.  The receive buffer holds the payload
+as it arrived (bytes, or memoryviews of the received chunk when the payload is
+most of it), so memory per stream stays bounded by its receive window.  The
+send queue holds what the application wrote; Data frames are cut from it no
+larger than the stream's send window.
+
+Protocol errors end the session: a Go Away(1) is queued (best effort), the
+connection is marked closed with a :class:`~yamux.errors.ProtocolError`
+saying what was wrong, and a :class:`ConnectionTerminated` event is returned.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .config import Config
+from .errors import (
+    GoAwayError,
+    ProtocolError,
+    SessionClosedError,
+    StreamClosedError,
+    StreamResetError,
+    YamuxError,
+)
+from .frame import (
+    FLAG_ACK,
+    FLAG_FIN,
+    FLAG_RST,
+    FLAG_SYN,
+    GO_AWAY_INTERNAL_ERROR,
+    GO_AWAY_NORMAL,
+    GO_AWAY_PROTOCOL_ERROR,
+    HEADER_SIZE,
+    INITIAL_WINDOW,
+    MAX_UINT32,
+    TYPE_DATA,
+    TYPE_GO_AWAY,
+    TYPE_PING,
+    TYPE_WINDOW_UPDATE,
+    pack_header,
+    unpack_header_from,
+)
+
+#: Largest Data frame we cut, whatever the window (keeps control frames from
+#: waiting behind one huge body).
+MAX_DATA_FRAME = 256 * 1024
+
+#: Default amount of Data payload one ``take_output`` call hands out.
+DEFAULT_OUTPUT_BUDGET = 1024 * 1024
+
+#: A frame body cut from more queued pieces than this is joined into one bytes.
+_JOIN_PIECES = 8
+
+
+# --------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------
+
+
+class Event:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class StreamOpened(Event):
+    """The peer opened a stream; it waits in the accept queue."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: StreamState) -> None:
+        self.stream = stream
+
+
+class DataReceived(Event):
+    """The stream's receive buffer became non-empty."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: StreamState) -> None:
+        self.stream = stream
+
+
+class StreamEnded(Event):
+    """The peer sent FIN: after the buffered data, the stream is at EOF."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: StreamState) -> None:
+        self.stream = stream
+
+
+class StreamReset(Event):
+    """The peer sent RST."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: StreamState) -> None:
+        self.stream = stream
+
+
+class StreamClosed(Event):
+    """The stream is finished (both FINs, or a RST) and forgotten by the session."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: StreamState) -> None:
+        self.stream = stream
+
+
+class OpenSlotAvailable(Event):
+    """An un-ACKed open was settled: ``open_stream`` may proceed again."""
+
+    __slots__ = ()
+
+
+class PingAcked(Event):
+    """A reply to our ping ``opaque`` arrived."""
+
+    __slots__ = ("opaque",)
+
+    def __init__(self, opaque: int) -> None:
+        self.opaque = opaque
+
+
+class GoAwayReceived(Event):
+    """The peer sent Go Away with ``code`` (0: no new streams; others end the session)."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class ConnectionTerminated(Event):
+    """The session is over.  ``error`` is None for a local close, else the reason.
+
+    ``streams`` are the streams that were still live: their readers and writers
+    must be woken.
+    """
+
+    __slots__ = ("error", "streams")
+
+    def __init__(self, error: BaseException | None, streams: list) -> None:
+        self.error = error
+        self.streams = streams
+
+
+class _Stop(Exception):
+    """Internal: stop parsing (the session ended on a received frame)."""
+
+
+# --------------------------------------------------------------------------
+# Stream state
+# --------------------------------------------------------------------------
+
+
+class StreamState:
+    """One stream's state.  Attributes are read by the I/O layer; change them
+    only through :class:`Connection` methods."""
+
+    __slots__ = (
+        "stream_id",
+        "outbound",  # we opened it
+        "acked",  # outbound: the peer's ACK arrived; inbound: we sent our ACK
+        "accepted",  # inbound: handed to the application
+        "counts_unacked",  # holds one of our un-ACKed open slots
+        "recv_window",  # credit the peer still has
+        "recv_buf",
+        "recv_len",
+        "consumed",  # read by the application but not yet advertised
+        "send_window",
+        "send_buf",
+        "send_len",
+        "fin_pending",  # the application closed its write side
+        "fin_sent",
+        "remote_fin",
+        "reset",
+        "reset_by_peer",
+        "read_closed",  # the application called close(): discard what arrives
+        "freed",
+        "user",  # slot for the I/O layer's stream object
+    )
+
+    def __init__(self, stream_id: int, outbound: bool, recv_window: int) -> None:
+        self.stream_id = stream_id
+        self.outbound = outbound
+        self.acked = False
+        self.accepted = outbound
+        self.counts_unacked = False
+        self.recv_window = recv_window
+        self.recv_buf: deque = deque()
+        self.recv_len = 0
+        self.consumed = 0
+        self.send_window = INITIAL_WINDOW
+        self.send_buf: deque = deque()
+        self.send_len = 0
+        self.fin_pending = False
+        self.fin_sent = False
+        self.remote_fin = False
+        self.reset = False
+        self.reset_by_peer = False
+        self.read_closed = False
+        self.freed = False
+        self.user = None
+
+    @property
+    def state(self) -> str:
+        """A readable name for the state (for logs and tests)."""
+        if self.reset:
+            return "reset"
+        local = self.fin_pending or self.fin_sent
+        if local and self.remote_fin:
+            return "closed"
+        if local:
+            return "local-close"
+        if self.remote_fin:
+            return "remote-close"
+        if self.outbound and not self.acked:
+            return "syn-sent"
+        if not self.outbound and not self.acked:
+            return "syn-received"
+        return "established"
+
+    @property
+    def at_eof(self) -> bool:
+        """Nothing buffered and nothing more will arrive (peer FIN or local close)."""
+        return not self.recv_len and (self.remote_fin or self.read_closed)
+
+    def __repr__(self) -> str:
+        return (
+            f"<StreamState id={self.stream_id} {self.state} recv={self.recv_len}/{self.recv_window} "
+            f"send={self.send_len}/{self.send_window}>"
+        )
+
+
+# --------------------------------------------------------------------------
+# Connection
+# --------------------------------------------------------------------------
+
+
+class Connection:
+    """One yamux session, either role, without I/O."""
+
+    def __init__(self, *, client: bool, config: Config | None = None) -> None:
+        self.config = config = config or Config()
+        self.client = client
+        self.max_window = config.max_stream_window_size
+        self._extra_window = self.max_window - INITIAL_WINDOW
+        self._update_threshold = self.max_window // 2
+        self._backlog = config.accept_backlog
+        self._next_id = 1 if client else 2
+        self._peer_parity = 0 if client else 1
+        self.streams: dict[int, StreamState] = {}
+        self._accept_queue: deque[StreamState] = deque()
+        self._unacked_opens = 0
+        self._control: list = []
+        self._ready: dict[StreamState, None] = {}  # streams with sendable data, in turn
+        self._events: list = []
+        self._partial = b""  # an incomplete header
+        self._body_left = 0  # Data body bytes still to come
+        self._body_stream: StreamState | None = None  # where they go (None: discard)
+        self._next_ping = 0
+        self.local_go_away = False
+        self.remote_go_away = False
+        self.go_away_sent = False
+        self.closed = False
+        self.error: BaseException | None = None
+
+    # ---------------------------------------------------------------- input
+
+    def receive_data(self, data) -> list:
+        """Process received bytes; return the events they caused.
+
+        The connection keeps references to (slices of) ``data``: pass bytes, or
+        a buffer that is never modified afterwards (others are copied).
+        """
+        if not self.closed and data:
+            if type(data) is not bytes:
+                data = bytes(data)
+            try:
+                self._parse(data)
+            except ProtocolError as exc:
+                self._fail(exc)
+            except _Stop:
+                pass
+        return self.take_events()
+
+    def connection_lost(self, error: BaseException | None = None) -> list:
+        """The transport ended (EOF or error).  Returns the events."""
+        if not self.closed:
+            if error is None:
+                if self._body_left or self._partial:
+                    error = SessionClosedError("connection closed by the peer in the middle of a frame")
+                elif self.remote_go_away:
+                    error = None  # the peer said goodbye first: a clean end
+                else:
+                    error = SessionClosedError("connection closed by the peer")
+            self._terminate(error)
+        return self.take_events()
+
+    def take_events(self) -> list:
+        events = self._events
+        if events:
+            self._events = []
+        return events
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
+    def _parse(self, data: bytes) -> None:
+        n = len(data)
+        pos = 0
+        if self._body_left:
+            pos = self._continue_body(data, n)
+            if self._body_left:
+                return
+        if self._partial:
+            need = HEADER_SIZE - len(self._partial)
+            if n - pos < need:
+                self._partial += data[pos:]
+                return
+            header = self._partial + data[pos : pos + need]
+            self._partial = b""
+            pos = self._frame(*unpack_header_from(header), data, pos + need, n)
+        unpack = unpack_header_from
+        frame = self._frame
+        while n - pos >= HEADER_SIZE:
+            pos = frame(*unpack(data, pos), data, pos + HEADER_SIZE, n)
+        if pos < n:
+            self._partial = data[pos:]
+
+    def _frame(self, version: int, ftype: int, flags: int, sid: int, length: int, data: bytes, pos: int, n: int) -> int:
+        """Handle one frame whose header was parsed; its body starts at ``pos``.
+        Returns the position after what was consumed."""
+        if version:
+            raise ProtocolError(f"unsupported protocol version {version} (expected 0)")
+        if ftype == TYPE_DATA:
+            return self._data_frame(flags, sid, length, data, pos, n)
+        if ftype == TYPE_WINDOW_UPDATE:
+            self._window_update_frame(flags, sid, length)
+        elif ftype == TYPE_PING:
+            self._ping_frame(flags, length)
+        elif ftype == TYPE_GO_AWAY:
+            self._go_away_frame(length)
+        else:
+            raise ProtocolError(f"unknown frame type {ftype}")
+        return pos
+
+    def _data_frame(self, flags: int, sid: int, length: int, data: bytes, pos: int, n: int) -> int:
+        st = self._stream_flags(flags, sid) if flags else self.streams.get(sid)
+        if st is not None and (st.reset or (st.remote_fin and not flags & FLAG_FIN)):
+            st = None  # reset, or data after the peer's FIN: discard
+        if st is not None:
+            if length > st.recv_window:
+                raise ProtocolError(
+                    f"stream {sid}: Data frame of {length} bytes exceeds the receive window "
+                    f"({st.recv_window} bytes left)"
+                )
+            st.recv_window -= length
+        take = n - pos
+        if take >= length:
+            take = length
+        else:
+            self._body_left = length - take
+            self._body_stream = st
+        if take and st is not None:
+            self._append(st, data, pos, take, n)
+        return pos + take
+
+    def _continue_body(self, data: bytes, n: int) -> int:
+        take = self._body_left if self._body_left < n else n
+        self._body_left -= take
+        st = self._body_stream
+        if not self._body_left:
+            self._body_stream = None
+        if st is not None and not st.reset:
+            self._append(st, data, 0, take, n)
+        return take
+
+    def _append(self, st: StreamState, data: bytes, pos: int, take: int, n: int) -> None:
+        if st.read_closed:
+            self._consume(st, take)  # nobody reads: drop it and keep the peer's credit flowing
+            return
+        if take == n:
+            chunk = data
+        elif take * 2 >= n:
+            chunk = memoryview(data)[pos : pos + take]  # most of the chunk: share it
+        else:
+            chunk = data[pos : pos + take]  # a small part: copy, don't pin the chunk
+        st.recv_buf.append(chunk)
+        if st.recv_len:
+            st.recv_len += take
+        else:
+            st.recv_len = take
+            self._events.append(DataReceived(st))
+
+    def _window_update_frame(self, flags: int, sid: int, delta: int) -> None:
+        st = self._stream_flags(flags, sid) if flags else self.streams.get(sid)
+        if st is None or st.reset or not delta:
+            return
+        st.send_window += delta
+        if st.send_len and not self.closed:
+            self._ready[st] = None
+
+    def _stream_flags(self, flags: int, sid: int) -> StreamState | None:
+        """Apply SYN/ACK/FIN/RST of a stream frame.  Returns the stream, or None
+        when the frame is for no live stream (it is then ignored / discarded)."""
+        if flags & FLAG_SYN:
+            st = self._incoming_stream(flags, sid)
+        else:
+            st = self.streams.get(sid)
+        if st is None:
+            return None
+        if flags & FLAG_ACK and st.outbound and not st.acked:
+            st.acked = True
+            self._release_open_slot(st)
+        if flags & FLAG_FIN:
+            if st.remote_fin:
+                raise ProtocolError(f"stream {sid}: FIN received after the peer had already sent FIN")
+            st.remote_fin = True
+            self._events.append(StreamEnded(st))
+            if st.fin_sent:
+                self._free(st)
+        if flags & FLAG_RST and not st.reset:
+            st.reset = True
+            st.reset_by_peer = True
+            self._drop_buffers(st)
+            self._events.append(StreamReset(st))
+            self._free(st)
+        return st
+
+    def _incoming_stream(self, flags: int, sid: int) -> StreamState | None:
+        if flags & FLAG_ACK:
+            raise ProtocolError(f"stream {sid}: SYN and ACK in the same frame")
+        if sid == 0:
+            raise ProtocolError("SYN for stream id 0 (reserved for the session)")
+        if sid & 1 != self._peer_parity:
+            opener = "server" if self.client else "client"
+            raise ProtocolError(f"SYN for stream {sid}: wrong id parity for a stream opened by the {opener}")
+        if sid in self.streams:
+            raise ProtocolError(f"duplicate SYN for live stream {sid}")
+        if self.local_go_away or len(self._accept_queue) >= self._backlog:
+            self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
+            return None
+        st = StreamState(sid, outbound=False, recv_window=INITIAL_WINDOW)
+        self.streams[sid] = st
+        self._accept_queue.append(st)
+        self._events.append(StreamOpened(st))
+        return st
+
+    def _ping_frame(self, flags: int, opaque: int) -> None:
+        if flags & FLAG_SYN:
+            if flags & FLAG_ACK:
+                raise ProtocolError("Ping frame with both SYN and ACK")
+            self._control.append(pack_header(0, TYPE_PING, FLAG_ACK, 0, opaque))
+        else:
+            self._events.append(PingAcked(opaque))
+
+    def _go_away_frame(self, code: int) -> None:
+        self._events.append(GoAwayReceived(code))
+        if code == GO_AWAY_NORMAL:
+            self.remote_go_away = True
+            return
+        if code == GO_AWAY_PROTOCOL_ERROR:
+            error: SessionClosedError = ProtocolError("the peer sent Go Away(1): it saw a protocol error from us")
+        elif code == GO_AWAY_INTERNAL_ERROR:
+            error = SessionClosedError("the peer sent Go Away(2): internal error")
+        else:
+            error = SessionClosedError(f"the peer sent Go Away with unknown code {code}")
+        self._terminate(error)
+        raise _Stop
+
+    # -------------------------------------------------------------- streams
+
+    def can_open(self) -> bool:
+        """False while ``accept_backlog`` of our opens are still un-ACKed."""
+        return self._unacked_opens < self._backlog
+
+    def open_stream(self) -> StreamState:
+        """Open a stream now: its SYN is queued; data may follow before the ACK."""
+        if self.closed:
+            raise SessionClosedError("session closed")
+        if self.remote_go_away:
+            raise GoAwayError("the peer sent Go Away: it accepts no new streams")
+        if not self.can_open():
+            raise YamuxError(f"{self._unacked_opens} opened streams are still waiting for the peer's ACK")
+        sid = self._next_id
+        if sid > MAX_UINT32:
+            raise YamuxError("stream ids exhausted")
+        self._next_id = sid + 2
+        st = StreamState(sid, outbound=True, recv_window=self.max_window)
+        st.counts_unacked = True
+        self._unacked_opens += 1
+        self.streams[sid] = st
+        self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_SYN, sid, self._extra_window))
+        return st
+
+    def accept(self) -> StreamState | None:
+        """Pop the next inbound stream (queuing its ACK), or None if there is none."""
+        if not self._accept_queue:
+            return None
+        st = self._accept_queue.popleft()
+        st.accepted = True
+        if not st.reset and not self.closed:
+            st.acked = True
+            st.recv_window += self._extra_window
+            self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_ACK, st.stream_id, self._extra_window))
+        return st
+
+    @property
+    def accept_queue_length(self) -> int:
+        return len(self._accept_queue)
+
+    def send_data(self, st: StreamState, data) -> None:
+        """Queue ``data`` on the stream (bytes are kept, other buffers copied)."""
+        if st.reset:
+            raise StreamResetError(f"stream {st.stream_id} was reset")
+        if st.fin_pending or st.fin_sent:
+            raise StreamClosedError(f"stream {st.stream_id}: write after write_eof()/close()")
+        if self.closed:
+            raise SessionClosedError("session closed")
+        size = len(data)
+        if not size:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+            size = len(data)
+        st.send_buf.append(data)
+        st.send_len += size
+        if st.send_window:
+            self._ready[st] = None
+
+    def end_stream(self, st: StreamState) -> None:
+        """Half-close: FIN after the queued data.  Idempotent (never two FINs)."""
+        if st.fin_pending or st.fin_sent or st.reset or self.closed:
+            return
+        st.fin_pending = True
+        if not st.send_len:
+            self._send_fin(st, self._control)
+
+    def close_stream(self, st: StreamState) -> None:
+        """FIN (if not yet) and stop reading: buffered and later data is dropped,
+        with the peer's credit returned so it can finish."""
+        self.end_stream(st)
+        if not st.read_closed:
+            st.read_closed = True
+            dropped = st.recv_len
+            st.recv_buf.clear()
+            st.recv_len = 0
+            if dropped:
+                self._consume(st, dropped)
+
+    def reset_stream(self, st: StreamState) -> None:
+        """Abort the stream: RST, drop its buffers, forget it at once."""
+        if st.reset or st.freed:
+            return
+        st.reset = True
+        self._drop_buffers(st)
+        if not self.closed:
+            self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_RST, st.stream_id, 0))
+        self._free(st)
+
+    def read(self, st: StreamState, max_bytes: int = -1) -> bytes:
+        """Take up to ``max_bytes`` (all if < 0) buffered bytes; b'' if none."""
+        buf = st.recv_buf
+        if not buf:
+            return b""
+        total = st.recv_len
+        if max_bytes < 0 or max_bytes >= total:
+            if len(buf) == 1:
+                data = buf.popleft()
+                if type(data) is not bytes:
+                    data = bytes(data)
+            else:
+                data = b"".join(buf)
+                buf.clear()
+            taken = total
+        else:
+            data = b"".join(self._pop_received(st, max_bytes))
+            taken = max_bytes
+        st.recv_len = total - taken
+        self._consume(st, taken)
+        return data
+
+    def take_received(self, st: StreamState, max_bytes: int = -1) -> list:
+        """Like :meth:`read` but returns the buffered pieces (bytes/memoryviews)
+        without joining them: for zero-copy forwarding."""
+        buf = st.recv_buf
+        if not buf:
+            return []
+        total = st.recv_len
+        if max_bytes < 0 or max_bytes >= total:
+            pieces = list(buf)
+            buf.clear()
+            taken = total
+        else:
+            pieces = self._pop_received(st, max_bytes)
+            taken = max_bytes
+        st.recv_len = total - taken
+        self._consume(st, taken)
+        return pieces
+
+    @staticmethod
+    def _pop_received(st: StreamState, size: int) -> list:
+        buf = st.recv_buf
+        pieces = []
+        while size:
+            chunk = buf[0]
+            clen = len(chunk)
+            if clen <= size:
+                pieces.append(buf.popleft())
+                size -= clen
+            else:
+                view = chunk if type(chunk) is memoryview else memoryview(chunk)
+                pieces.append(view[:size])
+                buf[0] = view[size:]
+                size = 0
+        return pieces
+
+    def _consume(self, st: StreamState, nbytes: int) -> None:
+        """The application took ``nbytes``: advertise them once >= half the window."""
+        consumed = st.consumed + nbytes
+        if consumed >= self._update_threshold and not (st.remote_fin or st.reset or st.freed or self.closed):
+            self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, 0, st.stream_id, consumed))
+            st.recv_window += consumed
+            consumed = 0
+        st.consumed = consumed
+
+    def _send_fin(self, st: StreamState, out: list) -> None:
+        out.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_FIN, st.stream_id, 0))
+        st.fin_sent = True
+        if st.remote_fin:
+            self._free(st)
+
+    def _drop_buffers(self, st: StreamState) -> None:
+        st.recv_buf.clear()
+        st.recv_len = 0
+        st.send_buf.clear()
+        st.send_len = 0
+        self._ready.pop(st, None)
+
+    def _free(self, st: StreamState) -> None:
+        if st.freed:
+            return
+        st.freed = True
+        if self.streams.get(st.stream_id) is st:
+            del self.streams[st.stream_id]
+        self._ready.pop(st, None)
+        self._release_open_slot(st)
+        self._events.append(StreamClosed(st))
+
+    def _release_open_slot(self, st: StreamState) -> None:
+        if st.counts_unacked:
+            st.counts_unacked = False
+            self._unacked_opens -= 1
+            if self._unacked_opens == self._backlog - 1:
+                self._events.append(OpenSlotAvailable())
+
+    # ------------------------------------------------------- session control
+
+    def ping(self) -> int:
+        """Queue a ping; returns its opaque value (a PingAcked event follows)."""
+        if self.closed:
+            raise SessionClosedError("session closed")
+        opaque = self._next_ping
+        self._next_ping = (opaque + 1) & MAX_UINT32
+        self._control.append(pack_header(0, TYPE_PING, FLAG_SYN, 0, opaque))
+        return opaque
+
+    def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
+        """Send Go Away.  0: refuse new inbound streams from now on (existing
+        ones go on).  Any other code ends the session (a local, clean end)."""
+        if self.closed:
+            return
+        if not 0 <= code <= MAX_UINT32:
+            raise ValueError(f"Go Away code out of range: {code}")
+        if code == GO_AWAY_NORMAL:
+            if not self.local_go_away:
+                self.local_go_away = True
+                self.go_away_sent = True
+                self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, code))
+            return
+        self.go_away_sent = True
+        self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, code))
+        self._terminate(None)
+
+    def close(self) -> list:
+        """End the session locally: Go Away(0) (unless one was sent) and a
+        :class:`ConnectionTerminated` with error None.  Returns the events."""
+        if not self.closed:
+            if not self.go_away_sent:
+                self.go_away_sent = True
+                self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL))
+            self._terminate(None)
+        return self.take_events()
+
+    def abort(self, error: BaseException) -> list:
+        """End the session with ``error`` and no Go Away (e.g. keepalive failure)."""
+        self._terminate(error)
+        return self.take_events()
+
+    def _fail(self, error: ProtocolError) -> None:
+        if not self.closed:
+            self.go_away_sent = True
+            self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR))
+            self._terminate(error)
+
+    def _terminate(self, error: BaseException | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.error = error
+        live = list(self.streams.values())
+        self.streams.clear()
+        self._ready.clear()
+        self._partial = b""
+        self._body_left = 0
+        self._body_stream = None
+        for st in live:
+            st.send_buf.clear()
+            st.send_len = 0
+            self._release_open_slot(st)
+        self._events.append(ConnectionTerminated(error, live))
+
+    # --------------------------------------------------------------- output
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._control or self._ready)
+
+    @property
+    def has_pending_data(self) -> bool:
+        """Data frames could be cut now (some stream has data and window)."""
+        return bool(self._ready)
+
+    def take_output(self, max_data: int = DEFAULT_OUTPUT_BUDGET) -> list:
+        """The next bytes to send, as a list of buffers to write in order.
+
+        All queued control frames first, then Data frames (round robin over the
+        streams, each frame no larger than the stream's send window and
+        ``MAX_DATA_FRAME``) until about ``max_data`` payload bytes.  With
+        ``max_data=0`` only control frames are returned.
+        """
+        out = self._control
+        self._control = []
+        if self._ready and max_data > 0 and not self.closed:
+            self._cut_data_frames(out, max_data)
+        return out
+
+    def _cut_data_frames(self, out: list, budget: int) -> None:
+        ready = self._ready
+        while ready and budget > 0:
+            st = next(iter(ready))
+            del ready[st]
+            size = st.send_window
+            if size > MAX_DATA_FRAME:
+                size = MAX_DATA_FRAME
+            if size > st.send_len:
+                size = st.send_len
+            out.append(pack_header(0, TYPE_DATA, 0, st.stream_id, size))
+            self._pop_send(st, size, out)
+            st.send_window -= size
+            st.send_len -= size
+            budget -= size
+            if st.send_len:
+                if st.send_window:
+                    ready[st] = None
+            elif st.fin_pending and not st.fin_sent:
+                self._send_fin(st, out)
+
+    @staticmethod
+    def _pop_send(st: StreamState, size: int, out: list) -> None:
+        buf = st.send_buf
+        first = buf[0]
+        if len(first) == size:  # the common case: one write, one frame
+            out.append(buf.popleft())
+            return
+        pieces = []
+        while size:
+            chunk = buf[0]
+            clen = len(chunk)
+            if clen <= size:
+                pieces.append(buf.popleft())
+                size -= clen
+            else:
+                view = chunk if type(chunk) is memoryview else memoryview(chunk)
+                pieces.append(view[:size])
+                buf[0] = view[size:]
+                size = 0
+        if len(pieces) > _JOIN_PIECES:
+            out.append(b"".join(pieces))
+        else:
+            out.extend(pieces)
+
+    # ------------------------------------------------------------ inspection
+
+    @property
+    def unacked_opens(self) -> int:
+        return self._unacked_opens
+
+    def buffered_bytes(self) -> int:
+        """Bytes held for the application across all live streams (receive side)."""
+        return sum(st.recv_len for st in self.streams.values())
