@@ -32,13 +32,20 @@ def session_config():
 
 
 async def open_session(transport: Transport, config=None):
-    """A yamux SERVER session on one host connection (the session owns the transport)."""
+    """A yamux SERVER session on one host connection; the transport is handed over.
+
+    A socket is owned by the session from then on; a device fd is duplicated by
+    yamux, so our copy is closed here.
+    """
     from yamux import Session
 
     config = session_config() if config is None else config
     if transport.sock is not None:
         return await Session.from_socket(transport.sock, client=False, config=config)
-    return await Session.from_fd(transport.fd, client=False, config=config)
+    try:
+        return await Session.from_fd(transport.fd, client=False, config=config)
+    finally:
+        transport.close()
 
 
 class Bridge:
@@ -81,28 +88,21 @@ class Bridge:
         from yamux import SessionClosedError
 
         self.session = session
-        reason = "host hung up"
         try:
             while True:
                 try:
                     stream = await session.accept_stream()
-                except SessionClosedError as exc:
-                    detail = str(exc)
-                    if detail:
-                        reason = f"session closed: {detail}"
+                except SessionClosedError:
                     break
                 task = asyncio.ensure_future(self._serve_stream(stream))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         finally:
             self.session = None
-            session.close()
+            await session.close()
             await self._drain()
-            try:
-                await asyncio.wait_for(session.wait_closed(), DRAIN_TIMEOUT)
-            except (asyncio.TimeoutError, Exception):
-                pass
-        return reason
+        error = session.error
+        return "the host hung up" if error is None else f"session ended: {error}"
 
     async def _serve_stream(self, stream) -> None:
         from yamux import splice
@@ -118,15 +118,14 @@ class Bridge:
         except OSError as exc:
             sock.close()
             log.error("stream: cannot reach the gRPC server at %s: %s", self.target, exc)
-            _abort(stream)
+            stream.reset()
             return
         try:
             await splice(stream, sock)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one stream failing must not take the bridge down
-            log.debug("stream: splice ended with %r", exc)
-            _abort(stream)
+            log.debug("stream %s: splice ended with %r", getattr(stream, "id", "?"), exc)
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -137,20 +136,7 @@ class Bridge:
         if pending:
             await asyncio.wait(pending)
 
-    def close(self) -> None:
-        """Stop serving: close the current session (SIGTERM path)."""
+    async def close(self) -> None:
+        """Stop serving: close the current session (Go Away, then the transport)."""
         if self.session is not None:
-            self.session.close()
-
-
-def _abort(stream) -> None:
-    for name in ("reset", "close"):
-        fn = getattr(stream, name, None)
-        if fn is not None:
-            try:
-                res = fn()
-                if asyncio.iscoroutine(res):
-                    res.close()
-            except Exception:
-                pass
-            return
+            await self.session.close()

@@ -254,6 +254,13 @@ class ListeningSocketChannel(Channel):
 
     def close(self) -> None:
         if self._listener is not None:
+            # shutdown, not just close: another process may hold a copy of the
+            # listening fd (the sandbox's unshare does), and the socket must
+            # refuse connections all the same.
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         if self._path is not None:

@@ -40,6 +40,7 @@ log = logging.getLogger("kata_agent")
 
 SANDBOX_STATE_DIR = "/run/kata-containers/agent"
 GRPC_SOCKET_NAME = "agent.sock"
+SHUTDOWN_TIMEOUT = 4.0
 LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
           "critical": logging.CRITICAL, "panic": logging.CRITICAL}
@@ -84,6 +85,8 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level.lower(), logging.INFO))
+    # grpc's own debug lines ("Loaded running loop" per call) drown ours.
+    logging.getLogger("grpc").setLevel(max(root.level, logging.INFO))
 
 
 # ------------------------------------------------------------------------ cli
@@ -102,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", metavar="LEVEL", help="debug, info, warn, error (default: agent.log= on the kernel "
                                                    "command line in a VM, else info)")
     p.add_argument("--log-format", choices=("text", "json"), default=None)
+    p.add_argument("--ready-fd", type=int, metavar="N",
+                   help="write READY=1 to this fd and close it once serving (process sandbox driver)")
     p.add_argument("--sysfs-root", default="/sys", help=argparse.SUPPRESS)
     p.add_argument("--dev-root", default="/dev", help=argparse.SUPPRESS)
     return p
@@ -118,6 +123,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     explicit = args.channel_fd is not None or args.channel_socket is not None
     mode = detect_mode(explicit)
+    if args.ready_fd is not None:
+        try:
+            os.set_inheritable(args.ready_fd, False)  # never leaks into runc or containers
+        except OSError:
+            args.ready_fd = None
     setup_logging(args.log or "info", args.log_format or "text")
 
     from kata_agent import init
@@ -158,7 +168,7 @@ def main(argv=None) -> int:
     import uvloop
 
     try:
-        rc = uvloop.run(serve(config, channel))
+        rc = uvloop.run(serve(config, channel, ready_fd=args.ready_fd))
     except KeyboardInterrupt:
         rc = 0
     except Exception as exc:
@@ -185,7 +195,7 @@ def grpc_socket_path(state_dir: str) -> tuple[str, str | None]:
     return os.path.join(tmp, GRPC_SOCKET_NAME), tmp
 
 
-async def serve(config, channel) -> int:
+async def serve(config, channel, *, ready_fd: int | None = None) -> int:
     """Run the gRPC server and the bridge until the channel is gone or SIGTERM."""
     from kata_agent.bridge import Bridge
 
@@ -208,6 +218,8 @@ async def serve(config, channel) -> int:
     log.info("gRPC server listening on %s (%.0f ms)", sock_path, (time.monotonic() - t0) * 1000)
 
     bridge = Bridge(sock_path)
+    if ready_fd is not None:
+        _notify_ready(ready_fd)
     bridge_task = asyncio.ensure_future(bridge.run(channel))
     stop_task = asyncio.ensure_future(stopping.wait())
     rc = 0
@@ -222,8 +234,7 @@ async def serve(config, channel) -> int:
                 rc = 1
         else:
             log.info("signal received: shutting down")
-            bridge.close()
-            bridge_task.cancel()
+            bridge_task.cancel()  # serve_session closes the session on its way out
             await asyncio.wait({bridge_task}, timeout=3)
     finally:
         stop_task.cancel()
@@ -239,21 +250,28 @@ async def serve(config, channel) -> int:
     return rc
 
 
-async def _shutdown(server, state) -> None:
-    for name in ("shutdown", "close", "aclose"):
-        fn = getattr(state, name, None)
-        if callable(fn):
-            try:
-                res = fn()
-                if asyncio.iscoroutine(res):
-                    await asyncio.wait_for(res, 5)
-            except Exception as exc:
-                log.debug("state.%s: %s", name, exc)
-            break
+def _notify_ready(fd: int) -> None:
     try:
-        await server.stop(grace=1)
+        os.write(fd, b"READY=1\n")
+    except OSError as exc:
+        log.warning("--ready-fd %d: %s", fd, exc)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+async def _shutdown(server, state) -> None:
+    """Stop serving, then remove every container and unmount storages (bounded)."""
+    from kata_agent.service import stop_grpc_server
+
+    try:
+        await asyncio.wait_for(stop_grpc_server(server, state, grace=1.0), SHUTDOWN_TIMEOUT)
+    except asyncio.TimeoutError:
+        log.warning("shutdown: containers not removed within %gs", SHUTDOWN_TIMEOUT)
     except Exception as exc:
-        log.debug("server.stop: %s", exc)
+        log.warning("shutdown: %s", exc)
 
 
 if __name__ == "__main__":

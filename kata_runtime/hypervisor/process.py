@@ -34,6 +34,10 @@ the agent's namespaces. Killing the agent (PID 1 of the namespace) kills every
 process in it, containers included; killing unshare kills the agent
 (``--kill-child``).
 
+`start()` returns once the agent reports ready (``--ready-fd``: its gRPC
+server is up and it waits for the host on the channel), or raises
+HypervisorError with the console's last lines if it died or timed out.
+
 `stop()`: SIGTERM to the agent (unshare blocks SIGTERM itself), wait up to
 `timeout`, then SIGKILL to unshare (and so to the agent); then the socket and
 the pid file are removed. The console log is kept.
@@ -59,7 +63,7 @@ from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
 log = logging.getLogger("kata_runtime.hypervisor.process")
 
 AGENT_STATE_DIR = "/run/kata-containers/agent"
-START_CHECK_TIMEOUT = 5.0
+READY_TIMEOUT = 60.0
 POLL_INTERVAL = 0.01
 UNIX_PATH_MAX = 107
 
@@ -77,6 +81,7 @@ class ProcessSandbox(Hypervisor):
         python: str | None = None,
         log_level: str = "info",
         log_format: str = "text",
+        ready_timeout: float = READY_TIMEOUT,
         unshare: str = "unshare",
         env: dict[str, str] | None = None,
         agent_args: list[str] | tuple[str, ...] = (),
@@ -85,6 +90,7 @@ class ProcessSandbox(Hypervisor):
         self.python = python or sys.executable
         self.log_level = log_level
         self.log_format = log_format
+        self.ready_timeout = ready_timeout
         self.unshare = unshare
         self.env = env
         self.agent_args = list(agent_args)
@@ -128,7 +134,7 @@ class ProcessSandbox(Hypervisor):
             return False
         return b"kata_agent" in args and os.fsencode(self.shared_dir) in args
 
-    def _argv(self, unshare: str, fd: int) -> list[str]:
+    def _argv(self, unshare: str, fd: int, ready_fd: int) -> list[str]:
         return [
             unshare, "--mount", "--pid", "--uts", "--ipc", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--",
             self.python, "-m", "kata_agent",
@@ -137,6 +143,7 @@ class ProcessSandbox(Hypervisor):
             "--state-dir", AGENT_STATE_DIR,
             "--log", self.log_level,
             "--log-format", self.log_format,
+            "--ready-fd", str(ready_fd),
             *self.agent_args,
         ]
 
@@ -163,16 +170,17 @@ class ProcessSandbox(Hypervisor):
         os.makedirs(self.shared_dir, mode=0o755, exist_ok=True)
         _remove(self.pid_file)
         listener = self._listen()
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         try:
             console = os.open(self.console_log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
             try:
                 fd = listener.fileno()
                 self._proc = subprocess.Popen(
-                    self._argv(unshare, fd),
+                    self._argv(unshare, fd, ready_w),
                     stdin=subprocess.DEVNULL,
                     stdout=console,
                     stderr=console,
-                    pass_fds=(fd,),
+                    pass_fds=(fd, ready_w),
                     cwd="/",
                     env=self._environ(),
                     start_new_session=True,
@@ -180,13 +188,18 @@ class ProcessSandbox(Hypervisor):
             finally:
                 os.close(console)
         except BaseException:
+            os.close(ready_r)
             _remove(self.channel_socket_path)
             raise
         finally:
-            listener.close()  # the agent holds the only copy now
+            listener.close()  # the agent holds the only copies now
+            os.close(ready_w)
         _write_atomic(self.pid_file, f"{self._proc.pid}\n")
         log.debug("process sandbox %s: unshare pid %d", self.sandbox_id, self._proc.pid)
-        await self._check_started()
+        try:
+            await self._wait_ready(ready_r)
+        finally:
+            os.close(ready_r)
 
     def _listen(self) -> socket.socket:
         path = self.channel_socket_path
@@ -203,19 +216,28 @@ class ProcessSandbox(Hypervisor):
             raise HypervisorError(f"cannot listen on {path}: {exc.strerror}") from exc
         return sock
 
-    async def _check_started(self) -> None:
-        """Wait until unshare has forked the agent; fail with the console's tail if it died."""
-        deadline = time.monotonic() + START_CHECK_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                rc = self._proc.returncode
-                self._cleanup()
-                raise HypervisorError(f"process sandbox {self.sandbox_id} exited at start (status {rc}): "
+    async def _wait_ready(self, ready_r: int) -> None:
+        """Wait for the agent's READY=1 (gRPC up, channel open); a dead agent closes the pipe."""
+        os.set_blocking(ready_r, False)
+        deadline = time.monotonic() + self.ready_timeout
+        got = b""
+        while True:
+            try:
+                chunk = os.read(ready_r, 64)
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                got += chunk
+                if b"READY=1" in got:
+                    return
+            elif chunk == b"" or time.monotonic() >= deadline:
+                rc = self._proc.poll()
+                why = f"exited with status {rc}" if rc is not None else (
+                    "closed its ready pipe" if chunk == b"" else f"not ready after {self.ready_timeout:g}s")
+                await self.stop(timeout=1.0)
+                raise HypervisorError(f"process sandbox {self.sandbox_id}: the agent {why} at start: "
                                       f"{self._console_tail() or 'no output'} (console: {self.console_log_path})")
-            if self.agent_pid() is not None:
-                return
             await asyncio.sleep(POLL_INTERVAL)
-        log.warning("process sandbox %s: agent not forked after %gs", self.sandbox_id, START_CHECK_TIMEOUT)
 
     async def stop(self, timeout: float = 5.0) -> None:
         pid = self.pid

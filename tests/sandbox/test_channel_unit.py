@@ -78,8 +78,7 @@ async def test_channel_fd_listening_socket_accepts_one_connection(tmp_path):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
-    fd = os.dup(listener.fileno())
-    listener.close()
+    fd = os.dup(listener.fileno())  # `listener` stays open: another holder, like unshare
     c = ch.open_channel(fd=fd)
     assert isinstance(c, ch.ListeningSocketChannel) and not c.reusable
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -95,6 +94,7 @@ async def test_channel_fd_listening_socket_accepts_one_connection(tmp_path):
     other.close()
     transport.close()
     client.close()
+    listener.close()
 
 
 async def test_channel_fd_connected_socket():
