@@ -147,30 +147,49 @@ async def wait_virtio_port(
         await asyncio.sleep(interval)
 
 
-async def wait_host_connected(fd: int) -> None:
+HOST_RECHECK_INTERVAL = 0.5
+
+
+def host_connected(fd: int) -> bool:
+    """Level check: writable and no hang-up = something is connected on the host side."""
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    events = 0
+    for _fd, ev in p.poll(0):
+        events |= ev
+    if events & (select.POLLERR | select.POLLNVAL):
+        raise ChannelError("channel device I/O error while waiting for the host side")
+    return bool(events & select.POLLOUT) and not events & select.POLLHUP
+
+
+async def wait_host_connected(fd: int, *, recheck: float = HOST_RECHECK_INTERVAL) -> None:
     """Wait until the host end of a virtio port is connected.
 
     A virtio port reports POLLHUP, and never POLLOUT, while nothing is connected
-    to the host side (QEMU's chardev socket has no client); POLLOUT appears
-    when the proxy connects. POLLHUP is level-triggered, so an edge-triggered
-    epoll is watched through the event loop instead of spinning on poll().
+    to the host side (QEMU's chardev socket has no client); when the proxy
+    connects, the kernel sets host_connected and wakes the port's wait queue,
+    so POLLOUT appears. POLLHUP is level-triggered, hence an edge-triggered
+    epoll (as the Kata 1.x agent did) watched through the event loop rather
+    than spinning on poll(); a slow level re-check every `recheck` seconds
+    covers devices that change state without a wake-up (a pty, in tests).
     """
+    if host_connected(fd):
+        return
+    loop = asyncio.get_running_loop()
     ep = select.epoll(1)
     try:
         ep.register(fd, select.EPOLLOUT | select.EPOLLET)
-        loop = asyncio.get_running_loop()
-        while True:
-            for _fd, events in ep.poll(0):
-                if events & select.EPOLLERR:
-                    raise ChannelError("virtio port I/O error while waiting for the host side")
-                if events & select.EPOLLOUT and not events & select.EPOLLHUP:
-                    return
+        log.info("channel: waiting for the host side to connect")
+        while not host_connected(fd):
             ready = loop.create_future()
             loop.add_reader(ep.fileno(), lambda: ready.done() or ready.set_result(None))
             try:
-                await ready
+                await asyncio.wait_for(ready, recheck)
+            except asyncio.TimeoutError:
+                pass
             finally:
                 loop.remove_reader(ep.fileno())
+            ep.poll(0)  # consume the edge
     finally:
         ep.close()
 

@@ -85,6 +85,8 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level.lower(), logging.INFO))
+    if level.lower() not in LEVELS:
+        log.warning("unknown log level %r; using info (known: %s)", level, ", ".join(LEVELS))
     # grpc's own debug lines ("Loaded running loop" per call) drown ours.
     logging.getLogger("grpc").setLevel(max(root.level, logging.INFO))
 
@@ -162,6 +164,7 @@ def main(argv=None) -> int:
         shared_dir_source=os.path.abspath(args.shared_dir) if args.shared_dir else None,
         log_level=level,
         manage_system=mode != "host",
+        **cmdline_config(cmdline, AgentConfig),
     )
     log.info("kata-agent starting: mode=%s pid=%d channel=%s state=%s", mode, os.getpid(), channel.description, state_dir)
 
@@ -177,6 +180,20 @@ def main(argv=None) -> int:
     if mode == "vm" and rc != 0:
         return _fail(mode)
     return rc
+
+
+def cmdline_config(cmdline: dict[str, str], config_class) -> dict:
+    """AgentConfig fields set by kernel command line options (the Kata 1.x names)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(config_class)}
+    out = {}
+    if "container_pipe_size" in cmdline and "container_pipe_size" in known:
+        try:
+            out["container_pipe_size"] = int(cmdline["container_pipe_size"])
+        except ValueError:
+            log.warning("agent.container_pipe_size=%r is not a number; ignored", cmdline["container_pipe_size"])
+    return out
 
 
 def _fail(mode: str) -> int:

@@ -155,3 +155,27 @@ def test_enabled_controllers(tmp_path):
     pc.write_text("#subsys_name\thierarchy\tnum_cgroups\tenabled\n"
                   "cpuset\t3\t1\t1\ncpu\t1\t5\t1\nrdma\t0\t1\t0\nmemory\t4\t9\t1\n")
     assert init.enabled_controllers(str(pc)) == ["cpuset", "cpu", "memory"]
+
+
+async def test_wait_host_connected_waits_for_the_hangup_to_clear():
+    """A pty master stands in for a virtio port: POLLHUP while its other end is closed."""
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    os.set_blocking(master, False)
+    assert not ch.host_connected(master)
+    waiting = asyncio.ensure_future(ch.wait_host_connected(master, recheck=0.05))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    other = os.open(name, os.O_RDWR | os.O_NOCTTY)  # "the proxy connects"
+    await asyncio.wait_for(waiting, 5)
+    assert ch.host_connected(master)
+    os.close(other)
+    os.close(master)
+
+
+async def test_wait_host_connected_returns_at_once_when_connected():
+    a, b = socket.socketpair()
+    await asyncio.wait_for(ch.wait_host_connected(a.fileno()), 1)
+    a.close()
+    b.close()
