@@ -271,3 +271,34 @@ def _cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+async def test_stop_kills_an_agent_that_ignores_sigterm(sandbox, client):
+    """A stopped (SIGSTOP) agent cannot act on SIGTERM: stop() escalates to SIGKILL."""
+    import signal
+
+    await client.health.Check(health_pb2.CheckRequest(), timeout=30)
+    agent, unshare = sandbox.agent_pid(), sandbox.pid
+    os.kill(agent, signal.SIGSTOP)
+    t0 = time.monotonic()
+    await sandbox.stop(timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    assert not _alive(agent) and not _alive(unshare)
+    assert not os.path.exists(sandbox.channel_socket_path)
+
+
+async def test_pid_file_of_another_process_is_not_trusted(sandbox_dir):
+    sb = ProcessSandbox(sandbox_dir, "sb-stale")
+    Path(sb.pid_file).write_text(f"{os.getpid()}\n")  # a live process, but not this sandbox's
+    assert sb.pid is None
+    await sb.stop()  # must not signal the test process
+    assert not os.path.exists(sb.pid_file)
+
+
+async def test_start_twice_is_refused(sandbox):
+    from kata_runtime.hypervisor import HypervisorError
+
+    with pytest.raises(HypervisorError, match="already running"):
+        await sandbox.start()
+    with pytest.raises(HypervisorError, match="already running"):
+        await ProcessSandbox(sandbox.sandbox_dir, sandbox.sandbox_id).start()

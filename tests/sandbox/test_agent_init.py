@@ -1,0 +1,75 @@
+"""kata-agent's own set-up code: guest init (in throwaway namespaces), CLI mode and logging."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kata_agent import cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_detect_mode():
+    assert cli.detect_mode(explicit_channel=False, pid=1) == "vm"
+    assert cli.detect_mode(explicit_channel=True, pid=1) == "sandbox"
+    assert cli.detect_mode(explicit_channel=True, pid=4242) == "host"
+    assert cli.detect_mode(explicit_channel=False, pid=4242) == "host"
+
+
+def test_log_formats():
+    record = logging.LogRecord("kata_agent.channel", logging.WARNING, __file__, 1, "channel closed: %s", ("x y",), None)
+    text = cli._Formatter("text").format(record)
+    assert 'level=warning msg="channel closed: x y" name=kata-agent' in text
+    assert "source=agent subsystem=channel" in text
+    obj = json.loads(cli._Formatter("json").format(record))
+    assert obj["level"] == "warning" and obj["msg"] == "channel closed: x y" and obj["source"] == "agent"
+
+
+def test_cmdline_config():
+    from kata_agent.config import AgentConfig
+
+    got = cli.cmdline_config({"container_pipe_size": "65536", "log": "debug"}, AgentConfig)
+    if "container_pipe_size" in {f.name for f in __import__("dataclasses").fields(AgentConfig)}:
+        assert got == {"container_pipe_size": 65536}
+    assert cli.cmdline_config({"container_pipe_size": "lots"}, AgentConfig) == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_setup_guest_in_throwaway_namespaces():
+    """setup_guest() as PID 1 of fresh namespaces: already-mounted things are skipped, the rest
+    (tmpfs /run and /tmp, devpts, shm, cgroups) get mounted; nothing reaches the host."""
+    script = (
+        "import os, json\n"
+        "from kata_agent import init\n"
+        "assert os.getpid() == 1\n"
+        "init.setup_guest({})\n"
+        "mounts = {}\n"
+        "for line in open('/proc/self/mountinfo'):\n"
+        "    f = line.split(' ')\n"
+        "    mounts[f[4]] = f[f.index('-') + 1]\n"
+        "print(json.dumps({'mounts': mounts, 'path': os.environ.get('PATH')}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    before = host_mount_points()
+    out = subprocess.run(
+        ["unshare", "--mount", "--pid", "--uts", "--ipc", "--fork", "--mount-proc", sys.executable, "-c", script],
+        capture_output=True, text=True, env=env, timeout=60, check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    mounts = result["mounts"]
+    assert mounts["/run"] == "tmpfs" and mounts["/tmp"] == "tmpfs"
+    assert mounts["/proc"] == "proc" and mounts["/sys"] == "sysfs"
+    assert mounts.get("/dev/pts") == "devpts"
+    assert any(t.startswith("/sys/fs/cgroup/") and kind == "cgroup" for t, kind in mounts.items())
+    assert result["path"]
+    assert host_mount_points() == before
+
+
+def host_mount_points():
+    return sorted(line.split(" ")[4] for line in Path("/proc/self/mountinfo").read_text().splitlines())
