@@ -1,0 +1,424 @@
+"""Interop: our asyncio yamux against the unmodified Debian hashicorp/yamux.
+
+Both directions: a Python client against the Go server (`goyamux server`), and
+the Go client (`goyamux client`) against a Python server. See
+shared/research/yamux.md §11 and §13 for the Go peer's quirks these tests
+respect (Debian's Read returns EOF early after a local Close, so the Go side
+reads the whole echo before it closes; Go only sends RST on a full backlog or
+after GoAway; Go closes the transport without Go Away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from interop_pattern import MiB, pattern_at
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
+
+READ = 256 * 1024
+BIG = 16 * MiB  # a "bigger window" on one side only
+
+
+def yamux():
+    import yamux as module
+
+    return module
+
+
+async def connect(sock: str, **config):
+    y = yamux()
+    cfg = y.Config(**config) if config else None
+    return await y.Session.connect_unix(sock, client=True, config=cfg)
+
+
+async def echo_roundtrip(stream, i: int, size: int, chunk: int = 64 * 1024) -> None:
+    """Write size bytes of stream i's pattern, then FIN (write_eof); read the
+    echo concurrently to EOF and check it byte for byte."""
+
+    async def send():
+        off = 0
+        while off < size:
+            n = min(chunk, size - off)
+            stream.write(pattern_at(i, off, n))
+            await stream.drain()
+            off += n
+        stream.write_eof()
+
+    async def receive():
+        got = 0
+        while data := await stream.read(READ):
+            if data != pattern_at(i, got, len(data)):
+                raise AssertionError(f"stream {i}: echo differs in bytes [{got}, {got + len(data)})")
+            got += len(data)
+        return got
+
+    _, got = await asyncio.gather(send(), receive())
+    assert got == size, f"stream {i}: echoed {got} of {size} bytes before EOF"
+
+
+async def py_echo(stream) -> None:
+    while data := await stream.read(READ):
+        stream.write(data)
+        await stream.drain()
+    stream.close()
+
+
+def echo_handler(server):
+    """A Python server session handler: accept every stream and echo it."""
+
+    async def handler(session):
+        y = yamux()
+        while True:
+            try:
+                stream = await session.accept_stream()
+            except y.SessionClosedError:
+                return
+            server.spawn(py_echo(stream))
+
+    return handler
+
+
+def sock_in(sockdir: str, name: str = "go.sock") -> str:
+    return os.path.join(sockdir, name)
+
+
+# ====================================================== Python client -> Go server
+
+
+@pytest.mark.parametrize(
+    "streams,size",
+    [(1, 64 * MiB), (64, 2 * MiB)],
+    ids=["1x64MiB", "64x2MiB"],
+)
+async def test_py_client_echo(go, sockdir, streams, size):
+    sock = sock_in(sockdir)
+    await go.server(sock)
+    session = await connect(sock)
+    try:
+        opened = [await session.open_stream() for _ in range(streams)]
+        assert [s.id for s in opened] == list(range(1, 2 * streams, 2))  # client ids are odd
+        await asyncio.gather(*(echo_roundtrip(s, i, size) for i, s in enumerate(opened)))
+        rtt = await session.ping()  # the session is still healthy
+        assert rtt >= 0
+    finally:
+        await session.close()
+
+
+async def test_py_half_close_then_read(go, sockdir):
+    """FIN first, read afterwards: the echo (and Go's FIN) wait for us."""
+    sock = sock_in(sockdir)
+    await go.server(sock)
+    session = await connect(sock)
+    try:
+        stream = await session.open_stream()
+        payload = pattern_at(3, 0, 200_000)  # less than one window, so Go's echo is never blocked
+        stream.write(payload)
+        await stream.drain()
+        stream.write_eof()
+        await asyncio.sleep(0.2)  # Go has echoed and sent its FIN by now
+        received = bytearray()
+        while data := await asyncio.wait_for(stream.read(READ), 10):
+            received += data
+        assert bytes(received) == payload
+        assert await stream.read() == b""  # EOF stays EOF
+        # the session is unaffected
+        other = await session.open_stream()
+        await echo_roundtrip(other, 1, 100_000)
+    finally:
+        await session.close()
+
+
+@pytest.mark.parametrize(
+    "py_window,go_flags,chunk",
+    [
+        (BIG, [], 64 * 1024),  # we grant 16 MiB, Go keeps 256 KiB
+        (None, ["-window", str(BIG), "-bufsize", str(BIG)], 1024 * 1024),  # Go grants 16 MiB
+    ],
+    ids=["py16MiB-go256KiB", "py256KiB-go16MiB"],
+)
+async def test_py_client_bigger_window_one_side(go, sockdir, py_window, go_flags, chunk):
+    sock = sock_in(sockdir)
+    await go.server(sock, *go_flags)
+    session = await connect(sock, **({"max_stream_window_size": py_window} if py_window else {}))
+    try:
+        streams = [await session.open_stream() for _ in range(2)]
+        await asyncio.gather(*(echo_roundtrip(s, i, 32 * MiB, chunk) for i, s in enumerate(streams)))
+    finally:
+        await session.close()
+
+
+async def test_go_rst_when_backlog_full(go, sockdir):
+    """Go never accepts; its backlog (2) is full at our third SYN, which gets RST."""
+    y = yamux()
+    sock = sock_in(sockdir)
+    await go.server(sock, "-no-accept", "-backlog", "2")
+    session = await connect(sock)
+    try:
+        streams = [await session.open_stream() for _ in range(3)]
+        for s in streams:
+            s.write(b"queued")
+            await s.drain()
+        with pytest.raises(y.StreamResetError):
+            await asyncio.wait_for(streams[2].read(), 10)
+        # the refused stream stays failed; writes fail too
+        with pytest.raises(y.StreamResetError):
+            streams[2].write(b"more")
+            await streams[2].drain()
+        # the two queued streams are neither reset nor answered
+        for s in streams[:2]:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(s.read(), 0.3)
+        assert not session.closed
+        assert await session.ping() >= 0
+    finally:
+        await session.close()
+
+
+async def test_py_rst_to_go_server(go, sockdir):
+    """Our RST, once on an idle stream and once while Go is blocked writing the
+    echo; Go sees "connection reset", and late frames of the reset stream are
+    discarded without harming the session."""
+    sock = sock_in(sockdir)
+    server = await go.server(sock)
+    session = await connect(sock)
+    try:
+        idle = await session.open_stream()
+        idle.write(b"x" * 1000)
+        await idle.drain()
+        assert await asyncio.wait_for(idle.readexactly(1000), 10) == b"x" * 1000
+        idle.reset()
+        line = await server.expect("STREAM_RESET", timeout=10)
+        assert line == f"STREAM_RESET id={idle.id}"
+
+        busy = await session.open_stream()
+        # 1 MiB without reading: Go's echo fills our window and blocks in Write
+        writer = asyncio.ensure_future(echo_writer(busy, 1 * MiB))
+        await asyncio.sleep(0.5)
+        busy.reset()
+        await server.expect(f"STREAM_RESET id={busy.id}", timeout=10)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+
+        fresh = await session.open_stream()
+        await echo_roundtrip(fresh, 5, 1 * MiB)
+        assert not session.closed
+    finally:
+        await session.close()
+
+
+async def echo_writer(stream, size: int) -> None:
+    for off in range(0, size, 64 * 1024):
+        stream.write(pattern_at(0, off, 64 * 1024))
+        await stream.drain()
+
+
+async def test_ping_py_to_go(go, sockdir):
+    sock = sock_in(sockdir)
+    await go.server(sock)
+    session = await connect(sock)
+    try:
+        rtts = [await asyncio.wait_for(session.ping(), 10) for _ in range(5)]
+        assert all(0 <= r < 5 for r in rtts), rtts
+    finally:
+        await session.close()
+
+
+async def test_ping_go_server_to_py_client(go, sockdir):
+    sock = sock_in(sockdir)
+    server = await go.server(sock, "-ping", "3")
+    session = await connect(sock)
+    try:
+        for _ in range(3):
+            line = await server.expect("PING", timeout=10)
+            assert line.startswith("PING rtt_us="), line
+    finally:
+        await session.close()
+
+
+async def test_go_goaway_to_py(go, sockdir):
+    """Go calls GoAway after accepting our first stream: a new stream of ours
+    fails cleanly (refused locally, or RST by Go), the first one goes on."""
+    y = yamux()
+    sock = sock_in(sockdir)
+    server = await go.server(sock, "-goaway-after", "1")
+    session = await connect(sock)
+    try:
+        first = await session.open_stream()
+        first.write(b"hello")
+        await first.drain()
+        # Go writes its Go Away before echoing, so it has reached us by now
+        assert await asyncio.wait_for(first.readexactly(5), 10) == b"hello"
+        await server.expect("GOAWAY")
+        try:
+            second = await session.open_stream()
+        except y.YamuxError as exc:  # refused locally: the peer's Go Away is known
+            go_away_error = getattr(y, "GoAwayError", ())
+            assert isinstance(exc, go_away_error) or not isinstance(exc, y.SessionClosedError), repr(exc)
+        else:
+            with pytest.raises(y.StreamResetError):
+                second.write(b"refused?")
+                await second.drain()
+                await asyncio.wait_for(second.read(), 10)
+        assert not session.closed
+        first.write(b"world")
+        first.write_eof()
+        assert await asyncio.wait_for(read_to_eof(first), 10) == b"world"
+    finally:
+        await session.close()
+
+
+async def read_to_eof(stream) -> bytes:
+    out = bytearray()
+    while data := await stream.read(READ):
+        out += data
+    return bytes(out)
+
+
+async def test_go_closes_transport_without_goaway(go, sockdir):
+    """Go's Session.Close closes the socket with no Go Away: our blocked
+    reader gets SessionClosedError, not a clean EOF."""
+    y = yamux()
+    sock = sock_in(sockdir)
+    server = await go.server(sock, "-hangup")
+    session = await connect(sock)
+    try:
+        stream = await session.open_stream()
+        stream.write(b"hi")
+        await stream.drain()
+        with pytest.raises(y.SessionClosedError):
+            await asyncio.wait_for(stream.read(), 10)
+        await server.expect("HANGUP")
+        await asyncio.wait_for(session.wait_closed(), 10)
+        assert session.closed
+        with pytest.raises(y.SessionClosedError):
+            await session.open_stream()
+        with pytest.raises(y.SessionClosedError):
+            stream.write(b"late")
+            await stream.drain()
+    finally:
+        await session.close()
+
+
+async def test_go_killed_wakes_readers_and_writers(go, sockdir):
+    """SIGKILL of the Go peer: every blocked reader and every writer blocked on
+    the window wakes with SessionClosedError."""
+    y = yamux()
+    sock = sock_in(sockdir)
+    server = await go.server(sock)
+    session = await connect(sock)
+    try:
+        readers = [await session.open_stream() for _ in range(4)]
+        for s in readers:
+            s.write(b"ping")
+            await s.drain()
+            assert await asyncio.wait_for(s.readexactly(4), 10) == b"ping"
+        blocked = await session.open_stream()
+        writer = asyncio.ensure_future(echo_writer(blocked, 4 * MiB))  # never read: blocks on the window
+        await asyncio.sleep(0.5)
+        assert not writer.done()
+        reads = [asyncio.ensure_future(s.read()) for s in readers]
+        await asyncio.sleep(0.1)
+        server.proc.send_signal(signal.SIGKILL)
+        results = await asyncio.wait_for(asyncio.gather(*reads, writer, return_exceptions=True), 10)
+        assert all(isinstance(r, y.SessionClosedError) for r in results), results
+        await asyncio.wait_for(session.wait_closed(), 10)
+        assert session.closed
+    finally:
+        await session.close()
+
+
+# ====================================================== Go client -> Python server
+
+
+@pytest.mark.parametrize(
+    "streams,size",
+    [(1, 64 * MiB), (64, 2 * MiB)],
+    ids=["1x64MiB", "64x2MiB"],
+)
+async def test_go_client_echo(go, pyserver, streams, size):
+    sock = await pyserver.start(echo_handler(pyserver))
+    client = await go.client(sock, "-streams", str(streams), "-bytes", str(size), "-ping", "1", timeout=50)
+    assert any(line.startswith(f"ECHO_OK streams={streams} bytes={size}") for line in client.lines), client.lines
+    await asyncio.sleep(0.1)
+    assert not pyserver.errors, pyserver.errors
+
+
+@pytest.mark.parametrize(
+    "py_window,go_flags",
+    [
+        (BIG, ["-chunk", str(1024 * 1024)]),  # we grant 16 MiB: Go sends 1 MiB frames
+        (None, ["-window", str(BIG), "-chunk", str(1024 * 1024)]),  # Go grants 16 MiB
+    ],
+    ids=["py16MiB-go256KiB", "py256KiB-go16MiB"],
+)
+async def test_go_client_bigger_window_one_side(go, pyserver, py_window, go_flags):
+    config = yamux().Config(max_stream_window_size=py_window) if py_window else None
+    sock = await pyserver.start(echo_handler(pyserver), config=config)
+    await go.client(sock, "-streams", "2", "-bytes", str(32 * MiB), *go_flags, timeout=50)
+    await asyncio.sleep(0.1)
+    assert not pyserver.errors, pyserver.errors
+
+
+async def test_ping_go_client_to_py_server(go, pyserver):
+    sock = await pyserver.start(echo_handler(pyserver))
+    client = await go.client(sock, "-streams", "0", "-ping", "5")
+    assert sum(line.startswith("PING rtt_us=") for line in client.lines) == 5, client.lines
+
+
+async def test_py_goaway_to_go_client(go, pyserver):
+    """We send Go Away(0) when the first stream arrives: Go's next Open fails
+    with "remote end is not accepting connections"; the open stream goes on."""
+    y = yamux()
+
+    async def handler(session):
+        stream = await session.accept_stream()
+        await session.go_away(0)
+        pyserver.spawn(py_echo(stream))
+        try:
+            extra = await session.accept_stream()
+        except y.SessionClosedError:
+            return
+        raise AssertionError(f"Go opened stream {extra.id} after our Go Away")
+
+    sock = await pyserver.start(handler)
+    client = await go.client(sock, "-streams", "1", "-bytes", str(1 * MiB), "-expect-goaway")
+    assert any(line.startswith("OPEN_REFUSED") for line in client.lines), client.lines
+    await asyncio.sleep(0.1)
+    assert not pyserver.errors, pyserver.errors
+
+
+async def test_py_rst_to_go_client(go, pyserver):
+    """We reset the stream after its first bytes: Go's Read/Write fail with
+    "connection reset"."""
+
+    async def handler(session):
+        stream = await session.accept_stream()
+        await stream.read(1)
+        stream.reset()
+
+    sock = await pyserver.start(handler)
+    client = await go.client(sock, "-streams", "1", "-bytes", str(4 * MiB), "-expect-reset")
+    assert "RESET_SEEN" in client.lines, client.lines
+    assert not pyserver.errors, pyserver.errors
+
+
+async def test_py_server_backlog_full_rst_to_go_client(go, pyserver):
+    """Our accept backlog (1) is full: Go's second stream gets our RST."""
+    y = yamux()
+    accepted = asyncio.Event()
+
+    async def handler(session):
+        await accepted.wait()  # never accepts during the test
+
+    sock = await pyserver.start(handler, config=y.Config(accept_backlog=1))
+    # Go's first stream waits in our backlog forever (never echoed), so run
+    # the Go client in the background and look for the RESET_SEEN line of the
+    # second stream only.
+    client = await go.start("client", "-connect", sock, "-streams", "2", "-bytes", "1000", "-expect-reset")
+    await client.expect("RESET_SEEN", timeout=10)
+    assert not pyserver.errors, pyserver.errors
