@@ -1,0 +1,174 @@
+"""Blocking agent client of kata-shim: one HTTP/2 connection per calling thread.
+
+Each pump of the shim (stdout, stderr, stdin, the waiter, the signal relay)
+owns one :class:`AgentClient`, hence one connection to the proxy socket (one
+yamux stream in the proxy), and makes one call at a time on it: no locks, no
+hand-offs between threads, and a slow consumer of one stream never holds up
+another.
+
+Transport failures (the socket closes or cannot be connected, the peer breaks
+HTTP/2, status UNAVAILABLE) are retried on a fresh connection, with back-off,
+for ``reconnect_timeout`` seconds counted from the first failure in a row (the
+proxy may be restarting); after that :class:`AgentLost` is raised and the shim
+exits with its failure status.  A call interrupted by a lost connection is sent
+again: a ReadStdout reply lost in flight, or a WriteStdin whose reply was lost,
+cannot be recovered or told apart by the Kata 1.x protocol.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from kata_shim import h2, pb
+from kata_shim.h2 import RpcError
+
+SERVICE = b"/grpc.AgentService/"
+
+# Largest single recv(); DATA frames up to h2 max_frame are reassembled by the core.
+RECV_SIZE = 256 << 10
+
+
+class AgentLost(Exception):
+    """The agent (proxy) stayed unreachable for the whole reconnect window."""
+
+
+class TransportError(Exception):
+    pass
+
+
+_HEADER_BLOCKS: dict[str, bytes] = {}
+
+
+def header_block(method: str) -> bytes:
+    block = _HEADER_BLOCKS.get(method)
+    if block is None:
+        block = _HEADER_BLOCKS[method] = h2.request_headers(SERVICE + method.encode())
+    return block
+
+
+class Channel:
+    """One blocking HTTP/2 connection to a unix socket; unary calls, one at a time."""
+
+    def __init__(self, path: str, *, connect_timeout: float = 1.0) -> None:
+        self.path = path
+        self.connect_timeout = connect_timeout
+        self.sock: socket.socket | None = None
+        self.conn: h2.Connection | None = None
+        self._buf = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buf)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.conn = None
+
+    def connect(self) -> None:
+        self.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.connect_timeout)
+            sock.connect(self.path)
+            sock.settimeout(None)
+            conn = h2.Connection()
+            sock.sendall(conn.data_to_send())
+        except OSError as e:
+            sock.close()
+            raise TransportError(f"cannot connect to {self.path}: {e.strerror or e}") from None
+        self.sock = sock
+        self.conn = conn
+
+    def unary(self, method: str, message) -> memoryview:
+        """Call ``method`` with the encoded request; returns the encoded reply.
+
+        Raises RpcError (a gRPC status from the agent) or TransportError.
+        """
+        if self.conn is None or not self.conn.usable:
+            self.connect()
+        conn = self.conn
+        sock = self.sock
+        try:
+            call = conn.request(header_block(method), message)
+            while True:
+                out = conn.data_to_send()
+                if out:
+                    sock.sendall(out)
+                if call.done:
+                    break
+                n = sock.recv_into(self._buf)
+                if not n:
+                    raise TransportError("connection closed by the agent side")
+                conn.receive(self._view[:n])
+        except h2.H2Error as e:
+            self.close()
+            raise TransportError(str(e)) from None
+        except OSError as e:
+            self.close()
+            raise TransportError(f"connection to {self.path} failed: {e.strerror or e}") from None
+        return call.result()
+
+
+class AgentClient:
+    """The calls the shim makes about one process, with reconnect-and-retry."""
+
+    def __init__(self, path: str, container_id: str, exec_id: str, *,
+                 reconnect_timeout: float = 5.0, log=None, name: str = "") -> None:
+        self.channel = Channel(path)
+        self.prefix = pb.process_prefix(container_id, exec_id)
+        self.reconnect_timeout = reconnect_timeout
+        self.log = log
+        self.name = name
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def call(self, method: str, message) -> memoryview:
+        deadline = None
+        delay = 0.02
+        while True:
+            try:
+                return self.channel.unary(method, message)
+            except RpcError as e:
+                if e.code != h2.UNAVAILABLE:
+                    raise
+                reason = f"{method}: {e}"
+            except TransportError as e:
+                reason = str(e)
+            self.channel.close()
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.reconnect_timeout
+                if self.log is not None:
+                    self.log.warning("agent connection lost, retrying", call=method,
+                                     error=reason, pump=self.name)
+            if now >= deadline:
+                raise AgentLost(reason)
+            time.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, 0.25)
+
+    # ---- the agent API, as the shim uses it
+
+    def read_stdout(self, length: int) -> memoryview:
+        return pb.read_stream_response(self.call("ReadStdout", pb.read_stream_request(self.prefix, length)))
+
+    def read_stderr(self, length: int) -> memoryview:
+        return pb.read_stream_response(self.call("ReadStderr", pb.read_stream_request(self.prefix, length)))
+
+    def write_stdin(self, data) -> int:
+        return pb.write_stream_response(self.call("WriteStdin", pb.write_stream_request(self.prefix, data)))
+
+    def close_stdin(self) -> None:
+        self.call("CloseStdin", self.prefix)
+
+    def signal(self, signum: int) -> None:
+        self.call("SignalProcess", pb.signal_request(self.prefix, signum))
+
+    def wait(self) -> int:
+        return pb.wait_process_response(self.call("WaitProcess", self.prefix))
+
+    def resize(self, rows: int, columns: int) -> None:
+        self.call("TtyWinResize", pb.winsize_request(self.prefix, rows, columns))

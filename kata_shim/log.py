@@ -1,0 +1,113 @@
+"""kata-shim's logger: one logfmt (or JSON) line per record, never on the container's stdio.
+
+The shim's stdout and stderr ARE the container's, so log lines go elsewhere:
+to ``--log-file`` when given, else to syslog through /dev/log when it exists
+(as the original, which logged to syslog only), else nowhere.  The one line a
+fatal error prints on stderr is written by the shim itself, not by this module.
+
+Each line carries ``time level msg name=kata-shim pid source=shim container
+exec-id`` and the record's own fields, in that order.  Deliberately tiny (no
+``logging``): the shim is one process per container process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+LEVELS = {"trace": 5, "debug": 10, "info": 20, "warn": 30, "warning": 30,
+          "error": 40, "fatal": 50, "panic": 50}
+_NAMES = {5: "trace", 10: "debug", 20: "info", 30: "warning", 40: "error", 50: "fatal"}
+_SYSLOG_SEVERITY = {5: 7, 10: 7, 20: 6, 30: 4, 40: 3, 50: 2}
+SYSLOG_PATH = "/dev/log"
+
+
+def _value(value) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    text = value if isinstance(value, str) else str(value)
+    if text and all(" " < ch and ch not in '="\\' and ch != "\x7f" for ch in text):
+        return text
+    out = ['"']
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch < " " or ch == "\x7f":
+            out.append("\\u%04x" % ord(ch))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _timestamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%06dZ" % int(now % 1 * 1e6)
+
+
+class Logger:
+    def __init__(self, level: str = "warn", fmt: str = "text", *, file: str = "",
+                 container: str = "", exec_id: str = "", use_syslog: bool = True) -> None:
+        self.level = LEVELS.get(level, 30)
+        self.json = fmt == "json"
+        self.base = [("name", "kata-shim"), ("pid", os.getpid()), ("source", "shim")]
+        if container:
+            self.base.append(("container", container))
+        if exec_id:
+            self.base.append(("exec-id", exec_id))
+        self.fd = -1
+        self.sock = None
+        if file:
+            self.fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        elif use_syslog and os.path.exists(SYSLOG_PATH):
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                sock.connect(SYSLOG_PATH)
+                self.sock = sock
+            except OSError:
+                self.sock = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.fd >= 0 or self.sock is not None
+
+    def line(self, levelno: int, msg: str, fields: dict) -> str:
+        items = [("time", _timestamp(time.time())), ("level", _NAMES.get(levelno, "info")), ("msg", msg)]
+        items += self.base
+        items += fields.items()
+        if self.json:
+            import json  # only when asked for
+            return json.dumps(dict(items), default=str, separators=(",", ":"))
+        return " ".join(f"{k}={_value(v)}" for k, v in items)
+
+    def log(self, levelno: int, msg: str, fields: dict) -> None:
+        if levelno < self.level or not self.enabled:
+            return
+        text = self.line(levelno, msg, fields)
+        try:
+            if self.fd >= 0:
+                os.write(self.fd, (text + "\n").encode("utf-8", "replace"))
+            else:
+                pri = 8 + _SYSLOG_SEVERITY.get(levelno, 6)  # facility user
+                self.sock.send(f"<{pri}>kata-shim[{os.getpid()}]: {text}".encode("utf-8", "replace"),
+                               socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # logging must never stop the relay
+
+    def debug(self, msg: str, **fields) -> None:
+        self.log(10, msg, fields)
+
+    def info(self, msg: str, **fields) -> None:
+        self.log(20, msg, fields)
+
+    def warning(self, msg: str, **fields) -> None:
+        self.log(30, msg, fields)
+
+    def error(self, msg: str, **fields) -> None:
+        self.log(40, msg, fields)

@@ -1,0 +1,196 @@
+"""kata-shim's relay: threads, signals, terminal and exit.
+
+Threads (each with its own agent connection, see client.py):
+
+* ``stdout`` / ``stderr``: ReadStdout / ReadStderr -> fd 1 / fd 2 (no stderr
+  pump with --terminal: a terminal has one output stream);
+* ``stdin``: fd 0 -> WriteStdin, EOF -> CloseStdin;
+* ``wait``: WaitProcess, then waits for both output pumps to reach EOF, then
+  exits with the process's status.  So the shim never exits before every byte
+  the process wrote has been written to its own stdout/stderr (the original
+  lost output tails: kata agent#125);
+* the main thread: every forwarded signal is blocked in all threads and taken
+  synchronously with sigwaitinfo(): SIGWINCH -> TtyWinResize, anything else ->
+  SignalProcess.  SIGCHLD and SIGPIPE are not forwarded (SIGPIPE stays ignored:
+  a closed reader shows up as EPIPE on write), nor, of course, SIGKILL/SIGSTOP.
+
+Exit goes through :meth:`Relay.exit` from whichever thread decides it: the
+terminal is restored, a failure prints one ``kata-shim: ...`` line on stderr,
+and the process ends with os._exit (the pump threads may be blocked in reads).
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import signal
+
+from kata_shim import exits, h2, pumps, tty
+from kata_shim.client import AgentClient, AgentLost
+from kata_shim.h2 import RpcError
+
+# How much one ReadStdout/ReadStderr asks for, and one WriteStdin carries.
+READ_CHUNK = 1 << 20
+STDIN_CHUNK = 64 << 10
+
+NOT_FORWARDED = frozenset((signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGPIPE,
+                           signal.SIGWINCH))
+
+
+def forwarded_signals() -> set:
+    """Every catchable signal except SIGCHLD, SIGPIPE and SIGWINCH."""
+    return {s for s in signal.valid_signals() if s not in NOT_FORWARDED}
+
+
+def block_signals() -> set:
+    """Block what the shim forwards (and SIGWINCH) in this thread and all later ones."""
+    waited = forwarded_signals() | {signal.SIGWINCH}
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    return waited
+
+
+def is_eof(error: RpcError) -> bool:
+    """EOF of ReadStdout/ReadStderr: OUT_OF_RANGE "EOF" (ours) or UNKNOWN "EOF" (Go agent)."""
+    return error.code == h2.OUT_OF_RANGE or (error.code == h2.UNKNOWN and "EOF" in error.message)
+
+
+class Relay:
+    def __init__(self, opts, log) -> None:
+        self.opts = opts
+        self.log = log
+        self._exit_lock = _thread.allocate_lock()
+        self._tty_saved = None
+        self._output_done: list = []
+        self.progress = [0]
+
+    def client(self, name: str) -> AgentClient:
+        return AgentClient(self.opts.socket_path, self.opts.container, self.opts.exec_id,
+                           reconnect_timeout=self.opts.reconnect_timeout, log=self.log, name=name)
+
+    # ------------------------------------------------------------------ exit
+
+    def exit(self, status: int, message: str | None = None) -> None:
+        """Restore the terminal, print ``message`` (a failure), exit.  First caller wins."""
+        self._exit_lock.acquire()  # never released: later callers block until the process ends
+        if self._tty_saved is not None:
+            try:
+                tty.restore(0, self._tty_saved)
+            except OSError:
+                pass
+        if message:
+            self.log.error(message)
+            try:
+                os.write(2, f"kata-shim: {message}\n".encode("utf-8", "replace"))
+            except OSError:
+                pass
+        os._exit(status)
+
+    def lost(self, error: AgentLost) -> None:
+        self.exit(exits.SHIM_FAILURE,
+                  f"lost the connection to the agent at {self.opts.agent} "
+                  f"(container {self.opts.container}, exec {self.opts.exec_id}): {error}; "
+                  f"gave up after retrying for {self.opts.reconnect_timeout:g}s")
+
+    def _thread(self, name: str, fn, done=None) -> None:
+        def body():
+            try:
+                fn()
+            except AgentLost as e:
+                self.lost(e)
+            except BaseException as e:  # a bug: say so, do not hang
+                self.exit(exits.SHIM_FAILURE, f"internal error in the {name} pump: {type(e).__name__}: {e}")
+            finally:
+                if done is not None:
+                    done.release()
+        _thread.start_new_thread(body, ())
+
+    # ----------------------------------------------------------------- pumps
+
+    def _output(self, name: str, fd: int) -> None:
+        client = self.client(name)
+        call = client.read_stdout if fd == 1 else client.read_stderr
+
+        def read(n):
+            try:
+                return call(n)
+            except RpcError as e:
+                if is_eof(e):
+                    self.log.debug("output stream reached EOF", stream=name)
+                else:
+                    self.log.warning("output stream ended with an error", stream=name, error=str(e))
+                return None
+
+        total = pumps.pump_output(read, fd, READ_CHUNK, log=self.log, name=name, progress=self.progress)
+        client.close()
+        self.log.debug("output pump done", stream=name, bytes=total)
+
+    def _stdin(self) -> None:
+        client = self.client("stdin")
+        try:
+            total = pumps.pump_stdin(0, client.write_stdin, client.close_stdin, STDIN_CHUNK, log=self.log)
+            self.log.debug("stdin closed", bytes=total)
+        except RpcError as e:
+            # The process closed or no longer reads its stdin: stop reading ours,
+            # so whoever writes to it sees the same back-pressure a real process gives.
+            self.log.info("stdin relay stopped", error=str(e))
+        client.close()
+
+    def _wait(self) -> None:
+        client = self.client("wait")
+        try:
+            status = client.wait()
+        except RpcError as e:
+            self.exit(exits.SHIM_FAILURE,
+                      f"the agent cannot wait for process {self.opts.exec_id} of container "
+                      f"{self.opts.container}: {e}")
+            return
+        client.close()
+        self.log.debug("process exited; draining its output", status=status)
+        for done in self._output_done:
+            done.acquire()
+        self.log.info("process done", status=status)
+        self.exit((status & 0xFF) if self.opts.proxy_exit_code else 0)
+
+    # ---------------------------------------------------------------- signals
+
+    def _resize(self, control: AgentClient) -> None:
+        size = tty.window_size()
+        if size is None:
+            return
+        try:
+            control.resize(*size)
+        except RpcError as e:
+            self.log.warning("TtyWinResize failed", error=str(e), rows=size[0], columns=size[1])
+
+    def run(self, waited: set) -> None:
+        """Start the pumps, then relay signals in this (the main) thread forever."""
+        opts = self.opts
+        control = self.client("signals")
+        try:
+            if opts.terminal:
+                if os.isatty(0):
+                    self._tty_saved = tty.make_raw(0)
+                self._resize(control)
+            streams = [("stdout", 1)] if opts.terminal else [("stdout", 1), ("stderr", 2)]
+            for name, fd in streams:
+                done = _thread.allocate_lock()
+                done.acquire()
+                self._output_done.append(done)
+                self._thread(name, lambda name=name, fd=fd: self._output(name, fd), done)
+            self._thread("stdin", self._stdin)
+            self._thread("wait", self._wait)
+            while True:
+                signum = signal.sigwaitinfo(waited).si_signo
+                if signum == signal.SIGWINCH:
+                    if opts.terminal:
+                        self._resize(control)
+                    continue
+                try:
+                    control.signal(signum)
+                    self.log.debug("signal forwarded", signal=signum)
+                except RpcError as e:
+                    self.log.warning("SignalProcess failed", signal=signum, error=str(e))
+        except AgentLost as e:
+            self.lost(e)
+        except BaseException as e:
+            self.exit(exits.SHIM_FAILURE, f"internal error: {type(e).__name__}: {e}")
