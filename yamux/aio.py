@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import stat
 import time
 
 from .config import Config
@@ -250,12 +251,17 @@ class Session:
     @classmethod
     async def from_fd(cls, fd: int, *, client: bool, config: Config | None = None) -> Session:
         """Run a session over a bidirectional fd that is a character device or
-        pipe-like (e.g. a virtio-serial port ``/dev/vportNpM``).
+        pipe-like (e.g. a virtio-serial port ``/dev/vportNpM``).  A socket fd
+        is handed to :meth:`from_socket` (on a duplicate).
 
         The fd is duplicated twice (read side, write side) and set non-blocking
         (this affects the shared open file description).  The caller keeps
         ``fd`` and may close it; the session closes its duplicates.
         """
+        if stat.S_ISSOCK(os.fstat(fd).st_mode):
+            # a pipe transport would take the socket's incoming data for "closed"
+            sock = socket.socket(fileno=os.dup(fd))
+            return await cls.from_socket(sock, client=client, config=config)
         self = cls._new(client, config)
         loop = self._loop
         write_fd = os.dup(fd)
