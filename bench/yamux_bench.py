@@ -275,16 +275,25 @@ async def serve(kind: str, path: str) -> None:
         os.unlink(path)
     if kind == "raw":
         server = await asyncio.start_unix_server(raw_echo, path, limit=READ_SIZE)
-    else:
+        print("READY", flush=True)
+        async with server:
+            await server.serve_forever()
+    else:  # the session's fast transport path (an asyncio.Protocol), as the proxy uses it
         from yamux import Session
 
-        async def on_conn(reader, writer):
-            await yamux_serve_session(Session(reader, writer, client=False))
-
-        server = await asyncio.start_unix_server(on_conn, path, limit=READ_SIZE)
-    print("READY", flush=True)
-    async with server:
-        await server.serve_forever()
+        loop = asyncio.get_running_loop()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(16)
+        listener.setblocking(False)
+        print("READY", flush=True)
+        sessions = set()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            session = await Session.from_socket(conn, client=False)
+            task = asyncio.ensure_future(yamux_serve_session(session))
+            sessions.add(task)
+            task.add_done_callback(sessions.discard)
 
 
 # -------------------------------------------------------------- measurement
@@ -450,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.yamux_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run (small sizes)")
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (median); default 3, quick 1")
-    parser.add_argument("--bulk-mib", type=int, default=None, help="MiB echoed per bulk run; default 128, quick 4")
+    parser.add_argument("--bulk-mib", type=int, default=None, help="MiB echoed per bulk run; default 256, quick 4")
     parser.add_argument("--trips", type=int, default=None, help="64-byte round trips; default 10000, quick 500")
     parser.add_argument("--serve", nargs=2, metavar=("raw|yamux", "SOCK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -459,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(serve(*args.serve))
         return 0
     args.repeat = args.repeat or (1 if args.quick else 3)
-    args.bulk_bytes = (args.bulk_mib or (4 if args.quick else 128)) * MiB
+    args.bulk_bytes = (args.bulk_mib or (4 if args.quick else 256)) * MiB
     args.trips = args.trips or (500 if args.quick else 10000)
     with asyncio.Runner(loop_factory=new_loop) as runner:
         figs = runner.run(bench(args))

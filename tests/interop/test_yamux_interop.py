@@ -90,11 +90,15 @@ def sock_in(sockdir: str, name: str = "go.sock") -> str:
 # ====================================================== Python client -> Go server
 
 
-@pytest.mark.parametrize(
+ECHO_CASES = pytest.mark.parametrize(
     "streams,size",
-    [(1, 64 * MiB), (64, 2 * MiB)],
-    ids=["1x64MiB", "64x2MiB"],
+    # 300 streams: beyond the 256 un-ACKed opens / accept backlog of both sides
+    [(1, 64 * MiB), (64, 2 * MiB), (300, 100_000)],
+    ids=["1x64MiB", "64x2MiB", "300x100kB"],
 )
+
+
+@ECHO_CASES
 async def test_py_client_echo(go, sockdir, streams, size):
     sock = sock_in(sockdir)
     await go.server(sock)
@@ -228,6 +232,29 @@ async def test_ping_py_to_go(go, sockdir):
         await session.close()
 
 
+async def test_ping_py_to_go_under_load(go, sockdir):
+    """Pings (ours and Go's) are answered while 8 streams move bulk data."""
+    sock = sock_in(sockdir)
+    server = await go.server(sock, "-ping", "5", "-ping-every", "50ms")
+    session = await connect(sock)
+    try:
+        streams = [await session.open_stream() for _ in range(8)]
+        bulk = asyncio.ensure_future(
+            asyncio.gather(*(echo_roundtrip(s, i, 16 * MiB) for i, s in enumerate(streams)))
+        )
+        rtts = []
+        while not bulk.done():
+            rtts.append(await asyncio.wait_for(session.ping(), 10))
+            await asyncio.sleep(0.02)
+        await bulk
+        assert rtts
+        for _ in range(5):
+            line = await server.expect("PING", timeout=10)
+            assert line.startswith("PING rtt_us="), line
+    finally:
+        await session.close()
+
+
 async def test_ping_go_server_to_py_client(go, sockdir):
     sock = sock_in(sockdir)
     server = await go.server(sock, "-ping", "3")
@@ -236,6 +263,33 @@ async def test_ping_go_server_to_py_client(go, sockdir):
         for _ in range(3):
             line = await server.expect("PING", timeout=10)
             assert line.startswith("PING rtt_us="), line
+    finally:
+        await session.close()
+
+
+async def test_go_goaway_at_start_races_our_open(go, sockdir):
+    """Go calls GoAway as the session starts while we open at once: our SYN
+    crosses Go's Go Away and Go answers RST (what happened in every run here),
+    or we already know and refuse locally with GoAwayError; both must fail
+    cleanly and leave the session up."""
+    y = yamux()
+    sock = sock_in(sockdir)
+    await go.server(sock, "-goaway-after", "0")
+    session = await connect(sock)
+    try:
+        try:
+            stream = await session.open_stream()
+            stream.write(b"early")
+            with pytest.raises(y.StreamResetError):
+                await stream.drain()
+                await asyncio.wait_for(stream.read(), 10)
+        except y.GoAwayError:
+            pass
+        assert not session.closed
+        with pytest.raises(y.GoAwayError):  # by now Go's Go Away has arrived
+            await asyncio.sleep(0.2)
+            await session.open_stream()
+        assert await session.ping() >= 0
     finally:
         await session.close()
 
@@ -335,11 +389,7 @@ async def test_go_killed_wakes_readers_and_writers(go, sockdir):
 # ====================================================== Go client -> Python server
 
 
-@pytest.mark.parametrize(
-    "streams,size",
-    [(1, 64 * MiB), (64, 2 * MiB)],
-    ids=["1x64MiB", "64x2MiB"],
-)
+@ECHO_CASES
 async def test_go_client_echo(go, pyserver, streams, size):
     sock = await pyserver.start(echo_handler(pyserver))
     client = await go.client(sock, "-streams", str(streams), "-bytes", str(size), "-ping", "1", timeout=50)

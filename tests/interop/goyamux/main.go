@@ -8,14 +8,14 @@
 // machine-readable, diagnostics go to stderr):
 //
 //	server -listen SOCK [-window N] [-backlog N] [-bufsize N] [-no-accept] [-goaway-after N]
-//	       [-hangup] [-ping N]
+//	       [-hangup] [-ping N [-ping-every D]]
 //	    yamux server role. Prints READY once listening, then serves every
 //	    connection as a session. Default: echo every accepted stream, Close
 //	    after reading EOF. -no-accept never calls Accept (a full backlog makes
 //	    Go answer SYNs with RST). -goaway-after N calls GoAway after the Nth
 //	    accepted stream (0: as soon as the session starts), before echoing it.
 //	    -hangup closes the session (transport, no Go Away) after the first
-//	    read on the first stream. -ping N pings the client N times.
+//	    read on the first stream. -ping N pings the client N times, D apart.
 //	    Lines: READY, GOAWAY, HANGUP, PING rtt_us=X, STREAM_RESET id=N,
 //	    SESSION_END err=...
 //
@@ -133,6 +133,7 @@ func main() {
 
 type serverOpts struct {
 	window, backlog, goawayAfter, pings, bufsize int
+	pingEvery                                    time.Duration
 	noAccept, hangup                             bool
 }
 
@@ -146,6 +147,7 @@ func runServer(args []string) error {
 	fs.IntVar(&o.goawayAfter, "goaway-after", -1, "GoAway after this many accepted streams (0: at once)")
 	fs.BoolVar(&o.hangup, "hangup", false, "close the session without Go Away after the first read")
 	fs.IntVar(&o.pings, "ping", 0, "ping the client this many times")
+	fs.DurationVar(&o.pingEvery, "ping-every", 0, "pause between those pings")
 	fs.IntVar(&o.bufsize, "bufsize", 256*1024, "echo read buffer (bounds the echo's frame size)")
 	fs.Parse(args)
 	if *listen == "" {
@@ -178,7 +180,7 @@ func serveConn(conn net.Conn, o serverOpts) {
 		out("SESSION_END")
 	}()
 	if o.pings > 0 {
-		go doPings(sess, o.pings)
+		go doPings(sess, o.pings, o.pingEvery)
 	}
 	if o.goawayAfter == 0 {
 		sendGoAway(sess)
@@ -236,8 +238,9 @@ func echo(st *yamux.Stream, bufsize int) {
 	}
 }
 
-func doPings(sess *yamux.Session, n int) {
+func doPings(sess *yamux.Session, n int, every time.Duration) {
 	for i := 0; i < n; i++ {
+		time.Sleep(every)
 		rtt, err := sess.Ping()
 		if err != nil {
 			out("PING_FAIL err=%q", err.Error())
