@@ -2,6 +2,7 @@
 kata_agent.bridge over a socketpair / listening channel, with an echo server as the target."""
 
 import asyncio
+import inspect
 import os
 import socket
 
@@ -31,7 +32,9 @@ async def echo_roundtrip(session, payload: bytes) -> bytes:
         for i in range(0, len(payload), 100_000):
             stream.write(payload[i:i + 100_000])
             await stream.drain()
-        stream.write_eof()
+        res = stream.write_eof()
+        if inspect.isawaitable(res):
+            await res
     sender = asyncio.ensure_future(send())
     got = await stream.read_until_eof()
     await sender

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import time
+import uuid
 from pathlib import Path
 
 import grpc
@@ -59,6 +60,11 @@ async def create_container(client, sb: ProcessSandbox, cid: str, args, **spec_kw
     build_busybox_rootfs(Path(sb.shared_dir) / cid / "rootfs")
     await client.agent.CreateContainer(agent_pb2.CreateContainerRequest(
         container_id=cid, exec_id=cid, OCI=busybox_spec(cid, args, **spec_kw)), timeout=30)
+
+
+def unique(prefix: str) -> str:
+    """Container ids are global on the host (runc cgroups): keep parallel runs apart."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def host_mounts() -> str:
@@ -113,7 +119,7 @@ async def test_agent_runs_in_its_own_namespaces(sandbox, client):
 
 async def test_container_create_start_wait(sandbox, client):
     await create_sandbox(client, sandbox)
-    cid = "c-echo"
+    cid = unique("c-echo")
     await create_container(client, sandbox, cid, ["sh", "-c", "echo hello from $(hostname); exit 3"])
     await client.agent.StartContainer(agent_pb2.StartContainerRequest(container_id=cid), timeout=30)
     out = await read_stream(client.agent.ReadStdout, cid, cid)
@@ -125,7 +131,7 @@ async def test_container_create_start_wait(sandbox, client):
 
 async def test_stdin_64mib_through_cat_byte_exact(sandbox, client):
     await create_sandbox(client, sandbox)
-    cid = "c-cat"
+    cid = unique("c-cat")
     await create_container(client, sandbox, cid, ["cat"])
     await client.agent.StartContainer(agent_pb2.StartContainerRequest(container_id=cid), timeout=30)
 
@@ -178,7 +184,7 @@ async def test_stdin_64mib_through_cat_byte_exact(sandbox, client):
 
 async def test_stop_leaves_nothing_behind(sandbox, client):
     await create_sandbox(client, sandbox)
-    cid = "c-sleep"
+    cid = unique("c-sleep")
     await create_container(client, sandbox, cid, ["sleep", "1000"])
     await client.agent.StartContainer(agent_pb2.StartContainerRequest(container_id=cid), timeout=30)
     agent = sandbox.agent_pid()
