@@ -442,6 +442,27 @@ async def test_py_goaway_to_go_client(go, pyserver):
     assert not pyserver.errors, pyserver.errors
 
 
+async def test_py_goaway_at_start_races_go_open(go, pyserver):
+    """We send Go Away(0) as the session starts while Go opens at once: Go's
+    SYN crosses it and we refuse it with RST (every run here), or Go already
+    knows and its Open fails. Either way the stream is refused cleanly."""
+    y = yamux()
+    opened = []
+
+    async def handler(session):
+        await session.go_away(0)
+        try:
+            opened.append(await session.accept_stream())
+        except y.SessionClosedError:
+            pass
+
+    sock = await pyserver.start(handler)
+    client = await go.client(sock, "-streams", "1", "-bytes", "1000", "-expect-refused")
+    assert any(line.startswith("REFUSED by=") for line in client.lines), client.lines
+    assert not opened, "a stream got through after our Go Away"
+    assert not pyserver.errors, pyserver.errors
+
+
 async def test_py_rst_to_go_client(go, pyserver):
     """We reset the stream after its first bytes: Go's Read/Write fail with
     "connection reset"."""

@@ -20,13 +20,15 @@
 //	    SESSION_END err=...
 //
 //	client -connect SOCK [-streams N] [-bytes B] [-window N] [-chunk C]
-//	       [-ping N] [-expect-goaway] [-expect-reset]
+//	       [-ping N] [-expect-goaway] [-expect-reset] [-expect-refused]
 //	    yamux client role. Opens N streams, writes B bytes on each (C-byte
 //	    writes) with a concurrent reader, verifies the echo byte-exact, and
 //	    only then calls Close (Debian's Read returns EOF early after Close).
 //	    Lines: ECHO_OK streams=.. bytes=.. seconds=.. mibps=..,
 //	    PING rtt_us=X, OPEN_REFUSED err=... (with -expect-goaway),
-//	    RESET_SEEN stream=i (with -expect-reset). Exit status 0 on success.
+//	    RESET_SEEN (with -expect-reset), REFUSED by=rst|goaway (with
+//	    -expect-refused: RST, or Open failed after a Go Away). Exit status 0
+//	    on success.
 //
 //	bench -connect SOCK [-bytes B] [-streams 1,8] [-rtt 10000]
 //	    Like client but without verification, for the benchmark. Lines:
@@ -270,6 +272,7 @@ func runClient(args []string) error {
 	pings := fs.Int("ping", 0, "pings after the echo")
 	expectGoaway := fs.Bool("expect-goaway", false, "after the echo, Open must fail with the remote go-away error")
 	expectReset := fs.Bool("expect-reset", false, "every stream must fail with connection reset")
+	expectRefused := fs.Bool("expect-refused", false, "every stream must be refused: RST, or Open fails after a Go Away")
 	fs.Parse(args)
 	if *chunk <= 0 || *chunk > patLen {
 		return fmt.Errorf("bad -chunk %d", *chunk)
@@ -293,6 +296,12 @@ func runClient(args []string) error {
 			out("RESET_SEEN")
 		case *expectReset:
 			failures = append(failures, fmt.Sprintf("expected connection reset, got %v", err))
+		case *expectRefused && errors.Is(err, yamux.ErrConnectionReset):
+			out("REFUSED by=rst")
+		case *expectRefused && errors.Is(err, yamux.ErrRemoteGoAway):
+			out("REFUSED by=goaway")
+		case *expectRefused:
+			failures = append(failures, fmt.Sprintf("expected the stream to be refused, got %v", err))
 		case err != nil:
 			failures = append(failures, err.Error())
 		}
@@ -300,7 +309,7 @@ func runClient(args []string) error {
 	if len(failures) > 0 {
 		return fmt.Errorf("%d stream(s) failed: %s", len(failures), strings.Join(failures, "; "))
 	}
-	if *streams > 0 && !*expectReset {
+	if *streams > 0 && !*expectReset && !*expectRefused {
 		secs := time.Since(start).Seconds()
 		total := float64(*size) * float64(*streams)
 		out("ECHO_OK streams=%d bytes=%d seconds=%.3f mibps=%.1f", *streams, *size, secs, total/secs/(1<<20))
