@@ -137,6 +137,36 @@ async def test_py_half_close_then_read(go, sockdir):
         await session.close()
 
 
+async def test_py_client_slow_reader(go, sockdir):
+    """We read the echo slowly: Go's writer stalls on our window and resumes
+    on each update; nothing is lost and nothing overruns the window."""
+    sock = sock_in(sockdir)
+    await go.server(sock)
+    session = await connect(sock)
+    try:
+        stream = await session.open_stream()
+        size = 4 * MiB
+
+        async def send():
+            for off in range(0, size, 64 * 1024):
+                stream.write(pattern_at(7, off, 64 * 1024))
+                await stream.drain()
+            stream.write_eof()
+
+        async def slow_receive():
+            got = 0
+            while data := await stream.read(16 * 1024):
+                assert data == pattern_at(7, got, len(data))
+                got += len(data)
+                await asyncio.sleep(0.002)
+            return got
+
+        _, got = await asyncio.gather(send(), slow_receive())
+        assert got == size
+    finally:
+        await session.close()
+
+
 @pytest.mark.parametrize(
     "py_window,go_flags,chunk",
     [
@@ -411,6 +441,29 @@ async def test_go_client_bigger_window_one_side(go, pyserver, py_window, go_flag
     sock = await pyserver.start(echo_handler(pyserver), config=config)
     await go.client(sock, "-streams", "2", "-bytes", str(32 * MiB), *go_flags, timeout=50)
     await asyncio.sleep(0.1)
+    assert not pyserver.errors, pyserver.errors
+
+
+async def test_go_client_py_server_slow_reader(go, pyserver):
+    """Our server reads slowly: Go's writes block on the window and resume."""
+
+    async def slow_echo(stream):
+        while data := await stream.read(16 * 1024):
+            await asyncio.sleep(0.002)
+            stream.write(data)
+            await stream.drain()
+        stream.close()
+
+    async def handler(session):
+        while True:
+            try:
+                stream = await session.accept_stream()
+            except yamux().SessionClosedError:
+                return
+            pyserver.spawn(slow_echo(stream))
+
+    sock = await pyserver.start(handler)
+    await go.client(sock, "-streams", "2", "-bytes", str(2 * MiB))
     assert not pyserver.errors, pyserver.errors
 
 
