@@ -135,7 +135,7 @@ async def bulk_via_yamux(path: str, total: int, direction: str) -> float:
         stream = await session.open_stream()
 
         async def eof():
-            await stream.write_eof()
+            stream.write_eof()
 
         mibs = await _bulk_over(stream.read, stream.write, stream.drain, eof, total, direction)
         if direction == "up":

@@ -153,7 +153,7 @@ class Peer:
                     moved += len(data)
                     stream.write(data)
                     await stream.drain()
-                await stream.write_eof()
+                stream.write_eof()
             elif first == b"S":
                 digest = hashlib.sha256()
                 while True:
@@ -164,14 +164,14 @@ class Peer:
                     digest.update(data)
                 stream.write(struct.pack(">Q", moved) + digest.digest())
                 await stream.drain()
-                await stream.write_eof()
+                stream.write_eof()
             elif first == b"G":
                 (total,) = struct.unpack(">Q", await stream.readexactly(8))
                 for block in pattern(total):
                     stream.write(block)
                     await stream.drain()
                     moved += len(block)
-                await stream.write_eof()
+                stream.write_eof()
             else:
                 end = "unknown-command"
                 stream.reset()
