@@ -184,17 +184,17 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--calls", type=int, help="unary calls per configuration (2000)")
     parser.add_argument("--mib", type=int, help="MiB per bulk transfer (256)")
-    parser.add_argument("--repeat", type=int, default=None, help="bulk runs per figure, median (3)")
+    parser.add_argument("--repeat", type=int, default=None, help="bulk runs per figure, median (5)")
     args = parser.parse_args(argv)
     calls = args.calls or (200 if args.quick else 2000)
     warmup = 50 if args.quick else 300
     total = (args.mib or (8 if args.quick else 256)) * MiB
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = args.repeat or (1 if args.quick else 5)
 
     workdir = tempfile.mkdtemp(prefix="kpb", dir="/tmp")
     started = []
     try:
-        peer = proxy_harness.start_peer(workdir)
+        peer = proxy_harness.start_peer(workdir, uvloop=os.environ.get("PEER_UVLOOP", "1") == "1")
         started.append(peer)
         proxy = proxy_harness.start_proxy(workdir, mux=peer.listen, log_level="warn")
         started.append(proxy)
@@ -204,12 +204,15 @@ def main(argv=None) -> int:
         d50, d99 = percentile(direct, 0.5), percentile(direct, 0.99)
         p50, p99 = percentile(via, 0.5), percentile(via, 0.99)
 
-        bulk = {}
-        for direction in ("up", "down"):
-            for name, fn, target in (("yamux", bulk_via_yamux, peer.listen),
-                                     ("proxy", bulk_via_proxy, proxy.listen)):
-                runs = [run_async(fn(target, total, direction)) for _ in range(repeat)]
-                bulk[(name, direction)] = statistics.median(runs)
+        # interleaved runs, so that load from elsewhere on the machine hits both alike
+        runs: dict = {}
+        for _ in range(repeat):
+            for direction in ("up", "down"):
+                for name, fn, target in (("yamux", bulk_via_yamux, peer.listen),
+                                         ("proxy", bulk_via_proxy, proxy.listen)):
+                    runs.setdefault((name, direction), []).append(
+                        run_async(fn(target, total, direction)))
+        bulk = {key: statistics.median(values) for key, values in runs.items()}
 
         rss_idle = proxy.rss_kb()
         clients = open_clients(proxy.listen, 100)
