@@ -5,8 +5,9 @@
 Four configurations, measured in one run on this machine, each with the echo
 server in a separate process from the client:
 
-  (a) raw unix socket, Python asyncio streams + uvloop at both ends (no yamux):
-      the ceiling for any Python code on this loop
+  (a) raw unix socket, Python asyncio Protocols + uvloop at both ends (no
+      yamux; the transport layer yamux's fast path runs on): the ceiling for
+      Python code on this loop
   (b) Python yamux client <-> Python yamux server (both uvloop)
   (c) Python yamux client <-> Go yamux server (Debian hashicorp/yamux)
   (d) Go yamux client <-> Go yamux server (tests/interop/goyamux, `bench`)
@@ -14,8 +15,10 @@ server in a separate process from the client:
 Figures: bulk echo throughput in MiB/s echoed (bytes that went out and came
 back, divided by wall time) with 1 and 8 concurrent streams (8 connections for
 (a)) and 64 KiB writes; and 64-byte round trips (write, then read the 64-byte
-echo) on one stream, p50 and p99 in microseconds. Each figure is the median
-of --repeat runs. The last line is machine-readable:
+echo) on one stream, p50 and p99 in microseconds. After an unrecorded
+warm-up, every round measures all four configurations in turn (so background
+load spreads over all of them); each figure is the median of --repeat rounds.
+The last line is machine-readable:
 
     RESULT bulk1_vs_go=<(b)/(d)> bulk8_vs_go=<(b)/(d)> rtt_p50_vs_go=<(b)/(d)>
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import os
 import platform
@@ -45,7 +49,7 @@ MiB = 1 << 20
 CHUNK = 64 * 1024
 READ_SIZE = 256 * 1024
 MSG = 64
-PAYLOAD = memoryview(os.urandom(CHUNK))
+PAYLOAD = os.urandom(CHUNK)  # bytes: yamux keeps bytes as they are, copies other buffers
 
 
 # ------------------------------------------------------------------ helpers
@@ -128,40 +132,98 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 
 # ------------------------------------------------------------ raw (a) peers
+# asyncio Protocols on both ends: the same transport layer that the yamux
+# session's fast path (connect_unix / from_socket) reads and writes through,
+# with no stream-reader buffering on top.
 
 
-async def raw_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(READ_SIZE):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
+class RawEcho(asyncio.Protocol):
+    """Server: write back whatever arrives; stop reading while writes back up."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data) -> None:
+        self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        return False  # close once the echo is flushed
+
+
+class RawClient(asyncio.Protocol):
+    """Client: counts received bytes; drain() honours transport flow control."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.received = 0
+        self.want = 0
+        self.waiter: asyncio.Future | None = None
+        self.paused: asyncio.Future | None = None
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data) -> None:
+        self.received += len(data)
+        if self.waiter is not None and self.received >= self.want:
+            self.waiter.set_result(None)
+            self.waiter = None
+
+    def pause_writing(self) -> None:
+        self.paused = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.paused is not None:
+            self.paused.set_result(None)
+            self.paused = None
+
+    def connection_lost(self, exc) -> None:
+        self.lost = exc or ConnectionError("connection closed")
+        for fut in (self.waiter, self.paused):
+            if fut is not None and not fut.done():
+                fut.set_exception(self.lost)
+
+    async def drain(self) -> None:
+        if self.paused is not None:
+            await self.paused
+
+    async def wait_received(self, total: int) -> None:
+        if self.received >= total:
+            return
+        if self.lost is not None:
+            raise RuntimeError(f"raw: connection lost after {self.received} of {total} bytes")
+        self.want = total
+        self.waiter = self.loop.create_future()
+        await self.waiter
+
+
+async def raw_connect(path: str) -> RawClient:
+    _, proto = await asyncio.get_running_loop().create_unix_connection(RawClient, path)
+    return proto
 
 
 async def raw_bulk(path: str, streams: int, per_stream: int) -> float:
     async def one() -> None:
-        reader, writer = await asyncio.open_unix_connection(path, limit=READ_SIZE)
+        proto = await raw_connect(path)
 
         async def send() -> None:
             left = per_stream
             while left:
                 n = min(CHUNK, left)
-                writer.write(PAYLOAD[:n])
-                await writer.drain()
+                proto.transport.write(PAYLOAD if n == CHUNK else PAYLOAD[:n])
+                await proto.drain()
                 left -= n
-            writer.write_eof()
+            proto.transport.write_eof()
 
-        async def receive() -> None:
-            got = 0
-            while got < per_stream:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    raise RuntimeError(f"raw: early EOF after {got} bytes")
-                got += len(data)
-
-        await asyncio.gather(send(), receive())
-        writer.close()
+        await asyncio.gather(send(), proto.wait_received(per_stream))
+        proto.transport.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(streams)))
@@ -169,17 +231,19 @@ async def raw_bulk(path: str, streams: int, per_stream: int) -> float:
 
 
 async def raw_rtt(path: str, trips: int) -> list[float]:
-    reader, writer = await asyncio.open_unix_connection(path)
+    proto = await raw_connect(path)
     msg = bytes(MSG)
     lat = []
     clock = time.perf_counter_ns
+    total = 0
     for _ in range(trips):
         t0 = clock()
-        writer.write(msg)
-        await writer.drain()
-        await reader.readexactly(MSG)
+        proto.transport.write(msg)
+        await proto.drain()
+        total += MSG
+        await proto.wait_received(total)
         lat.append((clock() - t0) / 1e3)
-    writer.close()
+    proto.transport.close()
     return lat
 
 
@@ -222,7 +286,7 @@ async def yamux_bulk(path: str, streams: int, per_stream: int) -> float:
             left = per_stream
             while left:
                 n = min(CHUNK, left)
-                stream.write(PAYLOAD[:n])
+                stream.write(PAYLOAD if n == CHUNK else PAYLOAD[:n])
                 await stream.drain()
                 left -= n
             stream.write_eof()
@@ -274,7 +338,7 @@ async def serve(kind: str, path: str) -> None:
     if os.path.exists(path):
         os.unlink(path)
     if kind == "raw":
-        server = await asyncio.start_unix_server(raw_echo, path, limit=READ_SIZE)
+        server = await asyncio.get_running_loop().create_unix_server(RawEcho, path)
         print("READY", flush=True)
         async with server:
             await server.serve_forever()
@@ -321,10 +385,9 @@ class Figures:
 async def measure_python(fig: Figures, path: str, kind: str, args) -> None:
     bulk = raw_bulk if kind == "raw" else yamux_bulk
     rtt = raw_rtt if kind == "raw" else yamux_rtt
-    for _ in range(args.repeat):
-        fig.bulk1.append(await bulk(path, 1, args.bulk_bytes))
-        fig.bulk8.append(await bulk(path, 8, args.bulk_bytes // 8))
-        fig.add_rtt(await rtt(path, args.trips))
+    fig.bulk1.append(await bulk(path, 1, args.bulk_bytes))
+    fig.bulk8.append(await bulk(path, 8, args.bulk_bytes // 8))
+    fig.add_rtt(await rtt(path, args.trips))
 
 
 async def run_go_bench(go: str, path: str, *flags: str) -> dict[str, float]:
@@ -345,14 +408,13 @@ async def run_go_bench(go: str, path: str, *flags: str) -> dict[str, float]:
 
 
 async def measure_go(fig: Figures, go: str, path: str, args) -> None:
-    for _ in range(args.repeat):
-        b1 = args.bulk_bytes
-        b8 = args.bulk_bytes // 8
-        fig.bulk1.append((await run_go_bench(go, path, "-streams", "1", "-bytes", str(b1), "-rtt", "0"))["mibps"])
-        fig.bulk8.append((await run_go_bench(go, path, "-streams", "8", "-bytes", str(b8), "-rtt", "0"))["mibps"])
-        rtt = await run_go_bench(go, path, "-streams", "", "-rtt", str(args.trips))
-        fig.p50.append(rtt["p50_us"])
-        fig.p99.append(rtt["p99_us"])
+    b1 = args.bulk_bytes
+    b8 = args.bulk_bytes // 8
+    fig.bulk1.append((await run_go_bench(go, path, "-streams", "1", "-bytes", str(b1), "-rtt", "0"))["mibps"])
+    fig.bulk8.append((await run_go_bench(go, path, "-streams", "8", "-bytes", str(b8), "-rtt", "0"))["mibps"])
+    rtt = await run_go_bench(go, path, "-streams", "", "-rtt", str(args.trips))
+    fig.p50.append(rtt["p50_us"])
+    fig.p99.append(rtt["p99_us"])
 
 
 def have_yamux() -> str | None:
@@ -364,6 +426,9 @@ def have_yamux() -> str | None:
 
 
 async def bench(args) -> list[Figures]:
+    """All servers stay up for the whole run; each round measures every
+    configuration once, so background load on a shared machine spreads over
+    all of them instead of hitting one."""
     tmp = Path(tempfile.mkdtemp(prefix="yxbench", dir="/tmp"))
     py = [sys.executable, "-m", "bench.yamux_bench", "--serve"]
     raw = Figures("(a) raw unix socket, py <-> py")
@@ -371,32 +436,43 @@ async def bench(args) -> list[Figures]:
     pygo = Figures("(c) yamux py client <-> go server")
     gogo = Figures("(d) yamux go client <-> go server")
     try:
-        go = await asyncio.to_thread(build_go, tmp)
-        missing_yamux = have_yamux()
-
-        async with Server(py + ["raw", str(tmp / "raw.sock")], tmp / "raw.log"):
-            await measure_python(raw, str(tmp / "raw.sock"), "raw", args)
-
-        if missing_yamux:
-            pyy.error = pygo.error = missing_yamux
-        else:
-            try:
-                async with Server(py + ["yamux", str(tmp / "py.sock")], tmp / "py.log"):
-                    await measure_python(pyy, str(tmp / "py.sock"), "yamux", args)
-            except Exception as exc:
-                pyy.error = f"{type(exc).__name__}: {exc}"
-
-        if go is None:
-            pygo.error = pygo.error or "go not installed"
-            gogo.error = "go not installed"
-        else:
-            async with Server([go, "server", "-listen", str(tmp / "go.sock")], tmp / "go.log"):
-                await measure_go(gogo, go, str(tmp / "go.sock"), args)
+        async with contextlib.AsyncExitStack() as stack:
+            go = await asyncio.to_thread(build_go, tmp)
+            missing_yamux = have_yamux()
+            runs = []  # (figures, run(figures, sizes) -> coroutine)
+            raw_sock = str(tmp / "raw.sock")
+            await stack.enter_async_context(Server(py + ["raw", raw_sock], tmp / "raw.log"))
+            runs.append((raw, lambda fig, a: measure_python(fig, raw_sock, "raw", a)))
+            if missing_yamux:
+                pyy.error = pygo.error = missing_yamux
+            else:
+                py_sock = str(tmp / "py.sock")
+                await stack.enter_async_context(Server(py + ["yamux", py_sock], tmp / "py.log"))
+                runs.append((pyy, lambda fig, a: measure_python(fig, py_sock, "yamux", a)))
+            if go is None:
+                pygo.error = pygo.error or "go not installed"
+                gogo.error = "go not installed"
+            else:
+                go_sock = str(tmp / "go.sock")
+                await stack.enter_async_context(Server([go, "server", "-listen", go_sock], tmp / "go.log"))
                 if not missing_yamux:
+                    runs.append((pygo, lambda fig, a: measure_python(fig, go_sock, "yamux", a)))
+                runs.append((gogo, lambda fig, a: measure_go(fig, go, go_sock, a)))
+            # one small unrecorded round first: imports, first connections, caches
+            warm = argparse.Namespace(bulk_bytes=1 * MiB, trips=200)
+            for fig, run in runs:
+                try:
+                    await run(Figures("warm-up"), warm)
+                except Exception as exc:
+                    fig.error = f"{type(exc).__name__}: {exc}"
+            for _ in range(args.repeat):
+                for fig, run in runs:
+                    if fig.error:
+                        continue
                     try:
-                        await measure_python(pygo, str(tmp / "go.sock"), "yamux", args)
+                        await run(fig, args)
                     except Exception as exc:
-                        pygo.error = f"{type(exc).__name__}: {exc}"
+                        fig.error = f"{type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [raw, pyy, pygo, gogo]
@@ -426,7 +502,7 @@ def report(figs: list[Figures], args) -> None:
     )
     print(
         f"bulk: {size(args.bulk_bytes)} echoed per run (1 stream, or 8 x {size(args.bulk_bytes // 8)}), "
-        f"{CHUNK // 1024} KiB writes; rtt: {args.trips} x {MSG} B on one stream; median of {args.repeat} run(s)"
+        f"{CHUNK // 1024} KiB writes; rtt: {args.trips} x {MSG} B on one stream; median of {args.repeat} interleaved round(s)"
     )
     header = f"{'configuration':<36} {'bulk1 MiB/s':>12} {'bulk8 MiB/s':>12} {'rtt p50 us':>11} {'rtt p99 us':>11}"
     print(header)
@@ -458,7 +534,7 @@ def report(figs: list[Figures], args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.yamux_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run (small sizes)")
-    parser.add_argument("--repeat", type=int, default=None, help="runs per figure (median); default 3, quick 1")
+    parser.add_argument("--repeat", type=int, default=None, help="rounds (median of them); default 5, quick 1")
     parser.add_argument("--bulk-mib", type=int, default=None, help="MiB echoed per bulk run; default 256, quick 4")
     parser.add_argument("--trips", type=int, default=None, help="64-byte round trips; default 10000, quick 500")
     parser.add_argument("--serve", nargs=2, metavar=("raw|yamux", "SOCK"), help=argparse.SUPPRESS)
@@ -467,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(serve(*args.serve))
         return 0
-    args.repeat = args.repeat or (1 if args.quick else 3)
+    args.repeat = args.repeat or (1 if args.quick else 5)
     args.bulk_bytes = (args.bulk_mib or (4 if args.quick else 256)) * MiB
     args.trips = args.trips or (500 if args.quick else 10000)
     with asyncio.Runner(loop_factory=new_loop) as runner:
