@@ -12,8 +12,8 @@ kata-proxy connected to it, and this client.
 - Bulk MiB/s, one stream, upload (sink, checked with sha256) and download (generated pattern):
   (yamux)  this process as the yamux client straight to the peer: yamux alone;
   (proxy)  a plain unix socket to kata-proxy, which carries it over yamux to the same peer.
-- Proxy RSS idle (after a few calls) and with 100 client connections open, each with its yamux
-  stream open (an echo round trip done on each).
+- Proxy memory (RSS, PSS, USS) idle (after the runs above) and with 100 client connections
+  open, each with its yamux stream open (an echo round trip done on each).
 
 Targets (issue 3): unary p50 via proxy <= 1.15x direct; bulk via proxy >= 0.9x yamux alone.
 Never asserts timings.  The last line is machine-readable:
@@ -214,10 +214,10 @@ def main(argv=None) -> int:
                         run_async(fn(target, total, direction)))
         bulk = {key: statistics.median(values) for key, values in runs.items()}
 
-        rss_idle = proxy.rss_kb()
+        mem_idle = proxy.memory_kb()
         clients = open_clients(proxy.listen, 100)
         time.sleep(0.2)
-        rss_100 = proxy.rss_kb()
+        mem_100 = proxy.memory_kb()
         streams = proxy.stats()["streams"]
         for s in clients:
             s.close()
@@ -248,13 +248,14 @@ def main(argv=None) -> int:
     down_ratio = bulk[("proxy", "down")] / bulk[("yamux", "down")]
     print(f"{'ratio proxy/yamux (target >= 0.9)':44} {up_ratio:9.2f} {down_ratio:9.2f}")
     print()
-    print(f"{'proxy RSS':44} {'KiB':>9}")
-    print(f"{'idle':44} {rss_idle:9d}")
-    print(f"{'100 client connections open':44} {rss_100:9d}   (live streams: {streams})")
+    print(f"{'proxy memory (KiB)':44} {'RSS':>9} {'PSS':>9} {'USS':>9}")
+    print(f"{'idle (after the runs above)':44} {mem_idle['rss']:9d} {mem_idle['pss']:9d} {mem_idle['uss']:9d}")
+    print(f"{'100 client connections open':44} {mem_100['rss']:9d} {mem_100['pss']:9d} "
+          f"{mem_100['uss']:9d}   (live streams: {streams})")
     print()
     print(f"RESULT unary_p50_ratio={p50 / d50:.2f} unary_p99_ratio={p99 / d99:.2f} "
           f"bulk_up_ratio={up_ratio:.2f} bulk_down_ratio={down_ratio:.2f} "
-          f"rss_idle_kb={rss_idle} rss_100_kb={rss_100}")
+          f"rss_idle_kb={mem_idle['rss']} rss_100_kb={mem_100['rss']}")
     return 0
 
 

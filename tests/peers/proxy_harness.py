@@ -153,6 +153,17 @@ class ProxyProc(Proc):
                     return int(line.split()[1])
         return -1
 
+    def memory_kb(self) -> dict:
+        """rss, pss and uss (private clean + dirty) in KiB, from /proc/PID/smaps_rollup."""
+        values = {}
+        with open(f"/proc/{self.pid}/smaps_rollup") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 2 and parts[1].isdigit():
+                    values[parts[0].rstrip(":")] = int(parts[1])
+        return {"rss": values.get("Rss", -1), "pss": values.get("Pss", -1),
+                "uss": values.get("Private_Clean", 0) + values.get("Private_Dirty", 0)}
+
     def stats(self, timeout: float = 10.0) -> dict:
         """SIGUSR1, then the new ``msg=stats`` line of the log, parsed."""
         from kata_proxy.log import parse_logfmt
