@@ -19,6 +19,7 @@ import asyncio
 import errno
 import logging
 import os
+import select
 import socket
 import stat
 import time
@@ -86,6 +87,18 @@ async def _wait_for_path(path: str, timeout: float) -> os.stat_result:
         await asyncio.sleep(_pause(attempt))
 
 
+def _pollable(fd: int) -> bool:
+    """Whether epoll accepts ``fd`` (regular files and /dev/null do not; libuv would abort)."""
+    ep = select.epoll()
+    try:
+        ep.register(fd, select.EPOLLIN)
+        return True
+    except OSError:
+        return False
+    finally:
+        ep.close()
+
+
 async def open_mux_socket(path: str, timeout: float, config):
     from yamux import Session
 
@@ -114,6 +127,9 @@ async def open_device(path: str, timeout: float, config, baudrate: int = 115200)
         fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ChannelError(f"channel {path}: {exc.strerror or exc}") from None
+    if not _pollable(fd):
+        os.close(fd)
+        raise ChannelError(f"channel {path}: device does not support poll/epoll; not a usable channel")
     if os.isatty(fd):
         os.close(fd)
         try:

@@ -44,7 +44,6 @@ from kata_proxy.console import ConsoleForwarder
 
 log = logging.getLogger("kata_proxy")
 
-HEARTBEAT_TIMEOUT = 5.0
 SHUTDOWN_GRACE = 1.0
 
 
@@ -71,6 +70,11 @@ def yamux_config():
 
     # Kata 1.x: keepalive off on both ends; the heartbeat below replaces it and is never fatal.
     return Config(enable_keepalive=False)
+
+
+def heartbeat_timeout(interval: float) -> float:
+    """How long one heartbeat ping may take: twice the interval, within [1 s, 10 s]."""
+    return min(10.0, max(1.0, 2.0 * interval))
 
 
 def open_fd_count() -> int:
@@ -202,7 +206,7 @@ class Proxy:
             if session is None or session.closed:
                 return
             try:
-                await asyncio.wait_for(session.ping(), timeout=max(HEARTBEAT_TIMEOUT, interval))
+                await asyncio.wait_for(session.ping(), timeout=heartbeat_timeout(interval))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

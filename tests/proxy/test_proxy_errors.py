@@ -45,6 +45,8 @@ def one_line(text: str) -> str:
     (lambda d: ["-listen-socket", f"{d}/p.sock", "--channel", f"{d}/no-such-dev",
                 "--channel-timeout", "0.3"], exits.CHANNEL_OPEN, "no such file"),
     (lambda d: ["-listen-socket", f"{d}/p.sock", "--channel", d], exits.CHANNEL_OPEN, "directory"),
+    (lambda d: ["-listen-socket", f"{d}/p.sock", "--channel", "/dev/null"], exits.CHANNEL_OPEN,
+     "does not support poll"),
 ])
 def test_errors_are_one_line_and_leave_nothing(sockdir, make_args, code, words):
     with open(os.path.join(sockdir, "afile"), "w") as fh:

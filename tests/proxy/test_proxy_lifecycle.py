@@ -149,3 +149,45 @@ async def test_channel_is_a_tty(sockdir, procs):
 
     received, sent, got = await echo_bulk(proxy.listen, 4 << 20)
     assert received == 4 << 20 and sent == got
+
+
+async def test_go_flag_spellings_end_to_end(sockdir, peer, procs):
+    import grpc
+    from katapb import health_pb2
+
+    listen = os.path.join(sockdir, "go.sock")
+    proxy = proxy_harness.start_proxy(
+        sockdir, listen=None,
+        args=["-listen-socket", "unix://" + listen, "-mux-socket", peer.listen, "-sandbox", "gosb",
+              "-log", "info", "-debug=false"])
+    procs.append(proxy)
+    async with grpc.aio.insecure_channel("unix:" + listen, options=LOCAL_POOL) as channel:
+        assert await health_check(channel) == health_pb2.HealthCheckResponse.SERVING
+    assert any("sandbox=gosb" in line for line in proxy.log_lines())
+    proxy.signal(signal.SIGTERM)
+    assert proxy.wait(15) == exits.OK
+    assert not os.path.exists(listen)
+
+
+def test_paused_guest_is_not_fatal(sockdir, peer, procs):
+    """A paused VM (here: SIGSTOP on the agent stand-in) only makes the heartbeat log."""
+    proxy = proxy_harness.start_proxy(sockdir, mux=peer.listen, args=["--heartbeat", "0.5"])
+    procs.append(proxy)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(proxy.listen)
+    s.sendall(b"Eone")
+    assert s.recv(3) == b"one"
+    peer.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: any("did not answer a ping" in line for line in proxy.log_lines()), 15,
+                 "the heartbeat warning")
+        assert proxy.alive()
+        s.sendall(b"two")  # queued while the guest is paused
+    finally:
+        peer.signal(signal.SIGCONT)
+    assert s.recv(3) == b"two"
+    wait_for(lambda: any("answers pings again" in line for line in proxy.log_lines()), 15,
+             "the heartbeat to recover")
+    s.close()
+    assert proxy.alive()
