@@ -7,8 +7,11 @@ Processes (all real, on this machine): the agent stand-in tests/peers/yamux_heal
 kata-proxy connected to it, and this client.
 
 - gRPC unary round trip (grpc.Health/Check, blocking client, one call at a time), p50 and p99:
-  (direct) the peer's gRPC unix socket, no proxy and no yamux;
-  (proxy)  through kata-proxy: client -> proxy -> yamux -> peer -> splice -> the same server.
+  (direct)   the peer's gRPC unix socket, no proxy and no yamux;
+  (proxy)    through kata-proxy: client -> proxy -> yamux -> peer -> splice -> the same server;
+  (2 relays) for context: two plain unix-socket relay processes (uvloop, no yamux) in front of
+             the same server -- the same number of process hops as the proxy path, so the floor
+             that any proxy + bridging agent pays on this machine.
 - Bulk MiB/s, one stream, upload (sink, checked with sha256) and download (generated pattern):
   (yamux)  this process as the yamux client straight to the peer: yamux alone;
   (proxy)  a plain unix socket to kata-proxy, which carries it over yamux to the same peer.
@@ -18,7 +21,7 @@ kata-proxy connected to it, and this client.
 Targets (issue 3): unary p50 via proxy <= 1.15x direct; bulk via proxy >= 0.9x yamux alone.
 Never asserts timings.  The last line is machine-readable:
 
-    RESULT unary_p50_ratio=.. unary_p99_ratio=.. bulk_up_ratio=.. bulk_down_ratio=.. rss_idle_kb=.. rss_100_kb=..
+    RESULT unary_p50_ratio=.. unary_p99_ratio=.. relays_p50_ratio=.. bulk_up_ratio=.. bulk_down_ratio=.. rss_idle_kb=.. rss_100_kb=..
 """
 
 from __future__ import annotations
@@ -45,6 +48,55 @@ from tests.peers import proxy_harness  # noqa: E402
 from tests.peers.yamux_health_server import pattern  # noqa: E402
 
 MiB = 1 << 20
+
+
+RELAY = r"""
+import asyncio, socket, sys, uvloop
+src, dst = sys.argv[1], sys.argv[2]
+class Half(asyncio.Protocol):
+    def __init__(self):
+        self.other = None; self.transport = None; self.early = []
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        if self.other.transport is None:
+            self.early.append(data)
+        else:
+            self.other.transport.write(data)
+    def eof_received(self):
+        if self.other.transport is not None:
+            self.other.transport.write_eof()
+        return True
+    def connection_lost(self, exc):
+        if self.other.transport is not None:
+            self.other.transport.close()
+async def main():
+    loop = asyncio.get_running_loop()
+    async def serve(conn):
+        a, b = Half(), Half()
+        a.other, b.other = b, a
+        await loop.connect_accepted_socket(lambda: a, conn)
+        await loop.create_unix_connection(lambda: b, dst)
+        for data in a.early:
+            b.transport.write(data)
+    lsock = socket.socket(socket.AF_UNIX)
+    lsock.bind(src); lsock.listen(64); lsock.setblocking(False)
+    print("READY", flush=True)
+    while True:
+        conn, _ = await loop.sock_accept(lsock)
+        conn.setblocking(False)
+        asyncio.ensure_future(serve(conn))
+uvloop.run(main())
+"""
+
+
+def start_relay(src: str, dst: str) -> proxy_harness.Proc:
+    import subprocess
+
+    popen = subprocess.Popen([sys.executable, "-c", RELAY, src, dst], stdout=subprocess.PIPE,
+                             env=proxy_harness.child_env())
+    proxy_harness.wait_line(popen, "READY", 20)
+    return proxy_harness.Proc(popen, "relay")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -93,7 +145,7 @@ async def _bulk_over(reader_read, write, drain, write_eof, total: int, direction
             chunk = await reader_read(40 - len(reply))
             if not chunk:
                 raise RuntimeError("sink closed early")
-            reply += chunk
+            reply += bytes(chunk)
         elapsed = time.perf_counter() - t0
         count, = struct.unpack(">Q", reply[:8])
         if count != total or reply[8:] != digest.digest():
@@ -115,16 +167,35 @@ async def _bulk_over(reader_read, write, drain, write_eof, total: int, direction
 
 
 async def bulk_via_proxy(path: str, total: int, direction: str) -> float:
-    reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
+    """A plain unix-socket client (sock_sendall / sock_recv_into: no StreamReader copies)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, path)
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
 
-    async def eof():
-        if writer.can_write_eof():
-            writer.write_eof()
+    async def read(n: int) -> bytes:
+        got = await loop.sock_recv_into(sock, view[: min(n, len(buf))])
+        return view[:got]
+
+    pending = []
+
+    def write(data) -> None:
+        pending.append(data)
+
+    async def drain() -> None:
+        while pending:
+            await loop.sock_sendall(sock, pending.pop(0))
+
+    async def eof() -> None:
+        await drain()
+        sock.shutdown(socket.SHUT_WR)
 
     try:
-        return await _bulk_over(reader.read, writer.write, writer.drain, eof, total, direction)
+        return await _bulk_over(read, write, drain, eof, total, direction)
     finally:
-        writer.close()
+        sock.close()
 
 
 async def bulk_via_yamux(path: str, total: int, direction: str) -> float:
@@ -199,10 +270,24 @@ def main(argv=None) -> int:
         proxy = proxy_harness.start_proxy(workdir, mux=peer.listen, log_level="warn")
         started.append(proxy)
 
-        direct = unary_rtts("unix:" + peer.grpc_socket, calls, warmup)
-        via = unary_rtts("unix:" + proxy.listen, calls, warmup)
-        d50, d99 = percentile(direct, 0.5), percentile(direct, 0.99)
-        p50, p99 = percentile(via, 0.5), percentile(via, 0.99)
+        relay1 = start_relay(os.path.join(workdir, "relay1.sock"), peer.grpc_socket)
+        started.append(relay1)
+        relay2 = start_relay(os.path.join(workdir, "relay2.sock"), os.path.join(workdir, "relay1.sock"))
+        started.append(relay2)
+
+        # interleaved rounds, so that load from elsewhere on the machine hits all alike
+        rtts: dict = {"direct": [], "proxy": [], "relays": []}
+        targets = {"direct": peer.grpc_socket, "proxy": proxy.listen,
+                   "relays": os.path.join(workdir, "relay2.sock")}
+        rounds = 4
+        for _ in range(rounds):
+            for name, target in targets.items():
+                rtts[name] += unary_rtts("unix:" + target, calls // rounds, warmup // rounds)
+        relay2.stop()
+        relay1.stop()
+        d50, d99 = percentile(rtts["direct"], 0.5), percentile(rtts["direct"], 0.99)
+        p50, p99 = percentile(rtts["proxy"], 0.5), percentile(rtts["proxy"], 0.99)
+        r50, r99 = percentile(rtts["relays"], 0.5), percentile(rtts["relays"], 0.99)
 
         # interleaved runs, so that load from elsewhere on the machine hits both alike
         runs: dict = {}
@@ -237,7 +322,9 @@ def main(argv=None) -> int:
     print(f"{'gRPC unary round trip (Health/Check)':44} {'p50 us':>9} {'p99 us':>9}")
     print(f"{'(direct) unix socket to the gRPC server':44} {d50:9.0f} {d99:9.0f}")
     print(f"{'(proxy)  through kata-proxy + yamux':44} {p50:9.0f} {p99:9.0f}")
+    print(f"{'(2 relays) two plain relays, no yamux':44} {r50:9.0f} {r99:9.0f}")
     print(f"{'ratio proxy/direct (target <= 1.15)':44} {p50 / d50:9.2f} {p99 / d99:9.2f}")
+    print(f"{'ratio 2 relays/direct (the hop floor)':44} {r50 / d50:9.2f} {r99 / d99:9.2f}")
     print()
     print(f"{'bulk, one stream (MiB/s)':44} {'up':>9} {'down':>9}")
     print(f"{'(yamux)  yamux client straight to the peer':44} "
@@ -254,6 +341,7 @@ def main(argv=None) -> int:
           f"{mem_100['uss']:9d}   (live streams: {streams})")
     print()
     print(f"RESULT unary_p50_ratio={p50 / d50:.2f} unary_p99_ratio={p99 / d99:.2f} "
+          f"relays_p50_ratio={r50 / d50:.2f} "
           f"bulk_up_ratio={up_ratio:.2f} bulk_down_ratio={down_ratio:.2f} "
           f"rss_idle_kb={mem_idle['rss']} rss_100_kb={mem_100['rss']}")
     return 0
