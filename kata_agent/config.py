@@ -32,9 +32,19 @@ class AgentConfig:
     read_chunk: int = 64 << 10
     # Python logging level name (debug, info, warning, error).
     log_level: str = "info"
-    # Cgroup parent used when a spec has no Linux.CgroupsPath
-    # (runc then gets "<cgroup_parent>/<container id>").
-    cgroup_parent: str = "/kata"
+    # Cgroup parent used when a spec has no Linux.CgroupsPath: runc gets
+    # "<cgroup_parent>/<container id>". Relative = below the agent's own
+    # cgroup in each hierarchy (runc's rule), so containers never escape it.
+    cgroup_parent: str = "kata"
+    # Kernel pipe size of container stdio pipes (F_SETPIPE_SZ; 0 = default
+    # 64 KiB). Like the original agent.container_pipe_size.
+    container_pipe_size: int = 1 << 20
+    # SetGuestDateTime and OnlineCPUMem touch machine-wide state: None = only
+    # in a VM (shared_dir_source is None); the process sandbox shares the
+    # host's clock and CPUs, so they are no-ops there.
+    manage_machine: bool | None = None
+    # runc --no-pivot (needed when the guest root is an initramfs).
+    no_pivot_root: bool = False
     # Default mount point of the shared directory when a spec's root path is
     # relative or a Storage has no mount_point.
     shared_mount: str = KATA_SHARED_DIR
@@ -47,6 +57,12 @@ class AgentConfig:
     agent_version: str = "kata-py-0.1.0"
     # Extra environment for runc invocations (rarely needed).
     runc_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def machine_managed(self) -> bool:
+        if self.manage_machine is None:
+            return self.shared_dir_source is None and self.manage_system
+        return self.manage_machine
 
     @property
     def runc_root(self) -> str:
