@@ -25,7 +25,8 @@ receives until EOF and writes ``goaway code=N`` events for the Go Away frames it
 and serve one session on the master (for ``kata-proxy --channel /dev/pts/N``).
 
 Events go one per line to ``--events FILE`` (default: none): ``session open``,
-``stream id=N kind=K end=fin|reset|error bytes=M``, ``session closed error=...``.  ``READY`` is
+``stream id=N kind=K end=fin|reset|error bytes=M``,
+``session closed error=... remote_go_away=True|False``.  ``READY`` is
 printed on stdout once listening.
 """
 
@@ -201,7 +202,8 @@ class Peer:
                 task.add_done_callback(tasks.discard)
         finally:
             await session.wait_closed()
-            self.events(f"session closed error={session.error!r}")
+            self.events(f"session closed error={session.error!r} "
+                        f"remote_go_away={getattr(session, 'remote_go_away', '?')}")
 
     async def on_connection(self, conn: socket.socket) -> None:
         from yamux import Session

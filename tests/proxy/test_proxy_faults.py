@@ -150,8 +150,9 @@ def test_sigterm_goes_away_closes_clients_and_removes_socket(proxy, peer):
     s.close()
     assert not os.path.exists(proxy.listen)
     assert any("sent Go Away" in line for line in proxy.log_lines())
-    wait_for(lambda: any(line.startswith("session closed") for line in peer.events()), 10,
-             "the peer to see its session end")
+    closed = wait_for(lambda: [line for line in peer.events() if line.startswith("session closed")],
+                      10, "the peer to see its session end")
+    assert "remote_go_away=True" in closed[0], closed  # the agent was told: Go Away
 
 
 def test_sigint_before_the_guest_is_up(sockdir, procs):
