@@ -191,3 +191,15 @@ def test_paused_guest_is_not_fatal(sockdir, peer, procs):
              "the heartbeat to recover")
     s.close()
     assert proxy.alive()
+
+
+def test_channel_path_that_is_a_socket(sockdir, peer, procs):
+    """--channel given a unix socket (QEMU's chardev) connects to it like --mux-socket."""
+    proxy = proxy_harness.start_proxy(sockdir, args=["--channel", peer.listen])
+    procs.append(proxy)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(proxy.listen)
+    s.sendall(b"Esock")
+    assert s.recv(4) == b"sock"
+    s.close()
