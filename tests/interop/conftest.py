@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -180,6 +181,7 @@ class PyServer:
         self.sessions: list = []
         self.tasks: set[asyncio.Task] = set()
         self.servers: list[asyncio.AbstractServer] = []
+        self.listeners: list[socket.socket] = []
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -192,25 +194,44 @@ class PyServer:
         if not task.cancelled() and task.exception() is not None:
             self.errors.append(task.exception())
 
-    async def start(self, handler, *, config=None, name: str = "py.sock") -> str:
+    async def start(self, handler, *, config=None, name: str = "py.sock", transport: str = "streams") -> str:
+        """Listen on sockdir/name. transport "streams": Session(reader, writer)
+        over asyncio.start_unix_server; "socket": Session.from_socket (the
+        Protocol fast path) over a plain listening socket."""
         from yamux import Session
 
         path = os.path.join(self.sockdir, name)
 
-        async def on_connection(reader, writer):
-            session = Session(reader, writer, client=False, config=config)
+        async def run(session):
             self.sessions.append(session)
             await handler(session)
 
-        async def guarded(reader, writer):
-            self.spawn(on_connection(reader, writer))
+        if transport == "streams":
+            async def on_connection(reader, writer):
+                self.spawn(run(Session(reader, writer, client=False, config=config)))
 
-        self.servers.append(await asyncio.start_unix_server(guarded, path))
+            self.servers.append(await asyncio.start_unix_server(on_connection, path))
+        else:
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(path)
+            listener.listen(16)
+            listener.setblocking(False)
+            self.listeners.append(listener)
+
+            async def accept_loop():
+                loop = asyncio.get_running_loop()
+                while True:
+                    conn, _ = await loop.sock_accept(listener)
+                    self.spawn(run(await Session.from_socket(conn, client=False, config=config)))
+
+            self.spawn(accept_loop())
         return path
 
     async def close(self) -> None:
         for server in self.servers:
             server.close()
+        for listener in self.listeners:
+            listener.close()
         for session in self.sessions:
             await session.close()
         for task in list(self.tasks):

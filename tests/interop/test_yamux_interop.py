@@ -30,9 +30,14 @@ def yamux():
     return module
 
 
-async def connect(sock: str, **config):
+async def connect(sock: str, transport: str = "unix", **config):
+    """A client session: "unix" is Session.connect_unix (the Protocol fast
+    path), "streams" is Session(reader, writer) over asyncio streams."""
     y = yamux()
     cfg = y.Config(**config) if config else None
+    if transport == "streams":
+        reader, writer = await asyncio.open_unix_connection(sock)
+        return y.Session(reader, writer, client=True, config=cfg)
     return await y.Session.connect_unix(sock, client=True, config=cfg)
 
 
@@ -98,11 +103,15 @@ ECHO_CASES = pytest.mark.parametrize(
 )
 
 
+TRANSPORTS = pytest.mark.parametrize("transport", ["fast", "streams"])
+
+
+@TRANSPORTS
 @ECHO_CASES
-async def test_py_client_echo(go, sockdir, streams, size):
+async def test_py_client_echo(go, sockdir, streams, size, transport):
     sock = sock_in(sockdir)
     await go.server(sock)
-    session = await connect(sock)
+    session = await connect(sock, "streams" if transport == "streams" else "unix")
     try:
         opened = [await session.open_stream() for _ in range(streams)]
         assert [s.id for s in opened] == list(range(1, 2 * streams, 2))  # client ids are odd
@@ -419,9 +428,10 @@ async def test_go_killed_wakes_readers_and_writers(go, sockdir):
 # ====================================================== Go client -> Python server
 
 
+@TRANSPORTS
 @ECHO_CASES
-async def test_go_client_echo(go, pyserver, streams, size):
-    sock = await pyserver.start(echo_handler(pyserver))
+async def test_go_client_echo(go, pyserver, streams, size, transport):
+    sock = await pyserver.start(echo_handler(pyserver), transport="socket" if transport == "fast" else "streams")
     client = await go.client(sock, "-streams", str(streams), "-bytes", str(size), "-ping", "1", timeout=50)
     assert any(line.startswith(f"ECHO_OK streams={streams} bytes={size}") for line in client.lines), client.lines
     await asyncio.sleep(0.1)
