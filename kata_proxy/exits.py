@@ -6,7 +6,7 @@
 | 1    | INTERNAL         | an unexpected exception (a bug): logged with its type |
 | 2    | USAGE            | bad or conflicting flags, or the --log file cannot be opened (one line on stderr, nothing created) |
 | 3    | LISTEN           | the client socket could not be set up: missing or unwritable parent directory, path in use or not a socket, bad systemd LISTEN_FDS |
-| 4    | CHANNEL_OPEN     | the guest channel could not be opened: mux socket not connectable within --channel-timeout, device missing or unreadable |
+| 4    | CHANNEL_OPEN     | the guest channel could not be opened: mux socket not connectable within --channel-timeout, device missing, unreadable or not pollable |
 | 5    | CHANNEL_CLOSED   | the guest channel closed or failed while running (VM gone): clients saw EOF |
 | 6    | PROTOCOL         | the guest sent bytes that are not yamux (or broke the protocol): Go Away sent, session closed |
 """

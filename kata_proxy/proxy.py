@@ -22,7 +22,7 @@ Exit codes (kata_proxy/exits.py, kata_proxy/README.md):
     1 INTERNAL        unexpected exception (a bug)
     2 USAGE           bad or conflicting flags; --log file cannot be opened
     3 LISTEN          client socket cannot be set up (parent dir, path in use, bad LISTEN_FDS)
-    4 CHANNEL_OPEN    guest channel cannot be opened (timeout, missing/unreadable device)
+    4 CHANNEL_OPEN    guest channel cannot be opened (timeout, missing/unreadable/unpollable device)
     5 CHANNEL_CLOSED  guest channel closed while running (VM gone)
     6 PROTOCOL        guest broke the yamux protocol (garbage on the channel)
 """
