@@ -29,7 +29,7 @@ class AgentConfig:
     # agent stops reading that pipe (the process blocks; nothing is dropped).
     stream_buffer_limit: int = 1 << 20
     # Largest chunk a single read(2) of a container pipe asks for.
-    read_chunk: int = 64 << 10
+    read_chunk: int = 256 << 10
     # Python logging level name (debug, info, warning, error).
     log_level: str = "info"
     # Cgroup parent used when a spec has no Linux.CgroupsPath: runc gets

@@ -126,7 +126,7 @@ class ProcessLauncher:
                 args += ["--console-socket", console.path]
                 recv_task = asyncio.ensure_future(console.receive_master())
             else:
-                in_r, in_w = make_pipe()
+                in_r, in_w = make_pipe(cfg.container_pipe_size)
                 proc._fds.append(in_r)
                 proc.stdin = StdinWriter(in_w)
                 out_r, out_w = make_pipe(cfg.container_pipe_size)

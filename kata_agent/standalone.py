@@ -27,6 +27,7 @@ def parse(argv):
                     help="directory holding <container id>/ bundles")
     ap.add_argument("--runc", default="runc")
     ap.add_argument("--buffer-limit", type=int, default=AgentConfig.stream_buffer_limit)
+    ap.add_argument("--read-chunk", type=int, default=AgentConfig.read_chunk)
     ap.add_argument("--cgroup-parent", default=AgentConfig.cgroup_parent)
     ap.add_argument("--manage-system", action="store_true")
     ap.add_argument("--log-level", default="warning")
@@ -38,7 +39,8 @@ def parse(argv):
 async def amain(args) -> int:
     from .service import start_grpc_server, stop_grpc_server
     cfg = AgentConfig(runc=args.runc, state_dir=args.state_dir, shared_mount=args.shared_mount,
-                      stream_buffer_limit=args.buffer_limit, log_level=args.log_level,
+                      stream_buffer_limit=args.buffer_limit, read_chunk=args.read_chunk,
+                      log_level=args.log_level,
                       cgroup_parent=args.cgroup_parent, manage_system=args.manage_system)
     server, state = await start_grpc_server(args.socket, cfg)
     stop = asyncio.Event()

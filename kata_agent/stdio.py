@@ -47,6 +47,7 @@ class OutputBuffer:
         self.owns_fd = owns_fd
         self.name = name
         self._chunks: collections.deque[bytes] = collections.deque()
+        self._head_off = 0
         self._size = 0
         self._eof = fd is None
         self._watching = False
@@ -136,17 +137,23 @@ class OutputBuffer:
             await self._event.wait()
 
     def _take(self, n: int) -> bytes:
+        # The head chunk is consumed through an offset, so a small read of a
+        # big chunk copies only what it returns.
         out = []
         got = 0
-        while self._chunks and got < n:
-            c = self._chunks[0]
+        chunks = self._chunks
+        while chunks and got < n:
+            c = chunks[0]
+            avail = len(c) - self._head_off
             want = n - got
-            if len(c) <= want:
-                out.append(self._chunks.popleft())
-                got += len(c)
+            if avail <= want:
+                out.append(c if not self._head_off else c[self._head_off:])
+                chunks.popleft()
+                self._head_off = 0
+                got += avail
             else:
-                out.append(c[:want])
-                self._chunks[0] = c[want:]
+                out.append(c[self._head_off:self._head_off + want])
+                self._head_off += want
                 got += want
         self._size -= got
         if self._size < self.limit and not self._eof:
@@ -160,6 +167,7 @@ class OutputBuffer:
         self._unwatch()
         self._close_fd()
         self._chunks.clear()
+        self._head_off = 0
         self._size = 0
         self._eof = True
         self._event.set()

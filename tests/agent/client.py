@@ -1,15 +1,25 @@
-"""A small grpc.aio client of the agent service for the tests and the bench."""
+"""The agent service run alone (python -m kata_agent.standalone) and a small
+grpc.aio client of it, for tests/agent and bench/agent_bench.py."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import uuid
+from pathlib import Path
 
 import grpc
 
 from katapb import agent_pb2, agent_pb2_grpc, health_pb2_grpc, oci_pb2
 from tests.fixtures.oci import busybox_spec, process
+from tests.fixtures.rootfs import build_busybox_rootfs
+
+REPO = Path(__file__).resolve().parents[2]
 
 MAX_MESSAGE = 64 << 20
 
@@ -17,6 +27,69 @@ MAX_MESSAGE = 64 << 20
 def is_eof(e: grpc.aio.AioRpcError) -> bool:
     """The agent's end of a stream: OUT_OF_RANGE "EOF" (Go agent: UNKNOWN "EOF")."""
     return e.code() in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNKNOWN) and e.details() == "EOF"
+
+
+class AgentServer:
+    """A standalone agent service process on a temp unix socket."""
+
+    def __init__(self, *, buffer_limit: int | None = None, loop: str = "uvloop",
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.dir = tempfile.mkdtemp(prefix="kag", dir="/tmp")
+        self.socket = os.path.join(self.dir, "agent.sock")
+        self.state_dir = os.path.join(self.dir, "state")
+        self.shared = os.path.join(self.dir, "shared")
+        self.runc_root = os.path.join(self.state_dir, "runc")
+        os.makedirs(self.shared)
+        self.template = os.path.join(self.dir, "rootfs-template")
+        build_busybox_rootfs(self.template)
+        self.log_path = os.path.join(self.dir, "agent.log")
+        argv = [sys.executable, "-m", "kata_agent.standalone", "--socket", self.socket,
+                "--state-dir", self.state_dir, "--shared-mount", self.shared,
+                "--log-level", "info", "--loop", loop,
+                "--cgroup-parent", f"kata-test-{uuid.uuid4().hex[:8]}"]
+        if buffer_limit:
+            argv += ["--buffer-limit", str(buffer_limit)]
+        argv += list(extra_args)
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, cwd=str(REPO), stdout=subprocess.PIPE, stderr=self.log)
+        line = self.proc.stdout.readline()
+        if line.strip() != b"ready":
+            self.stop()
+            raise RuntimeError("agent did not start:\n" + Path(self.log_path).read_text())
+
+    def create_sandbox(self) -> None:
+        with grpc.insecure_channel("unix:" + self.socket) as ch:
+            agent_pb2_grpc.AgentServiceStub(ch).CreateSandbox(
+                agent_pb2.CreateSandboxRequest(hostname="kata-test", sandbox_id="sb"), timeout=10)
+
+    def make_rootfs(self, cid: str) -> str:
+        """<shared>/<cid>/rootfs: a copy of the busybox template (hard links)."""
+        dest = os.path.join(self.shared, cid, "rootfs")
+        shutil.copytree(self.template, dest, symlinks=True, copy_function=os.link)
+        return dest
+
+    def leftover_containers(self) -> list[str]:
+        if not os.path.isdir(self.runc_root):
+            return []
+        out = subprocess.run(["runc", "--root", self.runc_root, "list", "-q"],
+                             capture_output=True, text=True)
+        return out.stdout.split()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for cid in self.leftover_containers():
+            subprocess.run(["runc", "--root", self.runc_root, "delete", "--force", cid],
+                           capture_output=True)
+        self.log.close()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class AgentClient:

@@ -1,0 +1,141 @@
+"""kata-agent benchmark: agent-side stdio throughput (no proxy, no shim).
+
+    python -m bench.agent_bench [--quick] [--mib N]
+
+The agent's gRPC service runs alone (``python -m kata_agent.standalone``, uvloop,
+as kata-agent's CLI runs it) on a unix socket; containers are real runc
+containers of a busybox rootfs; the client is grpcio (grpc.aio) in this process.
+
+- stdout MiB/s: container ``dd if=/dev/zero bs=1M count=N``; ReadStdout in a loop (len 1 MiB,
+  and 32 KiB as kata-shim's io.Copy asks) from StartContainer to EOF.
+- stdin MiB/s: WriteStdin of N in 1 MiB calls to a container ``dd of=/dev/null bs=1M
+  iflag=fullblock``, CloseStdin, its record count read back and checked.
+- ceiling: ``dd if=/dev/zero bs=1M count=N | cat`` through plain pipes on the
+  host (the same busybox, read by this process in 1 MiB reads); printed as a
+  ratio. (busybox ``head -c`` is no producer for this: ~100 MiB/s here.)
+
+Figures only; never asserts on timing. The last line is machine-readable:
+
+    RESULT stdout_mib_s=.. stdout_32k_mib_s=.. stdin_mib_s=.. pipe_mib_s=.. ratio=..
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+MiB = 1 << 20
+
+
+def pipe_ceiling(n: int, busybox: str) -> float:
+    """MiB/s of `dd if=/dev/zero bs=1M count=.. | cat` read by this process from a pipe."""
+    p = subprocess.Popen(f"{busybox} dd if=/dev/zero bs=1M count={n // MiB} 2>/dev/null | "
+                         f"{busybox} cat", shell=True,
+                         stdout=subprocess.PIPE, bufsize=0)
+    fd = p.stdout.fileno()
+    got = 0
+    t0 = time.perf_counter()
+    while True:
+        b = os.read(fd, MiB)
+        if not b:
+            break
+        got += len(b)
+    dt = time.perf_counter() - t0
+    p.wait()
+    assert got == n, (got, n)
+    return n / MiB / dt
+
+
+async def stdout_run(client, n: int, read_len: int) -> float:
+    cid = await client.create(["dd", "if=/dev/zero", "bs=1M", f"count={n // MiB}"])
+    t0 = time.perf_counter()
+    await client.start(cid)
+    got = await client.read_all(cid, n=read_len, sink=lambda d: None)
+    dt = time.perf_counter() - t0
+    assert got == n, (got, n)
+    assert await client.wait(cid) == 0
+    await client.read_all(cid, stderr=True)  # dd's summary
+    return n / MiB / dt
+
+
+async def stdin_run(client, n: int) -> float:
+    cid = await client.create(["dd", "of=/dev/null", "bs=1M", "iflag=fullblock"], start=True)
+    chunk = b"\0" * MiB
+    t0 = time.perf_counter()
+    left = n
+    while left:
+        part = chunk if left >= MiB else chunk[:left]
+        await client.write(cid, part)
+        left -= len(part)
+    await client.close_stdin(cid)
+    out = await client.read_all(cid, stderr=True)  # "N+0 records in"
+    dt = time.perf_counter() - t0
+    assert out.startswith(f"{n // MiB}+0 records in".encode()), out
+    assert await client.wait(cid) == 0
+    return n / MiB / dt
+
+
+async def run(args) -> dict:
+    from tests.agent.client import AgentClient, AgentServer
+    from tests.fixtures.rootfs import find_busybox
+
+    n = args.mib * MiB
+    server = AgentServer(extra_args=tuple(args.agent_arg))
+    res = {}
+    try:
+        server.create_sandbox()
+        client = AgentClient(server)
+        try:
+            await stdout_run(client, min(n, 8 * MiB), MiB)  # warm-up
+            reps = 1 if args.quick else 3
+            res["stdout_mib_s"] = max([await stdout_run(client, n, MiB) for _ in range(reps)])
+            small = n if args.quick else min(n, 64 * MiB)
+            res["stdout_32k_mib_s"] = max([await stdout_run(client, small, 32 << 10)
+                                           for _ in range(reps)])
+            res["stdin_mib_s"] = max([await stdin_run(client, n) for _ in range(reps)])
+        finally:
+            await client.close()
+    finally:
+        server.stop()
+        server.cleanup()
+    busybox = find_busybox()
+    res["pipe_mib_s"] = max(pipe_ceiling(n, busybox) for _ in range(1 if args.quick else 3))
+    res["ratio"] = res["stdout_mib_s"] / res["pipe_mib_s"]
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.agent_bench")
+    ap.add_argument("--quick", action="store_true", help="32 MiB, one run each (CI smoke)")
+    ap.add_argument("--mib", type=int, default=None, help="MiB per run (default 256)")
+    ap.add_argument("--agent-arg", action="append", default=[],
+                    help="extra argument for python -m kata_agent.standalone (repeatable)")
+    args = ap.parse_args(argv)
+    if args.mib is None:
+        args.mib = 32 if args.quick else 256
+    res = asyncio.run(run(args))
+    print(f"kata-agent stdio, agent side only ({platform.node()}, {os.cpu_count()} cpus, "
+          f"python {platform.python_version()}), {args.mib} MiB per run")
+    print(f"{'path':58} {'MiB/s':>9}")
+    print(f"{'container stdout -> ReadStdout len=1MiB (grpc.aio client)':58} {res['stdout_mib_s']:9.1f}")
+    print(f"{'container stdout -> ReadStdout len=32KiB (kata-shim size)':58} {res['stdout_32k_mib_s']:9.1f}")
+    print(f"{'WriteStdin 1MiB calls -> container dd of=/dev/null':58} {res['stdin_mib_s']:9.1f}")
+    print(f"{'ceiling: dd | cat through a plain pipe':58} {res['pipe_mib_s']:9.1f}")
+    print(f"stdout ratio agent/pipe: {res['ratio']:.3f}")
+    print("RESULT " + " ".join(f"{k}={v:.3f}" if k == "ratio" else f"{k}={v:.1f}"
+                               for k, v in res.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
