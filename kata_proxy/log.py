@@ -217,9 +217,6 @@ class LineFormatter(logging.Formatter):
 
     def items(self, record: logging.LogRecord) -> list:
         msg = record.getMessage()
-        if record.exc_info and record.levelno >= logging.ERROR:
-            exc = record.exc_info[1]
-            msg = f"{msg}: {type(exc).__name__}: {exc}"
         items = [
             ("time", _timestamp(record.created)),
             ("level", level_name(record.levelno)),
@@ -230,6 +227,9 @@ class LineFormatter(logging.Formatter):
         ]
         if self.sandbox:
             items.append(("sandbox", self.sandbox))
+        if record.exc_info and record.exc_info[1] is not None:
+            # one line still: the traceback is a (quoted, escaped) field
+            items.append(("traceback", self.formatException(record.exc_info)))
         extra = getattr(record, "fields", None)
         if extra:
             taken = {k for k, _ in items}

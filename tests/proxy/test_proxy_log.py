@@ -112,3 +112,18 @@ def test_handler_drops_instead_of_blocking():
     handler.flush()
     handler.close()
     assert "dropped" in stream.getvalue()
+
+
+def test_traceback_stays_on_one_line():
+    fmt = klog.LineFormatter("text")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        import sys
+        rec = logging.LogRecord("kata_proxy", logging.CRITICAL, __file__, 1, "internal error", (),
+                                sys.exc_info())
+    line = fmt.format(rec)
+    assert "\n" not in line
+    parsed = klog.parse_logfmt(line)
+    assert parsed["msg"] == "internal error"
+    assert "RuntimeError: boom" in parsed["traceback"]
