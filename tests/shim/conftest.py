@@ -3,16 +3,14 @@
 The sandbox (kata-agent in a ProcessSandbox) and the real kata-proxy come from
 tests/sandbox/conftest.py (reused, not duplicated).  On top of them:
 
-* ``agent``: a synchronous grpcio client on the proxy socket that has already
-  sent CreateSandbox, with helpers to create/start containers and exec
-  processes the way kata-runtime will (the runtime itself is a later issue);
-* ``Agent.shim(...)``: the real kata-shim as a subprocess, started exactly as a
-  runtime would (the installed ``kata-shim`` script, else ``python -m kata_shim``).
+* ``agent``: tests/shim/harness.py's ``Agent`` on the proxy socket, CreateSandbox
+  already sent: it creates/starts containers and execs processes the way
+  kata-runtime will (the runtime itself is a later issue), and starts the real
+  kata-shim as a subprocess (``agent.shim(...)``).
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +21,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.sandbox.conftest import (  # noqa: E402,F401  (fixtures, re-exported for tests/shim)
-    missing_requirements, proxy, sandbox, sandbox_dir, start_proxy)
+    missing_requirements, proxy, sandbox, sandbox_dir)
+from tests.shim.harness import Agent  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -33,82 +32,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if Path(str(item.fspath)).parent == HERE and "sandbox" in item.keywords and reason:
             item.add_marker(pytest.mark.skip(reason=reason))
-
-
-def shim_command() -> list[str]:
-    exe = Path(sys.executable).with_name("kata-shim")
-    if exe.exists():
-        return [str(exe)]
-    return [sys.executable, "-m", "kata_shim"]
-
-
-class Agent:
-    """The agent behind the proxy, driven with the agent API as kata-runtime will."""
-
-    def __init__(self, sandbox, proxy):
-        import grpc
-        from katapb import agent_pb2, agent_pb2_grpc
-
-        self.pb = agent_pb2
-        self.sandbox = sandbox
-        self.proxy = proxy
-        self.socket = proxy.listen_socket
-        self.address = f"unix://{proxy.listen_socket}"
-        self.channel = grpc.insecure_channel(f"unix:{proxy.listen_socket}")
-        self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
-        self.shims: list[subprocess.Popen] = []
-
-    def create_sandbox(self) -> None:
-        from tests.fixtures.oci import shared_storage
-
-        self.stub.CreateSandbox(self.pb.CreateSandboxRequest(
-            hostname="kata-sb", storages=[shared_storage()], sandbox_id=self.sandbox.sandbox_id), timeout=30)
-
-    def create(self, cid: str, args, *, terminal: bool = False) -> None:
-        from tests.fixtures.oci import busybox_spec
-        from tests.fixtures.rootfs import build_busybox_rootfs
-
-        build_busybox_rootfs(Path(self.sandbox.shared_dir) / cid / "rootfs")
-        self.stub.CreateContainer(self.pb.CreateContainerRequest(
-            container_id=cid, exec_id=cid, OCI=busybox_spec(cid, list(args), terminal=terminal)), timeout=30)
-
-    def start(self, cid: str) -> None:
-        self.stub.StartContainer(self.pb.StartContainerRequest(container_id=cid), timeout=30)
-
-    def run(self, cid: str, args, *, terminal: bool = False) -> None:
-        self.create(cid, args, terminal=terminal)
-        self.start(cid)
-
-    def exec(self, cid: str, exec_id: str, args, *, terminal: bool = False) -> None:
-        from tests.fixtures.oci import process
-
-        self.stub.ExecProcess(self.pb.ExecProcessRequest(
-            container_id=cid, exec_id=exec_id, process=process(list(args), terminal=terminal)), timeout=30)
-
-    def signal(self, cid: str, exec_id: str, signum: int) -> None:
-        self.stub.SignalProcess(self.pb.SignalProcessRequest(
-            container_id=cid, exec_id=exec_id, signal=signum), timeout=30)
-
-    def shim_args(self, cid: str, exec_id: str | None = None, *extra: str, address: str | None = None):
-        return [*shim_command(), "--agent", address or self.address, "--container", cid,
-                "--exec-id", exec_id or cid, *extra]
-
-    def shim(self, cid: str, exec_id: str | None = None, *extra: str, address: str | None = None,
-             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(self.shim_args(cid, exec_id, *extra, address=address),
-                             stdin=stdin, stdout=stdout, stderr=stderr, **kw)
-        self.shims.append(p)
-        return p
-
-    def close(self) -> None:
-        for p in self.shims:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
-            for f in (p.stdin, p.stdout, p.stderr):
-                if f is not None:
-                    f.close()
-        self.channel.close()
 
 
 @pytest.fixture
