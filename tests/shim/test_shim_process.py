@@ -73,6 +73,19 @@ async def test_echo(agent):
     assert (shim.returncode, out, err) == (0, b"hello world\n", b"")
 
 
+async def test_debug_logging_never_touches_the_container_stdio(agent, sandbox_dir):
+    log = os.path.join(sandbox_dir, "shim.log")
+    agent.create("logged", ["sh", "-c", "echo out; echo err >&2"])
+    shim = agent.shim("logged", None, "-debug", "--log-format", "json", "--log-file", log)
+    agent.start("logged")
+    out, err = shim.communicate(timeout=60)
+    assert (shim.returncode, out, err) == (0, b"out\n", b"err\n")
+    import json
+    records = [json.loads(line) for line in open(log)]
+    assert records[0]["msg"] == "starting" and records[0]["exec-id"] == "logged"
+    assert {"msg": "process done", "status": 0}.items() <= records[-1].items()
+
+
 async def test_stdout_and_stderr_stay_apart(agent):
     agent.create("apart", ["sh", "-c", "echo out; echo err >&2; echo out2; exit 3"])
     shim = agent.shim("apart")
