@@ -60,6 +60,10 @@ DEFAULT_OUTPUT_BUDGET = 1024 * 1024
 #: A frame body cut from more queued pieces than this is joined into one bytes.
 _JOIN_PIECES = 8
 
+#: Received payloads at least this long are kept as views of the received
+#: chunk (no copy); shorter ones are copied unless they are most of the chunk.
+_VIEW_MIN = 16 * 1024
+
 
 # --------------------------------------------------------------------------
 # Events
@@ -179,6 +183,7 @@ class StreamState:
         "recv_window",  # credit the peer still has
         "recv_buf",
         "recv_len",
+        "pinned",  # bytes of received chunks kept alive by views in recv_buf (upper bound)
         "consumed",  # read by the application but not yet advertised
         "send_window",
         "send_buf",
@@ -202,6 +207,7 @@ class StreamState:
         self.recv_window = recv_window
         self.recv_buf: deque = deque()
         self.recv_len = 0
+        self.pinned = 0
         self.consumed = 0
         self.send_window = INITIAL_WINDOW
         self.send_buf: deque = deque()
@@ -259,6 +265,7 @@ class Connection:
         self.max_window = config.max_stream_window_size
         self._extra_window = self.max_window - INITIAL_WINDOW
         self._update_threshold = self.max_window // 2
+        self._pin_limit = 2 * self.max_window
         self._backlog = config.accept_backlog
         self._next_id = 1 if client else 2
         self._peer_parity = 0 if client else 1
@@ -394,18 +401,34 @@ class Connection:
         if st.read_closed:
             self._consume(st, take)  # nobody reads: drop it and keep the peer's credit flowing
             return
+        buf = st.recv_buf
         if take == n:
             chunk = data
-        elif take * 2 >= n:
-            chunk = memoryview(data)[pos : pos + take]  # most of the chunk: share it
+        elif take >= _VIEW_MIN or take * 2 >= n:
+            # share the received chunk (no copy); account what it keeps alive
+            chunk = memoryview(data)[pos : pos + take]
+            if not (buf and type(buf[-1]) is memoryview and buf[-1].obj is data):
+                st.pinned += n
+                if st.pinned > self._pin_limit:
+                    self._compact(st)
         else:
-            chunk = data[pos : pos + take]  # a small part: copy, don't pin the chunk
-        st.recv_buf.append(chunk)
+            chunk = data[pos : pos + take]  # small: copy, don't pin the chunk
+        buf.append(chunk)
         if st.recv_len:
             st.recv_len += take
         else:
             st.recv_len = take
             self._events.append(DataReceived(st))
+
+    @staticmethod
+    def _compact(st: StreamState) -> None:
+        """Copy the buffered payload out of the received chunks it pins."""
+        buf = st.recv_buf
+        if buf:
+            data = b"".join(buf)
+            buf.clear()
+            buf.append(data)
+        st.pinned = 0
 
     def _window_update_frame(self, flags: int, sid: int, delta: int) -> None:
         st = self._stream_flags(flags, sid) if flags else self.streams.get(sid)
@@ -560,6 +583,7 @@ class Connection:
             dropped = st.recv_len
             st.recv_buf.clear()
             st.recv_len = 0
+            st.pinned = 0
             if dropped:
                 self._consume(st, dropped)
 
@@ -592,6 +616,8 @@ class Connection:
             data = b"".join(self._pop_received(st, max_bytes))
             taken = max_bytes
         st.recv_len = total - taken
+        if not st.recv_len:
+            st.pinned = 0
         self._consume(st, taken)
         return data
 
@@ -610,6 +636,8 @@ class Connection:
             pieces = self._pop_received(st, max_bytes)
             taken = max_bytes
         st.recv_len = total - taken
+        if not st.recv_len:
+            st.pinned = 0
         self._consume(st, taken)
         return pieces
 
@@ -648,6 +676,7 @@ class Connection:
     def _drop_buffers(self, st: StreamState) -> None:
         st.recv_buf.clear()
         st.recv_len = 0
+        st.pinned = 0
         st.send_buf.clear()
         st.send_len = 0
         self._ready.pop(st, None)

@@ -678,6 +678,19 @@ def test_split_body_is_readable_as_it_arrives():
     assert server.read(st) == b"3456789"
 
 
+def test_pinned_chunks_are_compacted_beyond_two_windows():
+    server2 = fresh_server()
+    s3 = raw(TYPE_WINDOW_UPDATE, FLAG_SYN, 3, 0)
+    server2.receive_data(raw(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0) + s3)
+    for _ in range(12):
+        server2.receive_data(raw(TYPE_DATA, 0, 1, 20_000, b"a" * 20_000) + raw(TYPE_DATA, 0, 3, 20_000, b"b" * 20_000))
+        server2.read(server2.streams[3])  # stream 3 is read at once, stream 1 is not
+    st1 = server2.streams[1]
+    held = {id(c.obj if isinstance(c, memoryview) else c): len(c.obj if isinstance(c, memoryview) else c) for c in st1.recv_buf}
+    assert sum(held.values()) <= 3 * INITIAL_WINDOW
+    assert server2.read(st1) == b"a" * 240_000
+
+
 def test_small_payloads_do_not_pin_large_chunks():
     server = fresh_server()
     big_frame = raw(TYPE_DATA, FLAG_SYN, 1, 100_000, b"B" * 100_000)
