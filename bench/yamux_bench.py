@@ -15,7 +15,10 @@ server in a separate process from the client:
 Figures: bulk echo throughput in MiB/s echoed (bytes that went out and came
 back, divided by wall time) with 1 and 8 concurrent streams (8 connections for
 (a)) and 64 KiB writes; and 64-byte round trips (write, then read the 64-byte
-echo) on one stream, p50 and p99 in microseconds. After an unrecorded
+echo) on one stream, p50 and p99 in microseconds; plus the CPU time (user +
+system, client and server processes together) spent per GiB echoed in the
+1-stream bulk run, which a busy shared machine disturbs far less than
+throughput. After an unrecorded
 warm-up, every round measures all four configurations in turn (so background
 load spreads over all of them); each figure is the median of --repeat rounds.
 The last line is machine-readable:
@@ -46,6 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 GO_PKG = "./tests/interop/goyamux"
 MiB = 1 << 20
+GiB = 1 << 30
 CHUNK = 64 * 1024
 READ_SIZE = 256 * 1024
 MSG = 64
@@ -116,6 +120,10 @@ class Server:
         self._drain = asyncio.ensure_future(self._drain_stdout())
         return self
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     async def _drain_stdout(self) -> None:
         while await self.proc.stdout.readline():
             pass
@@ -125,6 +133,23 @@ class Server:
             self.proc.kill()
             await self.proc.wait()
         self._logf.close()
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """CPU time (user + system) of all live threads of a process, from
+    /proc/PID/task/*/schedstat (nanoseconds)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -370,6 +395,7 @@ class Figures:
         self.bulk8: list[float] = []
         self.p50: list[float] = []
         self.p99: list[float] = []
+        self.cpu1: list[float] = []  # CPU seconds (client + server) per GiB echoed, 1 stream
         self.error: str | None = None
 
     def med(self, attr: str) -> float | None:
@@ -382,10 +408,12 @@ class Figures:
         self.p99.append(percentile(lat, 0.99))
 
 
-async def measure_python(fig: Figures, path: str, kind: str, args) -> None:
+async def measure_python(fig: Figures, path: str, kind: str, args, server_pid: int) -> None:
     bulk = raw_bulk if kind == "raw" else yamux_bulk
     rtt = raw_rtt if kind == "raw" else yamux_rtt
+    cpu0 = cpu_seconds() + cpu_seconds(server_pid)
     fig.bulk1.append(await bulk(path, 1, args.bulk_bytes))
+    fig.cpu1.append((cpu_seconds() + cpu_seconds(server_pid) - cpu0) / (args.bulk_bytes / GiB))
     fig.bulk8.append(await bulk(path, 8, args.bulk_bytes // 8))
     fig.add_rtt(await rtt(path, args.trips))
 
@@ -407,10 +435,13 @@ async def run_go_bench(go: str, path: str, *flags: str) -> dict[str, float]:
     return values
 
 
-async def measure_go(fig: Figures, go: str, path: str, args) -> None:
+async def measure_go(fig: Figures, go: str, path: str, args, server_pid: int) -> None:
     b1 = args.bulk_bytes
     b8 = args.bulk_bytes // 8
-    fig.bulk1.append((await run_go_bench(go, path, "-streams", "1", "-bytes", str(b1), "-rtt", "0"))["mibps"])
+    server0 = cpu_seconds(server_pid)
+    bulk1 = await run_go_bench(go, path, "-streams", "1", "-bytes", str(b1), "-rtt", "0")
+    fig.bulk1.append(bulk1["mibps"])
+    fig.cpu1.append((bulk1["cpu_s"] + cpu_seconds(server_pid) - server0) / (b1 / GiB))
     fig.bulk8.append((await run_go_bench(go, path, "-streams", "8", "-bytes", str(b8), "-rtt", "0"))["mibps"])
     rtt = await run_go_bench(go, path, "-streams", "", "-rtt", str(args.trips))
     fig.p50.append(rtt["p50_us"])
@@ -441,23 +472,23 @@ async def bench(args) -> list[Figures]:
             missing_yamux = have_yamux()
             runs = []  # (figures, run(figures, sizes) -> coroutine)
             raw_sock = str(tmp / "raw.sock")
-            await stack.enter_async_context(Server(py + ["raw", raw_sock], tmp / "raw.log"))
-            runs.append((raw, lambda fig, a: measure_python(fig, raw_sock, "raw", a)))
+            raw_srv = await stack.enter_async_context(Server(py + ["raw", raw_sock], tmp / "raw.log"))
+            runs.append((raw, lambda fig, a: measure_python(fig, raw_sock, "raw", a, raw_srv.pid)))
             if missing_yamux:
                 pyy.error = pygo.error = missing_yamux
             else:
                 py_sock = str(tmp / "py.sock")
-                await stack.enter_async_context(Server(py + ["yamux", py_sock], tmp / "py.log"))
-                runs.append((pyy, lambda fig, a: measure_python(fig, py_sock, "yamux", a)))
+                py_srv = await stack.enter_async_context(Server(py + ["yamux", py_sock], tmp / "py.log"))
+                runs.append((pyy, lambda fig, a: measure_python(fig, py_sock, "yamux", a, py_srv.pid)))
             if go is None:
                 pygo.error = pygo.error or "go not installed"
                 gogo.error = "go not installed"
             else:
                 go_sock = str(tmp / "go.sock")
-                await stack.enter_async_context(Server([go, "server", "-listen", go_sock], tmp / "go.log"))
+                go_srv = await stack.enter_async_context(Server([go, "server", "-listen", go_sock], tmp / "go.log"))
                 if not missing_yamux:
-                    runs.append((pygo, lambda fig, a: measure_python(fig, go_sock, "yamux", a)))
-                runs.append((gogo, lambda fig, a: measure_go(fig, go, go_sock, a)))
+                    runs.append((pygo, lambda fig, a: measure_python(fig, go_sock, "yamux", a, go_srv.pid)))
+                runs.append((gogo, lambda fig, a: measure_go(fig, go, go_sock, a, go_srv.pid)))
             # one small unrecorded round first: imports, first connections, caches
             warm = argparse.Namespace(bulk_bytes=1 * MiB, trips=200)
             for fig, run in runs:
@@ -504,7 +535,10 @@ def report(figs: list[Figures], args) -> None:
         f"bulk: {size(args.bulk_bytes)} echoed per run (1 stream, or 8 x {size(args.bulk_bytes // 8)}), "
         f"{CHUNK // 1024} KiB writes; rtt: {args.trips} x {MSG} B on one stream; median of {args.repeat} interleaved round(s)"
     )
-    header = f"{'configuration':<36} {'bulk1 MiB/s':>12} {'bulk8 MiB/s':>12} {'rtt p50 us':>11} {'rtt p99 us':>11}"
+    header = (
+        f"{'configuration':<36} {'bulk1 MiB/s':>12} {'bulk8 MiB/s':>12} {'rtt p50 us':>11} {'rtt p99 us':>11}"
+        f" {'bulk1 CPU s/GiB':>16}"
+    )
     print(header)
     print("-" * len(header))
     for f in figs:
@@ -513,13 +547,14 @@ def report(figs: list[Figures], args) -> None:
             continue
         print(
             f"{f.name:<36} {fmt(f.med('bulk1')):>12} {fmt(f.med('bulk8')):>12} "
-            f"{fmt(f.med('p50'), 1):>11} {fmt(f.med('p99'), 1):>11}"
+            f"{fmt(f.med('p50'), 1):>11} {fmt(f.med('p99'), 1):>11} {fmt(f.med('cpu1'), 2):>16}"
         )
     for f in (pyy, pygo):
         print(
             f"{'ratio ' + f.name[:3] + ' / (d)':<36} {fmt(ratio(f.med('bulk1'), gogo.med('bulk1')), 2):>12} "
             f"{fmt(ratio(f.med('bulk8'), gogo.med('bulk8')), 2):>12} "
             f"{fmt(ratio(f.med('p50'), gogo.med('p50')), 2):>11} {fmt(ratio(f.med('p99'), gogo.med('p99')), 2):>11}"
+            f" {fmt(ratio(f.med('cpu1'), gogo.med('cpu1')), 2):>16}"
         )
     for f in figs:
         if f.error and f.bulk1:

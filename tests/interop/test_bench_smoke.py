@@ -25,7 +25,7 @@ def test_yamux_bench_smoke():
     for row in ("(a) raw unix socket", "(b) yamux py client <-> py server",
                 "(c) yamux py client <-> go server", "(d) yamux go client <-> go server"):
         assert row in table, table
-    figures = r"\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+$"
+    figures = r"\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+$"
     assert re.search(r"^\(a\) raw unix socket.*" + figures, table, re.M), table
     assert re.search(r"^\(b\) yamux py client <-> py server" + figures, table, re.M), table
     if shutil.which("go"):

@@ -32,7 +32,7 @@
 //
 //	bench -connect SOCK [-bytes B] [-streams 1,8] [-rtt 10000]
 //	    Like client but without verification, for the benchmark. Lines:
-//	    BENCH bulk streams=N bytes=B seconds=S mibps=M
+//	    BENCH bulk streams=N bytes=B seconds=S mibps=M cpu_s=C (this process)
 //	    BENCH rtt n=N p50_us=X p99_us=Y mean_us=Z
 package main
 
@@ -49,6 +49,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -400,7 +401,7 @@ func runBench(args []string) error {
 		if err != nil {
 			return err
 		}
-		start := time.Now()
+		start, cpu0 := time.Now(), cpuSeconds()
 		errs := make(chan error, n)
 		for i := 0; i < n; i++ {
 			go func(i int) { errs <- echoStream(sess, i, *size, 64*1024, false) }(i)
@@ -410,9 +411,10 @@ func runBench(args []string) error {
 				return err
 			}
 		}
-		secs := time.Since(start).Seconds()
+		secs, cpu := time.Since(start).Seconds(), cpuSeconds()-cpu0
 		sess.Close()
-		out("BENCH bulk streams=%d bytes=%d seconds=%.3f mibps=%.1f", n, *size, secs, float64(*size)*float64(n)/secs/(1<<20))
+		out("BENCH bulk streams=%d bytes=%d seconds=%.3f mibps=%.1f cpu_s=%.3f", n, *size, secs,
+			float64(*size)*float64(n)/secs/(1<<20), cpu)
 	}
 	if *trips > 0 {
 		sess, err := dial(*connect, 0)
@@ -448,4 +450,13 @@ func runBench(args []string) error {
 			us(lat[len(lat)/2]), us(lat[len(lat)*99/100]), us(sum/time.Duration(len(lat))))
 	}
 	return nil
+}
+
+// cpuSeconds is this process's user+system CPU time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
