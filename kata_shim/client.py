@@ -25,8 +25,10 @@ from kata_shim.h2 import RpcError
 
 SERVICE = b"/grpc.AgentService/"
 
-# Largest single recv(); DATA frames up to h2 max_frame are reassembled by the core.
+# Largest single recv() of an output pump's connection, and of the others (small replies);
+# DATA frames up to h2's max_frame are reassembled by the core either way.
 RECV_SIZE = 256 << 10
+SMALL_RECV_SIZE = 16 << 10
 
 
 class AgentLost(Exception):
@@ -50,13 +52,14 @@ def header_block(method: str) -> bytes:
 class Channel:
     """One blocking HTTP/2 connection to a unix socket; unary calls, one at a time."""
 
-    def __init__(self, path: str, *, connect_timeout: float = 1.0) -> None:
+    def __init__(self, path: str, *, connect_timeout: float = 1.0, recv_size: int = RECV_SIZE) -> None:
         self.path = path
         self.connect_timeout = connect_timeout
+        self.recv_size = recv_size
         self.sock: socket.socket | None = None
         self.conn: h2.Connection | None = None
-        self._buf = bytearray(RECV_SIZE)
-        self._view = memoryview(self._buf)
+        self._buf: bytearray | None = None  # allocated on first connect
+        self._view: memoryview | None = None
 
     def close(self) -> None:
         if self.sock is not None:
@@ -81,6 +84,9 @@ class Channel:
             raise TransportError(f"cannot connect to {self.path}: {e.strerror or e}") from None
         self.sock = sock
         self.conn = conn
+        if self._buf is None:
+            self._buf = bytearray(self.recv_size)
+            self._view = memoryview(self._buf)
 
     def unary(self, method: str, message) -> memoryview:
         """Call ``method`` with the encoded request; returns the encoded reply.
@@ -116,8 +122,9 @@ class AgentClient:
     """The calls the shim makes about one process, with reconnect-and-retry."""
 
     def __init__(self, path: str, container_id: str, exec_id: str, *,
-                 reconnect_timeout: float = 5.0, log=None, name: str = "") -> None:
-        self.channel = Channel(path)
+                 reconnect_timeout: float = 5.0, log=None, name: str = "",
+                 recv_size: int = RECV_SIZE) -> None:
+        self.channel = Channel(path, recv_size=recv_size)
         self.prefix = pb.process_prefix(container_id, exec_id)
         self.reconnect_timeout = reconnect_timeout
         self.log = log

@@ -26,7 +26,7 @@ import os
 import signal
 
 from kata_shim import exits, h2, pumps, tty
-from kata_shim.client import AgentClient, AgentLost
+from kata_shim.client import RECV_SIZE, SMALL_RECV_SIZE, AgentClient, AgentLost
 from kata_shim.h2 import RpcError
 
 # How much one ReadStdout/ReadStderr asks for (the agent answers with what it has, up to
@@ -70,7 +70,8 @@ class Relay:
 
     def client(self, name: str) -> AgentClient:
         return AgentClient(self.opts.socket_path, self.opts.container, self.opts.exec_id,
-                           reconnect_timeout=self.opts.reconnect_timeout, log=self.log, name=name)
+                           reconnect_timeout=self.opts.reconnect_timeout, log=self.log, name=name,
+                           recv_size=RECV_SIZE if name in ("stdout", "stderr") else SMALL_RECV_SIZE)
 
     # ------------------------------------------------------------------ exit
 
