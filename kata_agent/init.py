@@ -24,8 +24,6 @@ Reaping (child subreaper, SIGCHLD, waitpid) belongs to the service's reaper
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import socket
@@ -37,36 +35,17 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_HOSTNAME = "localhost"
 
 # <linux/mount.h>
-MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
-_libc = None
-
-
-def _c():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return _libc
-
-
 def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
-    """mount(2); raises OSError naming the target."""
-    enc = os.fsencode
-    rc = _c().mount(
-        enc(source) if source is not None else None,
-        enc(target),
-        enc(fstype) if fstype is not None else None,
-        ctypes.c_ulong(flags),
-        enc(data) if data is not None else None,
-    )
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {fstype or ''} {source} on {target}: {os.strerror(err)}")
+    """mount(2) (kata_agent.mount's, imported lazily); raises OSError naming the target."""
+    from kata_agent.mount import mount as _mount
+
+    _mount(source, target, fstype, flags, data or "")
 
 
 def mounted_targets(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
