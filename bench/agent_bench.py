@@ -10,6 +10,8 @@ containers of a busybox rootfs; the client is grpcio (grpc.aio) in this process.
   and 32 KiB as kata-shim's io.Copy asks) from StartContainer to EOF.
 - stdin MiB/s: WriteStdin of N in 1 MiB calls to a container ``dd of=/dev/null bs=1M
   iflag=fullblock``, CloseStdin, its record count read back and checked.
+- CPU: utime+stime of the agent process (and of this client) over each stdout
+  run, per GiB and per ReadStdout call -- steadier than MiB/s on a busy machine.
 - ceiling: ``dd if=/dev/zero bs=1M count=N | cat`` through plain pipes on the
   host (the same busybox, read by this process in 1 MiB reads); printed as a
   ratio. (busybox ``head -c`` is no producer for this: ~100 MiB/s here.)
@@ -56,16 +58,46 @@ def pipe_ceiling(n: int, busybox: str) -> float:
     return n / MiB / dt
 
 
-async def stdout_run(client, n: int, read_len: int) -> float:
+def cpu_s(pid: int) -> float:
+    """utime + stime of pid (not its children), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class Run:
+    def __init__(self, mib_s: float, calls: int, agent_cpu: float, client_cpu: float, n: int):
+        self.mib_s = mib_s
+        self.calls = calls
+        self.agent_us_per_call = agent_cpu / calls * 1e6
+        self.agent_ms_per_gib = agent_cpu / (n / (1 << 30)) * 1e3
+        self.client_us_per_call = client_cpu / calls * 1e6
+
+
+async def stdout_run(client, n: int, read_len: int) -> Run:
     cid = await client.create(["dd", "if=/dev/zero", "bs=1M", f"count={n // MiB}"])
+    calls = 0
+
+    def sink(_data):
+        nonlocal calls
+        calls += 1
+
+    pid = client.server.proc.pid
+    a0, c0 = cpu_s(pid), self_cpu_s()
     t0 = time.perf_counter()
     await client.start(cid)
-    got = await client.read_all(cid, n=read_len, sink=lambda d: None)
+    got = await client.read_all(cid, n=read_len, sink=sink)
     dt = time.perf_counter() - t0
+    a1, c1 = cpu_s(pid), self_cpu_s()
     assert got == n, (got, n)
     assert await client.wait(cid) == 0
     await client.read_all(cid, stderr=True)  # dd's summary
-    return n / MiB / dt
+    return Run(n / MiB / dt, calls + 1, a1 - a0, c1 - c0, n)
 
 
 async def stdin_run(client, n: int) -> float:
@@ -98,10 +130,18 @@ async def run(args) -> dict:
         try:
             await stdout_run(client, min(n, 8 * MiB), MiB)  # warm-up
             reps = 1 if args.quick else 3
-            res["stdout_mib_s"] = max([await stdout_run(client, n, MiB) for _ in range(reps)])
+            best = max([await stdout_run(client, n, MiB) for _ in range(reps)],
+                       key=lambda r: r.mib_s)
+            res["stdout_mib_s"] = best.mib_s
+            res["agent_cpu_ms_per_gib"] = best.agent_ms_per_gib
+            res["agent_us_per_1m_call"] = best.agent_us_per_call
+            res["client_us_per_1m_call"] = best.client_us_per_call
             small = n if args.quick else min(n, 64 * MiB)
-            res["stdout_32k_mib_s"] = max([await stdout_run(client, small, 32 << 10)
-                                           for _ in range(reps)])
+            best = max([await stdout_run(client, small, 32 << 10) for _ in range(reps)],
+                       key=lambda r: r.mib_s)
+            res["stdout_32k_mib_s"] = best.mib_s
+            res["agent_us_per_32k_call"] = best.agent_us_per_call
+            res["client_us_per_32k_call"] = best.client_us_per_call
             res["stdin_mib_s"] = max([await stdin_run(client, n) for _ in range(reps)])
         finally:
             await client.close()
@@ -132,6 +172,11 @@ def main(argv=None) -> int:
     print(f"{'WriteStdin 1MiB calls -> container dd of=/dev/null':58} {res['stdin_mib_s']:9.1f}")
     print(f"{'ceiling: dd | cat through a plain pipe':58} {res['pipe_mib_s']:9.1f}")
     print(f"stdout ratio agent/pipe: {res['ratio']:.3f}")
+    print(f"agent CPU: {res['agent_cpu_ms_per_gib']:.0f} ms per GiB of stdout; per ReadStdout call "
+          f"{res['agent_us_per_1m_call']:.0f} us (1 MiB) / {res['agent_us_per_32k_call']:.0f} us "
+          f"(32 KiB); grpc.aio client {res['client_us_per_1m_call']:.0f} / "
+          f"{res['client_us_per_32k_call']:.0f} us")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("RESULT " + " ".join(f"{k}={v:.3f}" if k == "ratio" else f"{k}={v:.1f}"
                                for k, v in res.items()))
     return 0

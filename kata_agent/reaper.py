@@ -8,9 +8,11 @@ One component must own ``waitpid``: this one.
 Design
 ------
 * ``Reaper.install()`` sets PR_SET_CHILD_SUBREAPER (unless we are PID 1) and
-  installs a SIGCHLD handler on the running asyncio loop
-  (``loop.add_signal_handler``). The handler runs ``waitpid(-1, WNOHANG)`` until
-  nothing is left and dispatches each status by pid.
+  handles SIGCHLD on the running loop: ``loop.add_signal_handler`` on asyncio;
+  on uvloop (which refuses SIGCHLD handlers) a Python ``signal.signal`` handler
+  that schedules the reap with ``call_soon_threadsafe``; plus a 1 s safety poll.
+  The reap runs ``waitpid(-1, WNOHANG)`` until nothing is left and dispatches
+  each status by pid.
 * A pid is *watched* with ``watch(pid)`` -> future of its exit code (0-255;
   128+N for a death by signal N). ``spawn()`` watches the pid it creates before
   returning, with no await in between, so the status cannot be missed.

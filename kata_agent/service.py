@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 
 import grpc
@@ -523,7 +524,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 return _EMPTY
             await st.runc.kill(c.id, sig, all_processes=True, log_path=c.log_path)
             return _EMPTY
-        _, p = st.process(request.container_id, request.exec_id)
+        c, p = st.process(request.container_id, request.exec_id)
         if p.pid is None or p.exited:
             log.info("signal %d to %s discarded: it has exited", sig, p.describe())
             return _EMPTY
@@ -532,6 +533,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             os.kill(p.pid, sig)
         except ProcessLookupError:
             pass
+        if sig == signal.SIGKILL and p.is_init and c.status == "paused":
+            # A frozen process dies only once thawed (cgroup v1 freezer).
+            async with c.lock:
+                if c.status == "paused":
+                    await st.runc.resume(c.id, log_path=c.log_path)
+                    c.status = "running"
         return _EMPTY
 
     @rpc

@@ -156,7 +156,9 @@ class OutputBuffer:
                 self._head_off += want
                 got += want
         self._size -= got
-        if self._size < self.limit and not self._eof:
+        # Resume reading at half the bound, not at every byte taken: small
+        # reads of a full buffer would otherwise churn the loop's watchers.
+        if self._size <= self.limit // 2 and not self._eof:
             self._watch()
         if not self._size and not self._eof:
             self._event.clear()

@@ -166,6 +166,10 @@ async def test_pause_resume(agent: AgentClient):
     assert b"tick" in await agent.read(cid, timeout=5)
     await expect_error(Code.FAILED_PRECONDITION,
                        agent.stub.ResumeContainer(agent_pb2.ResumeContainerRequest(container_id=cid)))
+    # SIGKILL to a paused container's init kills it (the agent thaws it).
+    await agent.stub.PauseContainer(agent_pb2.PauseContainerRequest(container_id=cid))
+    await agent.signal(cid, signal.SIGKILL)
+    assert await agent.wait(cid, timeout=10) == 137
 
 
 async def test_stats_update_and_list(agent: AgentClient):
