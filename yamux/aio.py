@@ -748,6 +748,9 @@ class Stream:
             raise session._closed_exc()
         self._conn.send_data(st, data)
         if not session._flush_scheduled:
+            # the first write of a loop iteration goes out at once (latency);
+            # later ones are coalesced into one write at the end of the iteration
+            session._flush()
             session._schedule_flush()
 
     def writelines(self, data) -> None:
