@@ -32,6 +32,18 @@ Wire semantics worth knowing (they match the Kata 1.x Go agent and kata-shim):
   process stays until RemoveContainer.
 * exec_id "" names the container's init process, except in SignalProcess,
   where (as in the Go agent) it means every process of the container.
+* Implemented: CreateSandbox, DestroySandbox, CreateContainer, StartContainer,
+  RemoveContainer, ExecProcess, SignalProcess, WaitProcess, WriteStdin,
+  ReadStdout, ReadStderr, CloseStdin, TtyWinResize, ListProcesses,
+  PauseContainer, ResumeContainer, UpdateContainer, StatsContainer,
+  GetGuestDetails, SetGuestDateTime, OnlineCPUMem, ReseedRandomDev, and
+  Health.Check/Version. Every other AgentService method answers UNIMPLEMENTED
+  naming itself.
+* Status codes: unknown container/exec -> NOT_FOUND; a bad spec or argument ->
+  INVALID_ARGUMENT; id already used / sandbox already created -> ALREADY_EXISTS;
+  wrong state (no sandbox yet, start twice, exec into a stopped container,
+  resize a non-terminal) -> FAILED_PRECONDITION; RemoveContainer past its
+  timeout -> DEADLINE_EXCEEDED; anything unexpected -> INTERNAL, with the cause.
 """
 
 from __future__ import annotations
@@ -90,12 +102,22 @@ def _runc_error_code(e: RuncError) -> grpc.StatusCode:
     return Code.INTERNAL
 
 
+_QUIET = {"ReadStdout", "ReadStderr", "WriteStdin"}  # too many to log one by one
+
+
+def _brief(request) -> str:
+    text = " ".join(str(request).split())
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
 def rpc(fn):
     """Run a handler; map agent errors to gRPC statuses with usable messages."""
     name = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self, request, context):
+        if log.isEnabledFor(logging.DEBUG) and name not in _QUIET:
+            log.debug("%s %s", name, _brief(request))
         try:
             return await fn(self, request, context)
         except AgentError as e:
@@ -638,6 +660,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if libc.clock_settime(0, ctypes.byref(ts)) != 0:
             err = ctypes.get_errno()
             raise AgentError(Code.INTERNAL, f"clock_settime: {os.strerror(err)}")
+        return _EMPTY
+
+    @rpc
+    async def ReseedRandomDev(self, request, context):
+        if request.data:
+            # Mixes the bytes into the pool (no entropy credited): harmless anywhere.
+            with open("/dev/random", "wb") as f:
+                f.write(request.data)
         return _EMPTY
 
     @rpc

@@ -1,0 +1,169 @@
+"""Unit tier for kata_agent's service half: spec translation, buffers, reaper helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+
+import pytest
+
+from katapb import oci_pb2
+from kata_agent.mount import MS_NODEV, MS_RDONLY, parse_options
+from kata_agent.reaper import exit_code_from_status
+from kata_agent.spec import SpecError, message_to_oci, oci_name, prepare_spec
+from kata_agent.stdio import OutputBuffer, StdinWriter, make_pipe
+from tests.fixtures.oci import busybox_spec
+
+
+@pytest.mark.parametrize("msg,field,want", [
+    ("Spec", "Version", "ociVersion"), ("Linux", "UIDMappings", "uidMappings"),
+    ("User", "GID", "gid"), ("Process", "OOMScoreAdj", "oomScoreAdj"),
+    ("LinuxIDMapping", "HostID", "hostID"), ("LinuxResources", "CPU", "cpu"),
+    ("LinuxResources", "BlockIO", "blockIO"), ("LinuxIntelRdt", "L3CacheSchema", "l3CacheSchema"),
+    ("LinuxMemory", "DisableOOMKiller", "disableOOMKiller"), ("LinuxMemory", "KernelTCP", "kernelTCP"),
+    ("LinuxBlockIO", "ThrottleReadIOPSDevice", "throttleReadIOPSDevice"),
+    ("LinuxHugepageLimit", "Pagesize", "pageSize"), ("Linux", "CgroupsPath", "cgroupsPath"),
+    ("Mount", "destination", "destination"), ("Process", "NoNewPrivileges", "noNewPrivileges"),
+    ("LinuxSeccompArg", "ValueTwo", "valueTwo"), ("LinuxNetwork", "ClassID", "classID"),
+])
+def test_oci_names(msg, field, want):
+    assert oci_name(msg, field) == want
+
+
+def test_resources_translation():
+    res = oci_pb2.LinuxResources(
+        Memory=oci_pb2.LinuxMemory(Limit=1 << 28, Swap=-1),
+        CPU=oci_pb2.LinuxCPU(Shares=512, Quota=50000, Period=100000, Cpus="0"),
+        Pids=oci_pb2.LinuxPids(Limit=10),
+        Devices=[oci_pb2.LinuxDeviceCgroup(Allow=False, Access="rwm")],
+        HugepageLimits=[oci_pb2.LinuxHugepageLimit(Pagesize="2MB", Limit=0)],
+    )
+    assert message_to_oci(res) == {
+        "memory": {"limit": 1 << 28, "swap": -1},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
+        "pids": {"limit": 10},
+        "devices": [{"access": "rwm"}],  # allow=false is the zero value: omitted = false
+        "hugepageLimits": [{"pageSize": "2MB"}],
+    }
+
+
+def test_prepare_spec_adjusts_for_the_guest():
+    spec_pb = busybox_spec("c1", ["sh"], terminal=True)
+    spec_pb.Hooks.Prestart.add(Path="/usr/bin/host-hook")
+    spec_pb.Linux.Namespaces.add(Type="network", Path="/proc/123/ns/net")
+    spec_pb.Linux.Namespaces[0].Path = "/proc/1/ns/pid"
+    spec_pb.Process.OOMScoreAdj = (1 << 32) - 999  # int32 -999 carried in a uint32
+    del spec_pb.Mounts[:]
+    spec = prepare_spec(spec_pb, "c1", "/b/c1", "kata")
+    json.dumps(spec)
+    assert spec["ociVersion"] == "1.0.2"
+    assert spec["root"]["path"] == "/b/c1/rootfs"
+    assert "hooks" not in spec
+    assert spec["process"]["oomScoreAdj"] == -999
+    assert spec["process"]["terminal"] is True
+    ns = spec["linux"]["namespaces"]
+    assert {"type": "pid"} in ns and {"type": "mount"} in ns
+    assert all("path" not in n for n in ns)
+    assert not any(n["type"] == "network" for n in ns)  # the guest's own network
+    assert spec["linux"]["cgroupsPath"] == "kata/c1"
+    dests = [m["destination"] for m in spec["mounts"]]
+    assert dests[:4] == ["/proc", "/dev", "/dev/pts", "/dev/shm"]
+    assert next(m for m in spec["mounts"] if m["destination"] == "/dev")["type"] == "tmpfs"
+
+
+def test_prepare_spec_minimal_and_invalid():
+    minimal = oci_pb2.Spec(Process=oci_pb2.Process(Args=["true"]))
+    spec = prepare_spec(minimal, "c2", "/b/c2", "/abs/parent")
+    assert spec["process"]["cwd"] == "/" and spec["process"]["user"] == {"uid": 0, "gid": 0}
+    assert spec["linux"]["cgroupsPath"] == "/abs/parent/c2"
+    assert "resources" not in spec["linux"]
+    with pytest.raises(SpecError, match="Process"):
+        prepare_spec(oci_pb2.Spec(), "c", "/b", "k")
+    with pytest.raises(SpecError, match="Args"):
+        prepare_spec(oci_pb2.Spec(Process=oci_pb2.Process(Args=[])), "c", "/b", "k")
+    with pytest.raises(SpecError, match="Cwd"):
+        prepare_spec(oci_pb2.Spec(Process=oci_pb2.Process(Args=["x"], Cwd="rel")), "c", "/b", "k")
+
+
+def test_mount_options():
+    assert parse_options(["trans=virtio,version=9p2000.L,cache=mmap", "nodev"]) == (
+        MS_NODEV, "trans=virtio,version=9p2000.L,cache=mmap")
+    assert parse_options(["ro", "rw"]) == (0, "")
+    assert parse_options(["ro"])[0] == MS_RDONLY
+
+
+def test_exit_codes():
+    assert exit_code_from_status(3 << 8) == 3
+    assert exit_code_from_status(signal.SIGKILL) == 137
+    assert exit_code_from_status(signal.SIGTERM | 0x80) == 128 + signal.SIGTERM  # core dumped
+
+
+async def test_output_buffer_random_reads():
+    rnd = random.Random(7)
+    for _ in range(25):
+        r, w = make_pipe()
+        limit = rnd.choice([1, 100, 4096, 1 << 20])
+        chunk = rnd.choice([1, 7, 4096, 1 << 18])
+        buf = OutputBuffer(r, limit=limit, chunk=chunk)
+        buf.start()
+        data = os.urandom(rnd.randint(0, 300_000 if min(limit, chunk) >= 4096 else 3000))
+        loop = asyncio.get_running_loop()
+        writer = loop.run_in_executor(None, lambda: (os.write(w, data) if data else 0, os.close(w)))
+        got = []
+        while True:
+            d = await buf.read(rnd.randint(1, 70_000))
+            if not d:
+                break
+            got.append(d)
+        await writer
+        assert b"".join(got) == data
+        assert buf.drained
+
+
+async def test_output_buffer_bound_stops_reading():
+    r, w = make_pipe()
+    os.set_blocking(w, False)
+    buf = OutputBuffer(r, limit=8192, chunk=4096)
+    buf.start()
+    written = 0
+    blocked = 0
+    while blocked < 10:  # fill pipe + buffer; the writer must end up blocked (EAGAIN)
+        try:
+            written += os.write(w, b"x" * 4096)
+            blocked = 0
+        except BlockingIOError:
+            blocked += 1
+            await asyncio.sleep(0.01)
+        assert written < 1 << 20, "the buffer did not stop reading"
+    assert buf.buffered <= 8192
+    os.close(w)
+    total = 0
+    while d := await buf.read(100_000):
+        total += len(d)
+    assert total == written
+
+
+async def test_stdin_writer_waits_and_breaks():
+    r, w = make_pipe()
+    sw = StdinWriter(w)
+    payload = os.urandom(3 << 20)  # far more than the pipe holds
+    loop = asyncio.get_running_loop()
+
+    def drain():
+        out = bytearray()
+        while len(out) < len(payload):
+            out += os.read(r, 1 << 20)
+        return bytes(out)
+
+    reader = loop.run_in_executor(None, drain)
+    assert await sw.write(payload) == len(payload)
+    assert await reader == payload
+    os.close(r)
+    with pytest.raises(BrokenPipeError):
+        await sw.write(b"more")
+    await sw.close()
+    with pytest.raises(ValueError):
+        await sw.write(b"closed")
