@@ -597,8 +597,8 @@ class Session:
             try:
                 await self.ping()
             except YamuxTimeoutError:
-                if self._rx_chunks - seen > 1:
-                    continue  # the peer is busy sending: alive, its pong is queued behind data
+                if self._rx_chunks != seen:
+                    continue  # the peer is sending: alive, its pong is queued behind data
                 timeout = self._config.connection_write_timeout
                 self._abort(SessionClosedError(f"keepalive failed: no reply to a ping within {timeout} s"))
                 return
@@ -634,6 +634,7 @@ class Stream:
         self._closed_waiter: asyncio.Future | None = None
         self._sink = None  # splice: gets stream_readable() instead of waking a reader
         self._writable_cb = None  # splice: called when the send queue has room again
+        self._close_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ properties
 
@@ -793,9 +794,19 @@ class Stream:
         """FIN (if not sent yet) and stop reading: later reads return b'' and
         data still arriving is dropped.  The stream is freed when both FINs
         have been seen."""
-        self._conn.close_stream(self._st)
+        st = self._st
+        self._conn.close_stream(st)
         self._readable()
         self._session._schedule_flush()
+        timeout = self._session._config.stream_close_timeout
+        if timeout and self._close_timer is None and not st.freed and not self._session._closed:
+            self._close_timer = self._session._loop.call_later(timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        """The peer did not FIN within stream_close_timeout of our close(): RST and forget."""
+        self._close_timer = None
+        if not self._st.freed and not self._session._closed:
+            self.reset()
 
     def reset(self) -> None:
         """Abort with RST: queued data is dropped and the stream freed at once;
@@ -843,6 +854,10 @@ class Stream:
             callback()
 
     def _finished(self) -> None:
+        timer = self._close_timer
+        if timer is not None:
+            self._close_timer = None
+            timer.cancel()
         waiter = self._closed_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

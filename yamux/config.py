@@ -22,6 +22,9 @@ class Config:
         the extra above 256 KiB is granted on the SYN/ACK window update.
     stream_write_buffer: bytes a stream may queue locally (beyond what the send
         window lets out) before ``drain()`` blocks.
+    stream_close_timeout: after ``Stream.close()``, how long to wait for the
+        peer's FIN before resetting the stream and forgetting it (upstream's
+        StreamCloseTimeout); 0 waits forever.
     """
 
     accept_backlog: int = 256
@@ -30,6 +33,7 @@ class Config:
     connection_write_timeout: float = 10.0
     max_stream_window_size: int = INITIAL_WINDOW
     stream_write_buffer: int = 128 * 1024
+    stream_close_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.accept_backlog, int) or self.accept_backlog <= 0:
@@ -43,5 +47,7 @@ class Config:
             raise ValueError(
                 f"max_stream_window_size must be an integer between {INITIAL_WINDOW} and {MAX_UINT32}, got {window!r}"
             )
+        if not self.stream_close_timeout >= 0:
+            raise ValueError(f"stream_close_timeout must be >= 0, got {self.stream_close_timeout!r}")
         if not isinstance(self.stream_write_buffer, int) or self.stream_write_buffer < 0:
             raise ValueError(f"stream_write_buffer must be a non-negative integer, got {self.stream_write_buffer!r}")

@@ -596,6 +596,34 @@ async def test_read_after_local_close_returns_eof_and_the_stream_finishes():
         task.cancel()
 
 
+async def test_closed_stream_is_reset_when_the_peer_never_fins():
+    config = Config(enable_keepalive=False, stream_close_timeout=0.05)
+    async with sessions(config, NO_KEEPALIVE) as (client, server):
+        stream = await client.open_stream()
+        stream.close()
+        peer = await server.accept_stream()
+        assert await peer.read() == b""  # our FIN; the peer never answers with its own
+        await asyncio.wait_for(stream.wait_closed(), 5)
+        assert stream.is_reset and client.num_streams == 0
+        await asyncio.wait_for(peer.wait_closed(), 5)
+        assert peer.is_reset  # the RST reached the peer
+
+
+async def test_keepalive_tolerates_a_peer_busy_sending():
+    """A ping answer stuck behind bulk data is not a dead peer."""
+    config = Config(keepalive_interval=0.01, connection_write_timeout=0.05)
+    session, peer = await RawPeer.with_session(client=True, config=config)
+    stream = await session.open_stream()
+    peer.send(wu(FLAG_ACK, 1))
+    for _ in range(30):  # keep sending data but never answer pings
+        peer.send(data(1, b"z" * 100))
+        await peer.writer.drain()
+        await stream.read()
+        await asyncio.sleep(0.01)
+    assert not session.closed
+    await session.close()
+
+
 async def test_concurrent_bulk_both_directions_does_not_deadlock():
     async with sessions() as (client, server):
         stream = await client.open_stream()
