@@ -125,8 +125,24 @@ class Reaper:
 
     def _schedule_poll(self) -> None:
         self.reap()
+        self._check_lost()
         delay = 0.05 if self._mode == "poll" else 1.0
         self._poll_handle = self._loop.call_later(delay, self._schedule_poll)
+
+    def _check_lost(self) -> None:
+        """A watched pid that no longer exists was never our child (or someone
+        else waited for it): answer 255 rather than leave its waiters hanging.
+        (Our own exited children stay zombies until reaped, so kill(0) works.)"""
+        for pid, fut in list(self._waiters.items()):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                log.error("pid %d vanished without being reaped by the agent (not a subreaper?)", pid)
+                del self._waiters[pid]
+                if not fut.done():
+                    fut.set_result(255)
+            except PermissionError:
+                pass
 
     def uninstall(self) -> None:
         if not self._installed:
