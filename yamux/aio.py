@@ -517,7 +517,11 @@ class Session:
             while True:
                 out = conn.take_output(0 if self._paused else _FLUSH_BUDGET)
                 if out:
-                    self._write(out)
+                    try:
+                        self._write(out)
+                    except Exception as exc:  # the transport went away under us
+                        self._on_lost(exc)
+                        break
                 if self._paused or not conn._ready or self._io_closed:
                     break
             if conn._events:

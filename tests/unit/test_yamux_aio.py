@@ -829,3 +829,24 @@ async def test_splice_cancel_resets_and_closes():
 for _name, _fn in list(globals().items()):
     if _name.startswith("test_") and inspect.iscoroutinefunction(_fn):
         globals()[_name] = on_both_loops(_fn)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="accept_backlog"):
+        Config(accept_backlog=0)
+    with pytest.raises(ValueError, match="keepalive_interval"):
+        Config(keepalive_interval=0)
+    with pytest.raises(ValueError, match="max_stream_window_size"):
+        Config(max_stream_window_size=256 * KiB - 1)
+    with pytest.raises(ValueError, match="connection_write_timeout"):
+        Config(connection_write_timeout=-1)
+    assert Config().max_stream_window_size == 256 * KiB and Config().accept_backlog == 256
+    assert Config().keepalive_interval == 30.0 and Config().connection_write_timeout == 10.0
+    assert Config().enable_keepalive is True
+
+
+def test_malloc_tuning_happens_once():
+    import yamux
+
+    yamux.tune_malloc()
+    assert yamux.tune_malloc() is False
