@@ -45,13 +45,15 @@ class AgentConfig:
     manage_machine: bool | None = None
     # runc --no-pivot (needed when the guest root is an initramfs).
     no_pivot_root: bool = False
-    # Default mount point of the shared directory when a spec's root path is
-    # relative or a Storage has no mount_point.
+    # Where the agent sees the shared directory (the 9p share, mounted there by
+    # CreateSandbox's Storage): each container's bundle is
+    # <shared_mount>/<container id>/, its rootfs <bundle>/rootfs, and the agent
+    # writes <bundle>/config.json.
     shared_mount: str = KATA_SHARED_DIR
-    # Perform sandbox-wide system changes (sethostname, settimeofday, mounts).
-    # The process sandbox runs the agent in its own uts/mount namespaces, so
-    # these are safe there; tests running the service directly on the host set
-    # this False so nothing global is touched.
+    # Sandbox-wide changes: sethostname and the Storage mounts. The process
+    # sandbox runs the agent in its own uts/mount namespaces, so these are safe
+    # there; the service run alone on a host (tests, bench) sets this False so
+    # nothing global is touched (shared_mount is then a plain directory).
     manage_system: bool = True
     # Version string reported by Health.Version.
     agent_version: str = "kata-py-0.1.0"
