@@ -191,8 +191,14 @@ async def test_stop_leaves_nothing_behind(sandbox, client):
     unshare = sandbox.pid
     pid_ns = os.readlink(f"/proc/{agent}/ns/pid")
     # the container's processes live in a pid namespace nested in the agent's
-    sleepers = [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
-                if _cmdline(p) == ["sleep", "1000"]]
+    # `runc start` returns when the container's init was told to exec, maybe before it did
+    deadline = time.monotonic() + 10
+    while True:
+        sleepers = [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
+                    if _cmdline(p) == ["sleep", "1000"] and _descends_from(p, agent)]
+        if sleepers or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
     assert sleepers, "the container's sleep is not running"
     assert len(pids_in_pid_namespace(pid_ns)) >= 1
 
@@ -269,6 +275,18 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        pid = int(re.search(r"^PPid:\s+(\d+)$", status, re.M).group(1))
+    return False
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -36,6 +36,8 @@ pytestmark = pytest.mark.vm
 
 MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
            "virtio_console", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
+# The first RPC waits for the guest to boot: wait_for_ready, or grpc gives up on the first
+# connection attempt that sees no HTTP/2 SETTINGS within its 20 s connect timeout.
 BOOT_TIMEOUT = 180.0
 
 INIT = """#!/bin/busybox sh
@@ -196,7 +198,7 @@ async def test_agent_in_a_vm_runs_a_container(guest):
                               extra_args=("--channel-timeout", "60"))
     client = AgentClient(f"unix:{proxy.listen_socket}")
     try:
-        check = await client.health.Check(health_pb2.CheckRequest(), timeout=BOOT_TIMEOUT)
+        check = await client.health.Check(health_pb2.CheckRequest(), timeout=BOOT_TIMEOUT, wait_for_ready=True)
         assert check.status == health_pb2.HealthCheckResponse.SERVING
         await client.agent.CreateSandbox(agent_pb2.CreateSandboxRequest(
             hostname="vm", storages=[shared_storage()], sandbox_id="vm"), timeout=60)
@@ -228,7 +230,7 @@ async def test_agent_in_a_vm_serves_a_new_proxy_after_the_old_one_left(guest):
                                   extra_args=("--channel-timeout", "60"))
         client = AgentClient(f"unix:{proxy.listen_socket}")
         try:
-            check = await client.health.Check(health_pb2.CheckRequest(), timeout=BOOT_TIMEOUT)
+            check = await client.health.Check(health_pb2.CheckRequest(), timeout=BOOT_TIMEOUT, wait_for_ready=True)
             assert check.status == health_pb2.HealthCheckResponse.SERVING
         finally:
             await client.close()
