@@ -17,6 +17,7 @@ session ends.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import stat
@@ -39,6 +40,7 @@ from .core import (
 )
 from .errors import (
     GoAwayError,
+    ProtocolError,
     SessionClosedError,
     StreamResetError,
     YamuxError,
@@ -46,6 +48,8 @@ from .errors import (
     copy_error,
 )
 from .frame import GO_AWAY_NORMAL
+
+logger = logging.getLogger("yamux")
 
 #: Payload bytes handed to the transport per take_output call.
 _FLUSH_BUDGET = 1024 * 1024
@@ -572,6 +576,10 @@ class Session:
     def _on_terminated(self, error: BaseException | None, streams: list) -> None:
         self._closed = True
         self._error = error
+        if error is not None:
+            role = "client" if self.is_client else "server"
+            level = logging.WARNING if isinstance(error, ProtocolError) or "keepalive" in str(error) else logging.INFO
+            logger.log(level, "yamux %s session ended (%d live streams): %s", role, len(streams), error)
         for st in streams:
             if st.user is not None:
                 st.user._session_ended()
