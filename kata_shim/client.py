@@ -25,9 +25,10 @@ from kata_shim.h2 import RpcError
 
 SERVICE = b"/grpc.AgentService/"
 
-# Largest single recv() of an output pump's connection, and of the others (small replies);
-# DATA frames up to h2's max_frame are reassembled by the core either way.
-RECV_SIZE = 256 << 10
+# Input buffer of an output pump's connection, and of the others (small replies).  Reply
+# payloads do not pass through it: the h2 core has them received straight into the reply
+# buffer, which each channel keeps and reuses from call to call (no allocation per call).
+RECV_SIZE = 64 << 10
 SMALL_RECV_SIZE = 16 << 10
 
 
@@ -49,6 +50,23 @@ def header_block(method: str) -> bytes:
     return block
 
 
+def _send(sock: socket.socket, segments: list) -> None:
+    """Write every buffer of ``segments`` (gathered with sendmsg, no joining copy)."""
+    if len(segments) == 1:
+        sock.sendall(segments[0])
+        return
+    while segments:
+        n = sock.sendmsg(segments[:512])
+        while n:
+            first = len(segments[0])
+            if n >= first:
+                n -= first
+                del segments[0]
+            else:
+                segments[0] = memoryview(segments[0])[n:]
+                n = 0
+
+
 class Channel:
     """One blocking HTTP/2 connection to a unix socket; unary calls, one at a time."""
 
@@ -58,8 +76,7 @@ class Channel:
         self.recv_size = recv_size
         self.sock: socket.socket | None = None
         self.conn: h2.Connection | None = None
-        self._buf: bytearray | None = None  # allocated on first connect
-        self._view: memoryview | None = None
+        self._body = bytearray()  # reply buffer, reused: a reply is valid until the next call
 
     def close(self) -> None:
         if self.sock is not None:
@@ -77,44 +94,46 @@ class Channel:
             sock.settimeout(self.connect_timeout)
             sock.connect(self.path)
             sock.settimeout(None)
-            conn = h2.Connection()
-            sock.sendall(conn.data_to_send())
+            conn = h2.Connection(in_size=self.recv_size)
+            _send(sock, conn.output())
         except OSError as e:
             sock.close()
             raise TransportError(f"cannot connect to {self.path}: {e.strerror or e}") from None
         self.sock = sock
         self.conn = conn
-        if self._buf is None:
-            self._buf = bytearray(self.recv_size)
-            self._view = memoryview(self._buf)
 
-    def unary(self, method: str, message) -> memoryview:
+    def unary(self, method: str, message, *, framed: bool = False) -> memoryview:
         """Call ``method`` with the encoded request; returns the encoded reply.
 
-        Raises RpcError (a gRPC status from the agent) or TransportError.
+        ``framed``: ``message`` already starts with the gRPC message prefix and is sent
+        without a copy.  The reply is a view of this channel's reply buffer: use it before
+        the next call.  Raises RpcError (a gRPC status from the agent) or TransportError.
         """
         if self.conn is None or not self.conn.usable:
             self.connect()
         conn = self.conn
         sock = self.sock
         try:
-            call = conn.request(header_block(method), message)
+            call = conn.request(header_block(method), message, framed=framed, body=self._body)
             while True:
-                out = conn.data_to_send()
+                out = conn.output()
                 if out:
-                    sock.sendall(out)
+                    _send(sock, out)
                 if call.done:
                     break
-                n = sock.recv_into(self._buf)
+                room = conn.get_buffer()
+                n = sock.recv_into(room)
+                room.release()
                 if not n:
                     raise TransportError("connection closed by the agent side")
-                conn.receive(self._view[:n])
+                conn.buffer_updated(n)
         except h2.H2Error as e:
             self.close()
             raise TransportError(str(e)) from None
         except OSError as e:
             self.close()
             raise TransportError(f"connection to {self.path} failed: {e.strerror or e}") from None
+        self._body = call.body  # (a new one if the old was still held by a reply view)
         return call.result()
 
 
@@ -133,12 +152,12 @@ class AgentClient:
     def close(self) -> None:
         self.channel.close()
 
-    def call(self, method: str, message) -> memoryview:
+    def call(self, method: str, message, *, framed: bool = False) -> memoryview:
         deadline = None
         delay = 0.02
         while True:
             try:
-                return self.channel.unary(method, message)
+                return self.channel.unary(method, message, framed=framed)
             except RpcError as e:
                 if e.code != h2.UNAVAILABLE:
                     raise
@@ -167,6 +186,24 @@ class AgentClient:
 
     def write_stdin(self, data) -> int:
         return pb.write_stream_response(self.call("WriteStdin", pb.write_stream_request(self.prefix, data)))
+
+    @property
+    def stdin_headroom(self) -> int:
+        """Bytes :meth:`write_stdin_into` needs in front of the data it sends."""
+        return 5 + len(self.prefix) + 1 + 5
+
+    def write_stdin_into(self, buf: bytearray, start: int, end: int) -> int:
+        """WriteStdin of ``buf[start:end]`` without copying it: the gRPC and protobuf
+        headers are written in place into ``buf[start - headroom:start]``, which the
+        caller no longer needs.  Returns how many bytes the agent accepted."""
+        head = pb.write_stream_header(self.prefix, end - start)
+        head = b"".join((b"\x00", (len(head) + end - start).to_bytes(4, "big"), head))
+        first = start - len(head)
+        if first < 0:
+            raise ValueError("not enough headroom in front of the stdin data")
+        buf[first:start] = head
+        reply = self.call("WriteStdin", memoryview(buf)[first:end], framed=True)
+        return pb.write_stream_response(reply)
 
     def close_stdin(self) -> None:
         self.call("CloseStdin", self.prefix)

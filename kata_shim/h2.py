@@ -159,20 +159,40 @@ def _percent_decode(text: bytes) -> str:
 class Call:
     """One unary call (one stream)."""
 
-    __slots__ = ("stream_id", "pending", "send_window", "headers", "trailers", "body",
+    __slots__ = ("stream_id", "pending", "send_window", "headers", "trailers", "body", "body_len",
                  "done", "reset", "refused", "recv_unacked")
 
-    def __init__(self, stream_id: int, body, send_window: int) -> None:
+    def __init__(self, stream_id: int, message, send_window: int, body: bytearray | None = None) -> None:
         self.stream_id = stream_id
-        self.pending = memoryview(body)
+        self.pending = memoryview(message)
         self.send_window = send_window
         self.headers: list | None = None
         self.trailers: list | None = None
-        self.body = bytearray()
+        # The reply's DATA lands in body[:body_len]; body may be a buffer reused call after call.
+        self.body = bytearray() if body is None else body
+        self.body_len = 0
         self.done = False
         self.reset: int | None = None
         self.refused = False  # GOAWAY said the server never processed it: safe to retry
         self.recv_unacked = 0
+
+    def space(self, n: int) -> memoryview:
+        """Writable room for the next ``n`` bytes of the reply."""
+        end = self.body_len + n
+        if end > len(self.body):
+            size = max(end, 2 * len(self.body), 4096)
+            try:
+                self.body.extend(bytes(size - len(self.body)))
+            except BufferError:  # an old reply view still holds the buffer: take a new one
+                body = bytearray(size)
+                body[:self.body_len] = self.body[:self.body_len]
+                self.body = body
+        return memoryview(self.body)[self.body_len:end]
+
+    def append(self, data) -> None:
+        with self.space(len(data)) as room:
+            room[:] = data
+        self.body_len += len(data)
 
     def status(self) -> tuple[int, str]:
         """(gRPC status code, message) of a finished call."""
@@ -205,26 +225,29 @@ class Call:
         return status, _percent_decode(message) if message else ""
 
     def result(self) -> memoryview:
-        """The response message of a finished call; raises RpcError."""
+        """The response message of a finished call; raises RpcError.
+
+        The view points into the call's body buffer: when that buffer is reused for the
+        next call (see Connection.request), use the reply before starting the next call."""
         code, message = self.status()
         if code != OK:
             raise RpcError(code, message)
-        body = self.body
-        if len(body) < 5:
+        body, n = self.body, self.body_len
+        if n < 5:
             raise RpcError(INTERNAL, "response without a message")
         if body[0] != 0:
             raise RpcError(INTERNAL, "compressed response message (not requested)")
         length = int.from_bytes(body[1:5], "big")
-        if len(body) != 5 + length:
+        if n != 5 + length:
             raise RpcError(INTERNAL, "response is not exactly one message")
-        return memoryview(body)[5:]
+        return memoryview(body)[5:n]
 
 
 class Connection:
     """Client side of one HTTP/2 connection carrying unary gRPC calls."""
 
     def __init__(self, *, window: int = 4 << 20, max_frame: int = 1 << 20,
-                 header_table_size: int = 4096) -> None:
+                 header_table_size: int = 4096, in_size: int = 64 << 10) -> None:
         self.window = window
         self.max_frame = max_frame
         self.decoder = hpack.Decoder(header_table_size)
@@ -237,8 +260,19 @@ class Connection:
         self.conn_unacked = 0
         self.goaway_last_id: int | None = None
         self.closed_reason: str | None = None
-        self._out = bytearray()
-        self._in = bytearray()
+        self._out = bytearray()   # small frames, copied
+        self._segments: list = []  # what is ready to go, in order (large payloads by reference)
+        # Received bytes not parsed yet live in _in[_rpos:_wpos].  DATA payloads are not kept
+        # there: they go to their call's body as they arrive, straight from the socket when
+        # nothing else is pending (see get_buffer), so a big frame never needs a big _in.
+        self._in = bytearray(max(in_size, 1024))
+        self._rpos = 0
+        self._wpos = 0
+        self._direct: Call | None = None  # get_buffer() handed out room in this call's body
+        self._dleft = 0     # bytes (payload + padding) of the current DATA frame still to come
+        self._dpad = 0      # of which trailing padding
+        self._dcall: Call | None = None  # where the payload goes (None: dropped)
+        self._dend = False  # the current DATA frame ends its stream
         self._cont: tuple[int, int, bytearray] | None = None  # header block awaiting CONTINUATION
         settings = b"".join(
             key.to_bytes(2, "big") + value.to_bytes(4, "big")
@@ -256,14 +290,19 @@ class Connection:
         """False once no new call may be started here (GOAWAY, error, stream ids used up)."""
         return self.closed_reason is None and self.goaway_last_id is None and self.next_id <= MAX_STREAM_ID
 
-    def request(self, header_block: bytes, message) -> Call:
+    def request(self, header_block: bytes, message, *, framed: bool = False,
+                body: bytearray | None = None) -> Call:
+        """Start a call.  ``framed``: ``message`` already carries the 5-byte gRPC prefix
+        (it is then sent by reference, without a copy: keep it unchanged until the call ends).
+        ``body``: a buffer to receive the reply into (reused between calls to spare
+        allocations); its old content is overwritten."""
         if not self.usable:
             raise H2Error(self.closed_reason or "connection cannot start new streams")
         if len(header_block) > self.peer_max_frame:
             raise H2Error("request header block larger than a frame")
         sid = self.next_id
         self.next_id += 2
-        call = Call(sid, grpc_message(message), self.peer_initial_window)
+        call = Call(sid, message if framed else grpc_message(message), self.peer_initial_window, body)
         self.calls[sid] = call
         self._out += frame(HEADERS, END_HEADERS, sid, header_block)
         self.sending.append(call)
@@ -282,19 +321,29 @@ class Connection:
                 flags = 0 if call.pending else END_STREAM
                 self._out += bytes((n >> 16 & 0xFF, n >> 8 & 0xFF, n & 0xFF, DATA, flags))
                 self._out += call.stream_id.to_bytes(4, "big")
-                self._out += chunk
+                if n >= 4096:  # by reference: no copy of bulk payloads
+                    self._segments.append(bytes(self._out))
+                    self._out.clear()
+                    self._segments.append(chunk)
+                else:
+                    self._out += chunk
                 call.send_window -= n
                 self.send_window -= n
             if call.pending and not call.done:
                 still.append(call)
         self.sending = still
 
+    def output(self) -> list:
+        """Everything ready to be written, as a list of buffers (for sendmsg); clears it."""
+        if self._out:
+            self._segments.append(bytes(self._out))
+            self._out.clear()
+        segments, self._segments = self._segments, []
+        return segments
+
     def data_to_send(self) -> bytes:
-        if not self._out:
-            return b""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        """Everything ready to be written, as one bytes object; clears it."""
+        return b"".join(self.output())
 
     def forget(self, call: Call) -> None:
         """Drop a finished (or abandoned) call."""
@@ -304,32 +353,98 @@ class Connection:
 
     # ---------------------------------------------------------------- receiving
 
-    def receive(self, data) -> None:
-        """Process received bytes; raises H2Error when the connection must be dropped."""
+    def get_buffer(self) -> memoryview:
+        """Writable room for the next received bytes (then call :meth:`buffer_updated`).
+
+        In the middle of a DATA frame with nothing else pending, this is room in the
+        call's reply buffer itself: the payload goes from the socket to its place with
+        no copy in between.  Release the view before calling buffer_updated."""
         if self.closed_reason is not None:
             raise H2Error(self.closed_reason)
+        if self._rpos == self._wpos:
+            self._rpos = self._wpos = 0
+            call = self._dcall
+            payload = self._dleft - self._dpad
+            if call is not None and payload > 0:
+                self._direct = call
+                return call.space(payload)
+        elif self._rpos and len(self._in) - self._wpos < 4096:
+            # compact: move the unparsed tail to the front
+            tail = self._wpos - self._rpos
+            self._in[:tail] = self._in[self._rpos:self._wpos]
+            self._rpos, self._wpos = 0, tail
+        self._direct = None
+        if self._wpos == len(self._in):  # a whole non-DATA frame that does not fit: grow
+            self._in.extend(bytes(len(self._in)))
+        return memoryview(self._in)[self._wpos:]
+
+    def buffer_updated(self, n: int) -> None:
+        """``n`` bytes were written into the last :meth:`get_buffer` view; process them."""
+        if n <= 0:
+            return
+        call, self._direct = self._direct, None
+        if call is not None:
+            call.body_len += n
+            self._dleft -= n
+            if not self._dleft:
+                self._data_done()
+            return
+        self._wpos += n
+        self._parse()
+
+    def receive(self, data) -> None:
+        """Process received bytes (copying API; the shim itself uses get_buffer)."""
+        view = memoryview(data)
+        if not len(view) and self.closed_reason is not None:
+            raise H2Error(self.closed_reason)
+        while len(view):
+            room = self.get_buffer()
+            n = min(len(room), len(view))
+            room[:n] = view[:n]
+            room.release()
+            view = view[n:]
+            self.buffer_updated(n)
+
+    def _parse(self) -> None:
         buf = self._in
-        buf += data
-        pos = 0
-        end = len(buf)
+        pos, end = self._rpos, self._wpos
         try:
-            while end - pos >= 9:
+            while pos < end:
+                if self._dleft:  # the rest of a DATA frame
+                    take = min(end - pos, self._dleft)
+                    useful = min(take, self._dleft - self._dpad)
+                    if useful > 0 and self._dcall is not None:
+                        with memoryview(buf) as view:
+                            self._dcall.append(view[pos:pos + useful])
+                    pos += take
+                    self._dleft -= take
+                    if not self._dleft:
+                        self._data_done()
+                    continue
+                if end - pos < 9:
+                    break
                 length = buf[pos] << 16 | buf[pos + 1] << 8 | buf[pos + 2]
                 if length > self.max_frame:
                     self._fail(FRAME_SIZE_ERROR, f"frame of {length} bytes (limit {self.max_frame})")
-                if end - pos - 9 < length:
-                    break
                 ftype = buf[pos + 3]
                 flags = buf[pos + 4]
                 sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-                payload = bytes(buf[pos + 9:pos + 9 + length]) if ftype != DATA else None
                 if ftype == DATA:
-                    self._on_data(flags, sid, buf, pos + 9, length)
-                else:
-                    self._on_frame(ftype, flags, sid, payload)
+                    padded = flags & PADDED
+                    if padded and end - pos < 10:
+                        break  # wait for the pad length
+                    self._on_data_header(flags, sid, length, buf[pos + 9] if padded else 0)
+                    pos += 10 if padded else 9
+                    if not self._dleft:
+                        self._data_done()
+                    continue
+                if end - pos - 9 < length:
+                    break
+                payload = bytes(buf[pos + 9:pos + 9 + length])
                 pos += 9 + length
+                self._on_frame(ftype, flags, sid, payload)
         finally:
-            del buf[:pos]
+            self._rpos = pos
 
     def _fail(self, code: int, reason: str) -> None:
         self.closed_reason = f"HTTP/2 protocol error: {reason}"
@@ -337,11 +452,18 @@ class Connection:
                            + code.to_bytes(4, "big"))
         raise H2Error(self.closed_reason)
 
-    def _on_data(self, flags: int, sid: int, buf, start: int, length: int) -> None:
+    def _on_data_header(self, flags: int, sid: int, length: int, pad: int) -> None:
         if self._cont is not None:
             self._fail(PROTOCOL_ERROR, "DATA inside a header block")
         if sid == 0:
             self._fail(PROTOCOL_ERROR, "DATA on stream 0")
+        remaining = length
+        if flags & PADDED:
+            if length < 1 or pad >= length:
+                self._fail(PROTOCOL_ERROR, "bad DATA padding")
+            remaining = length - 1  # the pad length byte is consumed with the header
+        # Flow control counts the whole frame, padding included, as soon as it is announced
+        # (replies are consumed whole, so what is announced is as good as consumed).
         self.conn_unacked += length
         if self.conn_unacked >= self.window // 2:
             self._out += frame(WINDOW_UPDATE, 0, 0, self.conn_unacked.to_bytes(4, "big"))
@@ -350,23 +472,23 @@ class Connection:
         if call is None or call.done:
             if sid >= self.next_id:
                 self._fail(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
-            return  # a stream we dropped: flow control counted, data ignored
-        stop = start + length
-        if flags & PADDED:
-            if length < 1 or buf[start] >= length:
-                self._fail(PROTOCOL_ERROR, "bad DATA padding")
-            stop -= buf[start]
-            start += 1
-        if call.headers is None:
+            call = None  # a stream we dropped: counted above, its data ignored
+        elif call.headers is None:
             self._fail(PROTOCOL_ERROR, "DATA before response headers")
-        call.body += memoryview(buf)[start:stop]
-        if flags & END_STREAM:
+        self._dcall = call
+        self._dleft = remaining
+        self._dpad = pad
+        self._dend = bool(flags & END_STREAM)
+        if call is not None and not self._dend:
+            call.recv_unacked += length
+            if call.recv_unacked >= self.window // 2:
+                self._out += frame(WINDOW_UPDATE, 0, sid, call.recv_unacked.to_bytes(4, "big"))
+                call.recv_unacked = 0
+
+    def _data_done(self) -> None:
+        call, self._dcall = self._dcall, None
+        if call is not None and self._dend:
             self._finish(call)
-            return
-        call.recv_unacked += length
-        if call.recv_unacked >= self.window // 2:
-            self._out += frame(WINDOW_UPDATE, 0, sid, call.recv_unacked.to_bytes(4, "big"))
-            call.recv_unacked = 0
 
     def _finish(self, call: Call) -> None:
         call.done = True

@@ -63,6 +63,13 @@ def write_stream_request(prefix: bytes, data) -> bytes:
     return b"".join((prefix, b"\x1a", varint(len(data)), data))
 
 
+def write_stream_header(prefix: bytes, length: int) -> bytes:
+    """A WriteStreamRequest up to (not including) its ``length`` data bytes."""
+    if not length:
+        return prefix
+    return b"".join((prefix, b"\x1a", varint(length)))
+
+
 def read_stream_request(prefix: bytes, length: int) -> bytes:
     return prefix + field_varint(3, length)
 

@@ -67,17 +67,21 @@ def pump_output(read, fd: int, chunk: int, *, log=None, name: str = "", progress
             progress[0] += len(data)
 
 
-def pump_stdin(fd: int, write, close, chunk: int, *, log=None) -> int:
-    """Copy ``fd`` to ``write(view) -> accepted`` until EOF, then ``close()``.
+def pump_stdin(fd: int, write, close, chunk: int, *, headroom: int = 0, log=None) -> int:
+    """Copy ``fd`` to the process's stdin until EOF, then ``close()``.
 
-    A short acceptance is resent from where the agent stopped; an acceptance of
-    0 bytes is retried with a growing pause (bounded at 100 ms).  Returns the
-    number of bytes delivered.
+    Input is read into one reusable buffer, after ``headroom`` spare bytes, and handed
+    over as ``write(buf, start, end) -> accepted``: send ``buf[start:end]``, with
+    ``buf[:start]`` free for the transport's own headers (so nothing is copied).  A short
+    acceptance is sent again from where the agent stopped; an acceptance of 0 bytes is
+    retried with a growing pause (bounded at 100 ms).  Returns the bytes delivered.
     """
+    buf = bytearray(headroom + chunk)
+    space = [memoryview(buf)[headroom:]]
     total = 0
     while True:
         try:
-            data = os.read(fd, chunk)
+            n = os.readv(fd, space)
         except BlockingIOError:
             select.select((fd,), (), ())
             continue
@@ -85,19 +89,19 @@ def pump_stdin(fd: int, write, close, chunk: int, *, log=None) -> int:
             # EIO: the terminal hung up; EBADF: no stdin at all.  Both mean "no more input".
             if log is not None:
                 log.debug("stdin read failed; treating it as EOF", error=e.strerror or str(e))
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             close()
             return total
-        view = memoryview(data)
+        start, end = headroom, headroom + n
         stalls = 0
-        while view:
-            accepted = write(view)
+        while start < end:
+            accepted = write(buf, start, end)
             if accepted <= 0:
                 stalls += 1
                 time.sleep(min(0.001 * (1 << min(stalls, 7)), 0.1))
                 continue
             stalls = 0
-            accepted = min(accepted, len(view))
+            accepted = min(accepted, end - start)
             total += accepted
-            view = view[accepted:]
+            start += accepted

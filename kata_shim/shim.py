@@ -143,7 +143,8 @@ class Relay:
         client = self.client("stdin")
         self._grow_stdin_pipe()
         try:
-            total = pumps.pump_stdin(0, client.write_stdin, client.close_stdin, STDIN_CHUNK, log=self.log)
+            total = pumps.pump_stdin(0, client.write_stdin_into, client.close_stdin, STDIN_CHUNK,
+                                     headroom=client.stdin_headroom, log=self.log)
             self.log.debug("stdin closed", bytes=total)
         except RpcError as e:
             # The process closed or no longer reads its stdin: stop reading ours,

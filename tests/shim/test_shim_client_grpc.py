@@ -184,3 +184,18 @@ def test_channel_reports_transport_errors(tmp_path):
     ch = Channel(str(tmp_path / "none.sock"))
     with pytest.raises(Exception, match="cannot connect"):
         ch.unary("WaitProcess", b"")
+
+
+def test_write_stdin_in_place_without_copies(agent):
+    c = AgentClient(agent.path, "ctr", "e" * 300, reconnect_timeout=1)
+    data = bytes(range(256)) * (24 << 10)  # 6 MiB: several server windows, sent by reference
+    room = c.stdin_headroom
+    buf = bytearray(room) + bytearray(data)
+    assert c.write_stdin_into(buf, room, len(buf)) == 1000  # FakeAgent accepts 1000 at most
+    req = agent.requests[-1][1]
+    assert req.data == data and req.exec_id == "e" * 300
+    # resend the rest, as the stdin pump does: the header goes over already accepted bytes
+    assert c.write_stdin_into(buf, room + 1000, len(buf)) == 1000
+    assert agent.requests[-1][1].data == data[1000:]
+    with pytest.raises(ValueError):
+        c.write_stdin_into(bytearray(b"x" * 10), 0, 10)

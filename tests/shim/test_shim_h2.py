@@ -228,3 +228,59 @@ def test_stream_ids_run_out():
     c.next_id = h2.MAX_STREAM_ID
     c.request(BLOCK, b"")
     assert not c.usable
+
+
+def feed_via_buffers(c: Connection, wire: bytes, step: int) -> list[int]:
+    """Deliver ``wire`` as a socket would (recv_into the core's buffers, ``step`` at most)."""
+    sizes = []
+    view = memoryview(wire)
+    while len(view):
+        room = c.get_buffer()
+        sizes.append(len(room))
+        n = min(len(room), step, len(view))
+        room[:n] = view[:n]
+        room.release()
+        view = view[n:]
+        c.buffer_updated(n)
+    return sizes
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096, 100000, 1 << 22])
+def test_big_data_frames_go_straight_into_the_reply_buffer(step):
+    c = Connection(in_size=1024)
+    body = bytearray()
+    call = c.request(BLOCK, b"", body=body)
+    payload = bytes(range(256)) * 4096  # 1 MiB, in two frames, the second one padded
+    msg = h2.grpc_message(payload)
+    wire = (ok_headers(1) + frame(DATA, 0, 1, msg[:300000])
+            + frame(DATA, PADDED, 1, bytes([9]) + msg[300000:] + b"\0" * 9) + trailers(1))
+    sizes = feed_via_buffers(c, wire, step)
+    assert bytes(call.result()) == payload
+    assert len(c._in) == 1024  # the input buffer never had to hold a frame
+    if step >= 4096:
+        assert max(sizes) >= 300000 - 4096  # room in the reply buffer itself was offered
+    # the same body buffer serves the next call
+    call2 = c.request(BLOCK, b"", body=call.body)
+    feed_via_buffers(c, reply(3, b"short"), step)
+    assert bytes(call2.result()) == b"short" and call2.body is call.body
+
+
+def test_reply_buffer_still_viewed_is_replaced_not_resized():
+    c = Connection()
+    body = bytearray()
+    first = c.request(BLOCK, b"", body=body)
+    c.receive(reply(1, b"a" * 10))
+    held = first.result()  # a consumer still holds this view
+    second = c.request(BLOCK, b"", body=first.body)
+    c.receive(reply(3, b"b" * 100000))  # needs a bigger buffer
+    assert bytes(second.result()) == b"b" * 100000
+    assert second.body is not first.body and bytes(held) == b"a" * 10
+
+
+def test_large_non_data_frame_grows_the_input_buffer():
+    c = Connection(in_size=1024)
+    call = c.request(BLOCK, b"")
+    big = hpack.encode_plain([(b":status", b"200"), (b"x-big", b"v" * 5000)])
+    feed_via_buffers(c, frame(HEADERS, END_HEADERS, 1, big) + frame(DATA, 0, 1, h2.grpc_message(b"ok"))
+                     + trailers(1), 1 << 20)
+    assert bytes(call.result()) == b"ok" and dict(call.headers)[b"x-big"] == b"v" * 5000

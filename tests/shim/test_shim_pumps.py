@@ -15,17 +15,22 @@ from kata_shim import pumps
 class FakeStdin:
     """WriteStdin that accepts a scripted number of bytes per call."""
 
-    def __init__(self, accept):
+    headroom = 0
+
+    def __init__(self, accept, headroom=0):
+        self.headroom = headroom
         self.accept = accept  # callable(len) -> accepted count
         self.received = bytearray()
         self.calls = 0
         self.closed = False
 
-    def write(self, view):
+    def write(self, buf, start, end):
         assert not self.closed
+        assert start >= self.headroom
+        buf[:start] = b"\xee" * start  # the transport may scribble in front of the data
         self.calls += 1
-        n = self.accept(len(view))
-        self.received += bytes(view[:max(0, min(n, len(view)))])
+        n = self.accept(end - start)
+        self.received += bytes(buf[start:start + max(0, min(n, end - start))])
         return n
 
     def close(self):
@@ -49,10 +54,10 @@ def feed(data: bytes):
 def test_partial_acceptance_is_resent(data, seed):
     import random
     rnd = random.Random(seed)
-    fake = FakeStdin(lambda n: rnd.randint(0, n))  # sometimes 0, sometimes everything
+    fake = FakeStdin(lambda n: rnd.randint(0, n), headroom=17)  # sometimes 0, sometimes everything
     r, t = feed(data)
     try:
-        assert pumps.pump_stdin(r, fake.write, fake.close, 4096) == len(data)
+        assert pumps.pump_stdin(r, fake.write, fake.close, 4096, headroom=17) == len(data)
     finally:
         t.join()
         os.close(r)
@@ -101,7 +106,7 @@ def test_eof_closes_stdin_and_bad_fd_counts_as_eof():
 
 
 def test_write_errors_propagate():
-    def write(view):
+    def write(buf, start, end):
         raise RuntimeError("agent said no")
 
     r, t = feed(b"data")
