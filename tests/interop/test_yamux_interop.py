@@ -176,6 +176,31 @@ async def test_py_client_slow_reader(go, sockdir):
         await session.close()
 
 
+async def test_py_close_without_reading_lets_go_echo_finish(go, sockdir):
+    """We write 640 KiB and close() without reading the echo: Go's echo
+    writes beyond our 256 KiB window only get through because what we drop
+    after close() is still credited; Go reaches our FIN, closes, and the
+    stream is finished on both sides. (Without reading, more than about
+    768 KiB could not be written at all: both windows and Go's echo buffer
+    would be full.)"""
+    sock = sock_in(sockdir)
+    server = await go.server(sock)
+    session = await connect(sock)
+    try:
+        stream = await session.open_stream()
+        await echo_writer(stream, 640 * 1024)
+        stream.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not stream.closed and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert stream.closed, f"stream never finished: {stream!r}"
+        assert not any(line.startswith("STREAM_RESET") for line in server.lines), server.lines
+        await echo_roundtrip(await session.open_stream(), 2, 1 * MiB)  # the session is fine
+    finally:
+        await session.close()
+
+
 @pytest.mark.parametrize(
     "py_window,go_flags,chunk",
     [
@@ -475,6 +500,25 @@ async def test_go_client_py_server_slow_reader(go, pyserver):
     sock = await pyserver.start(handler)
     await go.client(sock, "-streams", "2", "-bytes", str(2 * MiB))
     assert not pyserver.errors, pyserver.errors
+
+
+async def test_py_close_early_keeps_go_writer_going(go, pyserver):
+    """Our close() after the first bytes (FIN, stop reading): the data Go goes
+    on sending is dropped but still credited, so Go's 8 MiB of writes (32
+    windows) complete instead of blocking on a window that never reopens."""
+    closed = []
+
+    async def handler(session):
+        stream = await session.accept_stream()
+        assert await stream.read(1024)
+        stream.close()
+        closed.append(stream)
+        assert await stream.read() == b""  # reads after close() see EOF
+
+    sock = await pyserver.start(handler)
+    client = await go.client(sock, "-streams", "1", "-bytes", str(8 * MiB), "-write-only", timeout=30)
+    assert any(line.startswith("WRITE_OK") for line in client.lines), client.lines
+    assert closed and not pyserver.errors, pyserver.errors
 
 
 async def test_ping_go_client_to_py_server(go, pyserver):

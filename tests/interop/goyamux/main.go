@@ -20,10 +20,11 @@
 //	    SESSION_END err=...
 //
 //	client -connect SOCK [-streams N] [-bytes B] [-window N] [-chunk C]
-//	       [-ping N] [-expect-goaway] [-expect-reset] [-expect-refused]
+//	       [-ping N] [-expect-goaway] [-expect-reset] [-expect-refused] [-write-only]
 //	    yamux client role. Opens N streams, writes B bytes on each (C-byte
 //	    writes) with a concurrent reader, verifies the echo byte-exact, and
 //	    only then calls Close (Debian's Read returns EOF early after Close).
+//	    -write-only writes and closes without reading (line WRITE_OK ...).
 //	    Lines: ECHO_OK streams=.. bytes=.. seconds=.. mibps=..,
 //	    PING rtt_us=X, OPEN_REFUSED err=... (with -expect-goaway),
 //	    RESET_SEEN (with -expect-reset), REFUSED by=rst|goaway (with
@@ -274,6 +275,7 @@ func runClient(args []string) error {
 	expectGoaway := fs.Bool("expect-goaway", false, "after the echo, Open must fail with the remote go-away error")
 	expectReset := fs.Bool("expect-reset", false, "every stream must fail with connection reset")
 	expectRefused := fs.Bool("expect-refused", false, "every stream must be refused: RST, or Open fails after a Go Away")
+	writeOnly := fs.Bool("write-only", false, "write the bytes and Close without reading any echo")
 	fs.Parse(args)
 	if *chunk <= 0 || *chunk > patLen {
 		return fmt.Errorf("bad -chunk %d", *chunk)
@@ -287,7 +289,13 @@ func runClient(args []string) error {
 	start := time.Now()
 	errs := make(chan error, *streams)
 	for i := 0; i < *streams; i++ {
-		go func(i int) { errs <- echoStream(sess, i, *size, *chunk, true) }(i)
+		go func(i int) {
+			if *writeOnly {
+				errs <- writeStream(sess, i, *size, *chunk)
+			} else {
+				errs <- echoStream(sess, i, *size, *chunk, true)
+			}
+		}(i)
 	}
 	var failures []string
 	for i := 0; i < *streams; i++ {
@@ -313,7 +321,11 @@ func runClient(args []string) error {
 	if *streams > 0 && !*expectReset && !*expectRefused {
 		secs := time.Since(start).Seconds()
 		total := float64(*size) * float64(*streams)
-		out("ECHO_OK streams=%d bytes=%d seconds=%.3f mibps=%.1f", *streams, *size, secs, total/secs/(1<<20))
+		what := "ECHO_OK"
+		if *writeOnly {
+			what = "WRITE_OK"
+		}
+		out("%s streams=%d bytes=%d seconds=%.3f mibps=%.1f", what, *streams, *size, secs, total/secs/(1<<20))
 	}
 	for i := 0; i < *pings; i++ {
 		rtt, err := sess.Ping()
@@ -332,6 +344,26 @@ func runClient(args []string) error {
 			return fmt.Errorf("Open after Go Away: unexpected error %v", err)
 		}
 		out("OPEN_REFUSED err=%q", err.Error())
+	}
+	return nil
+}
+
+// writeStream opens a stream, writes size bytes and closes it, reading nothing.
+func writeStream(sess *yamux.Session, i int, size int64, chunk int) error {
+	st, err := sess.OpenStream()
+	if err != nil {
+		return fmt.Errorf("open: %w", err)
+	}
+	defer st.Close()
+	for off := int64(0); off < size; {
+		n := chunk
+		if int64(n) > size-off {
+			n = int(size - off)
+		}
+		if _, err := st.Write(patternAt(i, off, n)); err != nil {
+			return fmt.Errorf("stream %d write at %d: %w", i, off, err)
+		}
+		off += int64(n)
 	}
 	return nil
 }
