@@ -1,0 +1,1 @@
+"""kata-shim: the per-process stdio, signal and exit-code relay (see README.md and cli.py)."""
