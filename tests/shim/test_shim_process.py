@@ -146,6 +146,18 @@ async def test_slow_reader_slows_the_container_nothing_dropped(agent):
     assert shim.wait(60) == 0 and got == n
 
 
+async def test_reader_gone_the_process_still_runs_to_completion(agent):
+    # EPIPE on our stdout: the rest is drained and discarded, never left to block the process.
+    agent.create("epipe", ["sh", "-c", "head -c 8388608 /dev/zero; echo done >&2; exit 6"])
+    r, w = os.pipe()
+    os.close(r)
+    shim = agent.shim("epipe", stdout=w)
+    os.close(w)
+    agent.start("epipe")
+    assert shim.wait(60) == 6
+    assert shim.stderr.read() == b"done\n"
+
+
 # ---------------------------------------------------------------- exit codes
 
 
@@ -288,6 +300,24 @@ async def test_terminal_raw_mode_and_window_size(agent):
         assert shim.wait(30) == 0
         after = termios.tcgetattr(slave)
         assert after == before  # restored on exit
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+async def test_exec_with_a_terminal(agent):
+    master, slave = pty.openpty()
+    try:
+        set_size(slave, 33, 111)
+        agent.run("ttyhost", ["sh", "-c", "sleep 60"])
+        agent.exec("ttyhost", "x1", ["sh", "-c", 'read line; echo "tty=$(tty) size=$(stty size)"; exit 9'],
+                   terminal=True)
+        shim = agent.shim("ttyhost", "x1", "-terminal", stdin=slave, stdout=slave, stderr=slave)
+        out = PtyReader(master)
+        os.write(master, b"go\r")
+        out.wait_for(b"size=33 111")
+        assert b"tty=/dev/pts/" in out.buf
+        assert shim.wait(30) == 9
     finally:
         os.close(master)
         os.close(slave)
