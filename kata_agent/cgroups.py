@@ -38,7 +38,8 @@ def _mounts() -> dict[str, str]:
         elif fstype == "cgroup":
             for opt in rest[2].split(","):
                 if opt in ("cpu", "cpuacct", "memory", "pids", "blkio", "hugetlb", "cpuset",
-                           "devices", "freezer"):
+                           "devices", "freezer", "net_cls", "net_prio", "perf_event", "rdma",
+                           "misc") or opt.startswith("name="):
                     out.setdefault(opt, mnt)
     return out
 
@@ -234,3 +235,50 @@ def _read_v2(d: str) -> dict:
     stats["blkio_stats"] = {"io_service_bytes_recursive": entries_bytes,
                             "io_serviced_recursive": entries_ios}
     return stats
+
+
+def _rmdir(path: str) -> bool:
+    """Remove one cgroup directory; a busy or non-empty one (or a missing one) is left alone."""
+    try:
+        os.rmdir(path)
+        return True
+    except OSError:
+        return False
+
+
+def remove_container_cgroups(paths: dict[str, str], parent_name: str) -> None:
+    """After `runc delete`: remove what is left of a container's cgroups.
+
+    runc removes the container's own directories; the parent that runc created for
+    ``<parent_name>/<id>`` stays behind. Remove both where empty (rmdir refuses a
+    cgroup that still has processes or children, so siblings are safe).
+    """
+    for path in paths.values():
+        _rmdir(path)
+        parent = os.path.dirname(path)
+        if os.path.basename(parent) == os.path.basename(parent_name.rstrip("/")):
+            _rmdir(parent)
+
+
+def remove_cgroup_trees(parent_name: str, pid: int | None = None, timeout: float = 3.0) -> list[str]:
+    """Remove ``<cgroup of pid>/<parent_name>`` and everything below it in every hierarchy.
+
+    For a sandbox whose agent was killed: its containers' processes die with its pid
+    namespace, but their cgroup directories remain, busy (EBUSY) until the kernel
+    has released the dead tasks; so retry for up to ``timeout`` seconds. Returns
+    the directories still left (a cgroup with live processes is never removed).
+    """
+    import time
+
+    tops = [os.path.join(base, parent_name)
+            for base in cgroup_paths(os.getpid() if pid is None else pid).values()]
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for top in tops:
+            for dirpath, _dirs, _files in os.walk(top, topdown=False):
+                if not _rmdir(dirpath):
+                    left.append(dirpath)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)

@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-dir", metavar="PATH",
                    help="process sandbox: host directory bind-mounted where CreateSandbox asks for the 9p share")
     p.add_argument("--state-dir", metavar="DIR", help="agent state (runc root, consoles, gRPC socket)")
+    p.add_argument("--cgroup-parent", metavar="NAME",
+                   help="cgroup (below the agent's own) that holds the containers' cgroups (default: kata)")
     p.add_argument("--log", metavar="LEVEL", help="debug, info, warn, error (default: agent.log= on the kernel "
                                                    "command line in a VM, else info)")
     p.add_argument("--log-format", choices=("text", "json"), default=None)
@@ -164,6 +166,7 @@ def main(argv=None) -> int:
         shared_dir_source=os.path.abspath(args.shared_dir) if args.shared_dir else None,
         log_level=level,
         manage_system=mode != "host",
+        **({"cgroup_parent": args.cgroup_parent} if args.cgroup_parent else {}),
         **cmdline_config(cmdline, AgentConfig),
     )
     log.info("kata-agent starting: mode=%s pid=%d channel=%s state=%s", mode, os.getpid(), channel.description, state_dir)

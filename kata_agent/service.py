@@ -219,6 +219,7 @@ class AgentState:
             except OSError as e:
                 log.warning("container %s: %s", c.id, e)
         c.mounts = []
+        cgroups.remove_container_cgroups(c.cgroup_paths, self.config.cgroup_parent)
         remove_state_dir(c.state_dir)
         if self.containers.get(c.id) is c:
             del self.containers[c.id]

@@ -51,6 +51,7 @@ import asyncio
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -58,6 +59,7 @@ import subprocess
 import sys
 import time
 
+from kata_agent.cgroups import remove_cgroup_trees
 from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
 
 log = logging.getLogger("kata_runtime.hypervisor.process")
@@ -97,6 +99,11 @@ class ProcessSandbox(Hypervisor):
         self._proc: subprocess.Popen | None = None
 
     # ---------------------------------------------------------------- state
+    @property
+    def cgroup_parent(self) -> str:
+        """This sandbox's own cgroup (below the runtime's) for its containers' cgroups."""
+        return "kata-sandbox-" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.sandbox_id)
+
     @property
     def pid(self) -> int | None:
         if self._proc is not None:
@@ -141,6 +148,7 @@ class ProcessSandbox(Hypervisor):
             "--channel-fd", str(fd),
             "--shared-dir", self.shared_dir,
             "--state-dir", AGENT_STATE_DIR,
+            "--cgroup-parent", self.cgroup_parent,
             "--log", self.log_level,
             "--log-format", self.log_format,
             "--ready-fd", str(ready_fd),
@@ -277,6 +285,8 @@ class ProcessSandbox(Hypervisor):
     def _cleanup(self) -> None:
         _remove(self.channel_socket_path)
         _remove(self.pid_file)
+        # A killed agent could not remove its containers' (now empty) cgroups.
+        remove_cgroup_trees(self.cgroup_parent)
 
     def _console_tail(self, lines: int = 5) -> str:
         try:

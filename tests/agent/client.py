@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from kata_agent.cgroups import remove_cgroup_trees
 from katapb import agent_pb2, agent_pb2_grpc, health_pb2_grpc, oci_pb2
 from tests.fixtures.oci import busybox_spec, process
 from tests.fixtures.rootfs import build_busybox_rootfs
@@ -43,10 +44,11 @@ class AgentServer:
         self.template = os.path.join(self.dir, "rootfs-template")
         build_busybox_rootfs(self.template)
         self.log_path = os.path.join(self.dir, "agent.log")
+        self.cgroup_parent = f"kata-test-{uuid.uuid4().hex[:8]}"
         argv = [sys.executable, "-m", "kata_agent.standalone", "--socket", self.socket,
                 "--state-dir", self.state_dir, "--shared-mount", self.shared,
                 "--log-level", "info", "--loop", loop,
-                "--cgroup-parent", f"kata-test-{uuid.uuid4().hex[:8]}"]
+                "--cgroup-parent", self.cgroup_parent]
         if buffer_limit:
             argv += ["--buffer-limit", str(buffer_limit)]
         argv += list(extra_args)
@@ -86,6 +88,7 @@ class AgentServer:
         for cid in self.leftover_containers():
             subprocess.run(["runc", "--root", self.runc_root, "delete", "--force", cid],
                            capture_output=True)
+        remove_cgroup_trees(self.cgroup_parent)  # a killed agent leaves them behind
         self.log.close()
 
     def cleanup(self) -> None:

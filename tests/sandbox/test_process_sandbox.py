@@ -19,6 +19,7 @@ import pytest
 
 from katapb import agent_pb2, health_pb2
 from kata_runtime.hypervisor import ProcessSandbox
+from kata_agent.cgroups import cgroup_paths
 from tests.fixtures.oci import busybox_spec, shared_storage
 from tests.fixtures.rootfs import build_busybox_rootfs
 
@@ -214,6 +215,7 @@ async def test_stop_leaves_nothing_behind(sandbox, client):
     assert sandbox.pid is None
     assert os.path.exists(sandbox.console_log_path)  # kept, like a VM console log
     assert sandbox.sandbox_dir not in host_mounts()
+    assert sandbox_cgroups(sandbox) == []
     # stop() is idempotent, also from a fresh driver object
     await sandbox.stop()
     await ProcessSandbox(sandbox.sandbox_dir, sandbox.sandbox_id).stop()
@@ -297,11 +299,25 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
+def sandbox_cgroups(sandbox) -> list[str]:
+    """Every cgroup directory of this sandbox left on the host, in any hierarchy."""
+    found = []
+    for base in cgroup_paths(os.getpid()).values():
+        top = os.path.join(base, sandbox.cgroup_parent)
+        found += [d for d, _, _ in os.walk(top)]
+    return found
+
+
 async def test_stop_kills_an_agent_that_ignores_sigterm(sandbox, client):
-    """A stopped (SIGSTOP) agent cannot act on SIGTERM: stop() escalates to SIGKILL."""
+    """A stopped (SIGSTOP) agent cannot act on SIGTERM: stop() escalates to SIGKILL,
+    and the cgroups of its container (which it could not remove) are removed too."""
     import signal
 
-    await client.health.Check(health_pb2.CheckRequest(), timeout=30)
+    await create_sandbox(client, sandbox)
+    cid = unique("c-killed")
+    await create_container(client, sandbox, cid, ["sleep", "1000"])
+    await client.agent.StartContainer(agent_pb2.StartContainerRequest(container_id=cid), timeout=30)
+    assert any(d.endswith(cid) for d in sandbox_cgroups(sandbox)), "the container has no cgroup of its own"
     agent, unshare = sandbox.agent_pid(), sandbox.pid
     os.kill(agent, signal.SIGSTOP)
     t0 = time.monotonic()
@@ -309,6 +325,7 @@ async def test_stop_kills_an_agent_that_ignores_sigterm(sandbox, client):
     assert time.monotonic() - t0 < 5
     assert not _alive(agent) and not _alive(unshare)
     assert not os.path.exists(sandbox.channel_socket_path)
+    assert sandbox_cgroups(sandbox) == []
 
 
 async def test_pid_file_of_another_process_is_not_trusted(sandbox_dir):
