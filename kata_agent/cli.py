@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
 import tempfile
 import time
+
+from kata_log import format_line, rfc3339
 
 log = logging.getLogger("kata_agent")
 
@@ -50,7 +51,10 @@ LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, 
 
 
 class _Formatter(logging.Formatter):
-    """logrus-style lines (as the Go agent printed them) or one JSON object per line."""
+    """logrus-style lines (the fields the Go agent printed) or one JSON object per line.
+
+    The line format (quoting, timestamp, JSON) is kata_log's, shared with the proxy and the shim.
+    """
 
     def __init__(self, fmt: str):
         super().__init__()
@@ -58,25 +62,16 @@ class _Formatter(logging.Formatter):
         self.pid = os.getpid()
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.created % 1 * 1e6):06d}Z"
         level = {"WARNING": "warning", "CRITICAL": "fatal"}.get(record.levelname, record.levelname.lower())
         msg = record.getMessage()
         if record.exc_info:
             msg = f"{msg}\n{self.formatException(record.exc_info)}"
         sub = record.name.split(".", 1)[1] if "." in record.name else ""
-        fields = {"time": ts, "level": level, "msg": msg, "name": "kata-agent", "pid": self.pid, "source": "agent"}
+        fields = [("time", rfc3339(record.created)), ("level", level), ("msg", msg), ("name", "kata-agent"),
+                  ("pid", self.pid), ("source", "agent")]
         if sub:
-            fields["subsystem"] = sub
-        if self.json:
-            return json.dumps(fields, separators=(",", ":"))
-        return " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items())
-
-
-def _logfmt(value) -> str:
-    text = str(value)
-    if text and all(c.isalnum() or c in "-._:/@+" for c in text):
-        return text
-    return json.dumps(text)
+            fields.append(("subsystem", sub))
+        return format_line(fields, as_json=self.json)
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:

@@ -5,7 +5,8 @@ Every record becomes one line with these fields, in this order::
     time=2026-11-24T17:25:19.123456Z level=info msg="..." name=kata-proxy pid=42 source=proxy sandbox=ID ...
 
 ``source`` is ``proxy`` for the proxy's own lines, ``agent`` for guest console lines and
-``yamux`` for the multiplexer's.  Extra fields are passed with ``extra={"fields": {...}}``
+``yamux`` for the multiplexer's.  The line format itself (quoting, timestamps, JSON) is
+:mod:`kata_log`'s, shared with the shim and the agent.  Extra fields are passed with ``extra={"fields": {...}}``
 (see :func:`fields`).
 
 Lines are queued to a writer thread: a full log pipe never stalls the data path.  When the
@@ -17,14 +18,14 @@ The module is named ``log`` (not ``logging``) so that it can never shadow the st
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
 import os
 import queue
 import sys
 import threading
 import time
+
+from kata_log import format_line, format_logfmt, rfc3339
 
 #: Level names accepted on the command line (logrus spellings plus Python's).
 LEVELS = {
@@ -79,119 +80,7 @@ def fields(**kw) -> dict:
     return {"fields": kw}
 
 
-# --------------------------------------------------------------------------- logfmt
-
-
-def _needs_quotes(value: str) -> bool:
-    if value == "":
-        return True
-    for ch in value:
-        if ch <= " " or ch in '="\\' or ch == "\x7f":
-            return True
-    return False
-
-
-def logfmt_value(value) -> str:
-    """One logfmt value: bare when safe, else double-quoted with Go-style escapes."""
-    if value is None:
-        return '""'
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    text = value if isinstance(value, str) else str(value)
-    if not _needs_quotes(text):
-        return text
-    out = ['"']
-    for ch in text:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch < " " or ch == "\x7f":
-            out.append("\\u%04x" % ord(ch))
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _valid_key(key: str) -> str:
-    cleaned = "".join(ch if (ch > " " and ch not in '="\\') else "_" for ch in str(key))
-    return cleaned or "_"
-
-
-def format_logfmt(items) -> str:
-    """``key=value`` pairs, in order, separated by single spaces (no newline)."""
-    return " ".join(f"{_valid_key(k)}={logfmt_value(v)}" for k, v in items)
-
-
-_UNESCAPE = {'"': '"', "\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
-
-
-def parse_logfmt(line: str) -> dict:
-    """Parse one logfmt line into a dict (the inverse of :func:`format_logfmt`).
-
-    Used by the tests and by the console reader to pick up an agent line's own level.
-    A key without ``=`` maps to ``True``.  Raises ValueError on an unterminated quote.
-    """
-    out: dict = {}
-    i, n = 0, len(line)
-    while i < n:
-        while i < n and line[i] == " ":
-            i += 1
-        if i >= n:
-            break
-        start = i
-        while i < n and line[i] not in " =":
-            i += 1
-        key = line[start:i]
-        if i >= n or line[i] == " ":
-            out[key] = True
-            continue
-        i += 1  # '='
-        if i < n and line[i] == '"':
-            i += 1
-            buf = []
-            while True:
-                if i >= n:
-                    raise ValueError("unterminated quoted value")
-                ch = line[i]
-                if ch == '"':
-                    i += 1
-                    break
-                if ch == "\\" and i + 1 < n:
-                    nxt = line[i + 1]
-                    if nxt == "u" and i + 5 < n:
-                        buf.append(chr(int(line[i + 2 : i + 6], 16)))
-                        i += 6
-                        continue
-                    buf.append(_UNESCAPE.get(nxt, nxt))
-                    i += 2
-                    continue
-                buf.append(ch)
-                i += 1
-            out[key] = "".join(buf)
-        else:
-            start = i
-            while i < n and line[i] != " ":
-                i += 1
-            out[key] = line[start:i]
-    return out
-
-
 # --------------------------------------------------------------------------- formatter
-
-
-def _timestamp(created: float) -> str:
-    moment = _dt.datetime.fromtimestamp(created, tz=_dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _source(record: logging.LogRecord) -> str:
@@ -218,7 +107,7 @@ class LineFormatter(logging.Formatter):
     def items(self, record: logging.LogRecord) -> list:
         msg = record.getMessage()
         items = [
-            ("time", _timestamp(record.created)),
+            ("time", rfc3339(record.created)),
             ("level", level_name(record.levelno)),
             ("msg", msg),
             ("name", self.name),
@@ -240,10 +129,7 @@ class LineFormatter(logging.Formatter):
         return items
 
     def format(self, record: logging.LogRecord) -> str:
-        items = self.items(record)
-        if self.json:
-            return json.dumps(dict(items), default=str, ensure_ascii=False, separators=(",", ":"))
-        return format_logfmt(items)
+        return format_line(self.items(record), as_json=self.json)
 
 
 # --------------------------------------------------------------------------- handler
@@ -298,7 +184,7 @@ class BackgroundHandler(logging.Handler):
                     self._write(
                         format_logfmt(
                             [
-                                ("time", _timestamp(time.time())),
+                                ("time", rfc3339(time.time())),
                                 ("level", "warning"),
                                 ("msg", f"dropped {count} log lines (log output too slow)"),
                                 ("name", "kata-proxy"),

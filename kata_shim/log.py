@@ -6,7 +6,8 @@ to ``--log-file`` when given, else to syslog through /dev/log when it exists
 fatal error prints on stderr is written by the shim itself, not by this module.
 
 Each line carries ``time level msg name=kata-shim pid source=shim container
-exec-id`` and the record's own fields, in that order.  Deliberately tiny (no
+exec-id`` and the record's own fields, in that order; the line format is
+:mod:`kata_log`'s (shared with the proxy and the agent).  Deliberately tiny (no
 ``logging``): the shim is one process per container process.
 """
 
@@ -21,34 +22,6 @@ LEVELS = {"trace": 5, "debug": 10, "info": 20, "warn": 30, "warning": 30,
 _NAMES = {5: "trace", 10: "debug", 20: "info", 30: "warning", 40: "error", 50: "fatal"}
 _SYSLOG_SEVERITY = {5: 7, 10: 7, 20: 6, 30: 4, 40: 3, 50: 2}
 SYSLOG_PATH = "/dev/log"
-
-
-def _value(value) -> str:
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    text = value if isinstance(value, str) else str(value)
-    if text and all(" " < ch and ch not in '="\\' and ch != "\x7f" for ch in text):
-        return text
-    out = ['"']
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch < " " or ch == "\x7f":
-            out.append("\\u%04x" % ord(ch))
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _timestamp(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%06dZ" % int(now % 1 * 1e6)
 
 
 class Logger:
@@ -78,13 +51,14 @@ class Logger:
         return self.fd >= 0 or self.sock is not None
 
     def line(self, levelno: int, msg: str, fields: dict) -> str:
-        items = [("time", _timestamp(time.time())), ("level", _NAMES.get(levelno, "info")), ("msg", msg)]
+        # Imported on the first line written, not at start: at the default level most shims
+        # never write one, and every shim start counts.
+        from kata_log import format_line, rfc3339
+
+        items = [("time", rfc3339(time.time())), ("level", _NAMES.get(levelno, "info")), ("msg", msg)]
         items += self.base
         items += fields.items()
-        if self.json:
-            import json  # only when asked for
-            return json.dumps(dict(items), default=str, separators=(",", ":"))
-        return " ".join(f"{k}={_value(v)}" for k, v in items)
+        return format_line(items, as_json=self.json)
 
     def log(self, levelno: int, msg: str, fields: dict) -> None:
         if levelno < self.level or not self.enabled:

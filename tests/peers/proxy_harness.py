@@ -166,7 +166,7 @@ class ProxyProc(Proc):
 
     def stats(self, timeout: float = 10.0) -> dict:
         """SIGUSR1, then the new ``msg=stats`` line of the log, parsed."""
-        from kata_proxy.log import parse_logfmt
+        from kata_log import parse_logfmt
 
         before = sum(1 for line in self.log_lines() if "msg=stats" in line)
         self.signal(signal.SIGUSR1)

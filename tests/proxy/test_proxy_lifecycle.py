@@ -99,7 +99,7 @@ def test_guest_console_lines_are_logged(sockdir, peer, procs):
             lines = [line for line in proxy.log_lines() if "source=agent" in line]
             return lines if len(lines) >= 4 else None
 
-        from kata_proxy.log import parse_logfmt
+        from kata_log import parse_logfmt
 
         lines = [parse_logfmt(line) for line in wait_for(agent_lines, 20, "4 agent lines")]
         assert [entry["msg"] for entry in lines] == [
