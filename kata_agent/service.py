@@ -49,6 +49,7 @@ Wire semantics worth knowing (they match the Kata 1.x Go agent and kata-shim):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import glob
@@ -213,11 +214,7 @@ class AgentState:
             if p is not None:
                 p.close()
         c.processes.clear()
-        for mp in reversed(c.mounts):
-            try:
-                umount(mp)
-            except OSError as e:
-                log.warning("container %s: %s", c.id, e)
+        _umount_all(c.mounts, f"container {c.id}")
         c.mounts = []
         cgroups.remove_container_cgroups(c.cgroup_paths, self.config.cgroup_parent)
         remove_state_dir(c.state_dir)
@@ -234,12 +231,19 @@ class AgentState:
         self.reaper.uninstall()
 
     def _unmount_sandbox(self) -> None:
-        for mp in reversed(self.sandbox_mounts):
-            try:
-                umount(mp)
-            except OSError as e:
-                log.warning("sandbox storage: %s", e)
+        _umount_all(self.sandbox_mounts, "sandbox storage")
         self.sandbox_mounts = []
+
+
+def _umount_all(mounts: list[str], what: str | None = None) -> None:
+    """Unmount ``mounts`` in reverse order; a failure is logged as ``what: error`` (ignored
+    when ``what`` is None) and does not stop the others."""
+    for mp in reversed(mounts):
+        try:
+            umount(mp)
+        except OSError as e:
+            if what is not None:
+                log.warning("%s: %s", what, e)
 
 
 def _check_id(what: str, value: str) -> None:
@@ -278,11 +282,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         log.info("storage %s -> %s not mounted (manage_system off)",
                                  s.source, s.mount_point)
             except BaseException:
-                for mp in reversed(mounts):
-                    try:
-                        umount(mp)
-                    except OSError:
-                        pass
+                _umount_all(mounts)
                 raise
             if request.dns:
                 log.info("DNS %s not applied (the guest's resolv.conf is read-only)",
@@ -368,11 +368,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     await st.runc.delete(cid, force=True, log_path=c.log_path)
                 except Exception:  # noqa: BLE001
                     pass
-            for mp in reversed(c.mounts):
-                try:
-                    umount(mp)
-                except OSError:
-                    pass
+            _umount_all(c.mounts)
             c.mounts = []
             if c.init is not None:
                 c.init.close()
@@ -386,13 +382,19 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if c.status in ("created", "running", "paused"):
             c.status = "stopped"
 
-    @rpc
-    async def StartContainer(self, request, context):
+    @contextlib.asynccontextmanager
+    async def _container_in(self, request, status: str, rpc_name: str):
+        """The request's container, its lock held, if it is ``status`` (else FAILED_PRECONDITION)."""
         c = self.state.container(request.container_id)
         async with c.lock:
-            if c.status != "created":
+            if c.status != status:
                 raise AgentError(Code.FAILED_PRECONDITION,
-                                 f"container {c.id!r} is {c.status}, StartContainer needs created")
+                                 f"container {c.id!r} is {c.status}, {rpc_name} needs {status}")
+            yield c
+
+    @rpc
+    async def StartContainer(self, request, context):
+        async with self._container_in(request, "created", "StartContainer") as c:
             await self.state.runc.start(c.id, log_path=c.log_path)
             if c.status == "created":
                 c.status = "running"
@@ -415,22 +417,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     @rpc
     async def PauseContainer(self, request, context):
-        c = self.state.container(request.container_id)
-        async with c.lock:
-            if c.status != "running":
-                raise AgentError(Code.FAILED_PRECONDITION,
-                                 f"container {c.id!r} is {c.status}, PauseContainer needs running")
+        async with self._container_in(request, "running", "PauseContainer") as c:
             await self.state.runc.pause(c.id, log_path=c.log_path)
             c.status = "paused"
         return _EMPTY
 
     @rpc
     async def ResumeContainer(self, request, context):
-        c = self.state.container(request.container_id)
-        async with c.lock:
-            if c.status != "paused":
-                raise AgentError(Code.FAILED_PRECONDITION,
-                                 f"container {c.id!r} is {c.status}, ResumeContainer needs paused")
+        async with self._container_in(request, "paused", "ResumeContainer") as c:
             await self.state.runc.resume(c.id, log_path=c.log_path)
             c.status = "running"
         return _EMPTY
@@ -680,25 +674,26 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         for path in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/online")):
             if request.nb_cpus and onlined >= request.nb_cpus:
                 break
-            try:
-                with open(path) as f:
-                    if f.read().strip() == "0":
-                        with open(path, "w") as w:
-                            w.write("1")
-                        onlined += 1
-            except OSError as e:
-                log.warning("cannot online %s: %s", path, e)
+            if _online(path):
+                onlined += 1
         if not request.cpu_only:
             for path in glob.glob("/sys/devices/system/memory/memory[0-9]*/online"):
-                try:
-                    with open(path) as f:
-                        if f.read().strip() == "0":
-                            with open(path, "w") as w:
-                                w.write("1")
-                except OSError as e:
-                    log.warning("cannot online %s: %s", path, e)
+                _online(path)
         log.info("OnlineCPUMem: %d cpu(s) onlined", onlined)
         return _EMPTY
+
+
+def _online(path: str) -> bool:
+    """Write 1 to a sysfs ``online`` file that reads 0; True if it did (failures are logged)."""
+    try:
+        with open(path) as f:
+            if f.read().strip() == "0":
+                with open(path, "w") as w:
+                    w.write("1")
+                return True
+    except OSError as e:
+        log.warning("cannot online %s: %s", path, e)
+    return False
 
 
 def _add_unimplemented(cls) -> None:
