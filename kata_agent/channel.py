@@ -194,6 +194,17 @@ async def wait_host_connected(fd: int, *, recheck: float = HOST_RECHECK_INTERVAL
         ep.close()
 
 
+async def _device_transport(fd: int, description: str) -> Transport:
+    """The transport of a character device once its host side is connected; `fd` is
+    closed if that wait fails or is cancelled."""
+    try:
+        await wait_host_connected(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Transport(fd=fd, description=description)
+
+
 class VirtioPortChannel(Channel):
     """The VM's channel: a virtio-serial port; one yamux session per host connection."""
 
@@ -215,12 +226,7 @@ class VirtioPortChannel(Channel):
             fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError as exc:
             raise ChannelError(f"cannot open {self.path}: {exc.strerror}") from exc
-        try:
-            await wait_host_connected(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        return Transport(fd=fd, description=self.description)
+        return await _device_transport(fd, self.description)
 
 
 # -------------------------------------------------------------------- sockets
@@ -302,12 +308,7 @@ class DeviceFdChannel(Channel):
             raise ChannelError(f"{self.description}: already used")
         fd, self._fd = self._fd, None
         os.set_blocking(fd, False)
-        try:
-            await wait_host_connected(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        return Transport(fd=fd, description=self.description)
+        return await _device_transport(fd, self.description)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -270,12 +270,7 @@ class ProcessSandbox(Hypervisor):
 
     async def _wait_exit(self, pid: int, timeout: float) -> bool:
         if self._proc is not None and self._proc.pid == pid:
-            deadline = time.monotonic() + timeout
-            while self._proc.poll() is None:
-                if time.monotonic() >= deadline:
-                    return False
-                await asyncio.sleep(POLL_INTERVAL)
-            return True
+            return await _poll_until(lambda: self._proc.poll() is not None, timeout)
         return await _wait_gone(pid, timeout)
 
     def _reap(self) -> None:
@@ -314,8 +309,13 @@ def _alive(pid: int) -> bool:
 
 
 async def _wait_gone(pid: int, timeout: float) -> bool:
+    return await _poll_until(lambda: not _alive(pid), timeout)
+
+
+async def _poll_until(done, timeout: float) -> bool:
+    """Call ``done()`` every POLL_INTERVAL until it is true (True) or ``timeout`` passes (False)."""
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while not done():
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(POLL_INTERVAL)
