@@ -46,6 +46,14 @@ INIT = """#!/bin/busybox sh
 for m in $(/bin/busybox cat /lib/modules/order); do /bin/busybox insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
 [ -e /dev/hvc0 ] && exec </dev/hvc0 >/dev/hvc0 2>&1
 /bin/busybox mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /newroot || exec /bin/busybox sh
+# The agent puts a tmpfs on /tmp unless one is there: give it one now, with the parts of the
+# host's /tmp this guest runs from (a checkout or venv under /tmp) bound back in, read-only.
+/bin/busybox mkdir -p /hosttmp
+/bin/busybox mount -o bind /newroot/tmp /hosttmp
+/bin/busybox mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+for p in {tmp_paths}; do
+  /bin/busybox mkdir -p /newroot/tmp/$p && /bin/busybox mount -o bind /hosttmp/$p /newroot/tmp/$p
+done
 /bin/busybox umount /proc
 exec /bin/busybox switch_root /newroot {python} -m kata_agent
 """
@@ -87,6 +95,16 @@ def module_bytes(version: str, name: str) -> bytes | None:
     return data
 
 
+def paths_under_tmp() -> list[str]:
+    """The checkout and the venv, relative to /tmp, where they live there (a CI clone may)."""
+    repo = Path(__file__).resolve().parents[2]
+    found = []
+    for path in (repo, Path(sys.prefix).resolve()):
+        if path.is_relative_to("/tmp") and path != Path("/tmp"):
+            found.append(str(path.relative_to("/tmp")))
+    return sorted(set(found))
+
+
 def build_initrd(workdir: Path, version: str) -> Path:
     root = workdir / "initrd"
     for d in ("bin", "lib/modules", "newroot", "proc", "dev", "sys"):
@@ -99,7 +117,7 @@ def build_initrd(workdir: Path, version: str) -> Path:
             (root / "lib" / "modules" / f"{name}.ko").write_bytes(data)
             order.append(name)
     (root / "lib" / "modules" / "order").write_text("\n".join(order) + "\n")
-    (root / "init").write_text(INIT.format(python=sys.executable))
+    (root / "init").write_text(INIT.format(python=sys.executable, tmp_paths=" ".join(paths_under_tmp())))
     (root / "init").chmod(0o755)
     os.mknod(root / "dev" / "console", 0o600 | 0o020000, os.makedev(5, 1))
     names = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
