@@ -26,6 +26,18 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
+def wait_for(predicate, timeout: float, what: str):
+    """Call ``predicate()`` every 50 ms until it returns something true, and return that;
+    AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def wait_line(proc: subprocess.Popen, want: str, timeout: float) -> str:
     """Read proc.stdout until a line equal to ``want``; returns everything read.  Raises on
     timeout or exit."""

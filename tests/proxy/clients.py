@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import struct
 
 from tests.peers.yamux_health_server import pattern
 
 MiB = 1 << 20
 LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]
+
+
+async def send_pattern(writer, kind: bytes, total: int, digest) -> None:
+    """Open a ``kind`` stream (``E`` echo, ``S`` sink), send ``total`` pattern bytes (added to
+    ``digest``), then EOF."""
+    writer.write(kind)
+    for block in pattern(total):
+        digest.update(block)
+        writer.write(block)
+        await writer.drain()
+    writer.write_eof()
+
+
+def echo_socket(path: str, payload: bytes, timeout: float = 10) -> socket.socket:
+    """A blocking socket on the proxy at ``path`` with an echo stream open, checked by one
+    round trip of ``payload``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(path)
+    s.sendall(b"E" + payload)
+    assert s.recv(len(payload)) == payload
+    return s
 
 
 async def echo_bulk(path: str, total: int) -> tuple[int, str, str]:
@@ -19,14 +42,6 @@ async def echo_bulk(path: str, total: int) -> tuple[int, str, str]:
     sent = hashlib.sha256()
     got = hashlib.sha256()
     received = 0
-
-    async def send():
-        writer.write(b"E")
-        for block in pattern(total):
-            sent.update(block)
-            writer.write(block)
-            await writer.drain()
-        writer.write_eof()
 
     async def recv():
         nonlocal received
@@ -38,7 +53,7 @@ async def echo_bulk(path: str, total: int) -> tuple[int, str, str]:
             got.update(data)
 
     try:
-        await asyncio.gather(send(), recv())
+        await asyncio.gather(send_pattern(writer, b"E", total, sent), recv())
     finally:
         writer.close()
     return received, sent.hexdigest(), got.hexdigest()
@@ -48,12 +63,7 @@ async def sink(path: str, total: int) -> tuple[int, bytes, bytes]:
     """Upload ``total`` pattern bytes to a sink stream; returns (count, sha sent, sha reported)."""
     reader, writer = await asyncio.open_unix_connection(path)
     digest = hashlib.sha256()
-    writer.write(b"S")
-    for block in pattern(total):
-        digest.update(block)
-        writer.write(block)
-        await writer.drain()
-    writer.write_eof()
+    await send_pattern(writer, b"S", total, digest)
     reply = await reader.readexactly(40)
     assert await reader.read() == b""
     writer.close()

@@ -15,7 +15,8 @@ import pytest
 
 from kata_proxy import exits
 from tests.peers import proxy_harness
-from tests.proxy.clients import MiB, echo_bulk
+from tests.peers.proxy_harness import wait_for
+from tests.proxy.clients import MiB, echo_bulk, echo_socket
 
 pytestmark = pytest.mark.sandbox
 
@@ -29,16 +30,6 @@ print("streaming", flush=True)
 while True:          # write and never read: the echo backs up into our receive buffer
     s.sendall(block)
 """
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_killed_client_resets_only_its_stream(proxy, peer, procs):
@@ -105,12 +96,7 @@ def test_1000_connect_disconnect_cycles_return_to_baseline(proxy, peer):
 def test_guest_disappearing_gives_eof_and_exit_code(proxy, peer):
     clients = []
     for _ in range(5):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(15)
-        s.connect(proxy.listen)
-        s.sendall(b"Ehello")
-        assert s.recv(5) == b"hello"
-        clients.append(s)
+        clients.append(echo_socket(proxy.listen, b"hello", timeout=15))
     peer.popen.send_signal(signal.SIGKILL)  # the VM is gone
     peer.wait()
     for s in clients:
@@ -139,11 +125,7 @@ def test_garbage_from_guest_gives_go_away_and_exit(sockdir, procs):
 
 
 def test_sigterm_goes_away_closes_clients_and_removes_socket(proxy, peer):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(15)
-    s.connect(proxy.listen)
-    s.sendall(b"Ehi")
-    assert s.recv(2) == b"hi"
+    s = echo_socket(proxy.listen, b"hi", timeout=15)
     proxy.signal(signal.SIGTERM)
     assert proxy.wait(timeout=15) == exits.OK
     assert s.recv(10) == b""

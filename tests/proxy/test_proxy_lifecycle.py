@@ -10,26 +10,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from kata_proxy import exits
 from tests.peers import proxy_harness
-from tests.peers.proxy_harness import REPO
-from tests.proxy.clients import LOCAL_POOL, health_check
+from tests.peers.proxy_harness import REPO, wait_for
+from tests.proxy.clients import LOCAL_POOL, echo_socket, health_check
 
 pytestmark = pytest.mark.sandbox
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
@@ -109,12 +98,7 @@ def test_guest_console_lines_are_logged(sockdir, peer, procs):
         assert all(entry["level"] == "warning" for entry in lines)  # at the proxy's level
         conn.close()
         # the data path never depended on the console
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        s.connect(proxy.listen)
-        s.sendall(b"Eok")
-        assert s.recv(2) == b"ok"
-        s.close()
+        echo_socket(proxy.listen, b"ok").close()
     finally:
         console.close()
 
@@ -173,11 +157,7 @@ def test_paused_guest_is_not_fatal(sockdir, peer, procs):
     """A paused VM (here: SIGSTOP on the agent stand-in) only makes the heartbeat log."""
     proxy = proxy_harness.start_proxy(sockdir, mux=peer.listen, args=["--heartbeat", "0.5"])
     procs.append(proxy)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(20)
-    s.connect(proxy.listen)
-    s.sendall(b"Eone")
-    assert s.recv(3) == b"one"
+    s = echo_socket(proxy.listen, b"one", timeout=20)
     peer.signal(signal.SIGSTOP)
     try:
         wait_for(lambda: any("did not answer a ping" in line for line in proxy.log_lines()), 15,
@@ -197,9 +177,4 @@ def test_channel_path_that_is_a_socket(sockdir, peer, procs):
     """--channel given a unix socket (QEMU's chardev) connects to it like --mux-socket."""
     proxy = proxy_harness.start_proxy(sockdir, args=["--channel", peer.listen])
     procs.append(proxy)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(proxy.listen)
-    s.sendall(b"Esock")
-    assert s.recv(4) == b"sock"
-    s.close()
+    echo_socket(proxy.listen, b"sock").close()
