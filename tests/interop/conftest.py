@@ -13,12 +13,15 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 GOPATH = "/usr/share/gocode"
 
 # ------------------------------------------------------------------ Go build

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.fixtures.bench import run_quick
 
 
 @pytest.mark.timeout(120)
 def test_yamux_bench_smoke():
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.yamux_bench", "--quick"],
-        cwd=REPO, capture_output=True, text=True, timeout=110,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    table = "\n".join(lines)
+    run = run_quick("yamux_bench", timeout=110)
+    table = run.table
     for row in ("(a) raw unix socket", "(b) yamux py client <-> py server",
                 "(c) yamux py client <-> go server", "(d) yamux go client <-> go server"):
         assert row in table, table
@@ -32,5 +24,5 @@ def test_yamux_bench_smoke():
         assert re.search(r"^\(c\) yamux py client <-> go server" + figures, table, re.M), table
         assert re.search(r"^\(d\) yamux go client <-> go server" + figures, table, re.M), table
     assert re.fullmatch(
-        r"RESULT bulk1_vs_go=(\S+) bulk8_vs_go=(\S+) rtt_p50_vs_go=(\S+)", lines[-1]
-    ), lines[-1]
+        r"RESULT bulk1_vs_go=(\S+) bulk8_vs_go=(\S+) rtt_p50_vs_go=(\S+)", run.lines[-1]
+    ), run.lines[-1]

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.fixtures.bench import run_quick
 
 pytestmark = pytest.mark.sandbox
 
 
 def test_shim_bench_smoke():
-    r = subprocess.run([sys.executable, "-m", "bench.shim_bench", "--quick"], cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    last = r.stdout.strip().splitlines()[-1]
-    assert last.startswith("RESULT stdout_mib_s=")
-    fields = dict(kv.split("=", 1) for kv in last.split()[1:])
-    assert float(fields["stdout_mib_s"]) > 0 and int(fields["uss1_kib"]) > 0
-    assert "grpcio client" in r.stdout
+    run = run_quick("shim_bench", timeout=600)
+    assert run.lines[-1].startswith("RESULT stdout_mib_s=")
+    assert float(run.result["stdout_mib_s"]) > 0 and int(run.result["uss1_kib"]) > 0
+    assert "grpcio client" in run.stdout
