@@ -21,16 +21,15 @@ from yamux.frame import (
     FLAG_FIN,
     FLAG_RST,
     FLAG_SYN,
-    HEADER_SIZE,
     INITIAL_WINDOW,
     TYPE_DATA,
     TYPE_GO_AWAY,
     TYPE_PING,
     TYPE_WINDOW_UPDATE,
     Header,
-    decode_header,
     encode_header,
 )
+from yamux_helpers import split_frames
 
 KiB = 1024
 
@@ -40,18 +39,7 @@ KiB = 1024
 
 def frames_of(buffers):
     """Split output buffers into (Header, body) pairs."""
-    data = b"".join(bytes(b) for b in buffers)
-    frames = []
-    pos = 0
-    while pos < len(data):
-        hdr = decode_header(data, pos)
-        pos += HEADER_SIZE
-        body = b""
-        if hdr.type == TYPE_DATA:
-            body = data[pos : pos + hdr.length]
-            pos += hdr.length
-        frames.append((hdr, body))
-    return frames
+    return split_frames(b"".join(bytes(b) for b in buffers))
 
 
 def headers_of(buffers):

@@ -28,9 +28,9 @@ from yamux.frame import (
     INITIAL_WINDOW,
     TYPE_DATA,
     TYPE_GO_AWAY,
-    decode_header,
     encode_header,
 )
+from yamux_helpers import split_frames
 
 KiB = 1024
 _PERIOD = 251
@@ -41,18 +41,6 @@ def pattern(offset: int, size: int) -> bytes:
     """Bytes ``offset .. offset+size`` of an endless non-trivial sequence."""
     start = offset % _PERIOD
     return _PATTERN[start : start + size]
-
-
-def parse_frames(data: bytes):
-    frames, pos = [], 0
-    while pos + HEADER_SIZE <= len(data):
-        hdr = decode_header(data, pos)
-        pos += HEADER_SIZE
-        if hdr.type == TYPE_DATA:
-            pos += hdr.length
-        frames.append(hdr)
-    assert pos == len(data), "output must be whole frames"
-    return frames
 
 
 # ---------------------------------------------------------------------------
@@ -338,7 +326,7 @@ def outcome(conn: Connection, events):
         assert terminated and terminated[0].error is conn.error
         assert isinstance(conn.error, SessionClosedError)
     out = b"".join(bytes(b) for b in conn.take_output())
-    frames = parse_frames(out)
+    frames = [hdr for hdr, _ in split_frames(out)]
     if isinstance(conn.error, ProtocolError) and "the peer sent" not in str(conn.error):
         assert frames[-1] == (0, TYPE_GO_AWAY, 0, 0, 1)
     return conn.closed, str(conn.error), out
