@@ -249,6 +249,17 @@ class Decoder:
         self.size += 32 + len(name) + len(value)
         self._evict()  # an entry larger than the table empties it (RFC 7541 4.4)
 
+    def _literal(self, block, pos: int, prefix: int) -> tuple[bytes, bytes, int]:
+        """A literal field at ``pos``: its name (indexed, or a literal string), its value, and
+        the position after it."""
+        index, pos = decode_int(block, pos, prefix)
+        if index:
+            name = self._lookup(index)[0]
+        else:
+            name, pos = _decode_string(block, pos)
+        value, pos = _decode_string(block, pos)
+        return name, value, pos
+
     def decode(self, block) -> list[tuple[bytes, bytes]]:
         headers = []
         pos = 0
@@ -261,12 +272,7 @@ class Decoder:
                 headers.append(self._lookup(index))
                 seen_field = True
             elif byte & 0x40:  # literal with incremental indexing
-                index, pos = decode_int(block, pos, 6)
-                if index:
-                    name = self._lookup(index)[0]
-                else:
-                    name, pos = _decode_string(block, pos)
-                value, pos = _decode_string(block, pos)
+                name, value, pos = self._literal(block, pos, 6)
                 self._add(name, value)
                 headers.append((name, value))
                 seen_field = True
@@ -279,12 +285,7 @@ class Decoder:
                 self.max_size = size
                 self._evict()
             else:  # literal without indexing (0000) or never indexed (0001)
-                index, pos = decode_int(block, pos, 4)
-                if index:
-                    name = self._lookup(index)[0]
-                else:
-                    name, pos = _decode_string(block, pos)
-                value, pos = _decode_string(block, pos)
+                name, value, pos = self._literal(block, pos, 4)
                 headers.append((name, value))
                 seen_field = True
         return headers
