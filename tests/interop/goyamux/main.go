@@ -290,7 +290,9 @@ func runClient(args []string) error {
 	errs := make(chan error, *streams)
 	for i := 0; i < *streams; i++ {
 		go func(i int) {
-			if *writeOnly {
+			if *expectRefused {
+				errs <- refusedStream(sess)
+			} else if *writeOnly {
 				errs <- writeStream(sess, i, *size, *chunk)
 			} else {
 				errs <- echoStream(sess, i, *size, *chunk, true)
@@ -410,6 +412,30 @@ func echoStream(sess *yamux.Session, i int, size int64, chunk int, verify bool) 
 		}
 	}
 	return <-werr
+}
+
+// refusedStream opens a stream that the peer is expected to refuse and returns the
+// error that shows it (ErrConnectionReset, or ErrRemoteGoAway from Open). Debian's
+// yamux can miss the wake-up of a Read blocked when the RST arrives (upstream #127),
+// so it reads with short deadlines and, after each, asks the stream's state with a
+// Write, which fails with ErrConnectionReset once the RST has been processed.
+func refusedStream(sess *yamux.Session) error {
+	st, err := sess.OpenStream()
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	buf := make([]byte, 4096)
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		if _, err := st.Write([]byte("x")); err != nil {
+			return err
+		}
+		st.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := st.Read(buf); err != nil && err != yamux.ErrTimeout {
+			return err
+		}
+	}
+	return fmt.Errorf("stream %d was not refused within 20s", st.StreamID())
 }
 
 // ---------------------------------------------------------------- bench
