@@ -478,10 +478,29 @@ class Session:
 
     def _on_data(self, data) -> None:
         self._rx_chunks += 1
-        events = self._conn.receive_data(data)
+        conn = self._conn
+        events = conn.receive_data(data)
+        if conn._direct:
+            self._forward(conn.take_direct())
         if events:
             self._handle_events(events)
-        self._flush()
+        if conn._control or conn._ready or conn._events or self._closed or self._blocked_writers:
+            self._flush()
+
+    @staticmethod
+    def _forward(direct: list) -> None:
+        """Hand payload of direct (spliced) streams to their sinks, in order."""
+        for i in range(0, len(direct), 2):
+            sink = direct[i].user._sink
+            if sink is not None:  # None: an earlier payload failed it, the stream is reset
+                sink.forward(direct[i + 1])
+
+    def _send(self, out: list) -> None:
+        """Write buffers from the core now (the caller checked we are not paused)."""
+        try:
+            self._write(out)
+        except Exception as exc:  # the transport went away under us
+            self._on_lost(exc)
 
     def _on_eof(self) -> None:
         if not self._closed:
@@ -759,12 +778,22 @@ class Stream:
         session = self._session
         if session._closed:
             raise session._closed_exc()
-        self._conn.send_data(st, data)
-        if not session._flush_scheduled:
-            # the first write of a loop iteration goes out at once (latency);
-            # later ones are coalesced into one write at the end of the iteration
-            session._flush()
-            session._schedule_flush()
+        if session._flush_scheduled:
+            # not the first write of this loop iteration: coalesced into one
+            # write at the end of the iteration
+            self._conn.send_data(st, data)
+            return
+        # the first write of a loop iteration goes out at once (latency)
+        if session._paused:
+            self._conn.send_data(st, data)
+        else:
+            out = self._conn.send_data_now(st, data)
+            if out is not None:
+                session._send(out)
+                session._schedule_flush()
+                return
+        session._flush()
+        session._schedule_flush()
 
     def writelines(self, data) -> None:
         for item in data:
@@ -907,16 +936,29 @@ class _Splice(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.stream._sink = self
+        self.st.direct = True  # the session hands us payload as it arrives (forward)
         self.stream_readable()
 
     def data_received(self, data) -> None:
-        stream = self.stream
+        # The chunk goes out at once as one Data frame when the window allows
+        # (no queueing, no scheduled flush); otherwise it is queued and sent
+        # as window updates or the transport's resume_writing allow.
+        session = self.session
+        st = self.st
         try:
-            stream.write(data)
+            if session._paused:
+                self.conn.send_data(st, data)
+            else:
+                out = self.conn.send_data_now(st, data)
+                if out is not None:
+                    session._send(out)
+                    return
+                session._flush()
         except YamuxError:
             self.fail()
             return
-        if self.st.send_len > stream._high and not self.read_paused:
+        stream = self.stream
+        if st.send_len > stream._high and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
             stream._writable_cb = self.stream_writable
@@ -939,10 +981,18 @@ class _Splice(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.st.direct = False  # payload waits in the stream's buffer (its window closes)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if not self.finished:
+            self.st.direct = True
         self.stream_readable()
+
+    def forward(self, payload) -> None:
+        """Payload of the stream, straight from the session's reader."""
+        if not self.finished:
+            self.transport.write(payload)
 
     # stream side
 
@@ -994,6 +1044,7 @@ class _Splice(asyncio.Protocol):
 
     def finish(self) -> None:
         self.finished = True
+        self.st.direct = False
         stream = self.stream
         stream._sink = None
         stream._writable_cb = None

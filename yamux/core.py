@@ -64,6 +64,11 @@ _JOIN_PIECES = 8
 #: chunk (no copy); shorter ones are copied unless they are most of the chunk.
 _VIEW_MIN = 16 * 1024
 
+#: Payloads up to this size are handed out as bytes (one small copy) rather than
+#: as views, and sent joined to their frame header: one small buffer is cheaper
+#: to write than a header plus a view.
+_SMALL = 4096
+
 
 # --------------------------------------------------------------------------
 # Events
@@ -194,6 +199,7 @@ class StreamState:
         "reset",
         "reset_by_peer",
         "read_closed",  # the application called close(): discard what arrives
+        "direct",  # hand payload out as it arrives (take_direct) while nothing is buffered
         "freed",
         "user",  # slot for the I/O layer's stream object
     )
@@ -218,6 +224,7 @@ class StreamState:
         self.reset = False
         self.reset_by_peer = False
         self.read_closed = False
+        self.direct = False
         self.freed = False
         self.user = None
 
@@ -274,6 +281,7 @@ class Connection:
         self._unacked_opens = 0
         self._control: list = []
         self._ready: dict[StreamState, None] = {}  # streams with sendable data, in turn
+        self._direct: list = []  # [stream, payload, stream, payload, ...] for take_direct()
         self._events: list = []
         self._partial = b""  # an incomplete header
         self._body_left = 0  # Data body bytes still to come
@@ -322,6 +330,24 @@ class Connection:
         if events:
             self._events = []
         return events
+
+    def take_direct(self) -> list:
+        """Payload received for streams marked ``direct``, as a flat list
+        ``[stream, payload, stream, payload, ...]`` in arrival order.
+
+        A stream is marked direct (``st.direct = True``) by an I/O layer that
+        forwards its payload at once (e.g. to a socket): while the stream has
+        nothing buffered, arriving payload skips the receive buffer and the
+        :class:`DataReceived` event, and counts as read at once (window updates
+        follow as for :meth:`read`).  Payloads are bytes or memoryviews of the
+        received chunk.  Take them after every :meth:`receive_data`, before the
+        events it returned: a FIN or RST event of the same stream comes after
+        its payload.
+        """
+        direct = self._direct
+        if direct:
+            self._direct = []
+        return direct
 
     @property
     def has_events(self) -> bool:
@@ -400,6 +426,16 @@ class Connection:
     def _append(self, st: StreamState, data: bytes, pos: int, take: int, n: int) -> None:
         if st.read_closed:
             self._consume(st, take)  # nobody reads: drop it and keep the peer's credit flowing
+            return
+        if st.direct and not st.recv_len:
+            if take == n:
+                chunk = data
+            elif take <= _SMALL:
+                chunk = data[pos : pos + take]
+            else:
+                chunk = memoryview(data)[pos : pos + take]
+            self._direct += (st, chunk)
+            self._consume(st, take)
             return
         buf = st.recv_buf
         if take == n:
@@ -565,6 +601,47 @@ class Connection:
         st.send_len += size
         if st.send_window:
             self._ready[st] = None
+
+    def send_data_now(self, st: StreamState, data) -> list | None:
+        """Like :meth:`send_data`, with a fast path for a write that can go out
+        whole at once: if the stream has nothing queued and its send window
+        takes all of ``data`` (up to ``MAX_DATA_FRAME``), the Data frame is
+        cut now and returned, after any queued control frames, as the list of
+        buffers to write (what :meth:`take_output` would have returned for it).
+        Otherwise ``data`` is queued as by :meth:`send_data` and None is
+        returned.  Only for a caller that writes the result at once.
+        """
+        if st.reset:
+            raise StreamResetError(f"stream {st.stream_id} was reset")
+        if st.fin_pending or st.fin_sent:
+            raise StreamClosedError(f"stream {st.stream_id}: write after write_eof()/close()")
+        if self.closed:
+            raise SessionClosedError("session closed")
+        size = len(data)
+        if not size:
+            return None
+        if type(data) is not bytes:
+            data = bytes(data)
+            size = len(data)
+        if st.send_len or size > st.send_window or size > MAX_DATA_FRAME:
+            st.send_buf.append(data)
+            st.send_len += size
+            if st.send_window:
+                self._ready[st] = None
+            return None
+        st.send_window -= size
+        header = pack_header(0, TYPE_DATA, 0, st.stream_id, size)
+        out = self._control
+        if out:
+            self._control = []
+        else:
+            out = []
+        if size <= _SMALL:
+            out.append(header + data)
+        else:
+            out.append(header)
+            out.append(data)
+        return out
 
     def end_stream(self, st: StreamState) -> None:
         """Half-close: FIN after the queued data.  Idempotent (never two FINs)."""
