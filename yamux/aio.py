@@ -74,6 +74,7 @@ class _SessionProtocol(asyncio.Protocol):
         self.data_received = session._on_data  # bound once: no extra call per chunk
 
     def connection_made(self, transport) -> None:
+        _set_send_buffer(transport, self._session._config.socket_send_buffer)
         self._session._io.attach(transport, self._writable)
 
     def data_received(self, data) -> None:  # replaced per instance in __init__
@@ -489,11 +490,27 @@ class Session:
 
     @staticmethod
     def _forward(direct: list) -> None:
-        """Hand payload of direct (spliced) streams to their sinks, in order."""
-        for i in range(0, len(direct), 2):
-            sink = direct[i].user._sink
+        """Hand payload of direct (spliced) streams to their sinks, in order;
+        consecutive pieces of one stream in one call (one write)."""
+        if len(direct) == 2:
+            sink = direct[0].user._sink
+            if sink is not None:
+                sink.forward(direct[1])
+            return
+        n = len(direct)
+        i = 0
+        while i < n:
+            st = direct[i]
+            j = i + 2
+            while j < n and direct[j] is st:
+                j += 2
+            sink = st.user._sink
             if sink is not None:  # None: an earlier payload failed it, the stream is reset
-                sink.forward(direct[i + 1])
+                if j - i == 2:
+                    sink.forward(direct[i + 1])
+                else:
+                    sink.forward_many(direct[i + 1 : j : 2])
+            i = j
 
     def _send(self, out: list) -> None:
         """Write buffers from the core now (the caller checked we are not paused)."""
@@ -635,6 +652,20 @@ class Session:
                 return
             except SessionClosedError:
                 return
+
+
+def _set_send_buffer(transport, size: int) -> None:
+    """SO_SNDBUF on a socket transport (pipes and serial ports have none)."""
+    if not size:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:  # not a socket option this socket knows: leave it
+        pass
 
 
 def _write_nowhere(bufs) -> None:  # before a transport is attached
@@ -934,6 +965,7 @@ class _Splice(asyncio.Protocol):
     # socket side
 
     def connection_made(self, transport) -> None:
+        _set_send_buffer(transport, self.session._config.socket_send_buffer)
         self.transport = transport
         self.stream._sink = self
         self.st.direct = True  # the session hands us payload as it arrives (forward)
@@ -993,6 +1025,10 @@ class _Splice(asyncio.Protocol):
         """Payload of the stream, straight from the session's reader."""
         if not self.finished:
             self.transport.write(payload)
+
+    def forward_many(self, payloads: list) -> None:
+        if not self.finished:
+            self.transport.writelines(payloads)
 
     # stream side
 
