@@ -426,7 +426,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def ResumeContainer(self, request, context):
         async with self._container_in(request, "paused", "ResumeContainer") as c:
             await self.state.runc.resume(c.id, log_path=c.log_path)
-            c.status = "running"
+            if c.status == "paused":  # the reaper may have seen it exit meanwhile
+                c.status = "running"
         return _EMPTY
 
     @rpc
@@ -555,7 +556,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             async with c.lock:
                 if c.status == "paused":
                     await st.runc.resume(c.id, log_path=c.log_path)
-                    c.status = "running"
+                    if c.status == "paused":
+                        c.status = "running"
         return _EMPTY
 
     @rpc

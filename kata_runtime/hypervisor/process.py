@@ -42,7 +42,8 @@ HypervisorError with the console's last lines if it died or timed out.
 `timeout`, then SIGKILL to unshare (and so to the agent); then the socket and
 the pid file are removed. The console log is kept.
 
-Only ``python -m kata_agent`` is spawned; kata_agent is never imported here.
+Only ``python -m kata_agent`` is spawned; of kata_agent only its cgroup helpers are imported
+(to remove a killed sandbox's leftover cgroups).
 """
 
 from __future__ import annotations

@@ -175,8 +175,12 @@ async def test_pause_resume(agent: AgentClient):
 async def test_stats_update_and_list(agent: AgentClient):
     cid = await agent.create(["sh", "-c", "echo up; sleep 1000 & wait"], start=True)
     assert await agent.read(cid) == b"up\n"
-    r = await agent.stub.StatsContainer(agent_pb2.StatsContainerRequest(container_id=cid))
-    st = r.cgroup_stats
+    # "up" is printed before sh forks sleep: wait until both are in the container.
+    for _ in range(200):
+        st = (await agent.stub.StatsContainer(agent_pb2.StatsContainerRequest(container_id=cid))).cgroup_stats
+        if st.pids_stats.current >= 2:
+            break
+        await asyncio.sleep(0.02)
     assert st.memory_stats.usage.usage > 0
     assert st.pids_stats.current >= 2  # sh and sleep
     assert st.cpu_stats.cpu_usage.total_usage > 0
