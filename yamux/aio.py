@@ -495,7 +495,7 @@ class Session:
         if len(direct) == 2:
             sink = direct[0].user._sink
             if sink is not None:
-                sink.forward(direct[1])
+                sink.transport.write(direct[1])
             return
         n = len(direct)
         i = 0

@@ -304,6 +304,19 @@ class Connection:
         if not self.closed and data:
             if type(data) is not bytes:
                 data = bytes(data)
+            n = len(data)
+            if n > HEADER_SIZE and not (self._body_left or self._partial):
+                # fast path: the chunk is exactly one Data frame without flags
+                # for a direct stream (a spliced small message)
+                version, ftype, flags, sid, length = unpack_header_from(data)
+                if length == n - HEADER_SIZE and not (version or ftype or flags):
+                    st = self.streams.get(sid)
+                    if (st is not None and st.direct and not st.recv_len and length <= st.recv_window
+                            and not (st.reset or st.remote_fin or st.read_closed)):
+                        st.recv_window -= length
+                        self._direct += (st, data[HEADER_SIZE:] if length <= _SMALL else memoryview(data)[HEADER_SIZE:])
+                        self._consume(st, length)
+                        return self.take_events()
             try:
                 self._parse(data)
             except ProtocolError as exc:
