@@ -14,7 +14,13 @@ kata-proxy connected to it, and this client.
              that any proxy + bridging agent pays on this machine.
 - Bulk MiB/s, one stream, upload (sink, checked with sha256) and download (generated pattern):
   (yamux)  this process as the yamux client straight to the peer: yamux alone;
-  (proxy)  a plain unix socket to kata-proxy, which carries it over yamux to the same peer.
+  (proxy)  a plain unix socket to kata-proxy, which carries it over yamux to the same peer;
+  (relay)  for context: the yamux client of (yamux) through one plain relay process (uvloop, no
+           yamux in it) to the same peer -- what one extra process hop costs, whatever it does.
+  One warm-up transfer per configuration and direction, then interleaved timed runs.
+- CPU of every process in the path (from /proc/PID/task/*/schedstat: all threads, ns), per
+  unary call and per MiB: throughput on this machine follows the summed CPU of the path more
+  than any one process (see bench/RESULTS.md).
 - Proxy memory (RSS, PSS, USS) idle (after the runs above) and with 100 client connections
   open, each with its yamux stream open (an echo round trip done on each).
 
@@ -99,6 +105,39 @@ def start_relay(src: str, dst: str) -> proxy_harness.Proc:
     return proxy_harness.Proc(popen, "relay")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all threads of ``pid`` so far (schedstat: ns resolution, unlike the 10 ms
+    ticks of /proc/PID/stat)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return float("nan")
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # the thread ended meanwhile
+    return total / 1e9
+
+
+class CpuMeter:
+    """CPU seconds used by some processes between start() and stop(), accumulated per name."""
+
+    def __init__(self, pids: dict):
+        self.pids = pids  # name -> pid
+        self.used: dict = {name: 0.0 for name in pids}
+        self._start: dict = {}
+
+    def start(self) -> None:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> None:
+        for name, pid in self.pids.items():
+            self.used[name] += cpu_seconds(pid) - self._start[name]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -110,7 +149,7 @@ def percentile(values: list[float], q: float) -> float:
 # --------------------------------------------------------------------------- gRPC
 
 
-def unary_rtts(target: str, calls: int, warmup: int) -> list[float]:
+def unary_rtts(target: str, calls: int, warmup: int, meter: CpuMeter | None = None) -> list[float]:
     import grpc
     from katapb import health_pb2, health_pb2_grpc
 
@@ -120,10 +159,14 @@ def unary_rtts(target: str, calls: int, warmup: int) -> list[float]:
         for _ in range(warmup):
             stub.Check(request, timeout=30)
         out = []
+        if meter is not None:
+            meter.start()
         for _ in range(calls):
             t0 = time.perf_counter_ns()
             stub.Check(request, timeout=30)
             out.append((time.perf_counter_ns() - t0) / 1000.0)
+        if meter is not None:
+            meter.stop()
     return out
 
 
@@ -264,6 +307,7 @@ def main(argv=None) -> int:
 
     workdir = tempfile.mkdtemp(prefix="kpb", dir="/tmp")
     started = []
+    me = os.getpid()
     try:
         peer = proxy_harness.start_peer(workdir, uvloop=os.environ.get("PEER_UVLOOP", "1") == "1")
         started.append(peer)
@@ -279,25 +323,47 @@ def main(argv=None) -> int:
         rtts: dict = {"direct": [], "proxy": [], "relays": []}
         targets = {"direct": peer.grpc_socket, "proxy": proxy.listen,
                    "relays": os.path.join(workdir, "relay2.sock")}
+        unary_cpu = {name: CpuMeter({"peer": peer.pid, "proxy": proxy.pid, "relays1": relay1.pid,
+                                     "relays2": relay2.pid, "client": me}) for name in targets}
         rounds = 4
         for _ in range(rounds):
             for name, target in targets.items():
-                rtts[name] += unary_rtts("unix:" + target, calls // rounds, warmup // rounds)
+                rtts[name] += unary_rtts("unix:" + target, calls // rounds, warmup // rounds,
+                                         unary_cpu[name])
         relay2.stop()
         relay1.stop()
         d50, d99 = percentile(rtts["direct"], 0.5), percentile(rtts["direct"], 0.99)
         p50, p99 = percentile(rtts["proxy"], 0.5), percentile(rtts["proxy"], 0.99)
         r50, r99 = percentile(rtts["relays"], 0.5), percentile(rtts["relays"], 0.99)
 
-        # interleaved runs, so that load from elsewhere on the machine hits both alike
+        relay = start_relay(os.path.join(workdir, "relay.sock"), peer.listen)
+        started.append(relay)
+        configs = (("yamux", bulk_via_yamux, peer.listen, None),
+                   ("proxy", bulk_via_proxy, proxy.listen, proxy.pid),
+                   ("relay", bulk_via_yamux, os.path.join(workdir, "relay.sock"), relay.pid))
+        for direction in ("up", "down"):
+            for name, fn, target, _ in configs:
+                run_async(fn(target, min(total, 32 * MiB), direction))  # warm-up
+        # interleaved runs, so that load from elsewhere on the machine hits all alike
         runs: dict = {}
+        bulk_cpu: dict = {}
         for _ in range(repeat):
             for direction in ("up", "down"):
-                for name, fn, target in (("yamux", bulk_via_yamux, peer.listen),
-                                         ("proxy", bulk_via_proxy, proxy.listen)):
+                for name, fn, target, hop in configs:
+                    pids = {"peer": peer.pid, "client": me}
+                    if hop is not None:
+                        pids["hop"] = hop
+                    meter = bulk_cpu.setdefault((name, direction), CpuMeter(pids))
+                    meter.start()
                     runs.setdefault((name, direction), []).append(
                         run_async(fn(target, total, direction)))
+                    meter.stop()
+        relay.stop()
         bulk = {key: statistics.median(values) for key, values in runs.items()}
+        # CPU per MiB of each process, over all runs of a configuration
+        moved = repeat * total / MiB
+        bulk_ms = {key: {p: 1000.0 * used / moved for p, used in meter.used.items()}
+                   for key, meter in bulk_cpu.items()}
 
         mem_idle = proxy.memory_kb()
         clients = open_clients(proxy.listen, 100)
@@ -326,14 +392,42 @@ def main(argv=None) -> int:
     print(f"{'ratio proxy/direct (target <= 1.15)':44} {p50 / d50:9.2f} {p99 / d99:9.2f}")
     print(f"{'ratio 2 relays/direct (the hop floor)':44} {r50 / d50:9.2f} {r99 / d99:9.2f}")
     print()
+    print(f"{'CPU per call (us), all threads':44} {'server':>9} {'hops':>9} {'client':>9}")
+    for name, label in (("direct", "(direct)"), ("proxy", "(proxy)  hops: kata-proxy"),
+                        ("relays", "(2 relays) hops: both relays")):
+        used = unary_cpu[name].used
+        hops = {"direct": 0.0, "proxy": used["proxy"], "relays": used["relays1"] + used["relays2"]}[name]
+        print(f"{label:44} {1e6 * used['peer'] / calls:9.0f} {1e6 * hops / calls:9.0f} "
+              f"{1e6 * used['client'] / calls:9.0f}")
+    print()
     print(f"{'bulk, one stream (MiB/s)':44} {'up':>9} {'down':>9}")
     print(f"{'(yamux)  yamux client straight to the peer':44} "
           f"{bulk[('yamux', 'up')]:9.1f} {bulk[('yamux', 'down')]:9.1f}")
     print(f"{'(proxy)  unix socket through kata-proxy':44} "
           f"{bulk[('proxy', 'up')]:9.1f} {bulk[('proxy', 'down')]:9.1f}")
+    print(f"{'(relay)  yamux client through one plain relay':44} "
+          f"{bulk[('relay', 'up')]:9.1f} {bulk[('relay', 'down')]:9.1f}")
     up_ratio = bulk[("proxy", "up")] / bulk[("yamux", "up")]
     down_ratio = bulk[("proxy", "down")] / bulk[("yamux", "down")]
     print(f"{'ratio proxy/yamux (target >= 0.9)':44} {up_ratio:9.2f} {down_ratio:9.2f}")
+    print(f"{'ratio relay/yamux (one plain extra hop)':44} "
+          f"{bulk[('relay', 'up')] / bulk[('yamux', 'up')]:9.2f} "
+          f"{bulk[('relay', 'down')] / bulk[('yamux', 'down')]:9.2f}")
+
+    def path_ms(name, direction):
+        return sum(bulk_ms[(name, direction)].values())
+
+    print(f"{'ratio of summed path CPU, yamux/proxy':44} "
+          f"{path_ms('yamux', 'up') / path_ms('proxy', 'up'):9.2f} "
+          f"{path_ms('yamux', 'down') / path_ms('proxy', 'down'):9.2f}")
+    print()
+    print(f"{'CPU per MiB (ms), all threads':44} {'peer':>9} {'hop':>9} {'client':>9} {'sum':>9}")
+    for direction in ("up", "down"):
+        for name, label in (("yamux", "yamux alone"), ("proxy", "proxy (hop: kata-proxy)"),
+                            ("relay", "relay (hop: plain relay)")):
+            ms = bulk_ms[(name, direction)]
+            print(f"{f'{direction:5} {label}':44} {ms['peer']:9.3f} {ms.get('hop', 0.0):9.3f} "
+                  f"{ms['client']:9.3f} {path_ms(name, direction):9.3f}")
     print()
     print(f"{'proxy memory (KiB)':44} {'RSS':>9} {'PSS':>9} {'USS':>9}")
     print(f"{'idle (after the runs above)':44} {mem_idle['rss']:9d} {mem_idle['pss']:9d} {mem_idle['uss']:9d}")
