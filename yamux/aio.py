@@ -58,6 +58,9 @@ _TRANSPORT_HIGH = 512 * 1024
 _TRANSPORT_LOW = 128 * 1024
 #: Read size of the generic StreamReader path.
 _READ_SIZE = 256 * 1024
+#: Read buffer of a session on a transport (socket, pipe): reused for every read.
+_READ_BUFFER = 256 * 1024
+_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 # ---------------------------------------------------------------------------
@@ -65,17 +68,31 @@ _READ_SIZE = 256 * 1024
 # ---------------------------------------------------------------------------
 
 
-class _SessionProtocol(asyncio.Protocol):
-    """Feeds a session from a transport (socket, or one end of a pipe pair)."""
+class _SessionProtocol(asyncio.BufferedProtocol):
+    """Feeds a session from a transport (socket, or one end of a pipe pair).
+
+    A buffered protocol: the transport reads straight into the session's
+    reusable buffer (no bytes object, no copy per read).  Transports
+    that only know ``data_received`` (asyncio's pipe transports) use that.
+    """
 
     def __init__(self, session: Session, writable: bool = True) -> None:
         self._session = session
         self._writable = writable
-        self.data_received = session._on_data  # bound once: no extra call per chunk
+        # bound once: no extra call per chunk
+        self.get_buffer = session._get_buffer
+        self.buffer_updated = session._on_buffer
+        self.data_received = session._on_data
 
     def connection_made(self, transport) -> None:
         _set_send_buffer(transport, self._session._config.socket_send_buffer)
         self._session._io.attach(transport, self._writable)
+
+    def get_buffer(self, sizehint: int):  # replaced per instance in __init__
+        return self._session._get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:  # replaced per instance in __init__
+        self._session._on_buffer(nbytes)
 
     def data_received(self, data) -> None:  # replaced per instance in __init__
         self._session._on_data(data)
@@ -319,6 +336,7 @@ class Session:
         self._pings: dict = {}
         self._blocked_writers: set = set()
         self._rx_chunks = 0
+        self._rbuf: memoryview | None = None  # read buffer of the buffered protocol
         self._keepalive_task: asyncio.Task | None = None
 
     def _start(self) -> None:
@@ -488,14 +506,37 @@ class Session:
         if conn._control or conn._ready or conn._events or self._closed or self._blocked_writers:
             self._flush()
 
+    def _get_buffer(self, sizehint: int) -> memoryview:
+        rbuf = self._rbuf
+        if rbuf is None:
+            self._rbuf = rbuf = memoryview(bytearray(_READ_BUFFER))
+        return rbuf
+
+    def _on_buffer(self, nbytes: int) -> None:
+        """``nbytes`` arrived in the read buffer, which is reused for the next read:
+        the core copies what it keeps, spliced payload is written out (or copied) now."""
+        self._rx_chunks += 1
+        conn = self._conn
+        events = conn.receive_data(self._rbuf[:nbytes], transient=True)
+        if conn._direct:
+            self._forward(conn.take_direct(), True)
+        if events:
+            self._handle_events(events)
+        if conn._control or conn._ready or conn._events or self._closed or self._blocked_writers:
+            self._flush()
+
     @staticmethod
-    def _forward(direct: list) -> None:
+    def _forward(direct: list, transient: bool = False) -> None:
         """Hand payload of direct (spliced) streams to their sinks, in order;
-        consecutive pieces of one stream in one call (one write)."""
+        consecutive pieces of one stream in one call (one write).  Transient
+        payload (views of the read buffer) must not outlive the call."""
         if len(direct) == 2:
             sink = direct[0].user._sink
-            if sink is not None:
-                sink.transport.write(direct[1])
+            if sink is not None:  # None: an earlier payload failed it, the stream is reset
+                if transient:
+                    sink.forward_now(direct[1:])
+                else:
+                    sink.transport.write(direct[1])
             return
         n = len(direct)
         i = 0
@@ -505,8 +546,10 @@ class Session:
             while j < n and direct[j] is st:
                 j += 2
             sink = st.user._sink
-            if sink is not None:  # None: an earlier payload failed it, the stream is reset
-                if j - i == 2:
+            if sink is not None:
+                if transient:
+                    sink.forward_now(direct[i + 1 : j : 2])
+                elif j - i == 2:
                     sink.forward(direct[i + 1])
                 else:
                     sink.forward_many(direct[i + 1 : j : 2])
@@ -949,8 +992,9 @@ class _Splice(asyncio.Protocol):
     """Copies bytes between a yamux stream and a socket transport, both ways,
     with backpressure and half-close; no task per chunk."""
 
-    def __init__(self, stream: Stream, done: asyncio.Future) -> None:
+    def __init__(self, stream: Stream, done: asyncio.Future, sock: socket.socket) -> None:
         self.stream = stream
+        self.sock = sock  # the transport's socket, for forward_now
         self.st = stream._st
         self.session = stream._session
         self.conn = stream._conn
@@ -1030,6 +1074,40 @@ class _Splice(asyncio.Protocol):
         if not self.finished:
             self.transport.writelines(payloads)
 
+    def forward_now(self, payloads: list) -> None:
+        """Payload that is only valid during this call (views of the session's
+        read buffer): sent to the socket now when the transport has nothing
+        queued; what the socket does not take is copied to the transport."""
+        transport = self.transport
+        if self.finished or transport.is_closing():
+            # closing by itself (a write error): connection_lost() fails us next;
+            # its fd may already be closed, so never write to it directly
+            return
+        if transport.get_write_buffer_size():
+            transport.write(b"".join(payloads))  # behind queued data: a copy
+            return
+        try:
+            if len(payloads) == 1:
+                sent = self.sock.send(payloads[0], _MSG_NOSIGNAL)
+            else:
+                sent = self.sock.sendmsg(payloads, (), _MSG_NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # the peer of the socket is gone: as the transport's own write would
+            self.fail()
+            return
+        rest = []
+        for piece in payloads:
+            size = len(piece)
+            if sent >= size:
+                sent -= size
+                continue
+            rest.append(piece[sent:] if sent else piece)
+            sent = 0
+        if rest:
+            transport.write(b"".join(rest))  # a copy; the transport pauses us if it is full
+
     # stream side
 
     def stream_writable(self) -> None:
@@ -1101,7 +1179,7 @@ async def splice(stream: Stream, sock: socket.socket) -> None:
     """
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    splicer = _Splice(stream, done)
+    splicer = _Splice(stream, done, sock)
     try:
         await loop.connect_accepted_socket(lambda: splicer, sock)
     except BaseException:

@@ -284,6 +284,7 @@ class Connection:
         self._direct: list = []  # [stream, payload, stream, payload, ...] for take_direct()
         self._events: list = []
         self._partial = b""  # an incomplete header
+        self._transient = False  # receive_data(transient=True) is running
         self._body_left = 0  # Data body bytes still to come
         self._body_stream: StreamState | None = None  # where they go (None: discard)
         self._next_ping = 0
@@ -295,14 +296,23 @@ class Connection:
 
     # ---------------------------------------------------------------- input
 
-    def receive_data(self, data) -> list:
+    def receive_data(self, data, *, transient: bool = False) -> list:
         """Process received bytes; return the events they caused.
 
         The connection keeps references to (slices of) ``data``: pass bytes, or
         a buffer that is never modified afterwards (others are copied).
+
+        ``transient=True``: ``data`` is a buffer the caller reuses once this
+        call and the forwarding of :meth:`take_direct` are done (the read
+        buffer of an ``asyncio.BufferedProtocol``).  What the connection keeps
+        is copied; the payloads of direct streams are views of ``data``, to be
+        written out or copied before the buffer is reused.
         """
         if not self.closed and data:
-            if type(data) is not bytes:
+            if transient:
+                if type(data) is not memoryview:
+                    data = memoryview(data)
+            elif type(data) is not bytes:
                 data = bytes(data)
             n = len(data)
             if n > HEADER_SIZE and not (self._body_left or self._partial):
@@ -314,15 +324,22 @@ class Connection:
                     if (st is not None and st.direct and not st.recv_len and length <= st.recv_window
                             and not (st.reset or st.remote_fin or st.read_closed)):
                         st.recv_window -= length
-                        self._direct += (st, data[HEADER_SIZE:] if length <= _SMALL else memoryview(data)[HEADER_SIZE:])
+                        if transient or length <= _SMALL:
+                            payload = data[HEADER_SIZE:]
+                        else:
+                            payload = memoryview(data)[HEADER_SIZE:]
+                        self._direct += (st, payload)
                         self._consume(st, length)
                         return self.take_events()
+            self._transient = transient
             try:
                 self._parse(data)
             except ProtocolError as exc:
                 self._fail(exc)
             except _Stop:
                 pass
+            finally:
+                self._transient = False
         return self.take_events()
 
     def connection_lost(self, error: BaseException | None = None) -> list:
@@ -376,7 +393,7 @@ class Connection:
         if self._partial:
             need = HEADER_SIZE - len(self._partial)
             if n - pos < need:
-                self._partial += data[pos:]
+                self._partial += data[pos:]  # bytes + any buffer: a new bytes
                 return
             header = self._partial + data[pos : pos + need]
             self._partial = b""
@@ -386,7 +403,7 @@ class Connection:
         while n - pos >= HEADER_SIZE:
             pos = frame(*unpack(data, pos), data, pos + HEADER_SIZE, n)
         if pos < n:
-            self._partial = data[pos:]
+            self._partial = bytes(data[pos:])  # a copy only for a transient buffer
 
     def _frame(self, version: int, ftype: int, flags: int, sid: int, length: int, data: bytes, pos: int, n: int) -> int:
         """Handle one frame whose header was parsed; its body starts at ``pos``.
@@ -443,15 +460,17 @@ class Connection:
         if st.direct and not st.recv_len:
             if take == n:
                 chunk = data
-            elif take <= _SMALL:
-                chunk = data[pos : pos + take]
+            elif take <= _SMALL or self._transient:
+                chunk = data[pos : pos + take]  # bytes: a small copy; transient: a view
             else:
                 chunk = memoryview(data)[pos : pos + take]
             self._direct += (st, chunk)
             self._consume(st, take)
             return
         buf = st.recv_buf
-        if take == n:
+        if self._transient:
+            chunk = bytes(data[pos : pos + take])  # the caller reuses the buffer: copy
+        elif take == n:
             chunk = data
         elif take >= _VIEW_MIN or take * 2 >= n:
             # share the received chunk (no copy); account what it keeps alive
