@@ -11,7 +11,9 @@ kata-proxy connected to it, and this client.
   (proxy)    through kata-proxy: client -> proxy -> yamux -> peer -> splice -> the same server;
   (2 relays) for context: two plain unix-socket relay processes (uvloop, no yamux) in front of
              the same server -- the same number of process hops as the proxy path, so the floor
-             that any proxy + bridging agent pays on this machine.
+             that any proxy + bridging agent pays on this machine;
+  (1 relay)  for context: the first of those relays alone -- the floor of any design with one
+             process hop (a proxy in front of an agent serving gRPC on its yamux streams).
 - Bulk MiB/s, one stream, upload (sink, checked with sha256) and download (generated pattern):
   (yamux)  this process as the yamux client straight to the peer: yamux alone;
   (proxy)  a plain unix socket to kata-proxy, which carries it over yamux to the same peer;
@@ -320,9 +322,10 @@ def main(argv=None) -> int:
         started.append(relay2)
 
         # interleaved rounds, so that load from elsewhere on the machine hits all alike
-        rtts: dict = {"direct": [], "proxy": [], "relays": []}
+        rtts: dict = {"direct": [], "proxy": [], "relays": [], "relay": []}
         targets = {"direct": peer.grpc_socket, "proxy": proxy.listen,
-                   "relays": os.path.join(workdir, "relay2.sock")}
+                   "relays": os.path.join(workdir, "relay2.sock"),
+                   "relay": os.path.join(workdir, "relay1.sock")}
         unary_cpu = {name: CpuMeter({"peer": peer.pid, "proxy": proxy.pid, "relays1": relay1.pid,
                                      "relays2": relay2.pid, "client": me}) for name in targets}
         rounds = 4
@@ -335,6 +338,7 @@ def main(argv=None) -> int:
         d50, d99 = percentile(rtts["direct"], 0.5), percentile(rtts["direct"], 0.99)
         p50, p99 = percentile(rtts["proxy"], 0.5), percentile(rtts["proxy"], 0.99)
         r50, r99 = percentile(rtts["relays"], 0.5), percentile(rtts["relays"], 0.99)
+        o50, o99 = percentile(rtts["relay"], 0.5), percentile(rtts["relay"], 0.99)
 
         relay = start_relay(os.path.join(workdir, "relay.sock"), peer.listen)
         started.append(relay)
@@ -389,14 +393,17 @@ def main(argv=None) -> int:
     print(f"{'(direct) unix socket to the gRPC server':44} {d50:9.0f} {d99:9.0f}")
     print(f"{'(proxy)  through kata-proxy + yamux':44} {p50:9.0f} {p99:9.0f}")
     print(f"{'(2 relays) two plain relays, no yamux':44} {r50:9.0f} {r99:9.0f}")
+    print(f"{'(1 relay) one plain relay, no yamux':44} {o50:9.0f} {o99:9.0f}")
     print(f"{'ratio proxy/direct (target <= 1.15)':44} {p50 / d50:9.2f} {p99 / d99:9.2f}")
     print(f"{'ratio 2 relays/direct (the hop floor)':44} {r50 / d50:9.2f} {r99 / d99:9.2f}")
+    print(f"{'ratio 1 relay/direct (one-hop floor)':44} {o50 / d50:9.2f} {o99 / d99:9.2f}")
     print()
     print(f"{'CPU per call (us), all threads':44} {'server':>9} {'hops':>9} {'client':>9}")
     for name, label in (("direct", "(direct)"), ("proxy", "(proxy)  hops: kata-proxy"),
-                        ("relays", "(2 relays) hops: both relays")):
+                        ("relays", "(2 relays) hops: both relays"), ("relay", "(1 relay) hop: the relay")):
         used = unary_cpu[name].used
-        hops = {"direct": 0.0, "proxy": used["proxy"], "relays": used["relays1"] + used["relays2"]}[name]
+        hops = {"direct": 0.0, "proxy": used["proxy"], "relays": used["relays1"] + used["relays2"],
+                "relay": used["relays1"]}[name]
         print(f"{label:44} {1e6 * used['peer'] / calls:9.0f} {1e6 * hops / calls:9.0f} "
               f"{1e6 * used['client'] / calls:9.0f}")
     print()
