@@ -1122,9 +1122,15 @@ class _Splice(asyncio.Protocol):
             self.transport.resume_reading()
 
     def stream_readable(self) -> None:
-        if self.finished or self.write_paused:
+        if self.finished:
             return
         st = self.st
+        if self.write_paused:
+            # payload waits for resume_writing(); a RST or the session's end
+            # must not wait for a socket peer that may never read again
+            if st.reset or (self.session._closed and not st.remote_fin):
+                self.fail()
+            return
         conn = self.conn
         if st.recv_len:
             self.transport.writelines(conn.take_received(st))
