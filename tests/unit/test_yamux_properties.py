@@ -13,7 +13,7 @@
 
 import struct
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import example, HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from yamux import Config, ProtocolError, SessionClosedError
@@ -34,7 +34,8 @@ from yamux_helpers import split_frames
 
 KiB = 1024
 _PERIOD = 251
-_PATTERN = bytes(i % _PERIOD for i in range(2 * 1024 * KiB + _PERIOD))
+# Longer than any total a test writes (test_bulk_one_stream_any_chunking: up to 1500 KiB + 8 x 300 KiB).
+_PATTERN = bytes(i % _PERIOD for i in range(4 * 1024 * KiB + _PERIOD))
 
 
 def pattern(offset: int, size: int) -> bytes:
@@ -257,6 +258,8 @@ def test_random_interleavings_deliver_exactly_what_was_written(client_config, se
     st.one_of(st.integers(1, 64), st.integers(1, 100 * KiB)),
     st.integers(1, 200 * KiB),
 )
+# Once failed because the expected bytes were cut at the end of a too-short _PATTERN.
+@example(first=1524854, writes=[1, 307200, 1, 1, 307200, 1, 1, 1], chunk=64759, read_size=1)
 def test_bulk_one_stream_any_chunking(first, writes, chunk, read_size):
     """Several windows' worth through one stream: exact window accounting."""
     writes = [first, *writes]
