@@ -43,6 +43,15 @@ class Hypervisor(abc.ABC):
         self.sandbox_dir = os.path.abspath(os.fspath(sandbox_dir))
         self.sandbox_id = sandbox_id
 
+    @classmethod
+    def from_config(cls, sandbox_dir: str | os.PathLike, sandbox_id: str, settings: dict,
+                    debug: bool = False) -> "Hypervisor":
+        """A driver for one sandbox from its configuration section (``[hypervisor.<kind>]``,
+        a dict of kata_runtime.config.SCHEMA's keys). ``debug``: the agent logs at debug level.
+        The same settings must rebuild an equivalent object later (another runtime
+        process stops the guest with it)."""
+        return cls(sandbox_dir, sandbox_id)
+
     # -------------------------------------------------------------- layout
     @property
     def channel_socket_path(self) -> str:

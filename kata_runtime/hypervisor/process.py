@@ -99,6 +99,15 @@ class ProcessSandbox(Hypervisor):
         self.agent_args = list(agent_args)
         self._proc: subprocess.Popen | None = None
 
+    @classmethod
+    def from_config(cls, sandbox_dir, sandbox_id, settings: dict, debug: bool = False) -> "ProcessSandbox":
+        """[hypervisor.process]: ``path`` (the Python running the agent; "" = ours),
+        ``unshare``, ``ready_timeout`` (seconds)."""
+        return cls(sandbox_dir, sandbox_id, python=settings.get("path") or None,
+                   unshare=settings.get("unshare") or "unshare",
+                   ready_timeout=float(settings.get("ready_timeout") or READY_TIMEOUT),
+                   log_level="debug" if debug else "info")
+
     # ---------------------------------------------------------------- state
     @property
     def cgroup_parent(self) -> str:

@@ -1,0 +1,36 @@
+"""OCI runtime spec <-> katapb (oci.proto) translation, shared by the host and the guest.
+
+Below both kata_runtime and kata_agent: imports only the standard library and katapb
+(and katapb only when a message is built). The runtime reads a bundle's config.json and
+sends the container's spec to the agent as ``katapb.oci_pb2.Spec``:
+
+    spec = load_bundle_config(bundle)                 # dict, validated
+    pb = container_spec(spec, container_id)           # oci_pb2.Spec, Root.Path in the guest
+
+The agent goes the other way (kata_agent/spec.py, to move here); both follow one naming
+rule, :func:`oci_name`.
+"""
+
+from kata_oci.spec import (
+    GUEST_SHARED_DIR,
+    SpecError,
+    container_spec,
+    guest_rootfs,
+    load_bundle_config,
+    message_from_dict,
+    oci_name,
+    process_spec,
+    resources_spec,
+)
+
+__all__ = [
+    "GUEST_SHARED_DIR",
+    "SpecError",
+    "container_spec",
+    "guest_rootfs",
+    "load_bundle_config",
+    "message_from_dict",
+    "oci_name",
+    "process_spec",
+    "resources_spec",
+]

@@ -1,0 +1,245 @@
+"""OCI JSON (a bundle's config.json) -> katapb (oci.proto) messages.
+
+oci.proto mirrors the OCI runtime spec with Go's CamelCase field names
+(``UIDMappings``, ``OOMScoreAdj``, ``CgroupsPath``); config.json uses the spec's own
+(``uidMappings``, ``oomScoreAdj``, ``cgroupsPath``). :func:`oci_name` maps one to the
+other with the rule kata_agent/spec.py uses for the opposite direction, so a spec sent
+to the agent and turned back into JSON there is the spec that was read here.
+
+proto3 cannot tell a zero from "unset": a JSON ``0`` / ``false`` / ``""`` arrives at the
+agent as absent, which for the spec's optional (pointer) fields is the only safe
+reading. JSON keys the proto does not have (extensions, ``solaris``/``windows``
+content) are ignored, as runc ignores unknown fields. A value of the wrong type is a
+:class:`SpecError` naming its place (``process.args[1]: expected a string``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+#: Where the agent mounts the 9p share "kataShared" (CreateSandbox's Storage mount point).
+GUEST_SHARED_DIR = "/run/kata-containers/shared/containers/"
+
+# Names the generic rule gets wrong (as in kata_agent/spec.py).
+_SPECIAL = {
+    ("Spec", "Version"): "ociVersion",
+    ("LinuxHugepageLimit", "Pagesize"): "pageSize",
+}
+
+#: (low, high) of each integer type of oci.proto, by FieldDescriptor.TYPE_* name.
+_INT_RANGES = {
+    "TYPE_UINT32": (0, (1 << 32) - 1),
+    "TYPE_INT32": (-(1 << 31), (1 << 31) - 1),
+    "TYPE_UINT64": (0, (1 << 64) - 1),
+    "TYPE_INT64": (-(1 << 63), (1 << 63) - 1),
+}
+
+
+class SpecError(ValueError):
+    """The bundle or its config.json cannot be used; the message names the place."""
+
+
+def oci_name(message: str, field: str) -> str:
+    """The config.json key of oci.proto field ``message.field`` (``Linux.UIDMappings`` -> ``uidMappings``).
+
+    The leading run of capitals is lower-cased, except its last letter when a
+    lower-case letter follows (``OOMScoreAdj`` -> ``oomScoreAdj``, ``HostID`` ->
+    ``hostID``, ``CPU`` -> ``cpu``); ``Spec.Version`` is ``ociVersion`` and
+    ``LinuxHugepageLimit.Pagesize`` is ``pageSize``. Same rule as kata_agent/spec.py.
+    """
+    special = _SPECIAL.get((message, field))
+    if special:
+        return special
+    m = re.match(r"^[A-Z0-9]+", field)
+    if not m:
+        return field
+    run = m.group(0)
+    if len(run) == len(field):
+        return field.lower()
+    if len(run) == 1:
+        return field[0].lower() + field[1:]
+    return run[:-1].lower() + field[len(run) - 1:]
+
+
+# ------------------------------------------------------------------ bundle
+
+
+def load_bundle_config(bundle: str) -> dict:
+    """Read and check ``<bundle>/config.json``; returns the parsed spec (a dict).
+
+    Checks what runc checks before it creates anything: the bundle is a directory,
+    config.json is a JSON object, ``process`` exists with non-empty ``args`` and an
+    absolute ``cwd``, ``root.path`` is set and names a directory (relative paths are
+    relative to the bundle). Raises SpecError with a one-line message.
+    """
+    if not os.path.isdir(bundle):
+        raise SpecError(f"bundle {bundle}: no such directory")
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise SpecError(f"bundle {bundle}: config.json: no such file") from None
+    except OSError as e:
+        raise SpecError(f"bundle {bundle}: config.json: {e.strerror}") from None
+    try:
+        spec = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SpecError(f"bundle {bundle}: config.json is not valid JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise SpecError(f"bundle {bundle}: config.json must hold a JSON object")
+    check_process(spec.get("process"), "process")
+    root = spec.get("root")
+    if not isinstance(root, dict) or not isinstance(root.get("path"), str) or not root["path"]:
+        raise SpecError(f"bundle {bundle}: config.json: root.path must be set")
+    rootfs = rootfs_path(bundle, spec)
+    if not os.path.isdir(rootfs):
+        raise SpecError(f"bundle {bundle}: rootfs {rootfs} does not exist")
+    return spec
+
+
+def rootfs_path(bundle: str, spec: dict) -> str:
+    """The host path of the container's root filesystem (``root.path``, relative to the bundle)."""
+    return os.path.normpath(os.path.join(os.path.abspath(bundle), spec["root"]["path"]))
+
+
+def check_process(process, where: str) -> None:
+    """A process object as runc requires it: ``args`` non-empty strings, ``cwd`` absolute."""
+    if not isinstance(process, dict):
+        raise SpecError(f"config.json: {where} must be an object")
+    args = process.get("args")
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args) or not args[0]:
+        raise SpecError(f"config.json: {where}.args must be a non-empty list of strings")
+    cwd = process.get("cwd", "/")
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        raise SpecError(f"config.json: {where}.cwd must be an absolute path (got {cwd!r})")
+
+
+def guest_rootfs(container_id: str) -> str:
+    """Where the agent sees a container's rootfs: ``/run/kata-containers/shared/containers/<id>/rootfs``."""
+    return f"{GUEST_SHARED_DIR}{container_id}/rootfs"
+
+
+# ------------------------------------------------------------------ messages
+
+
+def container_spec(spec: dict, container_id: str):
+    """config.json (a dict from :func:`load_bundle_config`) -> ``oci_pb2.Spec`` for CreateContainer.
+
+    Root.Path becomes the rootfs as the guest sees it (:func:`guest_rootfs`, where the
+    runtime shares the bundle's rootfs); Root.Readonly is kept. Raises SpecError.
+    """
+    from katapb import oci_pb2
+
+    pb = message_from_dict(spec, oci_pb2.Spec(), "")
+    pb.Root.Path = guest_rootfs(container_id)
+    return pb
+
+
+def process_spec(process: dict):
+    """An OCI process object (config.json's ``process``, or runc exec's process.json) -> ``oci_pb2.Process``."""
+    from katapb import oci_pb2
+
+    check_process(process, "process")
+    return message_from_dict(process, oci_pb2.Process(), "process")
+
+
+def resources_spec(resources: dict):
+    """An OCI ``linux.resources`` object (runc update's --resources) -> ``oci_pb2.LinuxResources``."""
+    from katapb import oci_pb2
+
+    if not isinstance(resources, dict):
+        raise SpecError("resources must be a JSON object")
+    return message_from_dict(resources, oci_pb2.LinuxResources(), "resources")
+
+
+def message_from_dict(data: dict, msg, where: str):
+    """Fill protobuf message ``msg`` from the OCI JSON object ``data``; returns ``msg``.
+
+    ``where`` is the JSON path of ``data`` for error messages ("" for the top level).
+    Keys are matched with :func:`oci_name`; ``null`` values are skipped.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"config.json: {where or 'the spec'} must be an object")
+    mname = msg.DESCRIPTOR.name
+    for field in msg.DESCRIPTOR.fields:
+        key = oci_name(mname, field.name)
+        value = data.get(key)
+        if value is None:
+            continue
+        place = f"{where}.{key}" if where else key
+        _set_field(msg, field, value, place)
+    return msg
+
+
+def _set_field(msg, field, value, place: str) -> None:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        _set_map(getattr(msg, field.name), field.message_type, value, place)
+    elif _is_repeated(field):
+        if not isinstance(value, list):
+            raise SpecError(f"config.json: {place}: expected a list")
+        target = getattr(msg, field.name)
+        for i, item in enumerate(value):
+            if field.message_type is not None:
+                message_from_dict(item, target.add(), f"{place}[{i}]")
+            else:
+                target.append(_scalar(field, item, f"{place}[{i}]"))
+    elif field.message_type is not None:
+        message_from_dict(value, getattr(msg, field.name), place)
+    else:
+        setattr(msg, field.name, _scalar(field, value, place))
+
+
+def _set_map(target, entry_type, value, place: str) -> None:
+    if not isinstance(value, dict):
+        raise SpecError(f"config.json: {place}: expected an object")
+    vfield = entry_type.fields_by_name["value"]
+    for k, v in value.items():
+        if vfield.message_type is not None:
+            message_from_dict(v, target[k], f"{place}.{k}")
+        else:
+            target[k] = _scalar(vfield, v, f"{place}.{k}")
+
+
+def _is_repeated(field) -> bool:
+    rep = getattr(field, "is_repeated", None)
+    if rep is not None:
+        return rep
+    return field.label == field.LABEL_REPEATED
+
+
+def _scalar(field, value, place: str):
+    kind = field.type
+    if kind == field.TYPE_STRING:
+        if not isinstance(value, str):
+            raise SpecError(f"config.json: {place}: expected a string")
+        return value
+    if kind == field.TYPE_BOOL:
+        if not isinstance(value, bool):
+            raise SpecError(f"config.json: {place}: expected true or false")
+        return value
+    if kind == field.TYPE_BYTES:
+        if not isinstance(value, str):
+            raise SpecError(f"config.json: {place}: expected a string")
+        return value.encode()
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise SpecError(f"config.json: {place}: expected an integer")
+    lo, hi = _int_range(field)
+    if kind == field.TYPE_UINT32 and -(1 << 31) <= value < 0:
+        # oci.proto carries the signed oomScoreAdj as uint32: the agent unwraps it.
+        return value + (1 << 32)
+    if not lo <= value <= hi:
+        raise SpecError(f"config.json: {place}: {value} is out of range")
+    return value
+
+
+def _int_range(field) -> tuple[int, int]:
+    for name, bounds in _INT_RANGES.items():
+        if getattr(field, name) == field.type:
+            return bounds
+    return -(1 << 63), (1 << 64) - 1

@@ -1,0 +1,239 @@
+"""configuration.toml: which hypervisor driver, and how the proxy, shim and agent run.
+
+Where it is read from (the first that exists, as Kata 1.x):
+
+1. ``--kata-config FILE`` or ``$KATA_CONF_FILE`` (must exist);
+2. /etc/kata-containers/configuration.toml;
+3. /usr/share/defaults/kata-containers/configuration.toml;
+4. the packaged default, ``kata_runtime/configuration.toml`` (every key commented out,
+   with its default and what it does).
+
+Sections and keys use Kata 1.x names (see :data:`SCHEMA`); a key left out takes its
+default. An unknown section or key, or a bad value, is a :class:`ConfigError` whose one
+line names the file and the key (``/etc/...toml: [hypervisor.qemu] accel: must be one of
+auto, kvm, tcg (got 'xen')``).
+
+    config = load(path_or_None)
+    config.hypervisor            # "process" (the driver, [runtime] hypervisor)
+    config.section("proxy.kata") # {"path": "", "debug": False}
+"""
+
+from __future__ import annotations
+
+import os
+
+from kata_runtime.errors import KataError
+
+SEARCH_PATHS = (
+    "/etc/kata-containers/configuration.toml",
+    "/usr/share/defaults/kata-containers/configuration.toml",
+)
+PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configuration.toml")
+
+
+class ConfigError(KataError):
+    """configuration.toml cannot be used; the message names the file and the key."""
+
+
+# --------------------------------------------------------------- value checks
+# Each check returns the value to use or raises ValueError with what is wrong.
+
+
+def _string(value):
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string (got {value!r})")
+    return value
+
+
+def _path(value):
+    value = _string(value)
+    if value and not value.startswith("/"):
+        raise ValueError(f"must be an absolute path (got {value!r})")
+    return value
+
+
+def _bool(value):
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false (got {value!r})")
+    return value
+
+
+def _int_at_least(low: int):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"must be an integer >= {low} (got {value!r})")
+        return value
+    return check
+
+
+def _seconds(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"must be a number of seconds > 0 (got {value!r})")
+    return float(value)
+
+
+def _one_of(*choices: str):
+    def check(value):
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)} (got {value!r})")
+        return value
+    return check
+
+
+HYPERVISORS = ("process", "qemu")
+
+#: section -> key -> (default, check). Kata 1.x names where Kata had the setting.
+SCHEMA: dict[str, dict[str, tuple]] = {
+    "hypervisor.qemu": {
+        "path": ("/usr/bin/qemu-system-x86_64", _path),
+        "kernel": ("", _path),
+        "initrd": ("", _path),
+        "image": ("", _path),
+        "machine_type": ("pc", _string),
+        "default_vcpus": (1, _int_at_least(1)),
+        "default_memory": (2048, _int_at_least(64)),
+        "kernel_params": ("", _string),
+        "accel": ("auto", _one_of("auto", "kvm", "tcg")),
+        "shared_fs": ("virtio-9p", _one_of("virtio-9p")),
+        "enable_debug": (False, _bool),
+    },
+    "hypervisor.process": {
+        "path": ("", _path),
+        "unshare": ("unshare", _string),
+        "ready_timeout": (60.0, _seconds),
+    },
+    "proxy.kata": {
+        "path": ("", _path),
+        "debug": (False, _bool),
+    },
+    "shim.kata": {
+        "path": ("", _path),
+        "debug": (False, _bool),
+    },
+    "agent.kata": {
+        "enable_debug": (False, _bool),
+    },
+    "runtime": {
+        "enable_debug": (False, _bool),
+        "hypervisor": ("process", _one_of(*HYPERVISORS)),
+    },
+}
+
+#: Top-level tables that hold sub-sections ([hypervisor.qemu] is {"hypervisor": {"qemu": ...}}).
+_NESTED = {"hypervisor", "proxy", "shim", "agent"}
+
+
+class Config:
+    """The effective configuration: every key of :data:`SCHEMA`, defaults filled in."""
+
+    def __init__(self, values: dict[str, dict], path: str):
+        self.values = values
+        self.path = path
+
+    def section(self, name: str) -> dict:
+        """A copy of one section's values, e.g. ``section("shim.kata")``."""
+        return dict(self.values[name])
+
+    @property
+    def hypervisor(self) -> str:
+        """The hypervisor driver ([runtime] hypervisor)."""
+        return self.values["runtime"]["hypervisor"]
+
+    @property
+    def hypervisor_section(self) -> dict:
+        """The selected driver's section ([hypervisor.<driver>])."""
+        return self.section(f"hypervisor.{self.hypervisor}")
+
+    @property
+    def debug(self) -> bool:
+        """[runtime] enable_debug: debug records in the runtime's --log."""
+        return self.values["runtime"]["enable_debug"]
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML (what ``kata-runtime env`` prints)."""
+        return dump_toml(self.values)
+
+
+def find(explicit: str | None) -> str:
+    """The file to read: ``explicit`` (must exist), else the first of the search paths, else the packaged one."""
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise ConfigError(f"{explicit}: configuration file does not exist")
+        return os.path.abspath(explicit)
+    for path in SEARCH_PATHS:
+        if os.path.isfile(path):
+            return path
+    return PACKAGED
+
+
+def load(explicit: str | None = None) -> Config:
+    """Read and check the configuration (see the module docstring). Raises ConfigError."""
+    path = find(explicit)
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return Config(parse(data, path), path)
+
+
+def parse(data: dict, path: str) -> dict[str, dict]:
+    """Check a parsed TOML document against :data:`SCHEMA`; returns every section with defaults."""
+    values = {name: {key: default for key, (default, _) in keys.items()} for name, keys in SCHEMA.items()}
+    for name, table in _sections(data, path):
+        schema = SCHEMA.get(name)
+        if schema is None:
+            raise ConfigError(f"{path}: unknown section [{name}] (known: {', '.join(SCHEMA)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+        for key, value in table.items():
+            if key not in schema:
+                raise ConfigError(f"{path}: [{name}] {key}: unknown key (known: {', '.join(schema)})")
+            try:
+                values[name][key] = schema[key][1](value)
+            except ValueError as e:
+                raise ConfigError(f"{path}: [{name}] {key}: {e}") from None
+    return values
+
+
+def _sections(data: dict, path: str):
+    for top, value in data.items():
+        if top in _NESTED and isinstance(value, dict):
+            for sub, table in value.items():
+                yield f"{top}.{sub}", table
+        elif isinstance(value, dict):
+            yield top, value
+        else:
+            raise ConfigError(f"{path}: {top}: a key outside any section (known sections: {', '.join(SCHEMA)})")
+
+
+# ------------------------------------------------------------------ TOML out
+
+
+def toml_value(value) -> str:
+    """One TOML value (strings, bools, numbers, lists of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if value is None:
+        return '""'
+    import json
+
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def dump_toml(sections: dict[str, dict]) -> str:
+    """``{"a.b": {"k": v}}`` -> ``[a.b]\\nk = v\\n`` blocks separated by blank lines."""
+    blocks = []
+    for name, table in sections.items():
+        lines = [f"[{name}]"]
+        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"

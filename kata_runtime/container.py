@@ -1,0 +1,565 @@
+"""Containers: the work behind create, start, state, kill, delete, exec, ps, pause, resume,
+update and events (the cli/ modules are thin wrappers over these functions).
+
+A container's state file (kata_runtime.state) records what runc's ``state`` prints plus
+what later commands need: its sandbox, the spec's process, the shim's process record and
+the recorded status (``creating``, ``created``, ``running``, ``paused``). The status
+shown is the recorded one unless the container is gone: ``stopped`` as soon as its shim
+(which exits with the init process) is dead, or its sandbox's guest or kata-proxy is
+(:func:`current_status`, /proc reads only). A recorded ``creating`` whose creator
+process is dead is a crashed create: ``stopped``, and ``delete --force`` removes it.
+
+Every command that changes a container holds its directory's lock for its duration
+(the sandbox's too where it changes the sandbox). Every failing step is a StepError
+naming the step; ``create`` undoes everything it did before it raises.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from kata_runtime import procs
+from kata_runtime.errors import InvalidArgument, KataError, NotFound, StepError, WrongState
+from kata_runtime.log import current as current_log
+
+EXEC_STOP_TIMEOUT = 5.0
+SHIM_EXIT_TIMEOUT = 5.0
+
+
+# ------------------------------------------------------------------ time
+
+
+def rfc3339_nano(ns: int) -> str:
+    """Nanoseconds since the epoch as Go's time.RFC3339Nano in UTC (trailing zeros trimmed)."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if nanos:
+        text += "." + f"{nanos:09d}".rstrip("0")
+    return text + "Z"
+
+
+# ----------------------------------------------------------------- status
+
+
+def current_status(data: dict, sandbox: dict | None) -> str:
+    """The status to report: the recorded one, or ``stopped`` once the container is gone."""
+    recorded = data.get("status", "creating")
+    if recorded == "creating":
+        return "creating" if procs.alive(data.get("creator")) else "stopped"
+    if recorded == "stopped" or not procs.alive(data.get("shim")):
+        return "stopped"
+    if sandbox is None:
+        return "stopped"
+    from kata_runtime.sandbox import Sandbox
+
+    if Sandbox(sandbox).dead_part() is not None:
+        return "stopped"
+    return recorded
+
+
+def runc_state(data: dict, status: str, owner: str = "") -> dict:
+    """runc's containerState JSON object, keys in runc's order (annotations only when set)."""
+    shim = data.get("shim") or {}
+    out = {
+        "ociVersion": data.get("ociVersion", ""),
+        "id": data["id"],
+        "pid": int(shim.get("pid", 0)) if status not in ("stopped", "creating") else 0,
+        "status": status,
+        "bundle": data.get("bundle", ""),
+        "rootfs": data.get("rootfs", ""),
+        "created": data.get("created", ""),
+    }
+    if data.get("annotations"):
+        out["annotations"] = data["annotations"]
+    out["owner"] = owner
+    return out
+
+
+def state(store, container_id: str) -> dict:
+    """``kata-runtime state ID``: runc's JSON object (no lock, no gRPC)."""
+    data = store.read_container(container_id)
+    return runc_state(data, current_status(data, store.read_sandbox(data.get("sandbox_id", container_id))))
+
+
+def list_states(store) -> list[dict]:
+    """``kata-runtime list``: runc's state of every container, owner filled in (as runc's list)."""
+    out = []
+    for cid in store.container_ids():
+        try:
+            data = store.read_container(cid)
+        except KataError:
+            continue  # a create that has not written its state yet, or a delete in progress
+        sandbox = store.read_sandbox(data.get("sandbox_id", cid))
+        out.append(runc_state(data, current_status(data, sandbox), _owner(store.container_dir(cid))))
+    return out
+
+
+def _owner(path: str) -> str:
+    try:
+        uid = os.stat(path).st_uid
+    except OSError:
+        return ""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+# ------------------------------------------------------------ open helpers
+
+
+class Opened:
+    """A container (and its sandbox) opened under their locks by a command; a context manager."""
+
+    def __init__(self, store, container_id: str, *, need_state: bool = True, lock_sandbox: bool = True):
+        self.store = store
+        self.id = container_id
+        self.entry = store.lock_container(container_id, need_state=need_state)
+        self.sandbox_entry = None
+        try:
+            self.data = self.entry.read() if self.entry.exists() else {"id": container_id, "status": "creating"}
+            self.sandbox_id = self.data.get("sandbox_id", container_id)
+            if lock_sandbox:
+                try:
+                    self.sandbox_entry = store.lock_sandbox(self.sandbox_id)
+                except NotFound:
+                    self.sandbox_entry = None
+            sb = self.sandbox_entry.read() if self.sandbox_entry and self.sandbox_entry.exists() else \
+                store.read_sandbox(self.sandbox_id)
+            self.sandbox_data = sb
+        except BaseException:
+            self.release()
+            raise
+
+    @property
+    def status(self) -> str:
+        return current_status(self.data, self.sandbox_data)
+
+    def sandbox(self):
+        from kata_runtime.sandbox import Sandbox
+
+        if self.sandbox_data is None:
+            raise KataError(f"container {self.id}: its sandbox {self.sandbox_id} has no state")
+        sb = Sandbox(self.sandbox_data)
+        dead = sb.dead_part()
+        if dead:
+            raise KataError(f"container {self.id}: {dead}")
+        return sb
+
+    def save(self) -> None:
+        self.entry.write(self.data)
+
+    def release(self) -> None:
+        if self.sandbox_entry is not None:
+            self.sandbox_entry.release()
+        self.entry.release()
+
+    def __enter__(self) -> "Opened":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _require(opened: Opened, allowed: tuple[str, ...], message: str) -> str:
+    status = opened.status
+    if status not in allowed:
+        raise WrongState(message.format(id=opened.id, status=status))
+    return status
+
+
+def _agent_step(what: str, fn):
+    """Run an agent call; wrap its failure in a StepError naming ``what``."""
+    from kata_runtime.agent import AgentError
+
+    try:
+        return fn()
+    except AgentError as e:
+        raise StepError(what, e) from None
+
+
+# ------------------------------------------------------------------ create
+
+
+def create(store, config, container_id: str, bundle: str, *, pid_file: str | None = None,
+           console_socket: str | None = None, detach: bool = True):
+    """``kata-runtime create``: a sandbox for the container, the container created in it (not
+    started), its kata-shim spawned. Returns the shim's Popen (``run`` waits on it).
+
+    Raises InvalidArgument / AlreadyExists / StepError; on failure nothing is left behind.
+    """
+    from kata_oci import SpecError, container_spec, load_bundle_config
+    from kata_oci.spec import rootfs_path
+    from kata_runtime.state import check_id
+
+    check_id(container_id)
+    bundle = os.path.abspath(bundle)
+    try:
+        spec = load_bundle_config(bundle)
+        spec_pb = container_spec(spec, container_id)
+    except SpecError as e:
+        raise InvalidArgument(str(e)) from None
+    terminal = bool(spec["process"].get("terminal"))
+    _check_console(terminal, console_socket, detach)
+    entry = store.reserve_container(container_id)
+    try:
+        return _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs_path(bundle, spec),
+                                pid_file=pid_file, console_socket=console_socket, detach=detach)
+    finally:
+        entry.release()
+
+
+def _check_console(terminal: bool, console_socket: str | None, detach: bool) -> None:
+    # runc's rules (utils_linux.go setupIO).
+    if terminal and detach and not console_socket:
+        raise InvalidArgument("cannot allocate tty if kata-runtime will detach without setting console socket")
+    if console_socket and not terminal:
+        raise InvalidArgument("cannot use console socket if kata-runtime will not allocate tty")
+    if console_socket:
+        from kata_runtime.console import check_socket_path
+
+        check_socket_path(console_socket)
+
+
+def _new_record(container_id: str, bundle: str, rootfs: str, spec: dict) -> dict:
+    return {
+        "id": container_id,
+        "ociVersion": spec.get("ociVersion", ""),
+        "bundle": bundle,
+        "rootfs": rootfs,
+        "created": rfc3339_nano(time.time_ns()),
+        "annotations": spec.get("annotations") or {},
+        "sandbox_id": container_id,
+        "status": "creating",
+        "creator": procs.record(os.getpid()),
+        "process": spec["process"],
+        "shim": None,
+        "execs": [],
+    }
+
+
+def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, *, pid_file, console_socket, detach):
+    from kata_runtime.sandbox import Sandbox, Undo
+
+    log = current_log()
+    cid = entry.id
+    undo = Undo(log)
+    undo.push(f"remove state {entry.path}", entry.remove)
+    data = _new_record(cid, bundle, rootfs, spec)
+    sb_entry = None
+    try:
+        entry.write(data)
+        sb_entry = store.reserve_sandbox(cid)
+        undo.push(f"remove state {sb_entry.path}", sb_entry.remove)
+        sandbox = Sandbox.new(cid, config)
+        sandbox.data["containers"] = [cid]
+        sb_entry.write(sandbox.data)
+        _step("preparing the sandbox directory", lambda: sandbox.prepare(undo))
+        _step(f"sharing the rootfs {rootfs} with the sandbox", lambda: sandbox.share_rootfs(cid, rootfs, undo))
+        try:
+            sandbox.start(undo, spec.get("hostname") or "", log, save=lambda: sb_entry.write(sandbox.data))
+        finally:
+            sb_entry.write(sandbox.data)
+        with sandbox.agent() as agent:
+            _agent_step("creating the container in the agent (CreateContainer)",
+                        lambda: agent.create_container(cid, spec_pb))
+        shim = _step("starting kata-shim", lambda: _spawn_shim(sandbox, cid, cid, spec["process"], console_socket,
+                                                               detach, undo))
+        data["shim"] = shim_record(shim, detach)
+        if pid_file:
+            _step(f"writing the pid file {pid_file}", lambda: write_pid_file(pid_file, shim.pid))
+        data["status"] = "created"
+        entry.write(data)
+    except BaseException as e:
+        undo.run()
+        if isinstance(e, KataError) or not isinstance(e, Exception):
+            raise
+        raise StepError(f"create container {cid}", e) from None
+    finally:
+        if sb_entry is not None:
+            sb_entry.release()
+    log.info("container created", container=cid, shim=shim.pid)
+    return shim
+
+
+def _step(what: str, fn):
+    """Run one step of a command; any failure becomes a StepError naming it."""
+    try:
+        return fn()
+    except KataError as e:
+        if isinstance(e, StepError):
+            raise
+        raise StepError(what, e) from None
+    except Exception as e:  # noqa: BLE001 - named, one line
+        raise StepError(what, e) from None
+
+
+def shim_record(shim, detach: bool) -> dict:
+    from kata_runtime.shim import record
+
+    return record(shim)
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write ``pid`` (no newline) atomically, as runc: ``.<name>`` beside it, then rename."""
+    path = os.path.abspath(path)
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.replace(tmp, path)
+
+
+def _spawn_shim(sandbox, container_id: str, exec_id: str, process: dict, console_socket: str | None,
+                detach: bool, undo):
+    """Spawn the shim for one process; with a terminal, make the pty and hand its master out."""
+    from kata_runtime import console, shim as kshim
+
+    terminal = bool(process.get("terminal"))
+    args = kshim.argv(sandbox.shim_settings, sandbox.proxy_socket, container_id, exec_id,
+                      terminal=terminal, log_path=sandbox.shim_log)
+    if not (terminal and console_socket):
+        child = kshim.spawn(args, detach=detach)
+        undo.push("stop kata-shim", lambda: _stop_shim(child))
+        return child
+    master, slave, name = console.open_pty(console.console_size(process))
+    try:
+        child = kshim.spawn(args, tty_slave=slave, detach=detach)
+        undo.push("stop kata-shim", lambda: _stop_shim(child))
+        os.close(slave)
+        slave = -1
+        console.send_master(console_socket, master, name)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    return child
+
+
+def _stop_shim(child) -> None:
+    rec = {"pid": child.pid, "start": procs.start_time(child.pid)}
+    procs.terminate(rec, 1.0, 9)
+
+
+# -------------------------------------------------------------- lifecycle
+
+
+def start(store, container_id: str) -> None:
+    """``kata-runtime start``: StartContainer (runc's messages for the wrong states)."""
+    with Opened(store, container_id) as c:
+        status = c.status
+        if status != "created":
+            raise WrongState({"stopped": "cannot start a container that has stopped",
+                              "running": "cannot start an already running container",
+                              "paused": "cannot start a paused container"}.get(
+                status, f"cannot start a container that is {status}"))
+        with c.sandbox().agent() as agent:
+            _agent_step(f"start container {container_id} (StartContainer)", lambda: agent.start_container(container_id))
+        c.data["status"] = "running"
+        c.save()
+
+
+def kill(store, container_id: str, signum: int, all_processes: bool = False) -> None:
+    """``kata-runtime kill``: SignalProcess to the init (``--all``: every process)."""
+    with Opened(store, container_id, lock_sandbox=False) as c:
+        _require(c, ("created", "running", "paused"), "container not running")
+        with c.sandbox().agent() as agent:
+            _agent_step(f"signal {signum} to container {container_id} (SignalProcess)",
+                        lambda: agent.signal_process(container_id, "" if all_processes else container_id, signum))
+
+
+def pause(store, container_id: str) -> None:
+    """``kata-runtime pause``: PauseContainer (freezes every process of the container)."""
+    with Opened(store, container_id) as c:
+        _require(c, ("running",), "container not running")
+        with c.sandbox().agent() as agent:
+            _agent_step(f"pause container {container_id} (PauseContainer)", lambda: agent.pause_container(container_id))
+        c.data["status"] = "paused"
+        c.save()
+
+
+def resume(store, container_id: str) -> None:
+    """``kata-runtime resume``: ResumeContainer."""
+    with Opened(store, container_id) as c:
+        _require(c, ("paused",), "container not paused")
+        with c.sandbox().agent() as agent:
+            _agent_step(f"resume container {container_id} (ResumeContainer)",
+                        lambda: agent.resume_container(container_id))
+        c.data["status"] = "running"
+        c.save()
+
+
+def update(store, container_id: str, resources: dict) -> None:
+    """``kata-runtime update``: UpdateContainer with an OCI ``linux.resources`` object."""
+    from kata_oci import SpecError, resources_spec
+
+    try:
+        pb = resources_spec(resources)
+    except SpecError as e:
+        raise InvalidArgument(str(e).replace("config.json: ", "")) from None
+    with Opened(store, container_id, lock_sandbox=False) as c:
+        _require(c, ("created", "running", "paused"), "container {id} is {status}: cannot update it")
+        with c.sandbox().agent() as agent:
+            _agent_step(f"update container {container_id} (UpdateContainer)",
+                        lambda: agent.update_container(container_id, pb))
+
+
+def stats(store, container_id: str) -> dict:
+    """runc's ``types.Stats`` JSON object of the container (kata_runtime.events.runc_stats)."""
+    from kata_runtime.events import runc_stats
+
+    with Opened(store, container_id, lock_sandbox=False) as c:
+        _require(c, ("created", "running", "paused"), "container not running")
+        with c.sandbox().agent() as agent:
+            resp = _agent_step(f"stats of container {container_id} (StatsContainer)",
+                               lambda: agent.stats_container(container_id))
+    return runc_stats(resp)
+
+
+def ps(store, container_id: str, fmt: str, ps_args=()) -> bytes:
+    """``kata-runtime ps``: the agent's ListProcesses (``ps -ef`` table, or a JSON list of pids)."""
+    with Opened(store, container_id, lock_sandbox=False) as c:
+        _require(c, ("created", "running", "paused"), "container {id} is not running")
+        with c.sandbox().agent() as agent:
+            return _agent_step(f"ps of container {container_id} (ListProcesses)",
+                               lambda: agent.list_processes(container_id, fmt, ps_args))
+
+
+# ------------------------------------------------------------------ delete
+
+
+def delete(store, container_id: str, force: bool = False) -> None:
+    """``kata-runtime delete [--force]``: RemoveContainer; the sandbox's last container also
+    stops the sandbox (DestroySandbox, hypervisor, proxy, mounts) and all state goes.
+
+    Without ``force`` the container must be stopped (runc's message otherwise). With it,
+    a running, paused, half-made or broken container is removed too."""
+    log = current_log()
+    with Opened(store, container_id, need_state=not force) as c:
+        status = c.status
+        if status != "stopped" and not force:
+            raise WrongState(f"cannot delete container {container_id} that is not stopped: {status}")
+        _remove_from_agent(c, force, log)
+        _stop_shims(c.data, force)
+        if c.sandbox_data is not None:
+            _stop_sandbox(c, force, log)
+        c.entry.remove()
+    log.info("container deleted", container=container_id)
+
+
+def _remove_from_agent(c: Opened, force: bool, log) -> None:
+    from kata_runtime.agent import AgentError
+    from kata_runtime.sandbox import Sandbox
+
+    if c.sandbox_data is None or c.data.get("status") in ("creating", None):
+        return
+    sb = Sandbox(c.sandbox_data)
+    if sb.dead_part() is not None or c.sandbox_data.get("status") != "running":
+        return
+    try:
+        with sb.agent() as agent:
+            agent.remove_container(c.id)
+    except AgentError as e:
+        if e.code == "NOT_FOUND" or force:
+            log.warning(f"delete {c.id}: {e}")
+            return
+        raise StepError(f"remove container {c.id} (RemoveContainer)", e) from None
+
+
+def _stop_shims(data: dict, force: bool) -> None:
+    """Wait for the container's shims to exit (they do once the agent removed the processes);
+    kill the ones that do not (a shim retrying a dead proxy)."""
+    records = [data.get("shim")] + [e.get("shim") for e in data.get("execs", [])]
+    for rec in records:
+        if rec and not procs.wait_gone(rec, SHIM_EXIT_TIMEOUT if not force else 1.0):
+            procs.terminate(rec, 1.0)
+
+
+def _stop_sandbox(c: Opened, force: bool, log) -> None:
+    from kata_runtime.sandbox import Sandbox
+
+    sb = Sandbox(c.sandbox_data)
+    members = [m for m in sb.data.get("containers", []) if m != c.id]
+    sb.data["containers"] = members
+    if members:
+        c.sandbox_entry.write(sb.data)
+        return
+    sb.stop(log, force=force)
+    if c.sandbox_entry is not None:
+        c.sandbox_entry.remove()
+
+
+# -------------------------------------------------------------------- exec
+
+
+def exec_process(store, container_id: str, process: dict, *, detach: bool, pid_file: str | None = None,
+                 console_socket: str | None = None):
+    """``kata-runtime exec``: ExecProcess, then a shim for it. Returns the shim's Popen
+    (detached or not: an attached caller waits on it). Raises StepError / WrongState."""
+    from kata_oci import SpecError, process_spec
+    from kata_runtime.sandbox import Undo
+
+    try:
+        pb = process_spec(process)
+    except SpecError as e:
+        raise InvalidArgument(str(e).replace("config.json: ", "")) from None
+    terminal = bool(process.get("terminal"))
+    _check_console(terminal, console_socket, detach)
+    exec_id = os.urandom(16).hex()
+    undo = Undo(current_log())
+    with Opened(store, container_id, lock_sandbox=False) as c:
+        _require(c, ("created", "running"), "cannot exec in a {status} container")
+        sandbox = c.sandbox()
+        with sandbox.agent() as agent:
+            _agent_step("starting the process in the agent (ExecProcess)",
+                        lambda: agent.exec_process(container_id, exec_id, pb))
+            undo.push("kill the exec'd process", lambda: agent.signal_process(container_id, exec_id, 9))
+            try:
+                shim = _step("starting kata-shim", lambda: _spawn_shim(sandbox, container_id, exec_id, process,
+                                                                       console_socket, detach, undo))
+                if pid_file:
+                    _step(f"writing the pid file {pid_file}", lambda: write_pid_file(pid_file, shim.pid))
+            except BaseException:
+                undo.run()
+                raise
+        execs = [e for e in c.data.get("execs", []) if procs.alive(e.get("shim"))]
+        execs.append({"exec_id": exec_id, "shim": shim_record(shim, detach)})
+        c.data["execs"] = execs
+        c.save()
+    return shim
+
+
+def exec_process_spec(data: dict, args: list[str], *, tty: bool, cwd: str | None, env: list[str],
+                      user: str | None) -> dict:
+    """runc exec's process from the command line: the container's process (env, cwd, user,
+    capabilities...) with ``args`` and the flags applied (runc's exec.go getProcess)."""
+    process = dict(data.get("process") or {})
+    process.pop("consoleSize", None)
+    process["args"] = list(args)
+    process["terminal"] = tty
+    if cwd:
+        process["cwd"] = cwd
+    if env:
+        process["env"] = list(process.get("env") or []) + list(env)
+    if user:
+        process["user"] = parse_user(user)
+    return process
+
+
+def parse_user(text: str) -> dict:
+    """``UID[:GID]`` -> OCI user object (numeric only, as runc's exec --user)."""
+    uid, _, gid = text.partition(":")
+    try:
+        user = {"uid": int(uid)}
+        if gid:
+            user["gid"] = int(gid)
+    except ValueError:
+        raise InvalidArgument(f"invalid --user {text!r}: use UID[:GID] (numbers)") from None
+    return user
+
+
+def container_data(store, container_id: str) -> dict:
+    """The recorded state of a container (for exec's defaults)."""
+    return store.read_container(container_id)

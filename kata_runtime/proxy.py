@@ -1,0 +1,126 @@
+"""kata-proxy, one per sandbox: spawned detached by ``create``, stopped by ``delete``.
+
+Started as ``kata-proxy --mux-socket <vm>/kata.sock --listen-socket <vm>/proxy.sock
+--sandbox ID --log-file <vm>/proxy.log`` in its own session (it outlives the short-lived
+runtime). Readiness is kata-proxy's sd_notify ``READY=1``: the runtime hands it a
+NOTIFY_SOCKET (an abstract datagram socket of its own), so the proxy keeps no pipe to the
+runtime and nothing of the caller's stdio. It is ready once its listen socket exists and
+its yamux session to the agent is up. Later commands find it by its record
+(kata_runtime.procs: pid + start time).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from kata_runtime import procs
+from kata_runtime.errors import KataError
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+
+
+class ProxyError(KataError):
+    """kata-proxy did not start; the message has its exit status and last log lines."""
+
+
+def component_command(path: str, script: str, module: str) -> list[str]:
+    """How to run a kata-py component: ``path`` if configured, else the ``script`` installed
+    beside this interpreter (the venv's bin/), else ``python -m module``."""
+    if path:
+        return [path]
+    beside = os.path.join(os.path.dirname(sys.executable), script)
+    if os.access(beside, os.X_OK):
+        return [beside]
+    return [sys.executable, "-m", module]
+
+
+def command(settings: dict) -> list[str]:
+    """kata-proxy's argv prefix from [proxy.kata] (``path``)."""
+    return component_command(settings.get("path", ""), "kata-proxy", "kata_proxy")
+
+
+def start(settings: dict, sandbox_id: str, mux_socket: str, listen_socket: str, log_path: str,
+          timeout: float = READY_TIMEOUT) -> dict:
+    """Spawn kata-proxy and wait for READY=1; returns its process record. Raises ProxyError
+    (after killing it) when it exits or is not ready within ``timeout`` seconds."""
+    argv = [*command(settings), "--mux-socket", mux_socket, "--listen-socket", listen_socket,
+            "--sandbox", sandbox_id, "--log-file", log_path,
+            "--log-level", "debug" if settings.get("debug") else "info"]
+    with _notify_socket() as (notify, address):
+        env = _environ(address)
+        with open(log_path, "ab") as log:
+            try:
+                child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                         env=env, cwd="/", start_new_session=True)
+            except OSError as e:
+                raise ProxyError(f"cannot run {argv[0]}: {e.strerror}") from None
+        rec = procs.record(child.pid) if child.poll() is None else {"pid": child.pid, "start": -1}
+        try:
+            _wait_ready(child, notify, timeout, log_path)
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+    child.returncode = 0  # detached: the caller's subreaper reaps it once we have exited
+    return rec
+
+
+def stop(rec: dict | None, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, wait, SIGKILL (only the recorded process). Raises ProxyError if it survives."""
+    if not procs.terminate(rec, timeout):
+        raise ProxyError(f"kata-proxy pid {rec['pid']} survived SIGKILL")
+
+
+class _notify_socket:
+    """An abstract-namespace datagram socket for sd_notify: (socket, "@name")."""
+
+    def __enter__(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        name = f"kata-runtime-notify-{os.getpid()}-{os.urandom(6).hex()}"
+        self.sock.bind("\0" + name)
+        return self.sock, "@" + name
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+def _environ(notify_address: str) -> dict:
+    env = dict(os.environ)
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(key, None)
+    env["NOTIFY_SOCKET"] = notify_address
+    return env
+
+
+def _wait_ready(child: subprocess.Popen, notify: socket.socket, timeout: float, log_path: str) -> None:
+    notify.settimeout(0.05)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            message = notify.recv(4096)
+        except TimeoutError:
+            message = b""
+        if b"READY=1" in message.split(b"\n"):
+            return
+        status = child.poll()
+        if status is not None:
+            raise ProxyError(f"kata-proxy exited with status {status} before it was ready: {log_tail(log_path)}")
+        if time.monotonic() >= deadline:
+            raise ProxyError(f"kata-proxy not ready after {timeout:g}s: {log_tail(log_path)}")
+
+
+def log_tail(path: str, lines: int = 3) -> str:
+    """The last ``lines`` lines of a log file, joined with " | " (for error messages)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(tail[-lines:]) or "no log"

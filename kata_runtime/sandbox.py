@@ -1,0 +1,244 @@
+"""A sandbox's host side: its guest (hypervisor driver), kata-proxy and shared directory.
+
+Each sandbox has a state directory under --root (``sandboxes/<id>/sandbox.json``, see
+kata_runtime.state) and a runtime directory whose path always fits a unix socket
+address: ``/run/vc/vm/<id>/`` as in Kata 1.x (containerd passes long roots and 64-hex
+ids; an id too long for it gets a hashed name)::
+
+    /run/vc/vm/<id>/kata.sock      agent channel (the driver's; kata-proxy --mux-socket)
+    /run/vc/vm/<id>/proxy.sock     kata-proxy --listen-socket: the runtime and shims connect here
+    /run/vc/vm/<id>/shared/        9p "kataShared": <container id>/rootfs bind-mounted from the bundle
+    /run/vc/vm/<id>/console.log    guest console;  proxy.log, shim.log: component logs
+
+Start order (``start``): hypervisor, kata-proxy, CreateSandbox with the 9p Storage (as
+the original runtime sends it). Stop order (``stop``): DestroySandbox, hypervisor, proxy,
+unmount what is still mounted in the shared dir, remove the runtime directory. A
+container's rootfs is bind-mounted into the shared dir BEFORE the hypervisor starts: the
+process sandbox's agent gets a private copy of the host's mounts when it starts and sees
+no host mount made later (the VM sees the directory live through 9p).
+
+Each sandbox holds one container for now (its id is the container's); pods, several
+containers per sandbox, come with the containerd issue and fit this split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+from kata_runtime import mounts, procs
+from kata_runtime import proxy as kproxy
+from kata_runtime.errors import KataError, StepError
+
+VM_ROOT = "/run/vc/vm"
+CHANNEL_SOCKET = "kata.sock"
+PROXY_SOCKET = "proxy.sock"
+#: Socket names a driver may make in the runtime directory (QEMU adds console.sock).
+SOCKET_NAMES = (CHANNEL_SOCKET, PROXY_SOCKET, "console.sock")
+UNIX_PATH_MAX = 107
+SHARED_STORAGE_SOURCE = "kataShared"
+DESTROY_TIMEOUT = 10.0
+
+
+def vm_dir_for(sandbox_id: str, vm_root: str = VM_ROOT) -> str:
+    """The sandbox's runtime directory: ``<vm_root>/<id>``, or ``<vm_root>/h-<sha256[:32]>``
+    when the id is too long for its sockets. KataError if even that does not fit."""
+    longest = max(SOCKET_NAMES, key=len)
+    path = os.path.join(vm_root, sandbox_id)
+    if len(os.fsencode(os.path.join(path, longest))) > UNIX_PATH_MAX:
+        path = os.path.join(vm_root, "h-" + hashlib.sha256(sandbox_id.encode()).hexdigest()[:32])
+    if len(os.fsencode(os.path.join(path, longest))) > UNIX_PATH_MAX:
+        raise KataError(f"sandbox socket path {os.path.join(path, longest)} is longer than a unix socket "
+                        f"address allows ({UNIX_PATH_MAX} bytes)")
+    return path
+
+
+def shared_storage():
+    """CreateSandbox's Storage for the 9p share, exactly as the original runtime sends it."""
+    from katapb import agent_pb2
+
+    from kata_oci import GUEST_SHARED_DIR
+
+    return agent_pb2.Storage(driver="9p", source=SHARED_STORAGE_SOURCE, fstype="9p",
+                             options=["trans=virtio,version=9p2000.L,cache=mmap", "nodev"],
+                             mount_point=GUEST_SHARED_DIR)
+
+
+class Undo:
+    """Clean-up actions of a command in progress, run newest first if it fails."""
+
+    def __init__(self, log):
+        self.log = log
+        self.actions: list[tuple[str, object]] = []
+
+    def push(self, what: str, action) -> None:
+        self.actions.append((what, action))
+
+    def run(self) -> None:
+        """Run every action (newest first); a failing one is logged and the others still run."""
+        while self.actions:
+            what, action = self.actions.pop()
+            try:
+                action()
+            except Exception as e:  # noqa: BLE001 - keep cleaning
+                self.log.warning(f"clean-up after a failed command: {what}: {e}")
+
+
+class Sandbox:
+    """One sandbox, as recorded in its sandbox.json (``data``)."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    @classmethod
+    def new(cls, sandbox_id: str, config) -> "Sandbox":
+        """A sandbox not started yet, from the effective configuration (kata_runtime.config.Config)."""
+        return cls({
+            "id": sandbox_id,
+            "vm_dir": vm_dir_for(sandbox_id),
+            "hypervisor": {"kind": config.hypervisor, "settings": config.hypervisor_section,
+                           "debug": bool(config.section("agent.kata")["enable_debug"]), "process": None},
+            "proxy": {"settings": config.section("proxy.kata"), "process": None},
+            "shim": {"settings": config.section("shim.kata")},
+            "containers": [],
+            "status": "creating",
+        })
+
+    # ------------------------------------------------------------- layout
+    @property
+    def id(self) -> str:
+        return self.data["id"]
+
+    @property
+    def vm_dir(self) -> str:
+        return self.data["vm_dir"]
+
+    @property
+    def channel_socket(self) -> str:
+        return os.path.join(self.vm_dir, CHANNEL_SOCKET)
+
+    @property
+    def proxy_socket(self) -> str:
+        return os.path.join(self.vm_dir, PROXY_SOCKET)
+
+    @property
+    def shared_dir(self) -> str:
+        return os.path.join(self.vm_dir, "shared")
+
+    @property
+    def proxy_log(self) -> str:
+        return os.path.join(self.vm_dir, "proxy.log")
+
+    @property
+    def shim_log(self) -> str:
+        return os.path.join(self.vm_dir, "shim.log")
+
+    @property
+    def shim_settings(self) -> dict:
+        return self.data["shim"]["settings"]
+
+    def rootfs_mount(self, container_id: str) -> str:
+        """Where a container's rootfs is bind-mounted: ``<shared>/<id>/rootfs``."""
+        return os.path.join(self.shared_dir, container_id, "rootfs")
+
+    # ------------------------------------------------------------- liveness
+    def dead_part(self) -> str | None:
+        """None while the guest and kata-proxy run, else which one is gone (cheap: /proc reads)."""
+        if self.data.get("status") != "running":
+            return None
+        if not procs.alive(self.data["hypervisor"]["process"]):
+            return f"the sandbox's {self.data['hypervisor']['kind']} hypervisor (agent) is gone"
+        if not procs.alive(self.data["proxy"]["process"]):
+            return "the sandbox's kata-proxy is gone"
+        return None
+
+    def driver(self):
+        """The hypervisor driver object for this sandbox (it can stop a guest another process started)."""
+        from kata_runtime.hypervisor import driver
+
+        hv = self.data["hypervisor"]
+        return driver(hv["kind"]).from_config(self.vm_dir, self.id, hv["settings"], hv["debug"])
+
+    def agent(self):
+        """A connected kata_runtime.agent.Agent (imports grpc)."""
+        from kata_runtime.agent import Agent
+
+        return Agent(self.proxy_socket)
+
+    # ------------------------------------------------------------- create
+    def prepare(self, undo: Undo) -> None:
+        """Make the runtime directory and its shared dir; refuses one that already exists."""
+        os.makedirs(os.path.dirname(self.vm_dir), mode=0o755, exist_ok=True)
+        try:
+            os.mkdir(self.vm_dir, 0o750)
+        except FileExistsError:
+            raise KataError(f"sandbox runtime directory {self.vm_dir} already exists (a sandbox with id "
+                            f"{self.id} runs under another --root, or a crashed one left it)") from None
+        undo.push(f"remove {self.vm_dir}", lambda: mounts.remove_tree(self.vm_dir))
+        os.mkdir(self.shared_dir, 0o755)
+
+    def share_rootfs(self, container_id: str, rootfs: str, undo: Undo) -> None:
+        """Bind-mount a bundle's rootfs to ``<shared>/<id>/rootfs`` (before the guest starts)."""
+        target = self.rootfs_mount(container_id)
+        os.makedirs(target, mode=0o755)
+        mounts.bind_mount(rootfs, target)
+        undo.push(f"unmount {target}", lambda: mounts.unmount(target))
+
+    def start(self, undo: Undo, hostname: str, log, save=lambda: None) -> None:
+        """Start the guest, kata-proxy and CreateSandbox. Raises StepError naming the step.
+
+        ``save()`` is called after each process is recorded, so that a runtime killed
+        half-way leaves records ``delete --force`` can clean up from."""
+        hv = self.data["hypervisor"]
+        guest = self.driver()
+        try:
+            asyncio.run(guest.start())
+        except Exception as e:
+            raise StepError(f"starting the sandbox's {hv['kind']} hypervisor", e) from None
+        undo.push("stop the hypervisor", lambda: asyncio.run(guest.stop()))
+        hv["process"] = procs.record(guest.pid)
+        save()
+        log.debug("hypervisor started", sandbox=self.id, pid=guest.pid)
+        try:
+            self.data["proxy"]["process"] = kproxy.start(self.data["proxy"]["settings"], self.id,
+                                                         self.channel_socket, self.proxy_socket, self.proxy_log)
+        except Exception as e:
+            raise StepError("starting kata-proxy", e) from None
+        undo.push("stop kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"]))
+        save()
+        log.debug("kata-proxy started", sandbox=self.id, pid=self.data["proxy"]["process"]["pid"])
+        with self.agent() as agent:
+            try:
+                agent.create_sandbox(self.id, hostname, [shared_storage()])
+            except Exception as e:
+                raise StepError("creating the sandbox in the agent (CreateSandbox)", e) from None
+        self.data["status"] = "running"
+
+    # --------------------------------------------------------------- stop
+    def stop(self, log, *, force: bool) -> None:
+        """DestroySandbox (if the agent answers), stop the hypervisor and kata-proxy, unmount,
+        remove the runtime directory. ``force``: go on past a failing step (logged); else raise."""
+        steps = [
+            ("destroying the sandbox in the agent (DestroySandbox)", self._destroy_in_agent),
+            ("stopping the hypervisor", lambda: asyncio.run(self.driver().stop())),
+            ("stopping kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"])),
+            (f"unmounting {self.shared_dir}", lambda: mounts.unmount(self.shared_dir)),
+            (f"removing {self.vm_dir}", lambda: mounts.remove_tree(self.vm_dir)),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001
+                if not force:
+                    raise StepError(what, e) from None
+                log.warning(f"delete --force: {what}: {e}")
+        self.data["status"] = "stopped"
+
+    def _destroy_in_agent(self) -> None:
+        if self.data.get("status") != "running" or self.dead_part() is not None:
+            return  # nothing to ask (never started, or gone)
+        from kata_runtime.agent import Agent
+
+        with Agent(self.proxy_socket, timeout=DESTROY_TIMEOUT) as agent:
+            agent.destroy_sandbox()

@@ -1,0 +1,110 @@
+"""kata-shim, one per container process (the init and every exec): how the runtime spawns it.
+
+The shim is what the caller sees as the container process: its pid goes to
+``--pid-file``, it holds the caller's stdio (or, with a terminal, the slave of a pty
+whose master went to ``--console-socket``), forwards signals, and exits with the
+process's status. ``create`` and ``exec --detach`` spawn it detached: the runtime exits
+and the caller's subreaper (containerd-shim) inherits and reaps it, as it would runc's
+container process. ``run`` and attached ``exec`` keep it as a child and wait for it.
+
+With a terminal the shim gets the pty slave on fds 0-2 and as its controlling terminal
+(``setsid --ctty``, util-linux: no fork when the child is not a group leader, so the pid
+is the shim's), so SIGWINCH from a resize of the master reaches it and it relays the size
+(TtyWinResize). Flags: kata_shim/flags.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+
+from kata_runtime import procs
+from kata_runtime.errors import KataError
+from kata_runtime.proxy import component_command
+
+
+class ShimError(KataError):
+    """kata-shim could not be started."""
+
+
+def command(settings: dict) -> list[str]:
+    """kata-shim's argv prefix from [shim.kata] (``path``)."""
+    return component_command(settings.get("path", ""), "kata-shim", "kata_shim")
+
+
+def argv(settings: dict, proxy_socket: str, container_id: str, exec_id: str, *, terminal: bool,
+         log_path: str) -> list[str]:
+    """The shim's full command line (original Kata 1.x flags plus ours, kata_shim/flags.py)."""
+    args = [*command(settings), "--agent", f"unix://{proxy_socket}", "--container", container_id,
+            "--exec-id", exec_id, "--log-file", log_path]
+    if terminal:
+        args.append("--terminal")
+    if settings.get("debug"):
+        args.append("--debug")
+    return args
+
+
+def spawn(args: list[str], *, tty_slave: int | None = None, detach: bool = True) -> subprocess.Popen:
+    """Start the shim. Without ``tty_slave`` it inherits our stdin/stdout/stderr (the
+    caller's stdio, as runc's container process). With ``tty_slave`` (an fd) that pty is
+    its stdio and controlling terminal. ``detach``: own session, and never waited for by
+    us (the caller's subreaper reaps it). Raises ShimError."""
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    kwargs: dict = {"env": env, "cwd": "/", "close_fds": True}
+    if tty_slave is not None:
+        setsid = shutil.which("setsid")
+        if setsid is None:
+            raise ShimError("a terminal needs util-linux setsid(1) on PATH")
+        args = [setsid, "--ctty", *args]
+        kwargs.update(stdin=tty_slave, stdout=tty_slave, stderr=tty_slave)
+    elif detach:
+        kwargs["start_new_session"] = True
+    elif not os.isatty(0):
+        # Attached without a terminal: its own process group, so a ^C at the caller's
+        # terminal reaches the shim once (forwarded by `wait`), not twice. (Attached to our
+        # terminal it stays in our foreground group: it must read the tty and get SIGWINCH.)
+        kwargs["process_group"] = 0
+    try:
+        child = subprocess.Popen(args, **kwargs)
+    except OSError as e:
+        raise ShimError(f"cannot run {args[0]}: {e.strerror}") from None
+    if detach:
+        child.returncode = 0  # not ours to reap: do not let Popen's finaliser wait for it
+    return child
+
+
+def record(child: subprocess.Popen) -> dict:
+    """The shim's process record (pid + start time). A shim already gone (an exec'd
+    process that ended at once) gets start -1: never alive, never signalled."""
+    try:
+        return procs.record(child.pid)
+    except ProcessLookupError:
+        return {"pid": child.pid, "start": -1}
+
+
+#: What an attached runtime (``run``, ``exec`` without --detach) forwards to its shim.
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def wait(child: subprocess.Popen) -> int:
+    """Wait for an attached shim, forwarding our signals to it (as runc forwards to its
+    container process); returns its exit status, 128+N if signal N ended it."""
+    previous = {}
+
+    def forward(signum, _frame):
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in FORWARDED:
+        previous[signum] = signal.signal(signum, forward)
+    try:
+        status = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 128 - status if status < 0 else status
