@@ -12,8 +12,9 @@ in the guest, over the agent API behind kata-proxy (plain gRPC on a unix socket)
 
 Exit status: the process's own (128+N when signal N killed it; 0 with
 --no-proxy-exit-code); 2 for bad flags; **222** when the connection to the
-agent (proxy) is lost and not back within --reconnect-timeout (default 5 s), or
-when the agent refuses to relay the process.  A failure prints exactly one line
+agent (proxy) is lost and not back within --reconnect-timeout (default 5 s), when
+an output stream ends with an error other than EOF (output may be lost), or when
+the agent refuses to relay the process.  A failure prints exactly one line
 ``kata-shim: ...`` on stderr.  See kata_shim/README.md.
 
 Start-up imports only the standard library and this package (no grpcio, no

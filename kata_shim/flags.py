@@ -43,7 +43,8 @@ Flags take one or two dashes (-agent or --agent).
   --version               print the version and exit
 
 Exit status: the process's (128+N when it died of signal N); 2 bad flags;
-222 the agent (proxy) connection was lost or the agent refused to relay the process.
+222 the agent (proxy) connection was lost, or an output stream ended without EOF
+    (output may be lost), or the agent refused to relay the process.
 """
 
 

@@ -5,14 +5,20 @@ Threads (each with its own agent connection, see client.py):
 * ``stdout`` / ``stderr``: ReadStdout / ReadStderr -> fd 1 / fd 2 (no stderr
   pump with --terminal: a terminal has one output stream);
 * ``stdin``: fd 0 -> WriteStdin, EOF -> CloseStdin;
-* ``wait``: WaitProcess, then waits for both output pumps to reach EOF, then
-  exits with the process's status.  So the shim never exits before every byte
-  the process wrote has been written to its own stdout/stderr (the original
-  lost output tails: kata agent#125);
+* ``wait``: waits until both output pumps have reached EOF, THEN calls
+  WaitProcess and exits with the process's status.  This order is the Kata 1.x
+  contract (research/kata1x.md, "Order at exit"): the original agent's
+  WaitProcess closes the process's pipes and forgets it once it returns, so a
+  shim that waits while still reading loses the tail (kata agent#125).  It
+  holds for init and exec'd processes alike;
 * the main thread: every forwarded signal is blocked in all threads and taken
   synchronously with sigwaitinfo(): SIGWINCH -> TtyWinResize, anything else ->
   SignalProcess.  SIGCHLD and SIGPIPE are not forwarded (SIGPIPE stays ignored:
   a closed reader shows up as EPIPE on write), nor, of course, SIGKILL/SIGSTOP.
+
+An output stream ends only with EOF (:func:`is_eof`).  Any other error of a
+read is a :class:`Failure`: output may be lost, so the shim says so on stderr
+and exits with exits.SHIM_FAILURE, never with the process's status.
 
 Exit goes through :meth:`Relay.exit` from whichever thread decides it: the
 terminal is restored, a failure prints one ``kata-shim: ...`` line on stderr,
@@ -56,8 +62,14 @@ def block_signals() -> set:
 
 
 def is_eof(error: RpcError) -> bool:
-    """EOF of ReadStdout/ReadStderr: OUT_OF_RANGE "EOF" (ours) or UNKNOWN "EOF" (Go agent)."""
-    return error.code == h2.OUT_OF_RANGE or (error.code == h2.UNKNOWN and "EOF" in error.message)
+    """EOF of ReadStdout/ReadStderr: OUT_OF_RANGE (ours: "EOF"), or UNKNOWN "EOF" exactly (a
+    Go agent's bare io.EOF).  Nothing else: "unexpected EOF", "file already closed" and
+    NOT_FOUND are failures."""
+    return error.code == h2.OUT_OF_RANGE or (error.code == h2.UNKNOWN and error.message == "EOF")
+
+
+class Failure(Exception):
+    """The shim must end with exits.SHIM_FAILURE; ``str()`` is the line for stderr."""
 
 
 class Relay:
@@ -92,6 +104,10 @@ class Relay:
                 pass
         os._exit(status)
 
+    def where(self) -> str:
+        """``process E (container C)``, for messages."""
+        return f"process {self.opts.exec_id} (container {self.opts.container})"
+
     def lost(self, error: AgentLost) -> None:
         self.exit(exits.SHIM_FAILURE,
                   f"lost the connection to the agent at {self.opts.agent} "
@@ -102,6 +118,8 @@ class Relay:
         def body():
             try:
                 fn()
+            except Failure as e:
+                self.exit(exits.SHIM_FAILURE, str(e))
             except AgentLost as e:
                 self.lost(e)
             except BaseException as e:  # a bug: say so, do not hang
@@ -114,19 +132,23 @@ class Relay:
     # ----------------------------------------------------------------- pumps
 
     def _output(self, name: str, fd: int) -> None:
+        """Relay ``name`` (stdout/stderr) to ``fd`` until EOF.  Raises Failure on any other end."""
         client = self.client(name)
         self._grow_pipe(fd)
         call = client.read_stdout if fd == 1 else client.read_stderr
+        relayed = [0]
 
         def read(n):
             try:
-                return call(n)
+                data = call(n)
             except RpcError as e:
                 if is_eof(e):
                     self.log.debug("output stream reached EOF", stream=name)
-                else:
-                    self.log.warning("output stream ended with an error", stream=name, error=str(e))
-                return None
+                    return None
+                raise Failure(f"{name} of {self.where()} ended with an error, not EOF, after "
+                              f"{relayed[0]} bytes: {e}; the rest of its {name}, if any, is lost") from None
+            relayed[0] += len(data)
+            return data
 
         total = pumps.pump_output(read, fd, READ_CHUNK, log=self.log, name=name, progress=self.progress)
         client.close()
@@ -155,18 +177,21 @@ class Relay:
         client.close()
 
     def _wait(self) -> None:
+        """Once stdout and stderr are at EOF: WaitProcess, then exit with the status.
+
+        Not before: the Kata 1.x agent's WaitProcess closes the process's pipes and forgets
+        it (agent grpc.go, WaitProcess), so whatever is not read by then is lost.
+        """
+        for done in self._output_done:
+            done.acquire()
+        self.log.debug("output drained; waiting for the process")
         client = self.client("wait")
         try:
             status = client.wait()
         except RpcError as e:
-            self.exit(exits.SHIM_FAILURE,
-                      f"the agent cannot wait for process {self.opts.exec_id} of container "
-                      f"{self.opts.container}: {e}")
-            return
+            raise Failure(f"the agent cannot wait for process {self.opts.exec_id} of container "
+                          f"{self.opts.container}: {e}") from None
         client.close()
-        self.log.debug("process exited; draining its output", status=status)
-        for done in self._output_done:
-            done.acquire()
         self.log.info("process done", status=status)
         self.exit((status & 0xFF) if self.opts.proxy_exit_code else 0)
 

@@ -4,7 +4,9 @@
   calls kata-runtime will make (CreateSandbox, CreateContainer, StartContainer,
   ExecProcess, SignalProcess);
 * ``Agent.shim(...)``: the real kata-shim as a subprocess, started exactly as a
-  runtime would (the installed ``kata-shim`` script, else ``python -m kata_shim``).
+  runtime would (the installed ``kata-shim`` script, else ``python -m kata_shim``);
+* ``Kata1xPeer``: the same calls against tests/peers/kata1x_agent.py (the Kata 1.x agent's
+  rules: a waited process is forgotten), which runs the process args on the host.
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ def shim_command() -> list[str]:
 class Agent:
     """The agent behind the proxy, driven with the agent API as kata-runtime will."""
 
+    name = "kata-agent"
+
     def __init__(self, sandbox, proxy):
+        self.sandbox = sandbox
+        self.proxy = proxy
+        self._connect(proxy.listen_socket)
+
+    def _connect(self, socket: str) -> None:
         import grpc
         from katapb import agent_pb2, agent_pb2_grpc
 
         self.pb = agent_pb2
-        self.sandbox = sandbox
-        self.proxy = proxy
-        self.socket = proxy.listen_socket
-        self.address = f"unix://{proxy.listen_socket}"
-        self.channel = grpc.insecure_channel(f"unix:{proxy.listen_socket}")
+        self.socket = socket
+        self.address = f"unix://{socket}"
+        self.channel = grpc.insecure_channel(f"unix:{socket}")
         self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
         self.shims: list[subprocess.Popen] = []
 
@@ -68,6 +75,11 @@ class Agent:
         self.stub.SignalProcess(self.pb.SignalProcessRequest(
             container_id=cid, exec_id=exec_id, signal=signum), timeout=30)
 
+    def wait(self, cid: str, exec_id: str | None = None) -> int:
+        """WaitProcess as another client (a runtime) would call it; returns the status."""
+        return self.stub.WaitProcess(self.pb.WaitProcessRequest(
+            container_id=cid, exec_id=exec_id or cid), timeout=60).status
+
     def shim_args(self, cid: str, exec_id: str | None = None, *extra: str, address: str | None = None):
         return [*shim_command(), "--agent", address or self.address, "--container", cid,
                 "--exec-id", exec_id or cid, *extra]
@@ -88,3 +100,49 @@ class Agent:
                 if f is not None:
                     f.close()
         self.channel.close()
+
+
+class Kata1xPeer(Agent):
+    """tests/peers/kata1x_agent.py as a subprocess, driven with the same calls as ``Agent``.
+
+    Its processes run on the host (the OCI process args; no rootfs, no runc).  ``popen`` is
+    the peer itself (a test may kill it).
+    """
+
+    name = "kata1x"
+
+    def __init__(self, workdir: str):
+        import os
+
+        self.sandbox = self.proxy = None
+        path = os.path.join(workdir, "kata1x.sock")
+        peer = Path(__file__).resolve().parents[1] / "peers" / "kata1x_agent.py"
+        self.popen = subprocess.Popen([sys.executable, str(peer), "--listen", path],
+                                      stdout=subprocess.PIPE)
+        if self.popen.stdout.readline() != b"READY\n":
+            self.popen.kill()
+            raise RuntimeError("the Kata 1.x peer did not start")
+        self._connect(path)
+
+    def create_sandbox(self) -> None:
+        self.stub.CreateSandbox(self.pb.CreateSandboxRequest(hostname="kata-sb"), timeout=30)
+
+    def create(self, cid: str, args, *, terminal: bool = False) -> None:
+        from katapb import oci_pb2
+
+        from tests.fixtures.oci import process
+
+        self.stub.CreateContainer(self.pb.CreateContainerRequest(
+            container_id=cid, exec_id=cid,
+            OCI=oci_pb2.Spec(Process=process(list(args), terminal=terminal))), timeout=30)
+
+    def close(self) -> None:
+        super().close()
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self.popen.stdout.close()

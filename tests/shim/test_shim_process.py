@@ -198,10 +198,13 @@ async def test_exec_process_with_its_own_shim(agent):
 
 
 async def test_unknown_process_fails_with_the_documented_status(agent):
+    # The first read already fails (the shim waits only once stdout and stderr are at EOF).
     shim = agent.shim("no-such-container", "nope")
     out, err = shim.communicate(timeout=60)
     assert shim.returncode == exits.SHIM_FAILURE
-    assert err.count(b"\n") == 1 and err.startswith(b"kata-shim: the agent cannot wait for process nope")
+    assert err.count(b"\n") == 1 and err.startswith(b"kata-shim: std")
+    assert b"of process nope (container no-such-container) ended with an error, not EOF" in err
+    assert b"NOT_FOUND" in err
 
 
 # ---------------------------------------------------------------- signals
