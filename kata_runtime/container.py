@@ -172,13 +172,13 @@ def _require(opened: Opened, allowed: tuple[str, ...], message: str) -> str:
 
 
 def _agent_step(what: str, fn):
-    """Run an agent call; wrap its failure in a StepError naming ``what``."""
+    """Run an agent call; wrap its failure in a StepError naming ``what`` (which names the call)."""
     from kata_runtime.agent import AgentError
 
     try:
         return fn()
     except AgentError as e:
-        raise StepError(what, e) from None
+        raise StepError(what, e.details or e.code) from None
 
 
 # ------------------------------------------------------------------ create
@@ -275,7 +275,10 @@ def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, *, pid
         entry.write(data)
     except BaseException as e:
         undo.run()
-        if isinstance(e, KataError) or not isinstance(e, Exception):
+        if isinstance(e, KataError):
+            e.args = (f"create container {cid}: {e}",)
+            raise
+        if not isinstance(e, Exception):
             raise
         raise StepError(f"create container {cid}", e) from None
     finally:

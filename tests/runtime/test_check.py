@@ -37,8 +37,9 @@ def _config(tmp_path, text: str) -> str:
 
 def _check(root: str, config: str, *flags):
     import subprocess
+    bound = kvm.DEFAULT_KVM_TIMEOUT + kvm.DEFAULT_TCG_TIMEOUT + 30
     return subprocess.run(KATA_RUNTIME + ["--root", root, "--kata-config", config, "check", *flags],
-                          capture_output=True, text=True, timeout=kvm.DEFAULT_KVM_TIMEOUT + kvm.DEFAULT_TCG_TIMEOUT + 30)
+                          capture_output=True, text=True, timeout=bound)
 
 
 def _lines(output: str) -> dict[str, tuple[str, str]]:
@@ -146,7 +147,8 @@ def test_missing_qemu_binary_and_guest_files(tmp_path):
     verdict = kvm.probe_cached(None, qemu=f"{tmp_path}/no-qemu")
     assert items["kvm"] == ("warn", f"not usable: {verdict.reason}; accel auto uses TCG")
     if verdict.checks[-1].ok:
-        assert verdict.reason == f"KVM opens and creates VMs, but the boot probe cannot run: {tmp_path}/no-qemu not found"
+        assert verdict.reason == ("KVM opens and creates VMs, but the boot probe cannot run: "
+                                  f"{tmp_path}/no-qemu not found")
     assert "missing or broken: " in result.stdout.splitlines()[-1]
     assert "qemu" in result.stdout.splitlines()[-1] and "image" in result.stdout.splitlines()[-1]
 
