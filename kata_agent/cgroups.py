@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 log = logging.getLogger("kata_agent.cgroups")
 
@@ -268,8 +269,6 @@ def remove_cgroup_trees(parent_name: str, pid: int | None = None, timeout: float
     has released the dead tasks; so retry for up to ``timeout`` seconds. Returns
     the directories still left (a cgroup with live processes is never removed).
     """
-    import time
-
     tops = [os.path.join(base, parent_name)
             for base in cgroup_paths(os.getpid() if pid is None else pid).values()]
     deadline = time.monotonic() + timeout

@@ -83,7 +83,6 @@ class Container:
         self.id = cid
         self.bundle = bundle
         self.state_dir = state_dir
-        self.log_path = os.path.join(state_dir, "runc.log")
         self.status = "creating"
         self.init: Process | None = None
         self.processes: dict[str, Process] = {}
@@ -141,8 +140,7 @@ class ProcessLauncher:
                 proc.stderr.start()
                 stdio = (in_r, out_w, err_w)
             args.append(container.id)
-            await self.runc.run_stdio(*args, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
-                                      log_path=container.log_path)
+            await self.runc.run_stdio(*args, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
             proc._close_child_fds()
             if recv_task is not None:
                 master = await asyncio.wait_for(recv_task, 10)

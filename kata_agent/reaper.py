@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import signal
@@ -202,31 +203,34 @@ class Reaper:
     # -- spawning -------------------------------------------------------
     def spawn(self, argv: list[str], *, stdin: int | None = None, stdout: int | None = None,
               stderr: int | None = None, env: dict[str, str] | None = None,
-              setsid: bool = True) -> tuple[int, asyncio.Future]:
-        """Start argv with the given fds as its stdio (None: /dev/null).
+              setsid: bool = True, fds: tuple[int, ...] = ()) -> tuple[int, asyncio.Future]:
+        """Start argv with the given fds as its stdio (None: /dev/null), and
+        ``fds`` as its fds 3, 4, ... (every other fd of ours is close-on-exec).
 
         Returns (pid, future of the exit code)."""
         if not self._installed:
             raise RuntimeError("Reaper.install() must run before spawn()")
-        actions = []
-        for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
-            if fd is None:
-                flags = os.O_RDONLY if target == 0 else os.O_WRONLY
-                actions.append((os.POSIX_SPAWN_OPEN, target, "/dev/null", flags, 0))
-            else:
-                actions.append((os.POSIX_SPAWN_DUP2, fd, target))
-        pid = os.posix_spawnp(argv[0], argv, os.environ if env is None else env,
-                              file_actions=actions, setsid=setsid,
-                              setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+        # Copies numbered above every target, so no dup2 overwrites a source.
+        extra = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + len(fds)) for fd in fds]
+        try:
+            actions = _stdio_actions(stdin, stdout, stderr)
+            actions += [(os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, fd in enumerate(extra)]
+            pid = os.posix_spawnp(argv[0], argv, os.environ if env is None else env,
+                                  file_actions=actions, setsid=setsid,
+                                  setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+        finally:
+            for fd in extra:
+                os.close(fd)
         # A fresh pid: any status kept for an earlier process with the same
         # number is stale. (No reap can run between posix_spawn and here.)
         self._orphans.pop(pid, None)
         return pid, self.watch(pid)
 
     async def run(self, argv: list[str], *, input: bytes | None = None,
-                  env: dict[str, str] | None = None,
-                  timeout: float | None = 60.0) -> tuple[int, bytes, bytes]:
-        """Run argv to completion; returns (exit code, stdout, stderr)."""
+                  env: dict[str, str] | None = None, timeout: float | None = 60.0,
+                  fds: tuple[int, ...] = ()) -> tuple[int, bytes, bytes]:
+        """Run argv to completion (``fds`` as in spawn()); returns (exit code,
+        stdout, stderr). TimeoutError (the program killed) after ``timeout`` s."""
         loop = asyncio.get_running_loop()
         in_r = in_w = None
         if input is not None:
@@ -234,7 +238,7 @@ class Reaper:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            pid, fut = self.spawn(argv, stdin=in_r, stdout=out_w, stderr=err_w, env=env)
+            pid, fut = self.spawn(argv, stdin=in_r, stdout=out_w, stderr=err_w, env=env, fds=fds)
         except BaseException:
             for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
                 if fd is not None:
@@ -263,6 +267,18 @@ class Reaper:
         err = results[1] if isinstance(results[1], bytes) else b""
         del loop
         return code, out, err
+
+
+def _stdio_actions(stdin: int | None, stdout: int | None, stderr: int | None) -> list[tuple]:
+    """posix_spawn file actions giving a child these fds as 0, 1, 2 (None: /dev/null)."""
+    actions = []
+    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+        if fd is None:
+            flags = os.O_RDONLY if target == 0 else os.O_WRONLY
+            actions.append((os.POSIX_SPAWN_OPEN, target, "/dev/null", flags, 0))
+        else:
+            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+    return actions
 
 
 async def read_all(fd: int) -> bytes:

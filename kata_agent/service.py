@@ -199,7 +199,7 @@ class AgentState:
     # -- teardown -------------------------------------------------------
     async def remove_container(self, c: Container) -> None:
         try:
-            await self.runc.delete(c.id, force=True, log_path=c.log_path)
+            await self.runc.delete(c.id, force=True)
         except RuncError as e:
             if _runc_error_code(e) != Code.NOT_FOUND:
                 raise
@@ -365,7 +365,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except BaseException:
             if created:
                 try:
-                    await st.runc.delete(cid, force=True, log_path=c.log_path)
+                    await st.runc.delete(cid, force=True)
                 except Exception:  # noqa: BLE001
                     pass
             _umount_all(c.mounts)
@@ -395,7 +395,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     @rpc
     async def StartContainer(self, request, context):
         async with self._container_in(request, "created", "StartContainer") as c:
-            await self.state.runc.start(c.id, log_path=c.log_path)
+            await self.state.runc.start(c.id)
             if c.status == "created":
                 c.status = "running"
         return _EMPTY
@@ -418,14 +418,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     @rpc
     async def PauseContainer(self, request, context):
         async with self._container_in(request, "running", "PauseContainer") as c:
-            await self.state.runc.pause(c.id, log_path=c.log_path)
+            await self.state.runc.pause(c.id)
             c.status = "paused"
         return _EMPTY
 
     @rpc
     async def ResumeContainer(self, request, context):
         async with self._container_in(request, "paused", "ResumeContainer") as c:
-            await self.state.runc.resume(c.id, log_path=c.log_path)
+            await self.state.runc.resume(c.id)
             if c.status == "paused":  # the reaper may have seen it exit meanwhile
                 c.status = "running"
         return _EMPTY
@@ -438,7 +438,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if c.status not in ("created", "running", "paused"):
             raise AgentError(Code.FAILED_PRECONDITION, f"container {c.id!r} is {c.status}")
         resources = message_to_oci(request.resources)
-        await self.state.runc.update(c.id, resources, log_path=c.log_path)
+        await self.state.runc.update(c.id, resources)
         return _EMPTY
 
     @rpc
@@ -540,7 +540,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if not request.exec_id:
             if c.status == "stopped":
                 return _EMPTY
-            await st.runc.kill(c.id, sig, all_processes=True, log_path=c.log_path)
+            await st.runc.kill(c.id, sig, all_processes=True)
             return _EMPTY
         c, p = st.process(request.container_id, request.exec_id)
         if p.pid is None or p.exited:
@@ -555,7 +555,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             # A frozen process dies only once thawed (cgroup v1 freezer).
             async with c.lock:
                 if c.status == "paused":
-                    await st.runc.resume(c.id, log_path=c.log_path)
+                    await st.runc.resume(c.id)
                     if c.status == "paused":
                         c.status = "running"
         return _EMPTY

@@ -338,3 +338,21 @@ async def test_remove_kills_and_wakes_waiters(agent: AgentClient):
     assert await reader == b""
     assert cid not in agent.server.leftover_containers()
     await expect_error(Code.NOT_FOUND, agent.wait(cid))
+
+
+# -- each runc call reports its own errors (issue 11, item 3) -----------------
+
+
+async def test_failed_execs_each_name_only_their_own_cause(agent: AgentClient):
+    cid = await agent.create(["sleep", "300"], start=True)
+    causes = {"nosuchcmd": "not found", "/no/such/binary": "no such file or directory",
+              "/etc/passwd": "permission denied"}
+    for program, cause in causes.items():
+        details = await expect_error(Code.INVALID_ARGUMENT, agent.exec(cid, [program]))
+        assert program in details and cause in details.lower(), details
+        others = [p for p in causes if p != program]
+        assert not any(p in details for p in others), f"{program}: {details}"
+    # Each call's error channel is gone with the call: no runc log is left anywhere.
+    left = [os.path.join(d, f) for d, _, files in os.walk(agent.server.state_dir)
+            for f in files if f.endswith(".log")]
+    assert left == []

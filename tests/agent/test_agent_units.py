@@ -7,15 +7,21 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from katapb import oci_pb2
 from kata_agent.mount import MS_NODEV, MS_RDONLY, parse_options
 from kata_agent.reaper import exit_code_from_status
+from kata_agent.runc import call_log, log_errors, read_call_log
 from kata_agent.spec import SpecError, message_to_oci, oci_name, prepare_spec
 from kata_agent.stdio import OutputBuffer, StdinWriter, make_pipe
 from tests.fixtures.oci import busybox_spec
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize("msg,field,want", [
@@ -167,3 +173,71 @@ async def test_stdin_writer_waits_and_breaks():
     await sw.close()
     with pytest.raises(ValueError):
         await sw.write(b"closed")
+
+
+# -- each runc call has its own error channel (issue 11, item 3) --------------
+
+
+def test_log_errors_keeps_error_messages_only():
+    text = "\n".join([
+        '{"level":"warning","msg":"cgroup v1 is deprecated"}',
+        'not json',
+        '{"level":"error","msg":"exec: \\"x\\": executable file not found in $PATH"}',
+        '{"level":"error","msg":"exec: \\"x\\": executable file not found in $PATH"}',
+        '{"level":"fatal","msg":"container_linux.go: starting container process caused"}',
+    ])
+    assert log_errors(text) == ('exec: "x": executable file not found in $PATH; '
+                                "container_linux.go: starting container process caused")
+    assert log_errors('{"level":"info","msg":"fine"}') == ""
+
+
+def test_call_log_is_nameless_and_gone_after_the_call(tmp_path):
+    with call_log(str(tmp_path)) as fd:
+        os.write(fd, b'{"level":"error","msg":"boom"}\n')
+        assert log_errors(read_call_log(fd)) == "boom"
+        assert os.listdir(tmp_path) == []
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+FAKE_RUNC = """#!/bin/sh
+# A runc that fails: argv is --root R --log L --log-format json COMMAND ID...
+log=$4
+shift 6
+echo '{"level":"warning","msg":"noise"}' >> "$log"
+echo "{\\"level\\":\\"error\\",\\"msg\\":\\"$1 of $2 failed\\"}" >> "$log"
+exit 1
+"""
+
+RUNC_CALLS = textwrap.dedent("""
+    import asyncio, os, sys
+    from kata_agent.reaper import Reaper
+    from kata_agent.runc import Runc, RuncError
+
+    async def main(fake, root):
+        reaper = Reaper()
+        reaper.install()
+        runc = Runc(reaper, fake, root)
+        calls = [runc.start("one"), runc.pause("two"),
+                 runc.run_stdio("exec", "three", stdin=None, stdout=None, stderr=None)]
+        for call in calls:
+            try:
+                await call
+            except RuncError as e:
+                print(e.message)
+        print(os.listdir(root))
+
+    asyncio.run(main(*sys.argv[1:]))
+""")
+
+
+def test_each_runc_call_reports_only_its_own_errors(tmp_path):
+    fake = tmp_path / "runc"
+    fake.write_text(FAKE_RUNC)
+    fake.chmod(0o755)
+    # Its own process: the Reaper takes over SIGCHLD and waitpid(-1) of whoever installs it.
+    out = subprocess.run([sys.executable, "-c", RUNC_CALLS, str(fake), str(tmp_path / "root")],
+                         capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["start of one failed", "pause of two failed",
+                                       "exec of three failed", "[]"]
