@@ -26,9 +26,10 @@ by the host kernel, the QEMU binary, the guest kernel, /dev/kvm's identity
 a lock file makes concurrent first callers probe once. The cheap checks run on
 every call (a removed /dev/kvm is noticed at once).
 
-Every QEMU started here is killed before its function returns (and dies with
-its parent thread via PR_SET_PDEATHSIG if this process is killed); the initrd
-lives in a temporary directory removed at the end.
+Every QEMU started here is killed before its function returns, and dies with
+the thread that started it if this process is killed (PR_SET_PDEATHSIG, set by
+util-linux `setpriv --pdeathsig` when it is installed); the initrd lives in a
+temporary directory removed at the end.
 
 Stdlib only. Import cost: this module and json/dataclasses; subprocess,
 threading and tempfile load only when a boot runs.
@@ -738,7 +739,9 @@ def probe_cached(cache_dir: str | None = DEFAULT_CACHE_DIR, refresh: bool = Fals
     consulted (refresh=True skips it) and, on a miss, the boot probe run
     under an exclusive lock (`<cache_dir>/kvm-probe.lock`), so that
     concurrent callers (containerd creating several containers) boot it once.
-    cache_dir None, or one that cannot be created, means no caching.
+    cache_dir None, or one that cannot be created, means no caching. Every
+    verdict that comes from a boot is stored, "the probe cannot tell" too (it
+    also means TCG, and re-probing would cost both bounds on every call).
     """
     kwargs = dict(qemu=qemu, kernel=kernel, device=device, kvm_timeout=kvm_timeout,
                   tcg_timeout=tcg_timeout, cpu=cpu, busybox=busybox)

@@ -565,7 +565,7 @@ def test_tcg_probe_boots_the_host_kernel_to_the_marker(real_verdict, tmp_path):
     if boot is None:
         initrd = kvm.build_probe_initrd(str(tmp_path / "initrd.cpio"))
         boot = kvm.boot_probe(kvm.find_qemu(), kvm.default_guest_kernel(), initrd, "tcg", kvm.DEFAULT_TCG_TIMEOUT)
-    assert boot.reached_initrd, boot
+    assert boot.reached_initrd, (boot, verdict.reason)
     assert boot.console_tail[-1] == kvm.PROBE_MARKER
 
 
