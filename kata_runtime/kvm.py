@@ -595,7 +595,9 @@ def probe(qemu: str | None = None, kernel: str | None = None, device: str = KVM_
     qemu: binary (default qemu-system-x86_64 from PATH); kernel: guest kernel
     (default `default_guest_kernel()`); device: the KVM node; kvm_timeout /
     tcg_timeout: seconds each boot may take to reach the initrd; cpu: QEMU
-    `-cpu` model for both boots (None = QEMU's default). Never raises for an
+    `-cpu` model of the KVM boot, as the runtime's guests use it (e.g. "host";
+    None = QEMU's default); the TCG control always uses QEMU's default, since
+    "host" exists only under KVM. Never raises for an
     unusable host: everything becomes the verdict's reason.
     """
     started, probed_at = time.monotonic(), time.time()
@@ -628,7 +630,7 @@ def _boot_both(verdict: KvmVerdict, qemu, kernel, kvm_timeout, tcg_timeout, cpu,
             verdict.qemu_version = qemu_version(verdict.qemu)
             cancel_tcg, tcg = threading.Event(), {}
             worker = threading.Thread(target=_boot_into, args=(
-                tcg, verdict.qemu, verdict.kernel, initrd, "tcg", tcg_timeout, cpu, cancel_tcg),
+                tcg, verdict.qemu, verdict.kernel, initrd, "tcg", tcg_timeout, None, cancel_tcg),
                 name="kvm-probe-tcg", daemon=True)
             worker.start()
             try:

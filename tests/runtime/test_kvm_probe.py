@@ -306,20 +306,21 @@ def test_resolve_accel_forced_values_do_not_probe():
 FAKE_QEMU = textwrap.dedent("""\
     #!/bin/sh
     # A stand-in for qemu-system-x86_64: checks the probe's command line, then behaves as
-    # $FAKE_QEMU_MODE says. Logs "<accel>" per boot to $FAKE_QEMU_LOG, its pid to $FAKE_QEMU_PID.
+    # $FAKE_QEMU_MODE says. Logs "<accel>[/<cpu>]" per boot to $FAKE_QEMU_LOG, its pid to $FAKE_QEMU_PID.
     if [ "$1" = "--version" ]; then echo "QEMU emulator version 0.0 (fake)"; exit 0; fi
-    accel=""; initrd=""; append=""
+    accel=""; initrd=""; append=""; cpu=""
     while [ $# -gt 0 ]; do
         case "$1" in
             -machine) accel="${2#*accel=}"; shift;;
             -initrd) initrd="$2"; shift;;
+            -cpu) cpu="$2"; shift;;
             -append) append="$2"; shift;;
         esac
         shift
     done
     [ "$(head -c 6 "$initrd")" = "070701" ] || { echo "fake qemu: $initrd is not a newc cpio" >&2; exit 3; }
     case "$append" in *console=ttyS0*) ;; *) echo "fake qemu: no serial console" >&2; exit 3;; esac
-    echo "$accel" >> "${FAKE_QEMU_LOG:-/dev/null}"
+    echo "$accel${cpu:+/$cpu}" >> "${FAKE_QEMU_LOG:-/dev/null}"
     echo $$ > "${FAKE_QEMU_PID:-/dev/null}"
     mode="$FAKE_QEMU_MODE"
     [ "$accel" = tcg ] && [ -n "$FAKE_QEMU_TCG_MODE" ] && mode="$FAKE_QEMU_TCG_MODE"
@@ -459,6 +460,18 @@ def test_probe_with_a_working_kvm_cancels_the_tcg_control(fake_qemu, kernel, tmp
     assert verdict.reason.startswith("a KVM guest reached its initrd in ")
     assert verdict.qemu_version == "QEMU emulator version 0.0 (fake)"
     assert verdict.seconds < 5
+
+
+@needs_kvm_cheap_checks
+def test_cpu_model_applies_to_the_kvm_boot_only(fake_qemu, kernel, tmp_path, monkeypatch):
+    """`-cpu host` exists only under KVM: the TCG control must not get it, or it would fail for that."""
+    monkeypatch.setenv("FAKE_QEMU_MODE", "hang")
+    monkeypatch.setenv("FAKE_QEMU_TCG_MODE", "marker")
+    verdict = kvm.probe(qemu=fake_qemu, kernel=kernel, busybox=_busybox_or_any_elf(), cpu="host",
+                        kvm_timeout=1.0)
+    assert sorted(_boots(tmp_path)) == ["kvm/host", "tcg"]
+    assert not verdict.usable and verdict.tcg_boot.reached_initrd
+    assert verdict.reason.startswith("a KVM guest did not reach its initrd within 1 s")
 
 
 @needs_kvm_cheap_checks
