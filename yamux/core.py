@@ -16,6 +16,17 @@ larger than the stream's send window.
 Protocol errors end the session: a Go Away(1) is queued (best effort), the
 connection is marked closed with a :class:`~yamux.errors.ProtocolError`
 saying what was wrong, and a :class:`ConnectionTerminated` event is returned.
+
+Ending a session locally is either immediate (:meth:`Connection.close`: what
+is still queued is dropped) or graceful (:meth:`Connection.begin_close`: no
+new streams or writes, but what the streams already wrote, and their FINs,
+still go out as the peer's windows allow; the session ends once nothing is
+left).  hashicorp/yamux has no graceful close: there a completed
+``Stream.Write`` has already handed its frame to the connection, so its
+``Session.Close`` loses nothing the application wrote; our writes only queue,
+so the graceful close is what gives the same guarantee.  Bounding it in time
+is the I/O layer's job (it calls :meth:`Connection.close` when its timer
+expires).
 """
 
 from __future__ import annotations
@@ -79,53 +90,48 @@ class Event:
     __slots__ = ()
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        names = [name for cls in reversed(type(self).__mro__) for name in getattr(cls, "__slots__", ())]
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
         return f"{type(self).__name__}({fields})"
 
 
-class StreamOpened(Event):
+class StreamEvent(Event):
+    """An event about one stream."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: StreamState) -> None:
+        self.stream = stream
+
+
+class StreamOpened(StreamEvent):
     """The peer opened a stream; it waits in the accept queue."""
 
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: StreamState) -> None:
-        self.stream = stream
+    __slots__ = ()
 
 
-class DataReceived(Event):
+class DataReceived(StreamEvent):
     """The stream's receive buffer became non-empty."""
 
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: StreamState) -> None:
-        self.stream = stream
+    __slots__ = ()
 
 
-class StreamEnded(Event):
+class StreamEnded(StreamEvent):
     """The peer sent FIN: after the buffered data, the stream is at EOF."""
 
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: StreamState) -> None:
-        self.stream = stream
+    __slots__ = ()
 
 
-class StreamReset(Event):
+class StreamReset(StreamEvent):
     """The peer sent RST."""
 
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: StreamState) -> None:
-        self.stream = stream
+    __slots__ = ()
 
 
-class StreamClosed(Event):
+class StreamClosed(StreamEvent):
     """The stream is finished (both FINs, or a RST) and forgotten by the session."""
 
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: StreamState) -> None:
-        self.stream = stream
+    __slots__ = ()
 
 
 class OpenSlotAvailable(Event):
@@ -153,17 +159,21 @@ class GoAwayReceived(Event):
 
 
 class ConnectionTerminated(Event):
-    """The session is over.  ``error`` is None for a local close, else the reason.
+    """The session is over.  ``error`` is None for a local close (or the peer's
+    Go Away(0) followed by EOF), else the reason.
 
     ``streams`` are the streams that were still live: their readers and writers
-    must be woken.
+    must be woken.  ``unsent`` is the number of payload bytes the application
+    had written on them that were dropped unsent (0 after a graceful close that
+    completed); each stream's share is in its ``unsent`` attribute.
     """
 
-    __slots__ = ("error", "streams")
+    __slots__ = ("error", "streams", "unsent")
 
-    def __init__(self, error: BaseException | None, streams: list) -> None:
+    def __init__(self, error: BaseException | None, streams: list, unsent: int = 0) -> None:
         self.error = error
         self.streams = streams
+        self.unsent = unsent
 
 
 class _Stop(Exception):
@@ -199,6 +209,7 @@ class StreamState:
         "reset",
         "reset_by_peer",
         "read_closed",  # the application called close(): discard what arrives
+        "unsent",  # bytes written but dropped unsent when the session ended
         "direct",  # hand payload out as it arrives (take_direct) while nothing is buffered
         "freed",
         "user",  # slot for the I/O layer's stream object
@@ -224,6 +235,7 @@ class StreamState:
         self.reset = False
         self.reset_by_peer = False
         self.read_closed = False
+        self.unsent = 0
         self.direct = False
         self.freed = False
         self.user = None
@@ -264,7 +276,11 @@ class StreamState:
 
 
 class Connection:
-    """One yamux session, either role, without I/O."""
+    """One yamux session, either role, without I/O.
+
+    ``closing`` is True once :meth:`begin_close` was called, ``closed`` once
+    the session has ended (``error`` then says why, None for a clean end).
+    """
 
     def __init__(self, *, client: bool, config: Config | None = None) -> None:
         self.config = config = config or Config()
@@ -291,7 +307,9 @@ class Connection:
         self.local_go_away = False
         self.remote_go_away = False
         self.go_away_sent = False
+        self.closing = False  # begin_close() was called: no new streams or writes
         self.closed = False
+        self._no_writes = False  # closing or closed: send_data refuses
         self.error: BaseException | None = None
 
     # ---------------------------------------------------------------- input
@@ -340,6 +358,8 @@ class Connection:
                 pass
             finally:
                 self._transient = False
+            if self.closing and not self.closed:
+                self._end_if_drained()  # a RST may have dropped the last queued data
         return self.take_events()
 
     def connection_lost(self, error: BaseException | None = None) -> list:
@@ -584,6 +604,8 @@ class Connection:
         """Open a stream now: its SYN is queued; data may follow before the ACK."""
         if self.closed:
             raise SessionClosedError("session closed")
+        if self.closing:
+            raise SessionClosedError("session is closing: no new streams")
         if self.remote_go_away:
             raise GoAwayError("the peer sent Go Away: it accepts no new streams")
         if not self.can_open():
@@ -600,7 +622,12 @@ class Connection:
         return st
 
     def accept(self) -> StreamState | None:
-        """Pop the next inbound stream (queuing its ACK), or None if there is none."""
+        """Pop the next inbound stream (queuing its ACK), or None if there is none.
+
+        Streams the peer opened before the session ended are still handed out
+        after the end (without an ACK): what the peer wrote, and its FIN, can
+        be read from them.  A stream opened, written and closed just before
+        the peer ended its session is thereby not lost."""
         if not self._accept_queue:
             return None
         st = self._accept_queue.popleft()
@@ -616,13 +643,17 @@ class Connection:
         return len(self._accept_queue)
 
     def send_data(self, st: StreamState, data) -> None:
-        """Queue ``data`` on the stream (bytes are kept, other buffers copied)."""
+        """Queue ``data`` on the stream (bytes are kept, other buffers copied).
+
+        Raises :class:`StreamResetError` after a RST, :class:`StreamClosedError`
+        after :meth:`end_stream`/:meth:`close_stream`, and
+        :class:`SessionClosedError` once the session is closing or closed."""
         if st.reset:
             raise StreamResetError(f"stream {st.stream_id} was reset")
         if st.fin_pending or st.fin_sent:
             raise StreamClosedError(f"stream {st.stream_id}: write after write_eof()/close()")
-        if self.closed:
-            raise SessionClosedError("session closed")
+        if self._no_writes:
+            raise self._writes_refused()
         size = len(data)
         if not size:
             return
@@ -647,8 +678,8 @@ class Connection:
             raise StreamResetError(f"stream {st.stream_id} was reset")
         if st.fin_pending or st.fin_sent:
             raise StreamClosedError(f"stream {st.stream_id}: write after write_eof()/close()")
-        if self.closed:
-            raise SessionClosedError("session closed")
+        if self._no_writes:
+            raise self._writes_refused()
         size = len(data)
         if not size:
             return None
@@ -705,6 +736,8 @@ class Connection:
         if not self.closed:
             self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_RST, st.stream_id, 0))
         self._free(st)
+        if self.closing and not self.closed:
+            self._end_if_drained()
 
     def read(self, st: StreamState, max_bytes: int = -1) -> bytes:
         """Take up to ``max_bytes`` (all if < 0) buffered bytes; b'' if none."""
@@ -835,9 +868,53 @@ class Connection:
         self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, code))
         self._terminate(None)
 
+    def begin_close(self) -> list:
+        """Start a graceful close; returns the events.
+
+        Go Away(0) is queued (unless one was sent), so the peer opens no more
+        streams and its SYNs are refused with RST.  From now on
+        :meth:`open_stream` and :meth:`send_data` raise
+        :class:`SessionClosedError`; everything else goes on: the data the
+        streams already queued, and FINs after it, are sent as the peer's
+        windows allow (so the peer must go on reading), received data is
+        still delivered, inbound streams already queued can still be
+        accepted.  The session ends (:class:`ConnectionTerminated`, error
+        None, ``unsent`` 0) as soon as no stream has anything left to send:
+        at once if nothing is queued, else from the :meth:`take_output`,
+        :meth:`receive_data` or :meth:`reset_stream` call that empties the
+        last queue.  Streams that are still open are not FIN'd: the peer sees
+        the session end.
+
+        Not bounded here: the caller decides how long to wait and then calls
+        :meth:`close`, which drops what is left.  Idempotent.
+        """
+        if not self.closing and not self.closed:
+            self.closing = True
+            self._no_writes = True
+            self.local_go_away = True
+            if not self.go_away_sent:
+                self.go_away_sent = True
+                self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL))
+            self._end_if_drained()
+        return self.take_events()
+
+    def _end_if_drained(self) -> None:
+        """Closing: end the session once no stream has data or a FIN left to send."""
+        for st in self.streams.values():
+            if st.send_len or (st.fin_pending and not st.fin_sent):
+                return
+        self._terminate(None)
+
+    def _writes_refused(self) -> SessionClosedError:
+        if self.closed:
+            return SessionClosedError("session closed")
+        return SessionClosedError("session is closing: no new writes")
+
     def close(self) -> list:
-        """End the session locally: Go Away(0) (unless one was sent) and a
-        :class:`ConnectionTerminated` with error None.  Returns the events."""
+        """End the session locally now: Go Away(0) (unless one was sent) and a
+        :class:`ConnectionTerminated` with error None.  Data still queued on
+        streams is dropped (counted in the event's ``unsent``); to send it
+        first, use :meth:`begin_close`.  Returns the events."""
         if not self.closed:
             if not self.go_away_sent:
                 self.go_away_sent = True
@@ -860,6 +937,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self._no_writes = True
         self.error = error
         live = list(self.streams.values())
         self.streams.clear()
@@ -867,11 +945,15 @@ class Connection:
         self._partial = b""
         self._body_left = 0
         self._body_stream = None
+        unsent = 0
         for st in live:
-            st.send_buf.clear()
-            st.send_len = 0
+            if st.send_len:
+                st.unsent = st.send_len
+                unsent += st.send_len
+                st.send_buf.clear()
+                st.send_len = 0
             self._release_open_slot(st)
-        self._events.append(ConnectionTerminated(error, live))
+        self._events.append(ConnectionTerminated(error, live, unsent))
 
     # --------------------------------------------------------------- output
 
@@ -896,6 +978,8 @@ class Connection:
         self._control = []
         if self._ready and max_data > 0 and not self.closed:
             self._cut_data_frames(out, max_data)
+            if self.closing:
+                self._end_if_drained()
         return out
 
     def _cut_data_frames(self, out: list, budget: int) -> None:
@@ -918,6 +1002,36 @@ class Connection:
                     ready[st] = None
             elif st.fin_pending and not st.fin_sent:
                 self._send_fin(st, out)
+
+    def take_stream_output(self, st: StreamState) -> list:
+        """Queued control frames, then Data frames cut from ``st``'s queue
+        alone, as far as its send window allows (each at most
+        ``MAX_DATA_FRAME``; its FIN after the last byte if one is pending):
+        a list of buffers to write in order.
+
+        For an I/O layer that promised to hand this stream's sendable bytes to
+        the transport now, whatever other streams have queued and however
+        full the transport is (``Stream.drain``).  Bytes beyond the send
+        window stay queued."""
+        out = self._control
+        self._control = []
+        if st.send_len and st.send_window and not (self.closed or st.reset):
+            while st.send_len and st.send_window:
+                size = st.send_window
+                if size > MAX_DATA_FRAME:
+                    size = MAX_DATA_FRAME
+                if size > st.send_len:
+                    size = st.send_len
+                out.append(pack_header(0, TYPE_DATA, 0, st.stream_id, size))
+                self._pop_send(st, size, out)
+                st.send_window -= size
+                st.send_len -= size
+            self._ready.pop(st, None)  # empty, or no window left
+            if not st.send_len and st.fin_pending and not st.fin_sent:
+                self._send_fin(st, out)
+            if self.closing:
+                self._end_if_drained()
+        return out
 
     @staticmethod
     def _pop_send(st: StreamState, size: int, out: list) -> None:

@@ -563,6 +563,127 @@ def test_close_sends_go_away_zero_and_terminates():
         p.client.open_stream()
 
 
+def test_begin_close_with_nothing_queued_ends_at_once():
+    p = Pair()
+    st, _ = p.open_accepted()
+    events = p.client.begin_close()
+    assert kinds(events) == [ConnectionTerminated] and events[0].error is None and events[0].unsent == 0
+    assert p.client.closing and p.client.closed
+    assert headers_of(p.client.take_output()) == [Header(0, TYPE_GO_AWAY, 0, 0, 0)]
+
+
+def test_begin_close_sends_queued_data_and_fin_as_windows_open_then_ends():
+    p = Pair()
+    st, peer = p.open_accepted()
+    idle, _ = p.open_accepted()
+    p.client.send_data(st, b"x" * (INITIAL_WINDOW + 100 * KiB))
+    p.client.end_stream(st)
+    assert p.client.begin_close() == []
+    assert p.client.closing and not p.client.closed
+    # Go Away(0) first, then what the window allows; no FIN yet
+    frames = p.send(p.client)
+    assert frames[0][0] == Header(0, TYPE_GO_AWAY, 0, 0, 0)
+    assert sum(len(body) for _, body in frames) == INITIAL_WINDOW
+    assert not p.client.closed
+    # no new streams, no new writes; reads and window updates go on
+    with pytest.raises(SessionClosedError, match="closing"):
+        p.client.open_stream()
+    with pytest.raises(SessionClosedError, match="closing"):
+        p.client.send_data(idle, b"late")
+    with pytest.raises(SessionClosedError, match="closing"):
+        p.client.send_data_now(idle, b"late")
+    assert p.client.can_open()  # (the backlog is not what refuses)
+    got = p.server.read(peer)
+    p.send(p.server)  # the window update
+    frames = p.send(p.client)
+    assert sum(len(body) for _, body in frames) == 100 * KiB
+    assert frames[-1][0] == Header(0, TYPE_WINDOW_UPDATE, FLAG_FIN, st.stream_id, 0)
+    events = p.take(p.client)
+    terminated = [e for e in events if isinstance(e, ConnectionTerminated)]
+    assert len(terminated) == 1 and terminated[0].error is None and terminated[0].unsent == 0
+    assert p.client.closed
+    got += p.server.read(peer)
+    assert len(got) == INITIAL_WINDOW + 100 * KiB and peer.at_eof
+
+
+def test_while_closing_inbound_syns_are_refused_and_queued_streams_accepted():
+    p = Pair()
+    st, _ = p.open_accepted()
+    p.client.send_data(st, b"y" * (INITIAL_WINDOW + 1))
+    p.server.open_stream()  # id 2, waits in the client's accept queue
+    p.send(p.server)
+    p.client.begin_close()
+    p.send(p.client)
+    assert p.server.remote_go_away
+    queued = p.client.accept()
+    assert queued.stream_id == 2
+    assert headers_of(p.client.take_output()) == [Header(0, TYPE_WINDOW_UPDATE, FLAG_ACK, 2, 0)]
+    events = p.client.receive_data(raw(TYPE_WINDOW_UPDATE, FLAG_SYN, 4, 0))
+    assert events == []
+    assert headers_of(p.client.take_output()) == [Header(0, TYPE_WINDOW_UPDATE, FLAG_RST, 4, 0)]
+
+
+def test_a_reset_of_the_last_queued_stream_ends_the_closing_session():
+    p = Pair()
+    st, peer = p.open_accepted()
+    p.client.send_data(st, b"z" * (INITIAL_WINDOW + 5))
+    p.client.begin_close()
+    p.send(p.client)
+    p.server.reset_stream(peer)
+    p.send(p.server)  # the RST: nothing is left to send
+    terminated = [e for e in p.take(p.client) if isinstance(e, ConnectionTerminated)]
+    assert len(terminated) == 1 and terminated[0].error is None and p.client.closed
+
+
+def test_close_after_begin_close_drops_what_is_left_and_counts_it():
+    p = Pair()
+    st, _ = p.open_accepted()
+    p.client.send_data(st, b"w" * (INITIAL_WINDOW + 300))
+    p.client.begin_close()
+    p.send(p.client)
+    events = p.client.close()  # the bound expired: give up
+    assert kinds(events) == [ConnectionTerminated]
+    assert events[0].error is None and events[0].unsent == 300 and st.unsent == 300
+    assert p.client.take_output() == []  # the Go Away already went out
+
+
+def test_take_stream_output_cuts_one_stream_within_its_window():
+    p = Pair()
+    a, _ = p.open_accepted()
+    b, _ = p.open_accepted()
+    p.client.send_data(b, b"b" * 100)
+    p.client.send_data(a, b"a" * (INITIAL_WINDOW + 7))
+    p.client.end_stream(a)
+    p.client.ping()
+    frames = frames_of(p.client.take_stream_output(a))
+    assert frames[0][0].type == TYPE_PING  # control frames first
+    assert {hdr.stream_id for hdr, _ in frames[1:]} == {a.stream_id}
+    assert sum(len(body) for _, body in frames) == INITIAL_WINDOW and a.send_len == 7 and not a.fin_sent
+    assert p.client.take_stream_output(a) == []  # no window left
+    assert b.send_len == 100 and p.client.has_pending_data  # b was not touched
+    p.client.receive_data(raw(TYPE_WINDOW_UPDATE, 0, a.stream_id, 1000))
+    frames = frames_of(p.client.take_stream_output(a))
+    assert [len(body) for _, body in frames] == [7, 0]
+    assert frames[-1][0] == Header(0, TYPE_WINDOW_UPDATE, FLAG_FIN, a.stream_id, 0)
+    assert headers_of(p.client.take_output()) == [Header(0, TYPE_DATA, 0, b.stream_id, 100)]
+
+
+def test_accept_after_the_session_ended_returns_streams_the_peer_opened():
+    """The peer opened a stream, wrote, sent FIN and ended the session before
+    we accepted: the stream is still handed out (without an ACK), readable to EOF."""
+    server = fresh_server()
+    server.receive_data(
+        raw(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0) + raw(TYPE_DATA, 0, 1, 3, b"bye") + raw(TYPE_WINDOW_UPDATE, FLAG_FIN, 1, 0)
+    )
+    events = server.connection_lost(None)
+    assert kinds(events) == [ConnectionTerminated]
+    st = server.accept()
+    assert st is not None and st.stream_id == 1
+    assert server.read(st) == b"bye" and st.at_eof
+    assert server.accept() is None
+    assert server.take_output() == []  # no ACK after the end
+
+
 def test_connection_lost_is_an_error_unless_the_peer_said_go_away():
     a = Connection(client=True)
     (term,) = a.connection_lost()

@@ -4,7 +4,9 @@
    output budgets), with random opens, writes, half-closes, closes, resets,
    reads, accepts and pings: every stream delivers exactly the bytes written,
    in order (a prefix of them if the stream was reset or refused), and two
-   correct peers never see a protocol error.
+   correct peers never see a protocol error.  A graceful close
+   (``begin_close``) after such a run still delivers everything its side
+   wrote, then ends cleanly.
 2. Random and malformed input never raises out of ``receive_data``: a session
    either goes on or ends through the protocol-error path, its memory stays
    within the windows, and the outcome does not depend on how the bytes were
@@ -66,6 +68,7 @@ class Wire:
     def __init__(self, client_config, server_config):
         self.client = Side(Connection(client=True, config=client_config))
         self.server = Side(Connection(client=False, config=server_config))
+        self.closing_side = None  # the side whose begin_close() may end it (cleanly)
 
     def sides(self):
         return (self.client, self.server)
@@ -77,7 +80,9 @@ class Wire:
         for event in events:
             if isinstance(event, PingAcked):
                 side.acked_pings.add(event.opaque)
-            assert not isinstance(event, ConnectionTerminated), f"unexpected end: {event.error}"
+            if isinstance(event, ConnectionTerminated):
+                assert side is self.closing_side and event.error is None, f"unexpected end: {event.error}"
+                assert event.unsent == 0
         side.events.extend(events)
 
     def produce(self, side, budget):
@@ -249,6 +254,51 @@ def test_random_interleavings_deliver_exactly_what_was_written(client_config, se
     check_delivery(wire)
     for side in wire.sides():
         assert side.pings <= side.acked_pings
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    configs,
+    configs,
+    scenarios,
+    st.booleans(),
+    st.lists(st.tuples(st.integers(0, 15), st.integers(1, 700 * KiB), st.booleans()), max_size=4),
+)
+def test_graceful_close_delivers_everything_already_written(client_config, server_config, ops, client_closes, last):
+    """After random traffic one side writes a last few blocks (often more than
+    the window) and calls begin_close(); while the peer reads on, everything
+    that side had written (and its FINs) is delivered, and the session ends
+    cleanly with nothing unsent."""
+    wire = Wire(client_config, server_config)
+    for op in ops:
+        apply(wire, op)
+    closer = wire.client if client_closes else wire.server
+    for index, size, fin in last:
+        apply(wire, ("write", closer is wire.client, index, size))
+        if fin:
+            apply(wire, ("eof", closer is wire.client, index))
+    peer = wire.peer(closer)
+    queued = sum(s.send_len for s in closer.streams)
+    event("queued at close: " + ("none" if not queued else "< 256 KiB" if queued < INITIAL_WINDOW else ">= 256 KiB"))
+    wire.closing_side = closer
+    wire.note_events(closer, closer.conn.begin_close())
+    assert closer.conn.closing
+    wire.settle()
+    assert closer.conn.closed and closer.conn.error is None
+    assert not peer.conn.closed and peer.conn.remote_go_away
+    peer_streams = {s.stream_id: s for s in peer.streams}
+    for stream in closer.streams:
+        sid = stream.stream_id
+        sent = closer.written.get(sid, b"")
+        got = bytes(peer.received.get(sid, b""))
+        other = peer_streams.get(sid)
+        if not stream.reset and other is not None and not other.reset and not other.read_closed:
+            assert got == sent, f"stream {sid}: {len(got)} of {len(sent)} bytes delivered"
+            if sid in closer.ended:
+                assert other.remote_fin and other.at_eof
+        else:
+            assert sent.startswith(got), f"stream {sid}: delivered bytes are not a prefix"
+        assert stream.unsent == 0
 
 
 @settings(max_examples=60, deadline=None)
