@@ -230,7 +230,7 @@ def _scalar(field, value, place: str):
         else:
             raise SpecError(f"config.json: {place}: expected an integer")
     lo, hi = _int_range(field)
-    if kind == field.TYPE_UINT32 and -(1 << 31) <= value < 0:
+    if field.name == "OOMScoreAdj" and -1000 <= value < 0:
         # oci.proto carries the signed oomScoreAdj as uint32: the agent unwraps it.
         return value + (1 << 32)
     if not lo <= value <= hi:

@@ -6,6 +6,9 @@ module only when that command runs, so ``kata-runtime state`` never pays for wha
 ``create`` needs (gRPC, protobuf): containerd calls the runtime several times per
 container. To add a command, add its module name to :data:`COMMANDS`.
 
+Importing ``kata_runtime.cli.list`` (and ``.exec``) binds those names in this package, so
+this module must not call the built-ins ``list`` or ``exec``.
+
 Errors: every failure is one line on stderr (runc's message where callers parse it) and,
 with ``--log FILE``, one record in that file (``--log-format json``:
 ``{"level":"error","msg":...,"time":...}``, what containerd-shim reads); exit status 1.
@@ -64,7 +67,7 @@ class LazyGroup(click.Group):
     """A group whose commands are imported on first use from ``kata_runtime.cli.<name>``."""
 
     def list_commands(self, ctx):
-        return list(COMMANDS)
+        return [*COMMANDS]
 
     def get_command(self, ctx, name):
         if name not in COMMANDS:
@@ -84,9 +87,15 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+def _print_version(ctx, param, value):
+    # click calls an eager option's callback for every command: import version.py only when asked.
+    if value:
+        importlib.import_module("kata_runtime.cli.version").print_version(ctx, param, value)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
              help="kata-runtime: run OCI containers in Kata sandboxes (runc-compatible command line).")
-@click.option("--version", "-v", is_flag=True, expose_value=False, is_eager=True, help="Print the version and exit (same as the version command).", callback=lambda ctx, param, value: importlib.import_module("kata_runtime.cli.version").print_version(ctx, param, value))
+@click.option("--version", "-v", is_flag=True, expose_value=False, is_eager=True, help="Print the version and exit (same as the version command).", callback=_print_version)
 @click.option("--root", default=DEFAULT_ROOT, show_default=True, metavar="DIR",
               help="Directory for the state of containers and sandboxes.")
 @click.option("--log", "log_path", metavar="FILE", help="Append the log to FILE (default: stderr).")
@@ -123,7 +132,7 @@ def main(argv=None) -> int:
     0 on success; a command's own status where it has one (``run`` and ``exec`` exit with
     the container process's); 1 on any error (usage errors included, as runc).
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = sys.argv[1:] if argv is None else [*argv]
     try:
         result = main_group.main(args=argv, prog_name="kata-runtime", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -1,0 +1,140 @@
+"""The CLI's pieces that need no sandbox: runc's output formats, argument parsing, the error
+handler, and what `state` / `list` import (unit tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from katapb import agent_pb2
+from kata_runtime.cli import main
+from kata_runtime.cli.events import parse_duration
+from kata_runtime.cli.list import tabwriter
+from kata_runtime.cli.update import resources_from_flags
+from kata_runtime.container import rfc3339_nano, runc_state
+from kata_runtime.errors import InvalidArgument
+from kata_runtime.events import event_line, runc_stats
+from kata_runtime.signals import parse_bytes, parse_signal
+from kata_runtime.state import Store
+
+
+def test_list_table_is_runcs_tabwriter_output():
+    # `runc list` on this machine, byte for byte (Go text/tabwriter, minwidth 12, padding 3).
+    runc = ("ID          PID         STATUS      BUNDLE       CREATED                          OWNER\n"
+            "x1          9307        created     /tmp/rcx/b   2026-11-30T09:54:03.467504642Z   root\n")
+    rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"),
+            ("x1", "9307", "created", "/tmp/rcx/b", "2026-11-30T09:54:03.467504642Z", "root")]
+    assert tabwriter(rows) == runc
+    assert tabwriter(rows[:1]) == "ID          PID         STATUS      BUNDLE      CREATED     OWNER\n"
+
+
+def test_rfc3339_nano_is_gos():
+    assert rfc3339_nano(1_796_032_443_467_504_642) == "2026-11-30T09:54:03.467504642Z"
+    assert rfc3339_nano(1_796_032_443_400_000_000) == "2026-11-30T09:54:03.4Z"
+    assert rfc3339_nano(1_796_032_443_000_000_000) == "2026-11-30T09:54:03Z"
+
+
+def test_state_json_keys_in_runcs_order():
+    data = {"id": "c", "ociVersion": "1.0.2", "bundle": "/b", "rootfs": "/b/rootfs", "created": "t",
+            "shim": {"pid": 42}, "annotations": {"k": "v"}}
+    assert list(runc_state(data, "running")) == ["ociVersion", "id", "pid", "status", "bundle", "rootfs",
+                                                 "created", "annotations", "owner"]
+    assert runc_state(data, "running")["pid"] == 42 and runc_state(data, "stopped")["pid"] == 0
+    assert "annotations" not in runc_state(data | {"annotations": {}}, "created")
+
+
+@pytest.mark.parametrize("text, number", [("9", 9), ("KILL", 9), ("SIGKILL", 9), ("kill", 9), ("sigterm", 15),
+                                          ("USR1", 10), ("SIGRTMIN", 34), ("64", 64)])
+def test_signals(text, number):
+    assert parse_signal(text) == number
+
+
+@pytest.mark.parametrize("bad", ["", "FOO", "SIGFOO", "0", "65", "-9", "9x"])
+def test_bad_signals(bad):
+    with pytest.raises(InvalidArgument):
+        parse_signal(bad)
+
+
+def test_sizes_and_durations():
+    assert [parse_bytes(t) for t in ("1024", "64m", "64MB", "1g", "1.5k", "-1")] == [1024, 64 << 20, 64 << 20,
+                                                                                     1 << 30, 1536, -1]
+    assert [parse_duration(t) for t in ("5s", "500ms", "1m30s")] == [5.0, 0.5, 90.0]
+    for bad in ("5", "s", "-1s", "0s", "5 s"):
+        with pytest.raises(InvalidArgument):
+            parse_duration(bad)
+    with pytest.raises(InvalidArgument):
+        parse_bytes("lots")
+
+
+def test_update_flags_become_oci_resources():
+    flags = dict(memory=None, memory_reservation=None, memory_swap=None, cpu_period=None, cpu_quota=None,
+                 cpu_shares=None, cpuset_cpus=None, cpuset_mems=None, pids_limit=None, blkio_weight=None)
+    assert resources_from_flags(**flags) == {}
+    assert resources_from_flags(**flags | {"memory": "64m", "cpu_quota": 5000, "cpu_period": 10000,
+                                           "cpu_shares": 512, "pids_limit": 20}) == {
+        "memory": {"limit": 64 << 20}, "cpu": {"period": 10000, "quota": 5000, "shares": 512},
+        "pids": {"limit": 20}}
+
+
+def test_stats_become_runcs_types_stats():
+    resp = agent_pb2.StatsContainerResponse()
+    cg = resp.cgroup_stats
+    cg.cpu_stats.cpu_usage.total_usage = 100
+    cg.cpu_stats.cpu_usage.percpu_usage.extend([60, 40])
+    cg.memory_stats.usage.limit = 1 << 26
+    cg.memory_stats.usage.usage = 4096
+    cg.memory_stats.stats["rss"] = 4096
+    cg.pids_stats.current = 2
+    cg.pids_stats.limit = 20
+    stats = runc_stats(resp)
+    assert stats["cpu"] == {"usage": {"total": 100, "percpu": [60, 40], "kernel": 0, "user": 0}, "throttling": {}}
+    assert stats["memory"]["usage"] == {"limit": 1 << 26, "usage": 4096, "failcnt": 0}
+    assert stats["memory"]["raw"] == {"rss": 4096} and stats["pids"] == {"current": 2, "limit": 20}
+    assert stats["network_interfaces"] is None
+    line = event_line("stats", "c1", stats)
+    assert list(json.loads(line)) == ["type", "id", "data"] and "\n" not in line
+
+
+def test_errors_are_one_line_and_a_json_log_record(tmp_path, capsys):
+    log = tmp_path / "log.json"
+    code = main(["--root", str(tmp_path), "--log", str(log), "--log-format", "json", "state", "nope"])
+    assert code == 1
+    assert capsys.readouterr().err == "container nope does not exist\n"
+    record = json.loads(log.read_text())
+    assert list(record) == ["level", "msg", "time"]
+    assert record["level"] == "error" and record["msg"] == "container nope does not exist"
+    assert record["time"].endswith("Z")
+
+
+def test_usage_errors_exit_1(tmp_path, capsys):
+    assert main(["--root", str(tmp_path), "no-such-command"]) == 1
+    assert main(["--root", str(tmp_path), "state"]) == 1
+    assert main(["--root", str(tmp_path), "kill", "c", "NOSIG"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "no-such-command" in err[0] and "ID" in err[1]
+
+
+def test_list_of_nothing(tmp_path, capsys):
+    assert main(["--root", str(tmp_path), "list", "--format", "json"]) == 0
+    assert capsys.readouterr().out == "null\n"  # runc encodes a nil slice
+    assert main(["--root", str(tmp_path), "list", "-q"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("command", [["state", "c1"], ["list"], ["list", "--format", "json"]])
+def test_state_and_list_do_not_import_grpc(tmp_path, command):
+    store = Store(str(tmp_path))
+    with store.reserve_container("c1") as entry:
+        entry.write({"id": "c1", "status": "created", "shim": {"pid": 1, "start": -1}, "ociVersion": "1.0.2",
+                     "bundle": "/b", "rootfs": "/b/rootfs", "created": "t"})
+    code = ("import sys; from kata_runtime.cli import main; rc = main(sys.argv[1:]); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google', 'katapb', 'tomllib'));"
+            "print(); print('HEAVY', heavy); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, "--root", str(tmp_path), *command], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1] == "HEAVY []"
+    assert "stopped" in p.stdout  # the recorded shim is not alive

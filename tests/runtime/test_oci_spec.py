@@ -1,0 +1,130 @@
+"""kata_oci: config.json -> katapb Spec, and the agent's translation back (unit tests).
+
+The runtime and the agent translate in opposite directions with one naming rule; a spec
+sent to the agent and turned back into JSON there must be the spec the bundle holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from kata_agent.spec import message_to_oci, oci_name as agent_oci_name
+from kata_oci import SpecError, container_spec, guest_rootfs, load_bundle_config, oci_name, process_spec, resources_spec
+from katapb import oci_pb2
+from tests.runtime.harness import make_bundle
+
+
+def all_fields():
+    seen, todo, out = set(), [oci_pb2.Spec.DESCRIPTOR], []
+    while todo:
+        desc = todo.pop()
+        if desc.full_name in seen:
+            continue
+        seen.add(desc.full_name)
+        for f in desc.fields:
+            out.append((desc.name, f.name))
+            if f.message_type is not None:
+                todo.append(f.message_type)
+    return out
+
+
+@pytest.mark.parametrize("message, field", all_fields())
+def test_naming_rule_is_the_agents(message, field):
+    assert oci_name(message, field) == agent_oci_name(message, field)
+
+
+@pytest.mark.parametrize("message, field, name", [
+    ("Linux", "UIDMappings", "uidMappings"), ("Process", "OOMScoreAdj", "oomScoreAdj"),
+    ("LinuxIDMapping", "HostID", "hostID"), ("LinuxResources", "CPU", "cpu"), ("Spec", "Version", "ociVersion"),
+    ("LinuxHugepageLimit", "Pagesize", "pageSize"), ("Mount", "destination", "destination"),
+    ("Linux", "CgroupsPath", "cgroupsPath"), ("LinuxBlockIO", "ThrottleReadIOPSDevice", "throttleReadIOPSDevice"),
+])
+def test_known_names(message, field, name):
+    assert oci_name(message, field) == name
+
+
+def bundle_config(tmp_path) -> dict:
+    b = make_bundle(tmp_path / "b", ["sh", "-c", "echo hi"], terminal=True, console_size=(30, 100),
+                    annotations={"a": "1"})
+    spec = load_bundle_config(str(b))
+    spec["process"]["oomScoreAdj"] = -500
+    spec["process"]["user"]["additionalGids"] = [5, 6]
+    spec["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+    spec["linux"]["uidMappings"] = [{"containerID": 1, "hostID": 1000, "size": 10}]
+    spec["linux"]["resources"].update(memory={"limit": 1 << 26, "swap": -1}, cpu={"shares": 512, "cpus": "0"},
+                                      pids={"limit": 10}, hugepageLimits=[{"pageSize": "2MB", "limit": 4096}])
+    return spec
+
+
+def test_container_spec_round_trips_through_the_agent(tmp_path):
+    spec = bundle_config(tmp_path)
+    back = message_to_oci(container_spec(spec, "c1"))
+    assert back["root"] == {"path": guest_rootfs("c1")}  # readonly false is proto3's "unset"
+    assert back["root"]["path"] == "/run/kata-containers/shared/containers/c1/rootfs"
+    back["process"]["oomScoreAdj"] -= 1 << 32  # uint32 on the wire; the agent unwraps it
+    # uid 0 / gid 0 are proto3 zeros: absent on the wire, the agent's defaults (0) again.
+    assert back["process"] == spec["process"] | {"user": {"additionalGids": [5, 6]}}
+    assert back["mounts"] == spec["mounts"] and back["annotations"] == {"a": "1"}
+    assert back["linux"]["resources"] == spec["linux"]["resources"] | {"devices": [{"access": "rwm"}]}
+    assert back["linux"]["sysctl"] == spec["linux"]["sysctl"]
+    assert back["linux"]["uidMappings"] == spec["linux"]["uidMappings"]
+    assert back["ociVersion"] == "1.0.2-dev" and back["hostname"] == "kata-test"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"args": "sh"}, "process.args must be a non-empty list of strings"),
+    ({"args": []}, "process.args must be a non-empty list of strings"),
+    ({"cwd": "tmp"}, "process.cwd must be an absolute path"),
+    ({"terminal": "yes"}, "process.terminal: expected true or false"),
+    ({"env": "A=1"}, "process.env: expected a list"),
+    ({"user": {"uid": -1}}, "process.user.uid: -1 is out of range"),
+    ({"rlimits": [{"type": 1}]}, "process.rlimits[0].type: expected a string"),
+    ({"consoleSize": [1, 2]}, "process.consoleSize must be an object"),
+])
+def test_wrong_types_name_their_place(tmp_path, change, message):
+    spec = bundle_config(tmp_path)
+    spec["process"].update(change)
+    with pytest.raises(SpecError) as info:
+        process_spec(spec["process"]) if "args" in change or "cwd" in change else container_spec(spec, "c")
+    assert message in str(info.value)
+
+
+def test_resources_spec():
+    pb = resources_spec({"pids": {"limit": 20}, "memory": {"limit": 1 << 26}, "cpu": {"quota": 50000, "period": 100000}})
+    assert message_to_oci(pb) == {"pids": {"limit": 20}, "memory": {"limit": 1 << 26},
+                                  "cpu": {"quota": 50000, "period": 100000}}
+    with pytest.raises(SpecError, match="resources.pids.limit: expected an integer"):
+        resources_spec({"pids": {"limit": "many"}})
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda b: (b / "config.json").unlink(), "config.json: no such file"),
+    (lambda b: (b / "config.json").write_text("[]"), "config.json must hold a JSON object"),
+    (lambda b: (b / "config.json").write_text('{"process": {"args": ["x"]}}'), "root.path must be set"),
+    (lambda b: (b / "config.json").write_text('{"root": {"path": "r"}}'), "process must be an object"),
+])
+def test_bundle_errors(tmp_path, breakage, message):
+    b = make_bundle(tmp_path / "b", ["true"])
+    breakage(b)
+    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+        load_bundle_config(str(b))
+
+
+scalars = st.one_of(st.text(max_size=5), st.integers(-5, 5), st.booleans(), st.none())
+json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                           st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                           max_leaves=10)
+
+
+@given(st.dictionaries(st.sampled_from(["terminal", "args", "env", "cwd", "user", "rlimits", "capabilities",
+                                        "consoleSize", "oomScoreAdj", "noNewPrivileges", "x-extension"]),
+                       json_values, max_size=6))
+def test_any_process_json_is_translated_or_refused_with_a_spec_error(process):
+    try:
+        pb = process_spec(process)
+    except SpecError as e:
+        assert "\n" not in str(e)
+        return
+    assert list(pb.Args) == process["args"]
