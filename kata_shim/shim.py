@@ -23,6 +23,8 @@ and exits with exits.SHIM_FAILURE, never with the process's status.
 Exit goes through :meth:`Relay.exit` from whichever thread decides it: the
 terminal is restored, a failure prints one ``kata-shim: ...`` line on stderr,
 and the process ends with os._exit (the pump threads may be blocked in reads).
+exit() never raises and never returns, and a watchdog ends the process after
+EXIT_GRACE_S even if restoring the terminal or writing the line blocks.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import _thread
 import os
 import signal
+import time
 
 from kata_shim import exits, h2, pumps, tty
 from kata_shim.client import RECV_SIZE, SMALL_RECV_SIZE, AgentClient, AgentLost
@@ -44,6 +47,10 @@ STDIN_CHUNK = 1 << 20
 # written with one wake-up of the reader instead of sixteen.  Still a bound, in the kernel.
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
+
+# The longest the exit path may take once decided (restoring the terminal, the failure line,
+# the log): then the process ends anyway, with the status already chosen.
+EXIT_GRACE_S = 2.0
 
 NOT_FORWARDED = frozenset((signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGPIPE,
                            signal.SIGWINCH))
@@ -89,20 +96,45 @@ class Relay:
     # ------------------------------------------------------------------ exit
 
     def exit(self, status: int, message: str | None = None) -> None:
-        """Restore the terminal, print ``message`` (a failure), exit.  First caller wins."""
-        self._exit_lock.acquire()  # never released: later callers block until the process ends
-        if self._tty_saved is not None:
-            try:
-                tty.restore(0, self._tty_saved)
-            except OSError:
-                pass
-        if message:
-            self.log.error(message)
-            try:
-                os.write(2, f"kata-shim: {message}\n".encode("utf-8", "replace"))
-            except OSError:
-                pass
+        """Restore the terminal, print ``message`` (a failure), exit with ``status``.
+
+        The first caller wins; later callers block until the process ends.  Never raises,
+        never returns, and ends the process within EXIT_GRACE_S whatever the terminal or
+        stderr do (a hung-up terminal fails tcsetattr with termios.error, not OSError; a
+        stderr nobody reads blocks the write).
+        """
+        self._exit_lock.acquire()  # never released
+        try:
+            _thread.start_new_thread(self._exit_after_grace, (status,))
+            self._restore_terminal()
+            if message:
+                self._say(message)
+        finally:
+            os._exit(status)
+
+    @staticmethod
+    def _exit_after_grace(status: int) -> None:
+        time.sleep(EXIT_GRACE_S)
         os._exit(status)
+
+    def _restore_terminal(self) -> None:
+        if self._tty_saved is None:
+            return
+        try:
+            tty.restore(0, self._tty_saved)
+        except Exception as e:  # termios.error (hung up, no longer a tty) or OSError
+            self.log.debug("terminal not restored", error=str(e))
+
+    def _say(self, message: str) -> None:
+        """The failure line: in the log and, as ``kata-shim: ...``, on stderr."""
+        try:
+            self.log.error(message)
+        except Exception:
+            pass
+        try:
+            os.write(2, f"kata-shim: {message}\n".encode("utf-8", "replace"))
+        except OSError:
+            pass
 
     def where(self) -> str:
         """``process E (container C)``, for messages."""
@@ -206,14 +238,23 @@ class Relay:
         except RpcError as e:
             self.log.warning("TtyWinResize failed", error=str(e), rows=size[0], columns=size[1])
 
+    def _make_raw(self) -> None:
+        """Raw mode on fd 0 if it is a usable terminal; a pipe, /dev/null or a hung-up
+        terminal is relayed as it is (what a reaper gives a detached tty process)."""
+        if not os.isatty(0):
+            return
+        try:
+            self._tty_saved = tty.make_raw(0)
+        except tty.ERRORS as e:
+            self.log.warning("terminal left as it is: cannot make it raw", error=str(e))
+
     def run(self, waited: set) -> None:
         """Start the pumps, then relay signals in this (the main) thread forever."""
         opts = self.opts
         control = self.client("signals")
         try:
             if opts.terminal:
-                if os.isatty(0):
-                    self._tty_saved = tty.make_raw(0)
+                self._make_raw()
                 self._resize(control)
             streams = [("stdout", 1)] if opts.terminal else [("stdout", 1), ("stderr", 2)]
             for name, fd in streams:
