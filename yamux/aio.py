@@ -12,6 +12,12 @@ written and data stays in the streams' queues.
 Waiters (reads, drains, accepts, opens, pings) are plain futures resolved
 directly from the event handlers; every one of them is woken when the
 session ends.
+
+What "written" means: :meth:`Stream.write` queues; :meth:`Stream.drain`
+returns once every byte written on the stream has been handed to the
+transport; :meth:`Session.close` is graceful and bounded: it goes on sending
+what the streams already wrote (as the peer's windows allow) for at most
+``Config.close_timeout`` seconds, then flushes and closes the transport.
 """
 
 from __future__ import annotations
@@ -39,7 +45,6 @@ from .core import (
     StreamState,
 )
 from .errors import (
-    GoAwayError,
     ProtocolError,
     SessionClosedError,
     StreamResetError,
@@ -338,6 +343,9 @@ class Session:
         self._rx_chunks = 0
         self._rbuf: memoryview | None = None  # read buffer of the buffered protocol
         self._keepalive_task: asyncio.Task | None = None
+        self._close_timer: asyncio.TimerHandle | None = None  # bound of a graceful close()
+        self._close_deadline: float | None = None  # loop time; also bounds the transport's flush
+        self._committed: dict = {}  # streams whose drain() returned before the flush: hand them over
 
     def _start(self) -> None:
         if self._config.enable_keepalive and not self._closed:
@@ -353,6 +361,11 @@ class Session:
     def closed(self) -> bool:
         """True once the session has ended (closed locally, by the peer, or by an error)."""
         return self._closed
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` has begun (and stays True after the end)."""
+        return self._conn.closing
 
     @property
     def error(self) -> BaseException | None:
@@ -397,30 +410,35 @@ class Session:
 
     async def open_stream(self) -> Stream:
         """Open a new stream.  Never waits for the peer's ACK; waits only while
-        ``accept_backlog`` of our opens are un-ACKed."""
+        ``accept_backlog`` of our opens are un-ACKed.  Raises
+        :class:`GoAwayError` after the peer's Go Away, and
+        :class:`SessionClosedError` once :meth:`close` has begun or the session
+        has ended."""
         conn = self._conn
         while True:
             if self._closed:
                 raise self._closed_exc()
-            if conn.remote_go_away:
-                raise GoAwayError("the peer sent Go Away: it accepts no new streams")
-            if conn.can_open():
-                stream = Stream(self, conn.open_stream())
+            if conn.closing or conn.remote_go_away or conn.can_open():
+                stream = Stream(self, conn.open_stream())  # raises when closing or after Go Away
                 self._schedule_flush()
                 return stream
             await self._wait(self._open_waiters)
 
     async def accept_stream(self) -> Stream:
-        """The next stream opened by the peer (its ACK is sent now).
-        Raises :class:`SessionClosedError` once the session has ended."""
+        """The next stream opened by the peer (its ACK is sent now), waiting
+        for one.  Streams the peer opened before the session ended are still
+        returned after the end, in order, with what the peer wrote (and its
+        FIN) readable; then :class:`SessionClosedError` is raised.  A stream
+        the peer opened, wrote and closed just before it closed its session
+        is therefore never lost."""
         conn = self._conn
         while True:
-            if self._closed:
-                raise self._closed_exc()
             st = conn.accept()
             if st is not None:
                 self._schedule_flush()
                 return st.user
+            if self._closed:
+                raise self._closed_exc()
             await self._wait(self._accept_waiters)
 
     async def ping(self) -> float:
@@ -453,13 +471,45 @@ class Session:
             await self.wait_closed()
 
     async def close(self) -> None:
-        """Send what the windows allow, Go Away(0), close the transport; wake
-        every waiter; wait until the transport and our tasks are done."""
-        if not self._closed:
-            self._flush()
-            self._handle_events(self._conn.close())
+        """Close the session gracefully, in at most ``config.close_timeout`` seconds.
+
+        Go Away(0) goes out first: the peer opens no more streams.  From then
+        on :meth:`open_stream` and stream writes raise
+        :class:`SessionClosedError` (:attr:`closing` is True), while what the
+        streams already wrote, and FINs after it, still go out as the peer's
+        windows allow (the peer must keep reading for that); received data is
+        still delivered meanwhile.  Once nothing is left (at once if nothing
+        is queued) the session ends: every waiter is woken, the transport is
+        flushed and closed.  At the deadline whatever is still queued is
+        dropped (a warning gives the byte count) and the transport is
+        aborted.  Streams left open are not FIN'd: the peer sees the session
+        end.
+
+        Returns once the session has ended and its transport is closed.
+        Idempotent; concurrent calls wait for the same end.  Cancelling the
+        caller does not stop the close (the deadline still applies).
+
+        hashicorp/yamux's ``Session.Close`` closes the connection at once; it
+        loses nothing written because its ``Stream.Write`` returns only once
+        the frames were written to the connection.  Our writes queue, hence
+        the bounded wait (:meth:`Stream.drain` gives Go's guarantee per
+        write).
+        """
+        if not self._closed and not self._conn.closing:
+            timeout = self._config.close_timeout
+            self._close_deadline = self._loop.time() + timeout
+            self._close_timer = self._loop.call_later(timeout, self._close_expired)
+            self._handle_events(self._conn.begin_close())
+            self._wake_all(self._open_waiters)  # they now fail: no new streams
             self._flush()
         await self.wait_closed()
+
+    def _close_expired(self) -> None:
+        """close_timeout is over: drop what is still queued and end now."""
+        self._close_timer = None
+        if not self._closed:
+            self._handle_events(self._conn.close())
+            self._flush()
 
     async def wait_closed(self) -> None:
         """Wait until the session has ended and its transport is closed."""
@@ -607,6 +657,8 @@ class Session:
                         break
                 if self._paused or not conn._ready or self._io_closed:
                     break
+            if self._committed:
+                self._flush_committed()
             if conn._events:
                 self._handle_events(conn.take_events())
             if self._closed and not self._io_closed:
@@ -614,15 +666,41 @@ class Session:
         if self._blocked_writers:
             self._wake_writers()
 
+    def _flush_committed(self) -> None:
+        """Hand over what drain() promised, even if the transport paused
+        during this flush (at most each stream's send window)."""
+        committed = self._committed
+        self._committed = {}
+        conn = self._conn
+        for st in committed:
+            if st.send_len and not self._io_closed:
+                out = conn.take_stream_output(st)
+                if out:
+                    try:
+                        self._write(out)
+                    except Exception as exc:  # the transport went away under us
+                        self._on_lost(exc)
+
     def _close_io(self) -> None:
         if not self._io_closed:
             self._io_closed = True
-            self._io.close(self._config.connection_write_timeout)
+            deadline = self._close_deadline
+            if deadline is None:  # the session ended by itself
+                timeout = self._config.connection_write_timeout
+            else:  # close(): the flush shares its deadline
+                timeout = max(0.0, deadline - self._loop.time())
+            self._io.close(timeout)
 
     def _wake_writers(self) -> None:
         for stream in list(self._blocked_writers):
             st = stream._st
-            if st.send_len <= stream._high or st.reset or self._closed:
+            # splice() waits for a queue at or below _high; drain() for one
+            # within the send window while the transport accepts data
+            if stream._writable_cb is not None:
+                limit = stream._high
+            else:
+                limit = 0 if self._paused else st.send_window
+            if st.send_len <= limit or st.reset or self._closed:
                 stream._writable()
 
     def _handle_events(self, events: list) -> None:
@@ -650,15 +728,26 @@ class Session:
             elif kind is GoAwayReceived:
                 self._wake_all(self._open_waiters)
             elif kind is ConnectionTerminated:
-                self._on_terminated(event.error, event.streams)
+                self._on_terminated(event.error, event.streams, event.unsent)
 
-    def _on_terminated(self, error: BaseException | None, streams: list) -> None:
+    def _on_terminated(self, error: BaseException | None, streams: list, unsent: int = 0) -> None:
         self._closed = True
         self._error = error
+        timer = self._close_timer
+        if timer is not None:
+            self._close_timer = None
+            timer.cancel()
+        role = "client" if self.is_client else "server"
+        lost = ""
+        if unsent:
+            lost = f"; {unsent} bytes written on {sum(1 for st in streams if st.unsent)} streams were never sent"
         if error is not None:
-            role = "client" if self.is_client else "server"
             level = logging.WARNING if isinstance(error, ProtocolError) or "keepalive" in str(error) else logging.INFO
-            logger.log(level, "yamux %s session ended (%d live streams): %s", role, len(streams), error)
+            logger.log(level, "yamux %s session ended (%d live streams): %s%s", role, len(streams), error, lost)
+        elif unsent:
+            logger.warning(
+                "yamux %s session closed after close_timeout (%s s)%s", role, self._config.close_timeout, lost
+            )
         for st in streams:
             if st.user is not None:
                 st.user._session_ended()
@@ -769,7 +858,8 @@ class Stream:
         return self._st.at_eof
 
     def get_write_buffer_size(self) -> int:
-        """Bytes written but not yet handed to the transport."""
+        """Bytes written but not yet handed to the transport (waiting for the
+        peer's window or for the transport to resume)."""
         return self._st.send_len
 
     def __repr__(self) -> str:
@@ -844,8 +934,11 @@ class Stream:
     # ------------------------------------------------------------ writing
 
     def write(self, data) -> None:
-        """Queue ``data`` (bytes are kept as they are, other buffers copied).
-        Raises after a RST, write_eof()/close(), or the session's end."""
+        """Queue ``data`` (bytes are kept as they are, other buffers copied);
+        it goes out as the send window and the transport allow (``drain()``
+        waits for that).  Raises :class:`StreamResetError` after a RST,
+        :class:`StreamClosedError` after ``write_eof()``/``close()``, and
+        :class:`SessionClosedError` once the session is closing or over."""
         st = self._st
         if st.reset:
             raise self._reset_error()
@@ -874,18 +967,47 @@ class Stream:
             self.write(item)
 
     async def drain(self) -> None:
-        """Wait while this stream's queue is above its bound (the send window
-        is exhausted or the transport is busy).  Raises on RST or session end."""
+        """Wait until every byte written on this stream so far is handed to
+        the transport: nothing written waits for the peer any more.
+
+        When ``drain()`` returns, each byte written before the call has been
+        handed to the transport (cut into Data frames within the stream's
+        send window and written into the transport's buffer), or lies within
+        the send window and is handed over by the flush already scheduled for
+        this loop iteration, which runs before the event loop waits for I/O
+        again, however full the transport is by then
+        (``get_write_buffer_size()`` is 0 after it).  Handing over those last
+        bytes with the iteration's other writes, not one write each, is what
+        keeps a write()+drain() loop as fast as the old high-water mark did.
+
+        So ``drain()`` waits while the peer's window is closed (the peer is
+        not reading) and while the transport is paused (its buffer is above
+        its high-water mark).  Handed to the transport is not received by the
+        peer: a graceful :meth:`Session.close` flushes the transport (within
+        ``close_timeout``).  This is the guarantee of a completed
+        ``Stream.Write`` in hashicorp/yamux (stream.go: Write returns once
+        its frames were written to the connection).
+
+        Raises :class:`StreamResetError` if the stream was reset, and
+        :class:`SessionClosedError` (or its subclass :class:`ProtocolError`)
+        if the session ended with some of the written bytes never sent.
+        """
         st = self._st
         session = self._session
         while True:
             if st.reset:
                 raise self._reset_error()
-            if session._closed:
-                if st.fin_sent:
-                    return  # everything, FIN included, went out before the end
+            queued = st.send_len
+            if not queued:
+                if st.unsent:  # the session ended before all of it went out
+                    raise session._closed_exc()
+                return
+            if session._closed:  # (the core empties the queues at the end: not reached)
                 raise session._closed_exc()
-            if st.send_len <= self._high:
+            if queued <= st.send_window and not session._paused:
+                # nothing waits for the peer: the flush of this iteration hands it over
+                session._committed[st] = None
+                session._schedule_flush()
                 return
             fut = session._loop.create_future()
             self._write_waiter = fut
@@ -1030,6 +1152,14 @@ class _Splice(asyncio.Protocol):
                     session._send(out)
                     return
                 session._flush()
+        except SessionClosedError:
+            if self.conn.closing and not self.conn.closed:
+                # a graceful close is sending what the stream already queued:
+                # stop reading the socket (this chunk came too late) and let it
+                self.stop_reading_while_closing()
+            else:
+                self.fail()
+            return
         except YamuxError:
             self.fail()
             return
@@ -1117,9 +1247,23 @@ class _Splice(asyncio.Protocol):
         if st.reset or (self.session._closed and not self.up_done):
             self.fail()
             return
+        if self.conn.closing and not self.session._closed:
+            if self.read_paused:
+                self.stop_reading_while_closing()  # stay paused until the session ends
+            return
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
+
+    def stop_reading_while_closing(self) -> None:
+        """The session is closing: the socket is not read any more; we are
+        called back (and fail) when the session ends."""
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        stream = self.stream
+        stream._writable_cb = self.stream_writable
+        self.session._blocked_writers.add(stream)
 
     def stream_readable(self) -> None:
         if self.finished:

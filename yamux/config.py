@@ -16,12 +16,23 @@ class Config:
     enable_keepalive / keepalive_interval: ping the peer every interval seconds;
         a ping unanswered within connection_write_timeout (with no other traffic
         received meanwhile) ends the session.
-    connection_write_timeout: ping deadline, and how long ``close()`` waits for
-        the transport to flush before aborting it.
+    connection_write_timeout: seconds; the ping deadline, and how long the
+        transport may take to flush after the session ended by itself (the
+        peer's EOF, an error) before it is aborted.
+    close_timeout: seconds (> 0); the bound of a graceful ``Session.close()``:
+        how long it waits for what the streams already wrote (and their FINs)
+        to go out as the peer's windows allow, and for the transport to flush.
+        At the deadline what is left is dropped (logged as a warning with the
+        byte count), the transport is aborted and ``close()`` returns, so a
+        peer that never reads cannot hold it.  The default, 10 s, is
+        hashicorp/yamux's ConnectionWriteTimeout, the bound Go puts on each
+        frame it sends.  Not an upstream option (Go's Close does not wait).
     max_stream_window_size: this side's receive window per stream (>= 256 KiB);
         the extra above 256 KiB is granted on the SYN/ACK window update.
-    stream_write_buffer: bytes a stream may queue locally (beyond what the send
-        window lets out) before ``drain()`` blocks.
+    stream_write_buffer: bytes a spliced stream (``splice()``) may queue
+        beyond what the send window lets out before the socket stops being
+        read.  ``Stream.drain()`` does not use it: it waits until nothing is
+        queued (every byte handed to the transport).
     stream_close_timeout: after ``Stream.close()``, how long to wait for the
         peer's FIN before resetting the stream and forgetting it (upstream's
         StreamCloseTimeout); 0 waits forever.
@@ -39,6 +50,7 @@ class Config:
     enable_keepalive: bool = True
     keepalive_interval: float = 30.0
     connection_write_timeout: float = 10.0
+    close_timeout: float = 10.0
     max_stream_window_size: int = INITIAL_WINDOW
     stream_write_buffer: int = 128 * 1024
     stream_close_timeout: float = 300.0
@@ -51,6 +63,8 @@ class Config:
             raise ValueError(f"keepalive_interval must be > 0, got {self.keepalive_interval!r}")
         if not self.connection_write_timeout > 0:
             raise ValueError(f"connection_write_timeout must be > 0, got {self.connection_write_timeout!r}")
+        if not self.close_timeout > 0:
+            raise ValueError(f"close_timeout must be > 0, got {self.close_timeout!r}")
         window = self.max_stream_window_size
         if not isinstance(window, int) or not INITIAL_WINDOW <= window <= MAX_UINT32:
             raise ValueError(

@@ -367,7 +367,8 @@ async def test_peer_go_away_one_ends_the_session_with_protocol_error():
 
 
 async def test_close_wakes_every_waiter():
-    config = Config(enable_keepalive=False, accept_backlog=1)
+    # the peer never ACKs nor reads: the graceful close gives up after close_timeout
+    config = Config(enable_keepalive=False, accept_backlog=1, close_timeout=0.05)
     session, peer = await RawPeer.with_session(client=True, config=config)
     stream = await session.open_stream()  # never ACKed: the backlog of 1 is full
     stream.write(b"x" * (INITIAL_WINDOW + 200 * KiB))
@@ -695,6 +696,160 @@ async def test_write_accepts_bytearray_and_memoryview():
         assert await peer.readexactly(6) == b"onetwo"
 
 
+# ---------------------------------------------------------------- drain and graceful close (issue 11, item 5)
+
+
+async def steady_reader(stream, delay=0.001):
+    """Read to the end in 64 KiB pieces, a little apart; the bytes, or the error."""
+    chunks = bytearray()
+    try:
+        while data := await stream.read(64 * KiB):
+            chunks += data
+            await asyncio.sleep(delay)
+    except SessionClosedError as exc:
+        return bytes(chunks), exc
+    return bytes(chunks), None
+
+
+async def test_drain_returns_once_every_byte_is_handed_to_the_transport():
+    async with sessions() as (client, server):
+        stream = await client.open_stream()
+        payload = os.urandom(MiB)
+        stream.write(payload)
+        reader = asyncio.ensure_future(steady_reader(await server.accept_stream()))
+        await asyncio.wait_for(stream.drain(), 10)
+        assert stream.get_write_buffer_size() <= stream._st.send_window  # nothing waits for the peer
+        await asyncio.sleep(0)  # the flush this iteration had scheduled has run
+        assert stream.get_write_buffer_size() == 0
+        stream.write_eof()
+        assert await asyncio.wait_for(reader, 10) == (payload, None)
+
+
+async def test_drain_within_the_window_returns_without_waiting_and_the_flush_keeps_its_promise():
+    """A write that fits the send window: drain() returns at once and the
+    bytes go out with this iteration's flush, even if the transport paused
+    meanwhile (then only what drain() promised goes, other streams wait)."""
+    session, peer = await RawPeer.with_session(client=True)
+    other = await session.open_stream()
+    stream = await session.open_stream()
+    other.write(b"o" * 2000)  # queued for this iteration's flush (the SYNs scheduled it)
+    stream.write(b"s" * 2000)
+    await stream.drain()  # nothing waits for the peer: returns without yielding to the loop
+    assert stream.get_write_buffer_size() == 2000  # handed over by the flush, still to come
+    session._paused = True  # as if the transport's buffer had filled in between
+    await asyncio.sleep(0)  # the flush
+    assert stream.get_write_buffer_size() == 0  # promised by drain(): handed over anyway
+    assert other.get_write_buffer_size() == 2000  # not promised: waits for the transport
+    session._resume()
+    assert other.get_write_buffer_size() == 0
+    bodies = {}
+    while sum(len(b) for b in bodies.values()) < 4000:
+        hdr, body = await peer.frame()
+        bodies[hdr.stream_id] = bodies.get(hdr.stream_id, b"") + body
+    assert bodies == {1: b"o" * 2000, 3: b"s" * 2000}
+    await session.close()
+
+
+@pytest.mark.parametrize("drained", [True, False], ids=["drain", "no-drain"])
+async def test_session_close_delivers_what_streams_wrote(drained):
+    """Write 1 MiB, (await drain(),) close the stream, close the session while
+    the peer reads steadily: the peer gets all of it, then EOF."""
+    client, server = await session_pair()
+    try:
+        streams = [await client.open_stream() for _ in range(3)]
+        payloads = [os.urandom(MiB) for _ in streams]
+        for stream, payload in zip(streams, payloads):
+            stream.write(payload)
+        readers = [asyncio.ensure_future(steady_reader(await server.accept_stream())) for _ in streams]
+        if drained:
+            for stream in streams:
+                await asyncio.wait_for(stream.drain(), 10)
+        for stream in streams:
+            stream.close()
+        await asyncio.wait_for(client.close(), 10)
+        assert client.error is None
+        results = await asyncio.wait_for(asyncio.gather(*readers), 10)
+        for (got, error), payload in zip(results, payloads):
+            assert error is None and len(got) == len(payload) and got == payload
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_session_close_gives_up_after_close_timeout_when_the_peer_never_reads():
+    config = Config(enable_keepalive=False, close_timeout=0.2)
+    session, peer = await RawPeer.with_session(client=True, config=config)
+    stream = await session.open_stream()
+    stream.write(b"q" * (INITIAL_WINDOW + 300 * KiB))  # 300 KiB wait for a window that never opens
+    drainer = asyncio.ensure_future(stream.drain())
+    stream.close()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.wait_for(session.close(), 5)
+    assert 0.15 <= loop.time() - start < 2
+    assert session.closed and session.error is None
+    with pytest.raises(SessionClosedError):
+        await drainer  # dropped bytes are never reported as handed over
+    frames = await peer.frames_until_eof()
+    assert frames[0][0] == Header(0, TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)
+    assert Header(0, TYPE_GO_AWAY, 0, 0, 0) in [hdr for hdr, _ in frames]
+    assert sum(len(body) for _, body in frames) == INITIAL_WINDOW  # the window, not a byte more
+    assert not any(hdr.flags & FLAG_FIN for hdr, _ in frames)  # its data never all went out
+
+
+async def test_while_closing_no_new_streams_or_writes_but_queued_data_goes_out():
+    config = Config(enable_keepalive=False, close_timeout=5)
+    session, peer = await RawPeer.with_session(client=True, config=config)
+    stream = await session.open_stream()
+    other = await session.open_stream()
+    stream.write(b"a" * (INITIAL_WINDOW + 10))
+    closing = asyncio.ensure_future(session.close())
+    await asyncio.sleep(0.05)
+    assert session.closing and not session.closed and not closing.done()
+    with pytest.raises(SessionClosedError, match="closing"):
+        await session.open_stream()
+    with pytest.raises(SessionClosedError, match="closing"):
+        stream.write(b"more")
+    other.write_eof()  # a FIN is still allowed
+    peer.send(wu(FLAG_SYN, 2))  # refused: we sent Go Away(0)
+    frames = []
+    while not any(hdr.type == TYPE_WINDOW_UPDATE and hdr.flags & FLAG_RST for hdr, _ in frames):
+        frames.append(await peer.frame())
+    peer.send(wu(FLAG_ACK, 1, 10))  # the window for the last 10 bytes
+    frames += await peer.frames_until_eof()
+    await asyncio.wait_for(closing, 5)
+    assert session.closed and session.error is None
+    headers = [hdr for hdr, _ in frames]
+    assert Header(0, TYPE_GO_AWAY, 0, 0, 0) in headers
+    assert Header(0, TYPE_WINDOW_UPDATE, FLAG_RST, 2, 0) in headers
+    assert Header(0, TYPE_WINDOW_UPDATE, FLAG_FIN, 3, 0) in headers
+    assert sum(len(body) for hdr, body in frames if hdr.stream_id == 1) == INITIAL_WINDOW + 10
+
+
+@pytest.mark.parametrize("peer_kind", ["raw", "session"])
+async def test_accept_returns_a_stream_the_peer_opened_and_closed_before_ending_the_session(peer_kind):
+    """The peer opens a stream, writes, closes it and ends its session before
+    we call accept_stream(): we still get the stream, its data, then EOF."""
+    if peer_kind == "raw":  # as Go does it: no Go Away, the transport just closes
+        session, peer = await RawPeer.with_session(client=False)
+        peer.send(wu(FLAG_SYN, 1), data(1, b"last words"), wu(FLAG_FIN, 1))
+        peer.close()
+    else:
+        opener, session = await session_pair()
+        stream = await opener.open_stream()
+        stream.write(b"last words")
+        stream.close()
+        await opener.close()
+    await asyncio.wait_for(session.wait_closed(), 5)
+    accepted = await session.accept_stream()
+    assert accepted.id == 1
+    assert await accepted.read_until_eof() == b"last words"
+    with pytest.raises(SessionClosedError):
+        await session.accept_stream()
+    with pytest.raises(SessionClosedError):
+        accepted.write(b"reply")
+
+
 # ---------------------------------------------------------------- splice
 
 
@@ -779,6 +934,40 @@ async def test_splice_backpressure_on_a_slow_socket_reader():
         writer.close()
 
 
+async def test_splice_graceful_close_delivers_what_the_socket_gave_and_reads_no_more():
+    """A spliced stream with data queued beyond the window when the session
+    closes: what the splice took from its socket still goes out (the peer
+    reads on); socket data arriving after the close began is not read; the
+    splice ends with the session."""
+    client, server = await session_pair()
+    near, far = socket.socketpair()
+    stream = await client.open_stream()
+    splicer = asyncio.ensure_future(splice(stream, near))
+    far.setblocking(False)
+    loop = asyncio.get_running_loop()
+    first = os.urandom(300 * KiB)  # 256 KiB go out, the rest waits for the window
+    await loop.sock_sendall(far, first)
+    peer = await server.accept_stream()
+    for _ in range(200):
+        if stream._st.send_len == len(first) - INITIAL_WINDOW:
+            break
+        await asyncio.sleep(0.01)
+    assert stream._st.send_len == len(first) - INITIAL_WINDOW
+    closing = asyncio.ensure_future(client.close())
+    await asyncio.sleep(0.05)
+    assert client.closing and not client.closed  # waiting for the peer's window
+    await loop.sock_sendall(far, b"too late")
+    await asyncio.sleep(0.05)
+    got, error = await asyncio.wait_for(steady_reader(peer), 5)
+    assert got == first and isinstance(error, SessionClosedError)
+    await asyncio.wait_for(closing, 5)
+    assert client.error is None
+    await asyncio.wait_for(splicer, 5)
+    assert stream.is_reset  # the splice ended with the session (no FIN: the socket never ended)
+    far.close()
+    await server.close()
+
+
 async def test_splice_resets_the_stream_when_the_socket_fails():
     async with sessions() as (client, server):
         near, far = socket.socketpair()
@@ -840,6 +1029,9 @@ def test_config_validation():
         Config(max_stream_window_size=256 * KiB - 1)
     with pytest.raises(ValueError, match="connection_write_timeout"):
         Config(connection_write_timeout=-1)
+    with pytest.raises(ValueError, match="close_timeout"):
+        Config(close_timeout=0)
+    assert Config().close_timeout == 10.0
     assert Config().max_stream_window_size == 256 * KiB and Config().accept_backlog == 256
     assert Config().keepalive_interval == 30.0 and Config().connection_write_timeout == 10.0
     assert Config().enable_keepalive is True
