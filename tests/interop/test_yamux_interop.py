@@ -5,7 +5,9 @@ the Go client (`goyamux client`) against a Python server. See
 shared/research/yamux.md §11 and §13 for the Go peer's quirks these tests
 respect (Debian's Read returns EOF early after a local Close, so the Go side
 reads the whole echo before it closes; Go only sends RST on a full backlog or
-after GoAway; Go closes the transport without Go Away).
+after GoAway; Go closes the transport without Go Away). The closing tests
+(issue 11, item 5) use `goyamux server -sink`, which reads streams to their end
+and reports the byte count, tolerating Debian's Read quirks (#95, #127).
 """
 
 from __future__ import annotations
@@ -614,3 +616,119 @@ async def test_py_server_backlog_full_rst_to_go_client(go, pyserver):
     client = await go.start("client", "-connect", sock, "-streams", "2", "-bytes", "1000", "-expect-reset")
     await client.expect("RESET_SEEN", timeout=10)
     assert not pyserver.errors, pyserver.errors
+
+
+# ====================================================== closing with data still queued (issue 11, item 5)
+
+
+def sink_line(lines: list[str], sid: int) -> str:
+    found = [line for line in lines if line.startswith(f"SINK id={sid} ")]
+    assert len(found) == 1, lines
+    return found[0]
+
+
+@pytest.mark.parametrize("streams", [1, 4])
+@pytest.mark.parametrize("drained", [True, False], ids=["drain", "no-drain"])
+async def test_py_session_close_delivers_written_data_to_go(go, sockdir, drained, streams):
+    """On each stream: write 1 MiB, (await drain(),) close the stream, then
+    close the session, while Go reads steadily. Go receives every byte, then
+    EOF: drain() returns only once every byte is handed to the transport, and
+    the graceful close sends what is still queued as Go's window updates come."""
+    sock = sock_in(sockdir)
+    server = await go.server(sock, "-sink", "-bufsize", str(64 * 1024), "-read-delay", "1ms")
+    session = await connect(sock)
+    try:
+        opened = [await session.open_stream() for _ in range(streams)]
+        for i, stream in enumerate(opened):
+            stream.write(pattern_at(i, 0, MiB))
+        left_after_drain = []
+        if drained:
+            for stream in opened:
+                await asyncio.wait_for(stream.drain(), 20)
+                await asyncio.sleep(0)  # drain(): handed over by this iteration's flush at the latest
+                left_after_drain.append(stream.get_write_buffer_size())
+        for stream in opened:
+            stream.close()
+    finally:
+        await asyncio.wait_for(session.close(), 20)
+    assert session.closed and session.error is None
+    for _ in opened:  # one line per stream, in the order Go finishes them
+        await server.expect("SINK id=", timeout=20)
+    for stream in opened:
+        line = sink_line(server.lines, stream.id)
+        assert line == f"SINK id={stream.id} bytes={MiB} pattern=ok end=EOF", server.describe()
+    assert not any(left_after_drain), left_after_drain  # drain(): every byte handed to the transport
+
+
+async def test_py_session_close_is_bounded_when_go_never_reads(go, sockdir):
+    """Go never accepts, so never reads and never opens our window: close()
+    gives up after close_timeout, drops what is left and returns."""
+    y = yamux()
+    sock = sock_in(sockdir)
+    await go.server(sock, "-no-accept")
+    session = await connect(sock, close_timeout=0.5)
+    stream = await session.open_stream()
+    stream.write(pattern_at(0, 0, MiB))  # 256 KiB go out, 768 KiB wait for a window that never opens
+    stream.close()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.wait_for(session.close(), 10)
+    elapsed = loop.time() - start
+    assert 0.4 <= elapsed < 5, elapsed
+    assert session.closed
+    with pytest.raises(y.SessionClosedError):
+        await stream.drain()  # what was dropped is not reported as sent
+
+
+async def test_go_stream_opened_and_closed_before_its_session_ends_is_accepted(go, pyserver):
+    """Go opens streams, writes, closes them and closes its session before our
+    server has called accept_stream(): each is still accepted afterwards, with
+    all its data and then EOF; only then does accept_stream() raise."""
+    y = yamux()
+    got = {}
+    size = 200_000  # within the first window: Go's writes need no reads from us
+
+    async def handler(session):
+        await session.wait_closed()  # the session is over before we accept
+        while True:
+            try:
+                stream = await session.accept_stream()
+            except y.SessionClosedError:
+                return
+            got[stream.id] = await asyncio.wait_for(stream.read_until_eof(), 10)
+
+    sock = await pyserver.start(handler, transport="socket")
+    client = await go.client(sock, "-streams", "3", "-bytes", str(size), "-write-only")
+    assert any(line.startswith("WRITE_OK") for line in client.lines), client.lines
+    for _ in range(400):
+        if len(got) == 3 or pyserver.errors:
+            break
+        await asyncio.sleep(0.05)
+    assert not pyserver.errors, pyserver.errors
+    assert sorted(got) == [1, 3, 5]
+    # Go's writer i opens its stream concurrently with the others: ids and i do not match
+    assert sorted(len(data) for data in got.values()) == [size] * 3
+    assert sorted(got.values()) == sorted(pattern_at(i, 0, size) for i in range(3))
+
+
+async def test_go_sender_delivers_everything_before_closing_its_session(go, pyserver):
+    """The reference: Go writes 1 MiB, closes the stream, closes its session;
+    our server, reading steadily, gets all of it, then EOF."""
+    got = {}
+
+    async def handler(session):
+        stream = await session.accept_stream()
+        chunks = bytearray()
+        while data := await stream.read(64 * 1024):
+            chunks += data
+            await asyncio.sleep(0.001)
+        got[stream.id] = bytes(chunks)
+
+    sock = await pyserver.start(handler)
+    await go.client(sock, "-streams", "1", "-bytes", str(MiB), "-write-only")
+    for _ in range(400):
+        if got or pyserver.errors:
+            break
+        await asyncio.sleep(0.05)
+    assert not pyserver.errors, pyserver.errors
+    assert list(got) == [1] and len(got[1]) == MiB and got[1] == pattern_at(0, 0, MiB)

@@ -8,7 +8,7 @@
 // machine-readable, diagnostics go to stderr):
 //
 //	server -listen SOCK [-window N] [-backlog N] [-bufsize N] [-no-accept] [-goaway-after N]
-//	       [-hangup] [-ping N [-ping-every D]]
+//	       [-hangup] [-ping N [-ping-every D]] [-sink [-read-delay D]]
 //	    yamux server role. Prints READY once listening, then serves every
 //	    connection as a session. Default: echo every accepted stream, Close
 //	    after reading EOF. -no-accept never calls Accept (a full backlog makes
@@ -16,8 +16,11 @@
 //	    accepted stream (0: as soon as the session starts), before echoing it.
 //	    -hangup closes the session (transport, no Go Away) after the first
 //	    read on the first stream. -ping N pings the client N times, D apart.
+//	    -sink reads every accepted stream to its end instead of echoing it
+//	    (reads of -bufsize bytes, -read-delay apart), checks the bytes
+//	    against the pattern of stream (id-1)/2 and prints one SINK line.
 //	    Lines: READY, GOAWAY, HANGUP, PING rtt_us=X, STREAM_RESET id=N,
-//	    SESSION_END err=...
+//	    SINK id=N bytes=B pattern=ok|bad end=EOF|"error", SESSION_END
 //
 //	client -connect SOCK [-streams N] [-bytes B] [-window N] [-chunk C]
 //	       [-ping N] [-expect-goaway] [-expect-reset] [-expect-refused] [-write-only]
@@ -137,8 +140,8 @@ func main() {
 
 type serverOpts struct {
 	window, backlog, goawayAfter, pings, bufsize int
-	pingEvery                                    time.Duration
-	noAccept, hangup                             bool
+	pingEvery, readDelay                         time.Duration
+	noAccept, hangup, sink                       bool
 }
 
 func runServer(args []string) error {
@@ -153,6 +156,8 @@ func runServer(args []string) error {
 	fs.IntVar(&o.pings, "ping", 0, "ping the client this many times")
 	fs.DurationVar(&o.pingEvery, "ping-every", 0, "pause between those pings")
 	fs.IntVar(&o.bufsize, "bufsize", 256*1024, "echo read buffer (bounds the echo's frame size)")
+	fs.BoolVar(&o.sink, "sink", false, "read and check every stream to its end, echo nothing")
+	fs.DurationVar(&o.readDelay, "read-delay", 0, "-sink: pause between reads")
 	fs.Parse(args)
 	if *listen == "" {
 		return errors.New("server: -listen is required")
@@ -207,7 +212,11 @@ func serveConn(conn net.Conn, o serverOpts) {
 			out("HANGUP")
 			return
 		}
-		go echo(st, o.bufsize)
+		if o.sink {
+			go sink(st, o.bufsize, o.readDelay)
+		} else {
+			go echo(st, o.bufsize)
+		}
 	}
 }
 
@@ -238,6 +247,58 @@ func echo(st *yamux.Stream, bufsize int) {
 				log.Printf("echo stream %d: %v", st.StreamID(), err)
 			}
 			return
+		}
+	}
+}
+
+// sink reads st steadily until its end and reports what arrived: the byte
+// count, whether it matches the pattern of the stream (id-1)/2 (the Python
+// client's stream index), and how the stream ended (EOF or Read's error).
+// Debian's Read gives EOF, not an error, once the session is over and the
+// buffer is empty, so a short count is the sign of lost data.
+func sink(st *yamux.Stream, bufsize int, delay time.Duration) {
+	defer st.Close()
+	i := int((st.StreamID() - 1) / 2)
+	buf := make([]byte, bufsize)
+	var got int64
+	match := "ok"
+	for {
+		// Debian misses the wake-up of a Read blocked when the session ends
+		// (upstream #127): short deadlines make the Read look again.
+		st.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := st.Read(buf)
+		if err == yamux.ErrTimeout {
+			continue
+		}
+		if n > 0 && err == yamux.ErrSessionShutdown {
+			// Debian's Read returns data together with the error of the window
+			// update it could not send once the session is down (upstream #95,
+			// fixed after df201c7); the rest of the buffer is still readable.
+			log.Printf("sink stream %d: read %d bytes with %v (Debian quirk, reading on)", st.StreamID(), n, err)
+			err = nil
+		}
+		if n > 0 {
+			for off := 0; off < n; off += patLen {
+				end := off + patLen
+				if end > n {
+					end = n
+				}
+				if match == "ok" && !bytes.Equal(buf[off:end], patternAt(i, got+int64(off), end-off)) {
+					match = "bad"
+				}
+			}
+			got += int64(n)
+		}
+		if err == io.EOF {
+			out("SINK id=%d bytes=%d pattern=%s end=EOF", st.StreamID(), got, match)
+			return
+		}
+		if err != nil {
+			out("SINK id=%d bytes=%d pattern=%s end=%q", st.StreamID(), got, match, err.Error())
+			return
+		}
+		if delay > 0 {
+			time.Sleep(delay)
 		}
 	}
 }
