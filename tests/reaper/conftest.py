@@ -1,0 +1,135 @@
+"""Reaper tier: an unmodified containerd 1.6 and containerd-shim-runc-v2, driven with ``ctr``.
+
+Fixtures:
+
+* ``containerd`` (session): a daemon of our own (tests/reaper/containerd.py) with the busybox
+  image (tests/reaper/image.py) imported; stopped, and everything it made removed, at the end.
+* ``ctr``: that daemon for one test; every task and container of the namespace is removed after
+  the test (its daemon is started again first if the test killed it).
+* ``own_containerd``: a private daemon for a test that kills containerd or a shim.
+* ``image``: the imported image's name.
+* ``runtime``: parametrized ``runc`` (the host's runc, the reference) and ``kata`` (the venv's
+  kata-runtime given to the shim with ``--runc-binary``); ``kata`` is skipped while
+  ``kata-runtime --version`` does not work.
+
+Every test here is marked ``reaper``; all are skipped without root, containerd, ctr, the runc shim
+or runc.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.reaper.containerd import Containerd, missing_requirements  # noqa: E402
+from tests.reaper.image import build_busybox_image_tar  # noqa: E402
+
+HERE = Path(__file__).parent
+KATA_RUNTIME = Path(sys.executable).with_name("kata-runtime")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str  # "runc" or "kata"
+    binary: str | None  # for ctr run --runc-binary; None = the shim's default runc
+
+    def run_kwargs(self) -> dict:
+        return {"runtime": self.binary}
+
+
+@functools.cache
+def kata_runtime_missing() -> str | None:
+    """Why the venv's kata-runtime cannot be used yet (one line), or None."""
+    if not KATA_RUNTIME.exists():
+        return f"{KATA_RUNTIME} not installed (pip install -e .)"
+    try:
+        res = subprocess.run([str(KATA_RUNTIME), "--version"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "kata-runtime --version did not answer within 60 s"
+    if res.returncode != 0:
+        return f"kata-runtime CLI not built yet: {(res.stderr or res.stdout).strip()[:200]}"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = missing_requirements()
+    for item in items:
+        if Path(str(item.fspath)).parent == HERE:
+            item.add_marker(pytest.mark.reaper)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def new_id(prefix: str) -> str:
+    """A container id unique in this session: ``<prefix>-<6 hex>``."""
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def _start_with_image() -> tuple[Containerd, str]:
+    """A new daemon with the busybox image imported: (daemon, image name)."""
+    cd = Containerd.start()
+    try:
+        image = build_busybox_image_tar(cd.base / "busybox.tar")
+        cd.import_image(image.path)
+    except BaseException:
+        cd.stop()
+        raise
+    return cd, image.name
+
+
+@pytest.fixture(scope="session")
+def _session_daemon():
+    cd, name = _start_with_image()
+    yield cd, name
+    cd.stop()
+
+
+@pytest.fixture(scope="session")
+def containerd(_session_daemon) -> Containerd:
+    return _session_daemon[0]
+
+
+@pytest.fixture(scope="session")
+def image(_session_daemon) -> str:
+    return _session_daemon[1]
+
+
+@pytest.fixture
+def ctr(containerd):
+    if containerd.popen is None or containerd.popen.poll() is not None:
+        containerd.launch()
+    yield containerd
+    if containerd.popen.poll() is not None:
+        sys.stdout.write(f"\n----- containerd died ({containerd.log_path}) -----\n{containerd.log_tail()}\n")
+        containerd.launch()
+    containerd.remove_all_containers()
+
+
+@pytest.fixture
+def own_containerd():
+    """(Containerd, image name): a daemon only this test uses, then stopped and removed."""
+    cd, name = _start_with_image()
+    try:
+        yield cd, name
+    finally:
+        cd.stop()
+
+
+@pytest.fixture(params=["runc", "kata"])
+def runtime(request) -> Runtime:
+    if request.param == "runc":
+        return Runtime("runc", None)
+    reason = kata_runtime_missing()
+    if reason:
+        pytest.skip(reason)
+    return Runtime("kata", str(KATA_RUNTIME))
