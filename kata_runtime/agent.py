@@ -72,6 +72,17 @@ class Agent:
                 details = f"cannot reach the agent through kata-proxy at {self.proxy_socket} ({details})"
             raise AgentError(method, code, details) from None
 
+    def check(self, timeout: float) -> None:
+        """grpc.Health/Check, waiting up to ``timeout`` seconds for the agent to answer
+        (gRPC wait_for_ready: a guest still booting behind the proxy is waited for)."""
+        from katapb import health_pb2, health_pb2_grpc
+
+        try:
+            health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.CheckRequest(), timeout=timeout,
+                                                            wait_for_ready=True)
+        except self._grpc.RpcError as e:
+            raise AgentError("Check", e.code().name if e.code() else "UNKNOWN", e.details() or "") from None
+
     # ------------------------------------------------------------- sandbox
     def create_sandbox(self, sandbox_id: str, hostname: str, storages) -> None:
         self.call("CreateSandbox", self.pb.CreateSandboxRequest(

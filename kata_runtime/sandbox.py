@@ -39,6 +39,8 @@ SOCKET_NAMES = (CHANNEL_SOCKET, PROXY_SOCKET, "console.sock")
 UNIX_PATH_MAX = 107
 SHARED_STORAGE_SOURCE = "kataShared"
 DESTROY_TIMEOUT = 10.0
+#: Longest wait of one readiness probe of the agent (the driver bounds the whole wait).
+READY_PROBE_TIMEOUT = 300.0
 
 
 def vm_dir_for(sandbox_id: str, vm_root: str = VM_ROOT) -> str:
@@ -190,30 +192,47 @@ class Sandbox:
 
         ``save()`` is called after each process is recorded, so that a runtime killed
         half-way leaves records ``delete --force`` can clean up from."""
-        hv = self.data["hypervisor"]
-        guest = self.driver()
-        try:
-            asyncio.run(guest.start())
-        except Exception as e:
-            raise StepError(f"starting the sandbox's {hv['kind']} hypervisor", e) from None
-        undo.push("stop the hypervisor", lambda: asyncio.run(guest.stop()))
-        hv["process"] = procs.record(guest.pid)
-        save()
-        log.debug("hypervisor started", sandbox=self.id, pid=guest.pid)
-        try:
-            self.data["proxy"]["process"] = kproxy.start(self.data["proxy"]["settings"], self.id,
-                                                         self.channel_socket, self.proxy_socket, self.proxy_log)
-        except Exception as e:
-            raise StepError("starting kata-proxy", e) from None
-        undo.push("stop kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"]))
-        save()
-        log.debug("kata-proxy started", sandbox=self.id, pid=self.data["proxy"]["process"]["pid"])
+        asyncio.run(self._boot(undo, log, save))
         with self.agent() as agent:
             try:
                 agent.create_sandbox(self.id, hostname, [shared_storage()])
             except Exception as e:
                 raise StepError("creating the sandbox in the agent (CreateSandbox)", e) from None
         self.data["status"] = "running"
+
+    async def _boot(self, undo: Undo, log, save) -> None:
+        """Hypervisor, then kata-proxy, then the driver's wait for the agent (one event loop:
+        a driver may keep loop-bound state between start() and wait_ready())."""
+        hv = self.data["hypervisor"]
+        guest = self.driver()
+        try:
+            await guest.start()
+        except Exception as e:
+            raise StepError(f"starting the sandbox's {hv['kind']} hypervisor", e) from None
+        undo.push("stop the hypervisor", lambda: asyncio.run(self.driver().stop()))
+        hv["process"] = procs.record(guest.pid)
+        save()
+        log.debug("hypervisor started", sandbox=self.id, pid=guest.pid)
+        try:
+            self.data["proxy"]["process"] = await asyncio.to_thread(
+                kproxy.start, self.data["proxy"]["settings"], self.id, self.channel_socket, self.proxy_socket,
+                self.proxy_log)
+        except Exception as e:
+            raise StepError("starting kata-proxy", e) from None
+        undo.push("stop kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"]))
+        save()
+        log.debug("kata-proxy started", sandbox=self.id, pid=self.data["proxy"]["process"]["pid"])
+        try:
+            waited = await guest.wait_ready(self._probe)
+        except Exception as e:
+            raise StepError("waiting for the agent to answer", e) from None
+        log.debug("agent ready", sandbox=self.id, waited=waited)
+
+    async def _probe(self) -> None:
+        def check():
+            with self.agent() as agent:
+                agent.check(timeout=READY_PROBE_TIMEOUT)
+        await asyncio.to_thread(check)
 
     # --------------------------------------------------------------- stop
     def stop(self, log, *, force: bool) -> None:

@@ -81,6 +81,13 @@ class Hypervisor(abc.ABC):
     async def start(self) -> None:
         """Start the guest. On return `channel_socket_path` accepts connections."""
 
+    async def wait_ready(self, probe, timeout: float | None = None) -> float:
+        """Called once kata-proxy is up: wait until ``probe()`` (an async callable that returns
+        once the agent answers through the proxy) returns, watching the guest meanwhile;
+        returns the seconds waited. A guest that boots (QEMU) overrides this; by default the
+        guest was ready when `start()` returned, and the probe is not even called."""
+        return 0.0
+
     @abc.abstractmethod
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the guest: ask nicely, wait up to `timeout`, then kill.
