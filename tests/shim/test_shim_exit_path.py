@@ -9,15 +9,20 @@ that fails with something other than EOF; the peer killed) run against the peer 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import signal
+import struct
 import subprocess
+import termios
 import time
 
 import pytest
 
-from kata_shim import exits
+from kata_shim import exits, h2
+from kata_shim.h2 import RpcError
+from kata_shim.shim import is_eof
 
 MiB = 1 << 20
 
@@ -101,6 +106,28 @@ async def test_signal_forwarded_by_the_shim_ends_the_process_128_plus_n(peer):
 # ---------------------------------------------------------------- a read that is not EOF
 
 
+@pytest.mark.parametrize("code,message,eof", [
+    (h2.OUT_OF_RANGE, "EOF", True),       # ours, and the Kata 1.x peer's
+    (h2.UNKNOWN, "EOF", True),            # a Go agent's bare io.EOF
+    (h2.UNKNOWN, "unexpected EOF", False),
+    (h2.UNKNOWN, "read |0: file already closed", False),
+    (h2.NOT_FOUND, "Process c not found (container c)", False),
+    (h2.UNAVAILABLE, "EOF", False),
+])
+def test_only_eof_ends_an_output_stream(code, message, eof):
+    assert is_eof(RpcError(code, message)) is eof
+
+
+
+def wait_until_pending(fd: int, timeout: float = 30.0) -> None:
+    """Wait until the pipe ``fd`` holds unread bytes, then a little longer (it fills up)."""
+    deadline = time.monotonic() + timeout
+    while not struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]:
+        assert time.monotonic() < deadline, "the shim relayed nothing"
+        time.sleep(0.02)
+    time.sleep(0.3)
+
+
 def one_failure_line(err: bytes) -> str:
     assert err.count(b"\n") == 1 and err.startswith(b"kata-shim: "), err
     return err.decode()
@@ -124,7 +151,7 @@ async def test_read_answered_not_found_says_what_was_lost(kata1x):
     # output is still in its pipe: the shim's next read is NOT_FOUND, and that output is lost.
     kata1x.run("c", ["head", "-c", str(16 * MiB), "/dev/zero"])
     shim = kata1x.shim("c")
-    time.sleep(1.0)  # our pipe, the shim's chunk and the process's pipe fill up
+    wait_until_pending(shim.stdout.fileno())  # our pipe, the shim's chunk, the process's pipe fill up
     kata1x.signal("c", "c", signal.SIGKILL)
     assert kata1x.wait("c") == 128 + signal.SIGKILL
     got = len(shim.stdout.read())

@@ -17,8 +17,11 @@ import select
 import signal
 import struct
 import subprocess
+import sys
 import termios
 import time
+
+import pytest
 
 TIMEOUT = 30
 
@@ -48,6 +51,72 @@ def read_until(master: int, text: bytes, timeout: float = TIMEOUT, shim=None) ->
                 status = None if shim is None else shim.wait(TIMEOUT)
                 raise AssertionError(f"{text!r} not seen in {bytes(got)!r}: {e}; shim status {status}")
     return bytes(got)
+
+
+# ---------------------------------------------------------------- units
+
+
+def test_window_size_skips_what_is_no_usable_terminal():
+    from kata_shim import tty
+
+    master, slave = pty.openpty()
+    r, w = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 25, 90, 0, 0))
+        assert tty.window_size((null, r, slave)) == (25, 90)
+        assert tty.window_size((null, r, w)) is None
+        os.close(master)  # hung up
+        assert tty.window_size((slave,)) in (None, (25, 90))  # never raises
+        with pytest.raises(tty.ERRORS):
+            tty.make_raw(null)
+    finally:
+        for fd in (slave, r, w, null):
+            os.close(fd)
+
+
+EXIT_ON_A_HUNG_UP_TERMINAL = """
+import os, pty, sys
+from kata_shim import shim, tty
+from kata_shim.log import Logger
+
+master, slave = pty.openpty()
+os.dup2(slave, 0)
+relay = shim.Relay(None, Logger("warn", "text", use_syslog=False))
+relay._tty_saved = tty.make_raw(0)
+os.close(master)  # the terminal hangs up: restoring it fails with termios.error
+relay.exit(7, sys.argv[1] if len(sys.argv) > 1 else None)
+"""
+
+
+@pytest.mark.parametrize("message", [None, "it failed"])
+def test_exit_on_a_hung_up_terminal_ends_the_process(message):
+    args = [sys.executable, "-c", EXIT_ON_A_HUNG_UP_TERMINAL] + ([message] if message else [])
+    p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT)
+    assert p.returncode == 7
+    assert p.stderr == (b"kata-shim: it failed\n" if message else b"")
+
+
+def test_exit_whose_failure_line_blocks_ends_within_the_grace():
+    # stderr is a full pipe nobody reads: the watchdog ends the process with the status.
+    code = ("import fcntl, os, sys\n"
+            "from kata_shim import shim\n"
+            "from kata_shim.log import Logger\n"
+            "os.set_blocking(2, False)\n"
+            "try:\n"
+            "    while True: os.write(2, b'x' * 65536)\n"
+            "except BlockingIOError: pass\n"
+            "os.set_blocking(2, True)\n"
+            "shim.Relay(None, Logger('warn', 'text', use_syslog=False)).exit(9, 'blocked')\n")
+    r, w = os.pipe()
+    try:
+        t0 = time.monotonic()
+        p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stderr=w)
+        assert p.wait(TIMEOUT) == 9
+        assert time.monotonic() - t0 < 2.0 + 10  # EXIT_GRACE_S plus a loaded machine's start-up
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 # ---------------------------------------------------------------- no usable terminal
