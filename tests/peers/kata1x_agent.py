@@ -9,7 +9,8 @@ it directly (``kata-shim --agent unix://SOCK ...``: plain gRPC, as to kata-proxy
 Each container process is a real host subprocess running the args of the OCI process given
 in CreateContainer (started by StartContainer) or ExecProcess; no container, no runc.  A
 terminal process (``Process.Terminal``) runs on a real pty, as its session's controlling
-terminal.  Every child dies with the peer (PR_SET_PDEATHSIG).
+terminal.  Every child dies with the peer (PR_SET_PDEATHSIG, which follows the thread that
+spawned it: a worker of the server's pool, alive as long as the server).
 
 The rules kept from the Kata 1.x agent (kata-containers/agent grpc.go and agent.go, 1.x):
 
