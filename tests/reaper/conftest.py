@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,11 +67,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.reaper)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
-
-
-def new_id(prefix: str) -> str:
-    """A container id unique in this session: ``<prefix>-<6 hex>``."""
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def _start_with_image() -> tuple[Containerd, str]:

@@ -91,6 +91,11 @@ def config_toml(base: Path) -> str:
             f'[debug]\n  address = ""\n  level = "info"\n\n[metrics]\n  address = ""\n')
 
 
+def new_id(prefix: str) -> str:
+    """A container id unique in this session: ``<prefix>-<6 hex>``."""
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
 def shim_socket_path(address: str, namespace: str, cid: str) -> str:
     """Where containerd 1.6 puts a task's shim socket: /run/containerd/s/<sha256 of address/ns/id>."""
     digest = hashlib.sha256(os.path.join(address, namespace, cid).encode()).hexdigest()
@@ -404,11 +409,13 @@ class Containerd:
         }
         return {k: v for k, v in found.items() if v}
 
-    def wait_clean(self, cids: list[str] | None = None, timeout: float = 15.0) -> dict[str, list]:
-        """Poll :meth:`leftovers` until it is empty or ``timeout`` seconds passed; the last one."""
+    def wait_clean(self, cids: list[str] | None = None, timeout: float = 15.0,
+                   ignore: tuple[str, ...] = ()) -> dict[str, list]:
+        """Poll :meth:`leftovers` (without the kinds in ``ignore``) until it is empty or ``timeout``
+        seconds passed; returns the last one."""
         deadline = time.monotonic() + timeout
         while True:
-            found = self.leftovers(cids)
+            found = {k: v for k, v in self.leftovers(cids).items() if k not in ignore}
             if not found or time.monotonic() > deadline:
                 return found
             time.sleep(0.2)

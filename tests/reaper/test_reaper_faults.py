@@ -1,0 +1,107 @@
+"""Faults seen through containerd: a bundle that cannot start, containerd killed mid-run, the
+containerd-shim killed mid-run, and many containers at once. After every task is deleted nothing
+may be left: no shim, proxy, agent or container process, no mount, no state, no cgroup.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.reaper.containerd import _cmdline, descendants, new_id, wait_gone
+
+SLEEPER = ["sh", "-c", "sleep 1000 & sleep 1000 & wait"]
+GENERIC_ERROR = re.compile(rb"OCI runtime create failed: (exit status \d+: )?(unknown)?\s*$")
+
+
+def _detached(cd, image, runtime, cid: str) -> None:
+    res = subprocess.run(cd.run_argv(image, cid, SLEEPER, rm=False, detach=True, **runtime.run_kwargs()),
+                         capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    cd.wait_task_status(cid, ("RUNNING",), timeout=30)
+
+
+def _delete(cd, cid: str) -> None:
+    """Delete the (stopped or vanished) task and the container; both may already be gone."""
+    cd.ctr("task", "delete", "--force", cid, check=False, timeout=60)
+    cd.ctr("container", "delete", cid, check=False, timeout=60)
+
+
+def _shim_of(cd, cid: str) -> int:
+    shims = [p for p in cd.shim_pids() if cid in _cmdline(p)]
+    assert len(shims) == 1, shims
+    return shims[0]
+
+
+@pytest.mark.parametrize("cmd,words", [
+    (["/nonexistent-cmd", "x"], [b'"/nonexistent-cmd"', b"no such file or directory"]),
+    (["nonexistent-cmd"], [b'"nonexistent-cmd"', b"executable file not found"]),
+], ids=["absolute", "path-lookup"])
+def test_cannot_start_shows_runtime_error(ctr, image, runtime, cmd, words):
+    """``ctr run`` of a process that cannot start: ctr shows the runtime's own message (read by the
+    shim from the --log JSON), not a generic "exit status 1"; nothing is left behind."""
+    cid = new_id("bad")
+    res = ctr.run(image, cid, cmd, **runtime.run_kwargs())
+    assert res.returncode != 0
+    message = res.stderr.strip()
+    assert not GENERIC_ERROR.search(message), message
+    for word in words:
+        assert word in message, message
+    if runtime.name == "kata":  # ours names the container and the step that failed
+        assert cid.encode() in message and b"CreateContainer" in message, message
+    assert ctr.wait_clean([cid]) == {}
+
+
+def test_containerd_killed_mid_run(own_containerd, runtime):
+    """SIGKILL to containerd while a task runs: the shim keeps the task; a new containerd finds
+    it RUNNING; kill + delete then leave nothing."""
+    cd, image = own_containerd
+    cid = new_id("cdkill")
+    _detached(cd, image, runtime, cid)
+    shim = _shim_of(cd, cid)
+    cd.kill_daemon(signal.SIGKILL)
+    assert wait_gone([shim], 1.0) == [shim], "the shim died with containerd"
+    cd.launch()
+    assert cd.tasks().get(cid) == "RUNNING"
+    cd.ctr("task", "kill", "-s", "SIGKILL", cid, timeout=30)
+    cd.wait_task_status(cid, ("STOPPED",), timeout=30)
+    _delete(cd, cid)
+    assert cd.wait_clean([cid]) == {}
+
+
+def test_shim_killed_mid_run(own_containerd, runtime):
+    """SIGKILL to the task's containerd-shim: containerd cleans up after the dead shim (it runs
+    ``<runtime> delete --force``); once the task and container are deleted, none of the shim's
+    former descendants (container, kata-shim, proxy, agent) is alive and nothing is left."""
+    cd, image = own_containerd
+    cid = new_id("shimkill")
+    _detached(cd, image, runtime, cid)
+    shim = _shim_of(cd, cid)
+    below = descendants([shim])
+    assert below, "the shim has no children"
+    subprocess.run(["kill", "-KILL", str(shim)], check=True, timeout=10)
+    assert wait_gone([shim], 10.0) == []
+    _delete(cd, cid)
+    assert wait_gone(below, 20.0) == [], [f"{p} {' '.join(_cmdline(p))[:150]}" for p in below]
+    # containerd 1.6 leaves a killed shim's socket file in /run/containerd/s (runc alike): not ours
+    assert cd.wait_clean([cid], ignore=("shim_sockets",)) == {}
+
+
+def test_many_at_once(ctr, image, runtime):
+    """16 ``ctr run --rm`` at once: every output and exit code right, nothing left after."""
+    count = 16
+    cids = [new_id(f"many{i}") for i in range(count)]
+
+    def one(i: int):
+        return ctr.run_logged(image, cids[i], ["sh", "-c", f"echo out-{i}; echo err-{i} >&2; exit {i % 5}"],
+                              timeout=300, **runtime.run_kwargs())
+
+    with ThreadPoolExecutor(count) as pool:
+        results = list(pool.map(one, range(count)))
+    for i, (res, out, err) in enumerate(results):
+        assert (res.returncode, out, err) == (i % 5, f"out-{i}\n".encode(), f"err-{i}\n".encode()), res.stderr
+    assert ctr.wait_clean(cids, timeout=30) == {}
