@@ -430,7 +430,10 @@ class Session:
         returned after the end, in order, with what the peer wrote (and its
         FIN) readable; then :class:`SessionClosedError` is raised.  A stream
         the peer opened, wrote and closed just before it closed its session
-        is therefore never lost."""
+        is therefore never lost.  (hashicorp/yamux's ``AcceptStream``,
+        session.go, selects at random between a queued stream and the
+        shutdown, so Go may lose it; the wire behaviour is the same: no ACK
+        is sent after the end.)"""
         conn = self._conn
         while True:
             st = conn.accept()
@@ -733,6 +736,7 @@ class Session:
     def _on_terminated(self, error: BaseException | None, streams: list, unsent: int = 0) -> None:
         self._closed = True
         self._error = error
+        self._committed.clear()  # the core emptied every queue (sent, or dropped and counted)
         timer = self._close_timer
         if timer is not None:
             self._close_timer = None
