@@ -1,13 +1,11 @@
-"""Containers: the work behind create, start, state, kill, delete, exec, ps, pause, resume,
-update and events (the cli/ modules are thin wrappers over these functions).
+"""Containers: the work behind create, start, kill, delete, exec, ps, pause, resume, update
+and events (the cli/ modules are thin wrappers over these functions; ``state`` and ``list``
+are in kata_runtime.status).
 
 A container's state file (kata_runtime.state) records what runc's ``state`` prints plus
-what later commands need: its sandbox, the spec's process, the shim's process record and
-the recorded status (``creating``, ``created``, ``running``, ``paused``). The status
-shown is the recorded one unless the container is gone: ``stopped`` as soon as its shim
-(which exits with the init process) is dead, or its sandbox's guest or kata-proxy is
-(:func:`current_status`, /proc reads only). A recorded ``creating`` whose creator
-process is dead is a crashed create: ``stopped``, and ``delete --force`` removes it.
+what later commands need: its sandbox, the spec's process, the shim's process record, the
+exec'd processes' shims and the recorded status (``creating``, ``created``, ``running``,
+``paused``); the status shown is worked out by kata_runtime.status.current_status.
 
 Every command that changes a container holds its directory's lock for its duration
 (the sandbox's too where it changes the sandbox). Every failing step is a StepError
@@ -22,90 +20,10 @@ import time
 from kata_runtime import procs
 from kata_runtime.errors import InvalidArgument, KataError, NotFound, StepError, WrongState
 from kata_runtime.log import current as current_log
+from kata_runtime.status import current_status, list_states, rfc3339_nano, runc_state, state  # noqa: F401
 
 EXEC_STOP_TIMEOUT = 5.0
 SHIM_EXIT_TIMEOUT = 5.0
-
-
-# ------------------------------------------------------------------ time
-
-
-def rfc3339_nano(ns: int) -> str:
-    """Nanoseconds since the epoch as Go's time.RFC3339Nano in UTC (trailing zeros trimmed)."""
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    if nanos:
-        text += "." + f"{nanos:09d}".rstrip("0")
-    return text + "Z"
-
-
-# ----------------------------------------------------------------- status
-
-
-def current_status(data: dict, sandbox: dict | None) -> str:
-    """The status to report: the recorded one, or ``stopped`` once the container is gone."""
-    recorded = data.get("status", "creating")
-    if recorded == "creating":
-        return "creating" if procs.alive(data.get("creator")) else "stopped"
-    if recorded == "stopped" or not procs.alive(data.get("shim")):
-        return "stopped"
-    if sandbox is None:
-        return "stopped"
-    from kata_runtime.sandbox import Sandbox
-
-    if Sandbox(sandbox).dead_part() is not None:
-        return "stopped"
-    return recorded
-
-
-def runc_state(data: dict, status: str, owner: str = "") -> dict:
-    """runc's containerState JSON object, keys in runc's order (annotations only when set)."""
-    shim = data.get("shim") or {}
-    out = {
-        "ociVersion": data.get("ociVersion", ""),
-        "id": data["id"],
-        "pid": int(shim.get("pid", 0)) if status not in ("stopped", "creating") else 0,
-        "status": status,
-        "bundle": data.get("bundle", ""),
-        "rootfs": data.get("rootfs", ""),
-        "created": data.get("created", ""),
-    }
-    if data.get("annotations"):
-        out["annotations"] = data["annotations"]
-    out["owner"] = owner
-    return out
-
-
-def state(store, container_id: str) -> dict:
-    """``kata-runtime state ID``: runc's JSON object (no lock, no gRPC)."""
-    data = store.read_container(container_id)
-    return runc_state(data, current_status(data, store.read_sandbox(data.get("sandbox_id", container_id))))
-
-
-def list_states(store) -> list[dict]:
-    """``kata-runtime list``: runc's state of every container, owner filled in (as runc's list)."""
-    out = []
-    for cid in store.container_ids():
-        try:
-            data = store.read_container(cid)
-        except KataError:
-            continue  # a create that has not written its state yet, or a delete in progress
-        sandbox = store.read_sandbox(data.get("sandbox_id", cid))
-        out.append(runc_state(data, current_status(data, sandbox), _owner(store.container_dir(cid))))
-    return out
-
-
-def _owner(path: str) -> str:
-    try:
-        uid = os.stat(path).st_uid
-    except OSError:
-        return ""
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 # ------------------------------------------------------------ open helpers

@@ -147,13 +147,9 @@ class Sandbox:
     # ------------------------------------------------------------- liveness
     def dead_part(self) -> str | None:
         """None while the guest and kata-proxy run, else which one is gone (cheap: /proc reads)."""
-        if self.data.get("status") != "running":
-            return None
-        if not procs.alive(self.data["hypervisor"]["process"]):
-            return f"the sandbox's {self.data['hypervisor']['kind']} hypervisor (agent) is gone"
-        if not procs.alive(self.data["proxy"]["process"]):
-            return "the sandbox's kata-proxy is gone"
-        return None
+        from kata_runtime.status import sandbox_dead_part
+
+        return sandbox_dead_part(self.data)
 
     def driver(self):
         """The hypervisor driver object for this sandbox (it can stop a guest another process started)."""

@@ -6,6 +6,10 @@ module only when that command runs, so ``kata-runtime state`` never pays for wha
 ``create`` needs (gRPC, protobuf): containerd calls the runtime several times per
 container. To add a command, add its module name to :data:`COMMANDS`.
 
+The click group and its global flags are in ``group.py``. ``state`` and ``list`` (called
+the most, and the cheapest) are first offered to ``fast.py``, which runs them without
+importing click when the command line is plain; anything else goes to click.
+
 Importing ``kata_runtime.cli.list`` (and ``.exec``) binds those names in this package, so
 this module must not call the built-ins ``list`` or ``exec``.
 
@@ -16,11 +20,8 @@ with ``--log FILE``, one record in that file (``--log-format json``:
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-
-import click
 
 from kata_runtime import log as klog
 from kata_runtime.errors import KataError
@@ -63,56 +64,6 @@ class Globals:
         return load(self.kata_config)
 
 
-class LazyGroup(click.Group):
-    """A group whose commands are imported on first use from ``kata_runtime.cli.<name>``."""
-
-    def list_commands(self, ctx):
-        return [*COMMANDS]
-
-    def get_command(self, ctx, name):
-        if name not in COMMANDS:
-            return None
-        module = importlib.import_module(f"kata_runtime.cli.{name}")
-        return module.command
-
-    def format_commands(self, ctx, formatter):
-        # Listing help for every command would import them all; show names with one line each.
-        rows = []
-        for name in self.list_commands(ctx):
-            cmd = self.get_command(ctx, name)
-            if cmd is not None and not cmd.hidden:
-                rows.append((name, cmd.get_short_help_str(limit=70)))
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-def _print_version(ctx, param, value):
-    # click calls an eager option's callback for every command: import version.py only when asked.
-    if value:
-        importlib.import_module("kata_runtime.cli.version").print_version(ctx, param, value)
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
-             help="kata-runtime: run OCI containers in Kata sandboxes (runc-compatible command line).")
-@click.option("--version", "-v", is_flag=True, expose_value=False, is_eager=True, help="Print the version and exit (same as the version command).", callback=_print_version)
-@click.option("--root", default=DEFAULT_ROOT, show_default=True, metavar="DIR",
-              help="Directory for the state of containers and sandboxes.")
-@click.option("--log", "log_path", metavar="FILE", help="Append the log to FILE (default: stderr).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Format of the --log records.")
-@click.option("--debug", is_flag=True, help="Log debug records too.")
-@click.option("--systemd-cgroup", is_flag=True, help="Accepted for runc compatibility (cgroups live in the sandbox).")
-@click.option("--criu", metavar="PATH", hidden=True, help="Accepted and ignored (runc compatibility).")
-@click.option("--rootless", metavar="BOOL", hidden=True, help="Accepted and ignored (runc compatibility).")
-@click.option("--kata-config", envvar=CONFIG_ENV, metavar="FILE",
-              help=f"configuration.toml to use (also ${CONFIG_ENV}).")
-@click.pass_context
-def main_group(ctx, root, log_path, log_format, debug, systemd_cgroup, criu, rootless, kata_config):
-    klog.configure(log_path, log_format, debug)
-    ctx.obj = Globals(root, log_path, log_format, debug, systemd_cgroup, kata_config)
-
-
 def report_error(message: str) -> None:
     """The one failure line: on stderr, and in the --log file when there is one (runc's fatal())."""
     message = " ".join(str(message).split()) or "unknown error"
@@ -133,16 +84,13 @@ def main(argv=None) -> int:
     the container process's); 1 on any error (usage errors included, as runc).
     """
     argv = sys.argv[1:] if argv is None else [*argv]
+    from kata_runtime.cli import fast
+
     try:
-        result = main_group.main(args=argv, prog_name="kata-runtime", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        report_error(exc.format_message())
-        return 1
-    except click.Abort:
-        report_error("aborted")
-        return 1
+        plan = fast.parse(argv)
+        if plan is not None:
+            return fast.run(plan)
+        return _click_main(argv)
     except KataError as exc:
         report_error(str(exc))
         return exc.exit_code
@@ -154,6 +102,23 @@ def main(argv=None) -> int:
 
         klog.current().debug("internal error", traceback=traceback.format_exc())
         report_error(f"internal error: {type(exc).__name__}: {exc}")
+        return 1
+
+
+def _click_main(argv: list[str]) -> int:
+    import click
+
+    from kata_runtime.cli.group import main_group
+
+    try:
+        result = main_group.main(args=argv, prog_name="kata-runtime", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        report_error(exc.format_message())
+        return 1
+    except click.Abort:
+        report_error("aborted")
         return 1
     return result if isinstance(result, int) else 0
 

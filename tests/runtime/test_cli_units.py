@@ -12,9 +12,10 @@ import pytest
 from katapb import agent_pb2
 from kata_runtime.cli import main
 from kata_runtime.cli.events import parse_duration
-from kata_runtime.cli.list import tabwriter
+from kata_runtime.cli import fast
+from kata_runtime.cli.fast import tabwriter
 from kata_runtime.cli.update import resources_from_flags
-from kata_runtime.container import rfc3339_nano, runc_state
+from kata_runtime.status import rfc3339_nano, runc_state
 from kata_runtime.errors import InvalidArgument
 from kata_runtime.events import event_line, runc_stats
 from kata_runtime.signals import parse_bytes, parse_signal
@@ -131,10 +132,35 @@ def test_state_and_list_do_not_import_grpc(tmp_path, command):
         entry.write({"id": "c1", "status": "created", "shim": {"pid": 1, "start": -1}, "ociVersion": "1.0.2",
                      "bundle": "/b", "rootfs": "/b/rootfs", "created": "t"})
     code = ("import sys; from kata_runtime.cli import main; rc = main(sys.argv[1:]); "
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google', 'katapb', 'tomllib'));"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google', 'katapb', 'tomllib', 'click', 'asyncio', 'subprocess'));"
             "print(); print('HEAVY', heavy); sys.exit(rc)")
     p = subprocess.run([sys.executable, "-c", code, "--root", str(tmp_path), *command], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[-1] == "HEAVY []"
     assert "stopped" in p.stdout  # the recorded shim is not alive
+
+
+@pytest.mark.parametrize("argv", [
+    ["state", "c1"], ["list"], ["list", "-q"], ["list", "--format", "json"], ["list", "--format=json", "--quiet"],
+    ["--debug", "--log-format", "json", "list", "-f", "table"], ["--systemd-cgroup", "state", "c1"],
+    ["state", "nope"], ["list", "--format", "yaml"], ["state"], ["state", "a", "b"], ["list", "--help"],
+])
+def test_fast_path_and_click_agree(tmp_path, capsys, monkeypatch, argv):
+    store = Store(str(tmp_path))
+    with store.reserve_container("c1") as entry:
+        entry.write({"id": "c1", "status": "created", "shim": {"pid": 1, "start": -1}, "ociVersion": "1.0.2",
+                     "bundle": "/b", "rootfs": "/b/rootfs", "created": "t", "annotations": {"a": "b"}})
+    full = ["--root", str(tmp_path), *argv]
+    fast_code, fast_out = main(full), capsys.readouterr()
+    monkeypatch.setattr(fast, "parse", lambda argv: None)  # click only
+    click_code, click_out = main(full), capsys.readouterr()
+    assert (fast_code, fast_out.out, fast_out.err) == (click_code, click_out.out, click_out.err)
+
+
+def test_fast_path_takes_only_plain_command_lines():
+    assert fast.parse(["--root", "/r", "--log=/l", "--debug", "state", "x"]).container_id == "x"
+    assert fast.parse(["list", "-q", "-f", "json"]).fmt == "json"
+    for argv in (["--help"], ["state"], ["state", "--help"], ["list", "--all"], ["--root", "/r", "--root", "/s", "list"],
+                 ["--log-format", "xml", "list"], ["--root"], ["create", "x"], ["-v"], ["list", "-qq"]):
+        assert fast.parse(argv) is None, argv
