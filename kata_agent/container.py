@@ -27,6 +27,13 @@ _counter = itertools.count(1)
 
 
 class Process:
+    """A container's init or exec'd process: its pid, exit and stdio.
+
+    Its output ends with its exit (see ``OutputBuffer.process_exited``): what it
+    left in its pipes or terminal is delivered, then EOF, even while a
+    descendant holds the other end; its terminal is closed then.
+    """
+
     def __init__(self, container_id: str, exec_id: str, terminal: bool, is_init: bool) -> None:
         self.container_id = container_id
         self.exec_id = exec_id
@@ -49,21 +56,40 @@ class Process:
     def exit_code(self) -> int | None:
         return self.exit_future.result() if self.exited else None
 
+    def watch_exit(self, exit_future: asyncio.Future) -> None:
+        """Follow the process's exit (a future of its exit code, from the Reaper)."""
+        self.exit_future = exit_future
+        exit_future.add_done_callback(self._on_exit)
+
+    def _on_exit(self, _future: asyncio.Future) -> None:
+        self.stdout.process_exited()
+        self.stderr.process_exited()
+        self._close_terminal()
+
+    def _close_terminal(self) -> None:
+        """Close the pty master once its output is taken: a descendant still holding
+        the terminal sees it hung up instead of blocking. No input or resize after."""
+        if self.master_fd is None:
+            return
+        if self.stdin is not None:
+            self.stdin.abort()
+        try:
+            os.close(self.master_fd)
+        except OSError:
+            pass
+        self.master_fd = None
+
     def finished(self) -> bool:
         """Exit collected by a WaitProcess and all output handed out."""
         return self.waited and self.stdout.drained and self.stderr.drained
 
     def close(self) -> None:
+        """Drop everything: stdin, buffered output, the terminal, fds still held for runc."""
         if self.stdin is not None:
             self.stdin.abort()
         self.stdout.close()
         self.stderr.close()
-        if self.master_fd is not None:
-            try:
-                os.close(self.master_fd)
-            except OSError:
-                pass
-            self.master_fd = None
+        self._close_terminal()
         self._close_child_fds()
 
     def _close_child_fds(self) -> None:
@@ -157,7 +183,7 @@ class ProcessLauncher:
                 proc.stdin = StdinWriter(master, is_pty=True, owns_fd=False)
             with open(pid_file) as f:
                 proc.pid = int(f.read().strip())
-            proc.exit_future = self.reaper.watch(proc.pid)
+            proc.watch_exit(self.reaper.watch(proc.pid))
         except BaseException:
             if recv_task is not None:
                 recv_task.cancel()

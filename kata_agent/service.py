@@ -19,8 +19,10 @@ From then on nothing else in the agent process may wait for child processes
 Wire semantics worth knowing (they match the Kata 1.x Go agent and kata-shim):
 
 * ReadStdout / ReadStderr block until data, returning up to ``len`` bytes.
-  After the process exits they keep returning data until its pipes are
-  drained; then they fail with status OUT_OF_RANGE, details "EOF" -- exactly
+  After the process exits they keep returning what it left in its pipe or
+  terminal, even while a descendant holds the other end (what that
+  descendant writes later is not delivered; the terminal is closed); then
+  they fail with status OUT_OF_RANGE, details "EOF" -- exactly
   what kata-shim turns into io.EOF (the Go agent returned a bare io.EOF, seen
   as UNKNOWN "EOF"; clients should accept both). An OK response is never
   empty, so a Go io.Copy loop cannot spin on it. A terminal process has no
@@ -578,8 +580,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             n = await p.stdin.write(request.data)
         except ValueError:
-            raise AgentError(Code.FAILED_PRECONDITION,
-                             f"stdin of {p.describe()} is closed (CloseStdin was called)")
+            why = "the process has exited" if p.exited else "CloseStdin was called"
+            raise AgentError(Code.FAILED_PRECONDITION, f"stdin of {p.describe()} is closed ({why})")
         except BrokenPipeError:
             raise AgentError(Code.FAILED_PRECONDITION,
                              f"stdin of {p.describe()} is broken: the process no longer reads it")
@@ -615,8 +617,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def TtyWinResize(self, request, context):
         _, p = self.state.process(request.container_id, request.exec_id)
         if p.master_fd is None:
-            raise AgentError(Code.FAILED_PRECONDITION,
-                             f"{p.describe()} has no terminal: cannot resize it")
+            why = "its terminal closed when it exited" if p.terminal else "it has no terminal"
+            raise AgentError(Code.FAILED_PRECONDITION, f"cannot resize {p.describe()}: {why}")
         from .stdio import set_winsize
         if request.row > 0xFFFF or request.column > 0xFFFF:
             raise AgentError(Code.INVALID_ARGUMENT, "row and column must fit in 16 bits")

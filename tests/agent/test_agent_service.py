@@ -340,6 +340,70 @@ async def test_remove_kills_and_wakes_waiters(agent: AgentClient):
     await expect_error(Code.NOT_FOUND, agent.wait(cid))
 
 
+# -- a process's output ends at its exit (issue 11, item 2) -------------------
+
+
+async def read_out_and_err(agent: AgentClient, cid: str, eid: str, timeout: float = 10):
+    """Both streams of a process to EOF, which must come within ``timeout`` seconds."""
+    return await asyncio.wait_for(
+        asyncio.gather(agent.read_all(cid, eid), agent.read_all(cid, eid, stderr=True)), timeout)
+
+
+async def test_exec_leaving_a_background_child_ends(agent: AgentClient):
+    cid = await agent.create(["sleep", "300"], start=True)
+    eid = await agent.exec(cid, ["sh", "-c", "sleep 300 & echo started"])
+    out, err = await read_out_and_err(agent, cid, eid)
+    assert (out, err) == (b"started\n", b"")
+    assert await agent.wait(cid, eid) == 0
+    await expect_error(Code.NOT_FOUND, agent.wait(cid, eid))  # waited and drained: forgotten
+
+
+async def test_tty_exec_of_a_shell_leaving_a_background_job_ends(agent: AgentClient):
+    cid = await agent.create(["sleep", "300"], start=True)
+    eid = await agent.exec(cid, ["sh", "-i"], terminal=True)
+    for line in (b"sleep 300 &\n", b"echo job-$((6*7))\n", b"exit\n"):
+        await agent.write(cid, line, eid)
+    out = await asyncio.wait_for(agent.read_all(cid, eid), 10)
+    assert b"job-42" in out
+    # The terminal closed with the exit: no resize, no input any more.
+    details = await expect_error(Code.FAILED_PRECONDITION, agent.stub.TtyWinResize(
+        agent_pb2.TtyWinResizeRequest(container_id=cid, exec_id=eid, row=1, column=1)))
+    assert "exited" in details
+    details = await expect_error(Code.FAILED_PRECONDITION, agent.write(cid, b"ls\n", eid))
+    assert "exited" in details
+    assert await agent.wait(cid, eid) == 0
+
+
+async def test_init_leaving_a_background_child_ends(agent: AgentClient):
+    """(The kernel kills the rest of init's pid namespace when init exits, so this
+    passed before too; it guards the init path of the same rule.)"""
+    cid = await agent.create(["sh", "-c", "sleep 300 & echo init-started"], start=True)
+    out, err = await read_out_and_err(agent, cid, cid)
+    assert (out, err) == (b"init-started\n", b"")
+    assert await agent.wait(cid) == 0
+
+
+async def test_8mib_written_just_before_exit_with_a_background_child(agent: AgentClient):
+    """Slowly read: all 8 MiB arrive in order, then EOF, though `sleep` holds the pipe."""
+    line = b"0123456789abcdef0123456789abcde\n"  # 32 bytes
+    n = 8 << 20
+    cid = await agent.create(["sleep", "300"], start=True)
+    eid = await agent.exec(cid, ["sh", "-c", f"sleep 300 & yes {line[:-1].decode()} | head -c {n}"])
+    got = bytearray()
+
+    async def slow_reader():
+        reads = 0
+        while data := await agent.read(cid, eid, n=16384):
+            got.extend(data)
+            reads += 1
+            if reads % 16 == 0:
+                await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(slow_reader(), 60)
+    assert len(got) == n and got == line * (n // len(line))
+    assert await agent.wait(cid, eid) == 0
+
+
 # -- each runc call reports its own errors (issue 11, item 3) -----------------
 
 

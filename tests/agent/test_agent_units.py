@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import tty
 
 import pytest
 
@@ -173,6 +175,190 @@ async def test_stdin_writer_waits_and_breaks():
     await sw.close()
     with pytest.raises(ValueError):
         await sw.write(b"closed")
+
+
+# -- output at a process's exit (issue 11, item 2) ----------------------------
+#
+# A process's stdout/stderr is a pipe (or a pty) whose writing end its
+# descendants may keep: `sh -c 'sleep 300 & echo started'`. Once the process has
+# exited, OutputBuffer.process_exited() makes the buffer deliver what the pipe
+# already holds, then EOF, whoever still holds the other end.
+
+
+async def read_to_eof(buf: OutputBuffer, n: int = 65536, timeout: float = 5.0) -> bytes:
+    """Every byte of ``buf`` up to EOF; fails (TimeoutError) if EOF does not come."""
+    out = bytearray()
+    while True:
+        data = await asyncio.wait_for(buf.read(n), timeout)
+        if not data:
+            return bytes(out)
+        out += data
+
+
+async def fill_pipe(w: int, piece: bytes) -> int:
+    """Write ``piece`` to the non-blocking ``w`` until the reader has stopped taking
+    any (10 EAGAINs in a row, 10 ms apart); returns the bytes written."""
+    written = blocked = 0
+    while blocked < 10:
+        try:
+            written += os.write(w, piece)
+            blocked = 0
+        except BlockingIOError:
+            blocked += 1
+            await asyncio.sleep(0.01)
+    return written
+
+
+async def test_output_ends_at_exit_though_a_descendant_holds_the_pipe():
+    r, w = make_pipe()
+    buf = OutputBuffer(r, limit=1 << 20)
+    buf.start()
+    os.write(w, b"started\n")
+    buf.process_exited()  # w stays open: a background child of the process still has it
+    assert await read_to_eof(buf) == b"started\n"
+    assert buf.drained
+    with pytest.raises(BrokenPipeError):  # the read end is gone: a late writer never blocks
+        os.write(w, b"late")
+    os.close(w)
+
+
+async def test_output_at_exit_with_a_full_buffer_keeps_every_byte_and_no_later_one():
+    """The buffer is full when the process exits: the pipe's remaining content still
+    arrives as the reader makes room; what a descendant writes afterwards does not."""
+    r, w = make_pipe()
+    os.set_blocking(w, False)
+    buf = OutputBuffer(r, limit=8192, chunk=4096)
+    buf.start()
+    written = await fill_pipe(w, b"x" * 4096)
+    assert buf.buffered == 8192 and written > 8192  # the pipe holds the rest
+    buf.process_exited()
+    got = bytearray()
+    late = 0
+    while True:
+        data = await asyncio.wait_for(buf.read(1000), 5)
+        if not data:
+            break
+        got += data
+        await asyncio.sleep(0)  # let the buffer refill from the pipe
+        try:  # the descendant writes into the room the reader just made
+            late += os.write(w, b"L" * 512)
+        except (BlockingIOError, BrokenPipeError):
+            pass
+    assert len(got) == written and got == b"x" * written
+    assert late > 0, "the test never wrote after the exit"
+    with pytest.raises(BrokenPipeError):
+        os.write(w, b"L")
+    os.close(w)
+
+
+async def test_8mib_written_just_before_exit_read_slowly():
+    """A process writes 8 MiB and exits while its background child keeps the pipe and
+    writes on: a slow reader gets all 8 MiB, then EOF; the child then gets EPIPE."""
+    r, w = make_pipe()
+    buf = OutputBuffer(r, limit=256 << 10, chunk=64 << 10)
+    buf.start()
+    payload = os.urandom(8 << 20)
+    loop = asyncio.get_running_loop()
+    exited = threading.Event()
+
+    def exit_seen():
+        buf.process_exited()
+        exited.set()
+
+    def process_then_child():
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(w, view):]
+        loop.call_soon_threadsafe(exit_seen)  # what the reaper does on SIGCHLD
+        exited.wait(10)
+        try:
+            while True:
+                os.write(w, b"late" * 1024)
+        except BrokenPipeError:
+            return "EPIPE"
+        finally:
+            os.close(w)
+
+    writer = loop.run_in_executor(None, process_then_child)
+    rnd = random.Random(11)
+    got = bytearray()
+    try:
+        while True:
+            data = await asyncio.wait_for(buf.read(rnd.randint(1, 40_000)), 10)
+            if not data:
+                break
+            got += data
+            assert len(got) <= len(payload), "output written after the exit was delivered"
+            if rnd.random() < 0.02:
+                await asyncio.sleep(0.002)
+        assert len(got) == len(payload) and got == payload
+        assert await asyncio.wait_for(writer, 10) == "EPIPE"
+    finally:
+        buf.close()  # a writer still blocked gets EPIPE: no thread is left behind
+        exited.set()
+        await writer
+
+
+async def test_pty_output_at_exit_with_the_slave_still_held():
+    """A terminal: the process's last output (more than the buffer's bound, part of it
+    still in the kernel's pty buffers) arrives, then EOF, though a descendant keeps the
+    slave open (the Kata 1.x agent ends a terminal's reads at exit the same way)."""
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no \n -> \r\n: the bytes arrive as written
+    buf = OutputBuffer(master, limit=1024, chunk=512, is_pty=True, owns_fd=False)
+    buf.start()
+    payload = os.urandom(200_000)
+    loop = asyncio.get_running_loop()
+
+    def process():
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(slave, view):]
+        loop.call_soon_threadsafe(buf.process_exited)
+
+    writer = loop.run_in_executor(None, process)
+    got = bytearray()
+    try:
+        while True:
+            data = await asyncio.wait_for(buf.read(700), 10)
+            if not data:
+                break
+            got += data
+        await writer
+        assert got == payload
+    finally:
+        buf.close()
+        os.close(master)  # a writer still blocked on the slave gets EIO
+        await writer
+        os.close(slave)
+
+
+async def test_pty_output_at_exit_with_the_slave_closed(caplog):
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    buf = OutputBuffer(master, limit=1 << 20, is_pty=True, owns_fd=False)
+    buf.start()
+    os.write(slave, b"bye")
+    os.close(slave)
+    buf.process_exited()
+    assert await read_to_eof(buf) == b"bye"
+    assert "read error" not in caplog.text  # EIO from a hung-up pty is its EOF
+    os.close(master)
+
+
+
+async def test_stdin_writer_abort_ends_a_blocked_write():
+    """A write waiting for room ends (ValueError) when the process's stdin is dropped,
+    e.g. its terminal closed at exit: it does not wait on a closed fd for ever."""
+    r, w = make_pipe()
+    sw = StdinWriter(w)
+    write = asyncio.ensure_future(sw.write(os.urandom(4 << 20)))  # more than the pipe holds
+    await asyncio.sleep(0.05)
+    assert not write.done()
+    sw.abort()
+    with pytest.raises(ValueError):
+        await asyncio.wait_for(write, 5)
+    os.close(r)
 
 
 # -- each runc call has its own error channel (issue 11, item 3) --------------
