@@ -33,6 +33,7 @@ COMMANDS = [
     "spec",
     "version",
     "check",
+    "image",
 ]
 
 DEFAULT_ROOT = "/run/kata-py"
