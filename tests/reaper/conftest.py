@@ -18,8 +18,6 @@ or runc.
 
 from __future__ import annotations
 
-import functools
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.reaper.containerd import Containerd, missing_requirements  # noqa: E402
+from tests.reaper.containerd import (  # noqa: E402
+    KATA_RUNTIME, Containerd, kata_runtime_missing, missing_requirements)
 from tests.reaper.image import build_busybox_image_tar  # noqa: E402
 
 HERE = Path(__file__).parent
-KATA_RUNTIME = Path(sys.executable).with_name("kata-runtime")
 
 
 @dataclass(frozen=True)
@@ -44,20 +42,6 @@ class Runtime:
 
     def run_kwargs(self) -> dict:
         return {"runtime": self.binary}
-
-
-@functools.cache
-def kata_runtime_missing() -> str | None:
-    """Why the venv's kata-runtime cannot be used yet (one line), or None."""
-    if not KATA_RUNTIME.exists():
-        return f"{KATA_RUNTIME} not installed (pip install -e .)"
-    try:
-        res = subprocess.run([str(KATA_RUNTIME), "--version"], capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return "kata-runtime --version did not answer within 60 s"
-    if res.returncode != 0:
-        return f"kata-runtime CLI not built yet: {(res.stderr or res.stdout).strip()[:200]}"
-    return None
 
 
 def pytest_collection_modifyitems(config, items):

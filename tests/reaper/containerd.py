@@ -23,11 +23,13 @@ Waits are bounded: every ``ctr`` call has a timeout (the process is killed when 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CONTAINERD = "containerd"
+KATA_RUNTIME = Path(sys.executable).with_name("kata-runtime")  # the venv's console script
 CTR = "ctr"
 SHIM_SOCKET_DIR = "/run/containerd/s"
 KATA_VM_ROOT = "/run/vc/vm"  # kata-runtime's per-sandbox runtime dirs (sandbox id = container id)
@@ -79,6 +82,20 @@ def missing_requirements() -> str | None:
     for tool in (CONTAINERD, CTR, "containerd-shim-runc-v2", "runc"):
         if shutil.which(tool) is None:
             return f"{tool} not installed (apt-get install containerd runc)"
+    return None
+
+
+@functools.cache
+def kata_runtime_missing() -> str | None:
+    """Why the venv's kata-runtime (KATA_RUNTIME) cannot be used yet (one line), or None."""
+    if not KATA_RUNTIME.exists():
+        return f"{KATA_RUNTIME} not installed (pip install -e .)"
+    try:
+        res = subprocess.run([str(KATA_RUNTIME), "--version"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "kata-runtime --version did not answer within 60 s"
+    if res.returncode != 0:
+        return f"kata-runtime CLI not built yet: {(res.stderr or res.stdout).strip()[:200]}"
     return None
 
 
