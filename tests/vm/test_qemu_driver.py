@@ -1,0 +1,295 @@
+"""The QEMU driver: its command line, pid guard and failure paths, and a real TCG boot of the built
+guest image where the agent answers Check through the real kata-proxy and a container's output
+(the GUEST's `uname -r`) is relayed by the real kata-shim.
+
+Boots are few (CI has 2 cores): one full boot, one boot of a broken image; the other QEMU starts
+are stopped before the guest gets far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from kata_runtime.hypervisor.base import HypervisorError
+from kata_runtime.hypervisor.qemu import KATA_AMD64_KERNEL_PARAMS, QemuHypervisor, qmp_execute
+from tests.vm.conftest import processes_mentioning
+
+BOOT_TIMEOUT = 240.0  # TCG on a loaded 2-core CI machine
+
+
+def make_qemu(vm_dir, guest, **kw) -> QemuHypervisor:
+    """A TCG driver for the built guest image ``guest``; keywords override (kernel=, image=, ...)."""
+    kw.setdefault("accel", "tcg")
+    kw.setdefault("kernel", guest.kernel)
+    kw.setdefault("initrd", guest.initrd)
+    kw.setdefault("image", guest.image)
+    return QemuHypervisor(vm_dir, f"vm-{uuid.uuid4().hex[:8]}", **kw)
+
+
+def assert_nothing_left(q: QemuHypervisor) -> None:
+    assert q.pid is None
+    assert processes_mentioning(q.sandbox_dir) == []
+    for path in (q.channel_socket_path, q.qmp_socket_path, q.pid_file):
+        assert not os.path.exists(path), path
+
+
+def arg_after(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+# ------------------------------------------------------------ command line
+
+
+def test_command_line_wires_channel_console_share_and_read_only_image(tmp_path):
+    q = QemuHypervisor(tmp_path / "sb", "abc", kernel="/k/vmlinuz", initrd="/k/initrd.img", image="/k/rootfs.img",
+                       accel="tcg", vcpus=2, memory_mib=1024, machine_type="q35", kernel_params="foo=1 bar")
+    argv = q.command_line("/usr/bin/qemu-system-x86_64")
+    sb = str(tmp_path / "sb")
+    assert argv[0] == "/usr/bin/qemu-system-x86_64"
+    assert arg_after(argv, "-machine") == ["q35,accel=tcg"]
+    assert arg_after(argv, "-m") == ["1024M"] and arg_after(argv, "-smp") == ["2"]
+    assert {"-nodefaults", "-no-user-config", "-no-reboot", "-daemonize"} <= set(argv)
+    assert arg_after(argv, "-kernel") == ["/k/vmlinuz"] and arg_after(argv, "-initrd") == ["/k/initrd.img"]
+    chardevs = arg_after(argv, "-chardev")
+    assert f"socket,id=charch0,path={sb}/kata.sock,server=on,wait=off" in chardevs
+    assert f"file,id=charconsole0,path={sb}/console.log,append=on" in chardevs
+    devices = arg_after(argv, "-device")
+    assert "virtserialport,bus=serial0.0,chardev=charch0,name=agent.channel.0" in devices
+    assert "virtconsole,bus=serial0.0,chardev=charconsole0" in devices
+    assert "virtio-9p-pci,fsdev=extra-9p-kataShared,mount_tag=kataShared" in devices
+    # the only host directory the guest sees is the sandbox's shared dir; the image is read-only
+    assert arg_after(argv, "-fsdev") == [f"local,id=extra-9p-kataShared,path={sb}/shared,security_model=none,"
+                                         "multidevs=remap"]
+    assert arg_after(argv, "-drive") == ["id=image0,file=/k/rootfs.img,if=none,format=raw,readonly=on,aio=threads"]
+    assert arg_after(argv, "-qmp") == [f"unix:{sb}/qmp.sock,server=on,wait=off"]
+    assert arg_after(argv, "-pidfile") == [f"{sb}/qemu.pid"]
+    assert arg_after(argv, "-name") == ["sandbox-abc"]
+    params = arg_after(argv, "-append")[0].split()
+    assert params[:len(KATA_AMD64_KERNEL_PARAMS)] == list(KATA_AMD64_KERNEL_PARAMS)
+    assert params[-6:] == ["console=hvc0", "panic=-1", "quiet", "agent.log=info", "foo=1", "bar"]
+
+
+def test_command_line_debug_and_odd_paths(tmp_path):
+    q = QemuHypervisor(tmp_path / "a,b", "x", kernel="/k", initrd="/i", image="/im,g", accel="kvm",
+                       cpu_model="host", debug=True, agent_log_level="debug")
+    argv = q.command_line()
+    assert argv[0] == "qemu-system-x86_64" and arg_after(argv, "-cpu") == ["host"]
+    assert arg_after(argv, "-machine") == ["pc,accel=kvm"]
+    assert "debug agent.log=debug" in arg_after(argv, "-append")[0] and "quiet" not in arg_after(argv, "-append")[0]
+    assert arg_after(argv, "-drive")[0].startswith("id=image0,file=/im,,g,")  # QEMU's comma escape
+    assert f"path={tmp_path}/a,,b/kata.sock," in arg_after(argv, "-chardev")[0]
+
+
+def test_from_config_reads_the_hypervisor_qemu_section(tmp_path):
+    settings = {"path": "/usr/bin/qemu-system-x86_64", "kernel": "/k", "initrd": "/i", "image": "", "machine_type": "pc",
+                "default_vcpus": 2, "default_memory": 512, "kernel_params": "a=1", "accel": "tcg",
+                "shared_fs": "virtio-9p", "enable_debug": True}
+    q = QemuHypervisor.from_config(tmp_path, "sb", settings, debug=True)
+    assert (q.kernel, q.initrd, q.image, q.vcpus, q.memory_mib, q.accel) == ("/k", "/i", None, 2, 512, "tcg")
+    assert q.kernel_command_line().endswith("console=hvc0 panic=-1 debug agent.log=debug a=1")
+    assert QemuHypervisor.from_config(tmp_path, "sb", {}).kernel_command_line().endswith("quiet agent.log=info")
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="accel"):
+        QemuHypervisor(tmp_path, "x", accel="xen")
+    with pytest.raises(ValueError, match="vcpus"):
+        QemuHypervisor(tmp_path, "x", vcpus=0)
+
+
+async def test_accel_auto_must_be_resolved_before_start(tmp_path):
+    q = QemuHypervisor(tmp_path / "sb", "x", kernel="/k", initrd="/i", image="/im", accel="auto")
+    with pytest.raises(HypervisorError, match="accel 'auto' is not resolved"):
+        await q.start()
+    await q.stop()  # an "auto" object can still stop (nothing here)
+
+
+# -------------------------------------------------------------- pid guard
+
+
+async def test_a_recycled_pid_in_the_pid_file_is_never_signalled(vm_dir):
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        q = QemuHypervisor(vm_dir, "x", accel="tcg")
+        Path(q.pid_file).write_text(f"{bystander.pid}\n")
+        assert q.pid is None
+        await q.stop(timeout=0.2)
+        assert bystander.poll() is None  # still running
+        assert not os.path.exists(q.pid_file)
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+# ---------------------------------------------------------- failures at start
+
+
+async def test_a_missing_kernel_fails_before_anything_starts(vm_dir, tmp_path):
+    for name in ("initrd", "image"):
+        (tmp_path / name).write_bytes(b"x")
+    q = QemuHypervisor(vm_dir, "x", kernel=str(tmp_path / "no-such-vmlinuz"), initrd=str(tmp_path / "initrd"),
+                       image=str(tmp_path / "image"), accel="tcg")
+    with pytest.raises(HypervisorError, match=r"kernel .*no-such-vmlinuz does not exist"):
+        await q.start()
+    assert_nothing_left(q)
+    with pytest.raises(HypervisorError, match="no guest image configured"):
+        await QemuHypervisor(vm_dir, "y", kernel=str(tmp_path / "initrd"), initrd=str(tmp_path / "initrd"),
+                             accel="tcg").start()
+
+
+@pytest.mark.vm
+async def test_a_kernel_file_qemu_cannot_load_fails_with_qemus_message(vm_dir, tmp_path, guest_image):
+    bad = tmp_path / "vmlinuz"
+    bad.write_bytes(b"\0" * 4096)
+    q = make_qemu(vm_dir, guest_image, kernel=str(bad))
+    with pytest.raises(HypervisorError) as err:
+        await q.start()
+    assert "QEMU failed to start: qemu: linux kernel too old" in str(err.value)  # QEMU's own words
+    assert f"(kernel {bad}," in str(err.value)
+    assert_nothing_left(q)
+
+
+# ------------------------------------------------------------------- boots
+
+
+async def check_through_proxy(q: QemuHypervisor, timeout: float = BOOT_TIMEOUT):
+    """kata-proxy on the QEMU channel and a Health Check through it: (seconds since QEMU start, proxy)."""
+    from katapb import health_pb2
+    from tests.sandbox.harness import AgentClient, start_proxy
+
+    proxy = await start_proxy(q.channel_socket_path, q.sandbox_dir, sandbox_id=q.sandbox_id, timeout=60,
+                              extra_args=("--channel-timeout", "60"))
+    client = AgentClient(f"unix:{proxy.listen_socket}")
+    try:
+        seconds = await q.wait_ready(lambda: client.health.Check(health_pb2.CheckRequest(), timeout=timeout,
+                                                                   wait_for_ready=True), timeout=timeout)
+    except BaseException:
+        proxy.stop()
+        raise
+    finally:
+        await client.close()
+    return seconds, proxy
+
+
+def run_uname_through_kata_shim(q: QemuHypervisor, proxy) -> tuple[int, bytes, bytes]:
+    """CreateSandbox (9p share), a busybox container running `uname -r`, its output via kata-shim."""
+    from tests.fixtures.oci import busybox_spec, shared_storage
+    from tests.fixtures.rootfs import build_busybox_rootfs
+    from tests.shim.harness import Agent
+
+    agent = Agent(q, proxy)
+    try:
+        pb = agent.pb
+        agent.stub.CreateSandbox(pb.CreateSandboxRequest(hostname="vm", storages=[shared_storage()],
+                                                         sandbox_id=q.sandbox_id), timeout=120)
+        cid = f"c-{uuid.uuid4().hex[:8]}"
+        build_busybox_rootfs(Path(q.shared_dir) / cid / "rootfs")
+        agent.stub.CreateContainer(pb.CreateContainerRequest(container_id=cid, exec_id=cid,
+                                                             OCI=busybox_spec(cid, ["uname", "-r"])), timeout=180)
+        shim = agent.shim(cid)
+        agent.stub.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+        out, err = shim.communicate(timeout=180)
+        return shim.returncode, out, err
+    finally:
+        agent.close()
+
+
+@pytest.mark.vm
+async def test_the_guest_boots_answers_check_and_runs_a_container_relayed_by_kata_shim(vm_dir, guest_image, figures):
+    q = make_qemu(vm_dir, guest_image, agent_log_level="debug")
+    await q.start()
+    proxy = None
+    try:
+        pid = q.pid
+        assert pid is not None and q._is_ours(pid)
+        assert os.path.exists(q.channel_socket_path) and os.path.exists(q.qmp_socket_path)
+        ready, proxy = await check_through_proxy(q)
+        figures.append(f"QEMU started -> agent answers Check through kata-proxy (TCG): {ready:.1f} s")
+        status, out, err = await asyncio.to_thread(run_uname_through_kata_shim, q, proxy)
+        # the guest's kernel (the image's), whatever the host runs
+        assert (status, out.decode().strip()) == (0, guest_image.kernel_version), err.decode()
+        assert await qmp_execute(q.qmp_socket_path, "query-status") == {"running": True, "singlestep": False,
+                                                                        "status": "running"}
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        t0 = time.monotonic()
+        await q.stop()
+        figures.append(f"QEMU stop (QMP quit): {time.monotonic() - t0:.2f} s")
+    assert_nothing_left(q)
+    console = Path(q.console_log_path).read_text(errors="replace")
+    assert "mode=vm pid=1" in console and "found virtio port agent.channel.0" in console
+    assert "kata-init:" not in console
+
+
+@pytest.mark.vm
+async def test_a_broken_image_fails_cleanly_with_the_consoles_last_lines(vm_dir, tmp_path, guest_image, figures):
+    broken = tmp_path / "rootfs.img"
+    broken.write_bytes(os.urandom(1 << 20))
+    q = make_qemu(vm_dir, guest_image, image=str(broken))
+    await q.start()
+    t0 = time.monotonic()
+    with pytest.raises(HypervisorError) as err:
+        await check_through_proxy(q)
+    figures.append(f"broken image -> HypervisorError after {time.monotonic() - t0:.1f} s")
+    message = str(err.value)
+    assert "QEMU exited before the agent answered" in message
+    assert "kata-init: cannot mount the guest image /dev/vda" in message
+    assert q.console_log_path in message
+    assert_nothing_left(q)
+
+
+@pytest.mark.vm
+async def test_an_agent_that_never_answers_times_out_and_qemu_is_killed(vm_dir, guest_image):
+    q = make_qemu(vm_dir, guest_image)
+    await q.start()
+    pid = q.pid
+    never = asyncio.get_running_loop().create_future()
+    with pytest.raises(HypervisorError, match=r"the agent did not answer within 0\.5s; console \("):
+        await q.wait_ready(lambda: never, timeout=0.5)
+    assert never.cancelled()
+    assert _gone(pid)
+    assert_nothing_left(q)
+
+
+@pytest.mark.vm
+async def test_stop_kills_a_qemu_whose_qmp_socket_is_gone(vm_dir, guest_image):
+    q = make_qemu(vm_dir, guest_image)
+    await q.start()
+    pid = q.pid
+    os.unlink(q.qmp_socket_path)  # QMP unreachable: stop() must fall back to SIGKILL after the bound
+    t0 = time.monotonic()
+    await q.stop(timeout=0.5)
+    assert 0.5 <= time.monotonic() - t0 < 6.0
+    assert _gone(pid)
+    assert_nothing_left(q)
+    await q.stop()  # idempotent
+
+
+def _gone(pid: int) -> bool:
+    """No such process (or only its zombie, which its parent, not us, reaps)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@pytest.mark.vm
+async def test_a_second_start_of_a_running_sandbox_is_refused(vm_dir, guest_image):
+    q = make_qemu(vm_dir, guest_image)
+    await q.start()
+    try:
+        other = QemuHypervisor(vm_dir, q.sandbox_id, kernel=q.kernel, initrd=q.initrd, image=q.image, accel="tcg")
+        assert other.pid == q.pid  # a new object for the same directory finds the running QEMU
+        with pytest.raises(HypervisorError, match="already running"):
+            await other.start()
+    finally:
+        await QemuHypervisor(vm_dir, q.sandbox_id).stop(timeout=2.0)  # stop from a bare object, as `delete` would
+    assert_nothing_left(q)
