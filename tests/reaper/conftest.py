@@ -10,7 +10,7 @@ Fixtures:
 * ``image``: the imported image's name.
 * ``runtime``: parametrized ``runc`` (the host's runc, the reference) and ``kata`` (the venv's
   kata-runtime given to the shim with ``--runc-binary``); ``kata`` is skipped while
-  ``kata-runtime --version`` does not work.
+  ``kata-runtime --version`` does not work; ``kata``: kata-runtime alone.
 
 Every test here is marked ``reaper``; all are skipped without root, containerd, ctr, the runc shim
 or runc.
@@ -103,11 +103,19 @@ def own_containerd():
         cd.stop()
 
 
-@pytest.fixture(params=["runc", "kata"])
-def runtime(request) -> Runtime:
-    if request.param == "runc":
-        return Runtime("runc", None)
+def _kata() -> Runtime:
     reason = kata_runtime_missing()
     if reason:
         pytest.skip(reason)
     return Runtime("kata", str(KATA_RUNTIME))
+
+
+@pytest.fixture(params=["runc", "kata"])
+def runtime(request) -> Runtime:
+    return Runtime("runc", None) if request.param == "runc" else _kata()
+
+
+@pytest.fixture
+def kata() -> Runtime:
+    """kata-runtime alone (for what runc has no counterpart of)."""
+    return _kata()

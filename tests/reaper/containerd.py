@@ -23,6 +23,7 @@ Waits are bounded: every ``ctr`` call has a timeout (the process is killed when 
 from __future__ import annotations
 
 import ctypes
+import glob
 import functools
 import hashlib
 import os
@@ -422,7 +423,8 @@ class Containerd:
             "runtime_state": [str(p) for p in Path(self.runtime_root).rglob("*") if p.name in cids]
             if os.path.isdir(self.runtime_root) else [],
             "shim_sockets": [s for c in cids if os.path.exists(s := shim_socket_path(self.address, self.namespace, c))],
-            "cgroups": [d for d in cgroup_dirs(self.namespace) if os.path.basename(d) in cids],
+            "cgroups": [d for d in cgroup_dirs(self.namespace) if os.path.basename(d) in cids]
+            + [d for c in cids for d in glob.glob(os.path.join(CGROUP_ROOT, "*", f"kata-sandbox-{c}"))],
         }
         return {k: v for k, v in found.items() if v}
 
