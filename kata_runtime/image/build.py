@@ -157,6 +157,20 @@ def cache_lock(cache_dir: str, progress: Progress):
 
 # ------------------------------------------------------------------ build
 
+#: Tools of a build -> the Debian package that has them.
+BUILD_TOOLS = {"mmdebstrap": "mmdebstrap", "mke2fs": "e2fsprogs", "modinfo": "kmod", "chroot": "coreutils",
+               "umount": "mount"}
+
+
+def check_build_host() -> None:
+    """Raise ImageError at once (not a minute into a build) when a build cannot succeed here."""
+    if os.geteuid() != 0:
+        raise ImageError("building the guest image needs root (mmdebstrap's chroot, real file owners)")
+    missing = sorted({pkg for tool, pkg in BUILD_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        raise ImageError(f"building the guest image needs: apt-get install {' '.join(missing)}")
+
+
 
 def build_steps(work: str, inputs: Inputs, progress: Progress) -> dict:
     """All steps into the empty directory ``work``; returns the manifest's "sizes" dict."""
@@ -228,6 +242,7 @@ def build_image(cache_dir: str | None = None, *, force: bool = False, recipe: Re
     key = inputs.cache_key()
     if not force and (hit := load_entry(cache_dir, key)) is not None:
         return _with(hit, built=False, seconds=time.monotonic() - t0)
+    check_build_host()
     try:
         os.makedirs(cache_dir, mode=0o755, exist_ok=True)
     except OSError as exc:

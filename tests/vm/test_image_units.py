@@ -445,7 +445,25 @@ def fake_steps(fail_at: str | None = None, calls: list | None = None):
     return steps
 
 
-def test_a_build_is_cached_by_key_reused_and_forced(tmp_path, monkeypatch):
+@pytest.fixture
+def build_host_ok(monkeypatch):
+    """The atomicity tests run their fake steps anywhere: skip the root/tools check."""
+    monkeypatch.setattr(build_mod, "check_build_host", lambda: None)
+
+
+def test_a_build_that_cannot_succeed_here_fails_at_once(tmp_path, monkeypatch):
+    real_which = shutil.which
+    monkeypatch.setattr(build_mod.shutil, "which", lambda name: None if name == "mmdebstrap" else real_which(name))
+    monkeypatch.setattr(build_mod.os, "geteuid", lambda: 0)
+    with pytest.raises(ImageError, match="needs: apt-get install mmdebstrap"):
+        build_mod.build_image(str(tmp_path / "c"), inputs=make_inputs(tmp_path), progress=Progress(3, quiet=True))
+    monkeypatch.setattr(build_mod.os, "geteuid", lambda: 1000)
+    with pytest.raises(ImageError, match="needs root"):
+        build_mod.build_image(str(tmp_path / "c"), inputs=make_inputs(tmp_path), progress=Progress(3, quiet=True))
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_build_is_cached_by_key_reused_and_forced(tmp_path, monkeypatch, build_host_ok):
     calls = []
     monkeypatch.setattr(build_mod, "build_steps", fake_steps(calls=calls))
     inputs = make_inputs(tmp_path)
@@ -465,7 +483,7 @@ def test_a_build_is_cached_by_key_reused_and_forced(tmp_path, monkeypatch):
     assert all(not os.path.exists(w) for w in calls)  # work dirs were renamed into place
 
 
-def test_a_failed_build_leaves_nothing_and_a_stale_one_is_removed(tmp_path, monkeypatch):
+def test_a_failed_build_leaves_nothing_and_a_stale_one_is_removed(tmp_path, monkeypatch, build_host_ok):
     cache = tmp_path / "cache"
     cache.mkdir()
     stale = cache / ".build-dead"
@@ -479,7 +497,7 @@ def test_a_failed_build_leaves_nothing_and_a_stale_one_is_removed(tmp_path, monk
     assert build_mod.load_entry(str(cache), inputs.cache_key()) is None
 
 
-def test_an_entry_with_a_missing_file_is_not_a_cache_hit(tmp_path, monkeypatch):
+def test_an_entry_with_a_missing_file_is_not_a_cache_hit(tmp_path, monkeypatch, build_host_ok):
     monkeypatch.setattr(build_mod, "build_steps", fake_steps())
     inputs = make_inputs(tmp_path)
     image = build_mod.build_image(str(tmp_path / "c"), inputs=inputs, progress=Progress(3, quiet=True))
