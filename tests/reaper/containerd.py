@@ -3,17 +3,20 @@
     cd = Containerd.start()                         # /tmp/krXXXXXXXX/{config.toml,root,state,c.sock}
     cd.import_image(image_tar)                      # ctr image import
     res = cd.run(image, "c1", ["echo", "hi"])       # ctr run --rm ... -> CompletedProcess (bytes)
-    cd.run(image, "c2", ["sh"], runtime=KATA_RUNTIME, input=b"echo hi\\n")
-    cd.leftovers()                                  # {} when every container left no trace
+    res, out, err = cd.run_logged(image, "c2", cmd, runtime=str(KATA_RUNTIME))  # every byte, see there
+    rc, out, err = run_with_stdin(cd, image, "c3", ["wc", "-c"], b"data")     # stdin and its EOF
+    cd.wait_clean(["c1", "c2"])                     # {} once those containers left no trace
     cd.stop()                                       # kills what it started, unmounts, removes the dir
 
 Isolation: every path containerd, the shims and the runtime write to is under one short temp dir
-(``root``, ``state``, the grpc/ttrpc sockets, ctr's fifos, the runc/kata ``--root``), except the
-shim's socket, which containerd 1.6 always puts in ``/run/containerd/s/<sha256(address/ns/id)>``
-(removed here when a killed shim left it behind) and the containers' cgroups
-(``/sys/fs/cgroup/<controller>/<namespace>/<id>``, removed by runc; the namespace level is removed
-here). Only processes this module started are signalled, by pid: the daemon, and the shims and
-their descendants, found by the ``-address <our socket>`` on the shim's command line.
+(``root``, ``state``, the grpc/ttrpc sockets, ctr's fifos, the runc/kata ``--root``), except:
+the shim's socket, which containerd 1.6 always puts in ``/run/containerd/s/<sha256(address/ns/
+id)>`` (removed here when a killed shim left it behind); the containers' cgroups
+(``/sys/fs/cgroup/<controller>/<namespace>/<id>``, removed by the runtime; the namespace level is
+removed here); kata-runtime's sandbox dirs ``/run/vc/vm/<id>`` (removed by it; here only for ids
+this harness ran, every id carrying a random suffix). Only processes this module started are
+signalled, by pid: the daemon; the shims (``-address <our socket>`` on their command line) and
+their descendants; processes naming our temp dir or one of our sandbox dirs, and theirs.
 
 Waits are bounded: every ``ctr`` call has a timeout (the process is killed when it expires:
 :class:`subprocess.TimeoutExpired` is raised), the daemon must answer ``ctr version`` within
@@ -23,8 +26,8 @@ Waits are bounded: every ``ctr`` call has a timeout (the process is killed when 
 from __future__ import annotations
 
 import ctypes
-import glob
 import functools
+import glob
 import hashlib
 import os
 import shutil
