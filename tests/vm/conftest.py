@@ -50,12 +50,10 @@ def missing_requirements() -> str | None:
 
 def pytest_collection_modifyitems(config, items):
     here = Path(__file__).parent
-    reason = None
-    for item in items:
-        if Path(str(item.fspath)).parent == here and "vm" in item.keywords:
-            reason = reason or missing_requirements() or ""
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=reason))
+    mine = [item for item in items if Path(str(item.fspath)).parent == here and "vm" in item.keywords]
+    reason = missing_requirements() if mine else None
+    for item in mine if reason else ():
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_terminal_summary(terminalreporter):
