@@ -38,8 +38,9 @@ Wire semantics worth knowing (they match the Kata 1.x Go agent and kata-shim):
   RemoveContainer, ExecProcess, SignalProcess, WaitProcess, WriteStdin,
   ReadStdout, ReadStderr, CloseStdin, TtyWinResize, ListProcesses,
   PauseContainer, ResumeContainer, UpdateContainer, StatsContainer,
-  GetGuestDetails, SetGuestDateTime, OnlineCPUMem, ReseedRandomDev, and
-  Health.Check/Version. Every other AgentService method answers UNIMPLEMENTED
+  GetGuestDetails, SetGuestDateTime, OnlineCPUMem, ReseedRandomDev, the network
+  calls UpdateInterface, UpdateRoutes, ListInterfaces, ListRoutes, AddARPNeighbors
+  (kata_agent/network.py, on netlink), and Health.Check/Version. Every other AgentService method answers UNIMPLEMENTED
   naming itself.
 * Status codes: unknown container/exec -> NOT_FOUND; a bad spec or argument ->
   INVALID_ARGUMENT; id already used / sandbox already created -> ALREADY_EXISTS;
@@ -157,6 +158,8 @@ class AgentState:
         self.sandbox_created = False
         self.sandbox_id = ""
         self.hostname = ""
+        #: CreateSandbox's DNS lines written out; containers' /etc/resolv.conf mounts use it.
+        self.resolv_conf: str | None = None
         self.sandbox_mounts: list[str] = []
         self.containers: dict[str, Container] = {}
         self.lock = asyncio.Lock()
@@ -287,8 +290,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 _umount_all(mounts)
                 raise
             if request.dns:
-                log.info("DNS %s not applied (the guest's resolv.conf is read-only)",
-                         list(request.dns))
+                st.resolv_conf = _write_resolv_conf(self.cfg, list(request.dns))
             if request.kernel_modules or request.guest_hook_path or request.sandbox_pidns:
                 log.info("CreateSandbox: kernel_modules / guest hooks / sandbox_pidns ignored")
             os.makedirs(self.cfg.shared_mount, exist_ok=True)
@@ -315,6 +317,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             st._unmount_sandbox()
             st.sandbox_created = False
             st.sandbox_id = ""
+            st.resolv_conf = None
             os.sync()
         return _EMPTY
 
@@ -336,6 +339,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         created = False
         try:
             spec = prepare_spec(request.OCI, cid, bundle, self.cfg.cgroup_parent)
+            _use_sandbox_dns(spec, st.resolv_conf)
             for s in request.storages:
                 if self.cfg.manage_system:
                     c.mounts.append(mount_storage(s, self.cfg.shared_dir_source))
@@ -685,6 +689,119 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 _online(path)
         log.info("OnlineCPUMem: %d cpu(s) onlined", onlined)
         return _EMPTY
+
+    # -- network (kata_agent/network.py; protobuf <-> its dataclasses here) --
+    @rpc
+    async def UpdateInterface(self, request, context):
+        from . import network
+        if not request.HasField("interface"):
+            raise AgentError(Code.INVALID_ARGUMENT, "UpdateInterfaceRequest.interface is missing")
+        got = await _network_call(network.update_interface, _interface_from_pb(request.interface))
+        return _interface_to_pb(got)
+
+    @rpc
+    async def UpdateRoutes(self, request, context):
+        from . import network
+        if not request.HasField("routes"):
+            raise AgentError(Code.INVALID_ARGUMENT, "UpdateRoutesRequest.routes is missing")
+        routes = [_route_from_pb(r) for r in request.routes.Routes]
+        done = await _network_call(network.update_routes, routes)
+        return agent_pb2.Routes(Routes=[_route_to_pb(r) for r in done])
+
+    @rpc
+    async def ListInterfaces(self, request, context):
+        from . import network
+        found = await _network_call(network.list_interfaces)
+        return agent_pb2.Interfaces(Interfaces=[_interface_to_pb(i) for i in found])
+
+    @rpc
+    async def ListRoutes(self, request, context):
+        from . import network
+        found = await _network_call(network.list_routes)
+        return agent_pb2.Routes(Routes=[_route_to_pb(r) for r in found])
+
+    @rpc
+    async def AddARPNeighbors(self, request, context):
+        from . import network
+        neighbors = [_neighbor_from_pb(n) for n in request.neighbors.ARPNeighbors]
+        await _network_call(network.add_arp_neighbors, neighbors)
+        return _EMPTY
+
+
+async def _network_call(fn, *args):
+    """Run a kata_agent.network function in a worker thread (pyroute2 is synchronous);
+    its NetworkError becomes an AgentError with the same status."""
+    from .network import NetworkError
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except NetworkError as e:
+        raise AgentError(Code[e.code], e.message) from None
+
+
+def _ip_from_pb(a):
+    from .network import IPAddress
+    return IPAddress(family=int(a.family), address=a.address, mask=a.mask)
+
+
+def _ip_to_pb(a):
+    from katapb import types_pb2
+    return types_pb2.IPAddress(family=a.family, address=a.address, mask=a.mask)
+
+
+def _interface_from_pb(i):
+    from .network import Interface
+    return Interface(device=i.device, name=i.name, addresses=[_ip_from_pb(a) for a in i.IPAddresses], mtu=i.mtu,
+                     hw_addr=i.hwAddr, pci_addr=i.pciAddr, type=i.type, raw_flags=i.raw_flags)
+
+
+def _interface_to_pb(i):
+    from katapb import types_pb2
+    return types_pb2.Interface(device=i.device, name=i.name, IPAddresses=[_ip_to_pb(a) for a in i.addresses],
+                               mtu=i.mtu, hwAddr=i.hw_addr, pciAddr=i.pci_addr, type=i.type, raw_flags=i.raw_flags)
+
+
+def _route_from_pb(r):
+    from .network import Route
+    return Route(dest=r.dest, gateway=r.gateway, device=r.device, source=r.source, scope=r.scope)
+
+
+def _route_to_pb(r):
+    from katapb import types_pb2
+    return types_pb2.Route(dest=r.dest, gateway=r.gateway, device=r.device, source=r.source, scope=r.scope)
+
+
+def _neighbor_from_pb(n):
+    from .network import Neighbor
+    return Neighbor(address=_ip_from_pb(n.toIPAddress), device=n.device, lladdr=n.lladdr, state=n.state,
+                    flags=n.flags)
+
+
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+def _write_resolv_conf(cfg: AgentConfig, lines: list[str]) -> str:
+    """CreateSandbox.dns -> ``<state_dir>/sandbox/resolv.conf`` (Kata 1.x: the guest's
+    /run/kata-containers/sandbox/resolv.conf); returns its path."""
+    from .network import resolv_conf_text
+    path = os.path.join(cfg.state_dir, "sandbox", "resolv.conf")
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(resolv_conf_text(lines))
+    os.chmod(path, 0o644)
+    return path
+
+
+def _use_sandbox_dns(spec: dict, resolv_conf: str | None) -> None:
+    """A container mount of /etc/resolv.conf (the host file the runtime sent as CreateSandbox.dns)
+    gets the sandbox's copy as its source, read-only: the host path means nothing in the guest."""
+    if resolv_conf is None:
+        return
+    for m in spec.get("mounts", []):
+        if os.path.normpath(m.get("destination", "")) == RESOLV_CONF:
+            m["source"] = resolv_conf
+            m["type"] = "bind"
+            options = [o for o in m.get("options", []) if o not in ("rw", "ro")]
+            m["options"] = sorted(set(options) | {"bind"}) + ["ro"]
 
 
 def _online(path: str) -> bool:

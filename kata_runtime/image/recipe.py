@@ -64,12 +64,13 @@ class Recipe:
     #: Our packages copied into the guest (the agent and what it imports of ours).
     agent_packages: tuple[str, ...] = ("kata_agent", "kata_log", "yamux", "katapb")
     #: The agent's third-party imports; their requirements are added, pinned to the host's versions.
-    agent_distributions: tuple[str, ...] = ("grpcio", "protobuf", "uvloop")
+    agent_distributions: tuple[str, ...] = ("grpcio", "protobuf", "uvloop", "pyroute2")
     #: Kernel modules the initrd loads (dependencies added by `modinfo -F depends`): the virtio
     #: transport and console (the agent channel and hvc0), the image's disk and file system, 9p
-    #: for the shared dir. crc32c_generic is ext4's softdep provider that needs no CPU feature.
+    #: for the shared dir, virtio_net for the pod network's tap. crc32c_generic is ext4's softdep
+    #: provider that needs no CPU feature.
     modules: tuple[str, ...] = ("virtio_pci", "virtio_console", "virtio_blk", "crc32c_generic", "ext4",
-                                "9pnet_virtio", "9p")
+                                "9pnet_virtio", "9p", "virtio_net")
     #: Free space in the ext4 image beyond its contents (the guest mounts it read-only).
     headroom_mib: int = 32
     #: Kernel version (None: the newest installed).
