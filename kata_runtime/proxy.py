@@ -44,49 +44,65 @@ def command(settings: dict) -> list[str]:
     return component_command(settings.get("path", ""), "kata-proxy", "kata_proxy")
 
 
+class Starting:
+    """A kata-proxy spawned and not known ready yet: ``wait_ready()``, or ``stop()``.
+
+    Spawning does not wait for the guest: kata-proxy retries its --mux-socket until the
+    guest side listens, so the runtime starts it while the hypervisor boots."""
+
+    def __init__(self, settings: dict, sandbox_id: str, mux_socket: str, listen_socket: str, log_path: str):
+        self.log_path = log_path
+        argv = [*command(settings), "--mux-socket", mux_socket, "--listen-socket", listen_socket,
+                "--sandbox", sandbox_id, "--log-file", log_path,
+                "--log-level", "debug" if settings.get("debug") else "info"]
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        name = f"kata-runtime-notify-{os.getpid()}-{os.urandom(6).hex()}"
+        self.notify.bind("\0" + name)
+        try:
+            with open(log_path, "ab") as log:
+                self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                              stderr=log, env=_environ("@" + name), cwd="/",
+                                              start_new_session=True)
+        except OSError as e:
+            self.notify.close()
+            raise ProxyError(f"cannot run {argv[0]}: {e.strerror}") from None
+        try:
+            self.record = procs.record(self.child.pid)
+        except ProcessLookupError:
+            self.record = {"pid": self.child.pid, "start": -1}
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT, abort=None) -> dict:
+        """Wait for READY=1; returns the process record. ``abort``: a threading.Event that
+        gives up early. Raises ProxyError (after killing the proxy) on exit, timeout or abort."""
+        try:
+            _wait_ready(self.child, self.notify, timeout, self.log_path, abort)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            self.notify.close()
+        self.child.returncode = 0  # detached: the caller's subreaper reaps it once we have exited
+        return self.record
+
+    def stop(self) -> None:
+        """Kill it if it still runs (clean-up of a failed start)."""
+        if self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
+        self.notify.close()
+
+
 def start(settings: dict, sandbox_id: str, mux_socket: str, listen_socket: str, log_path: str,
           timeout: float = READY_TIMEOUT) -> dict:
     """Spawn kata-proxy and wait for READY=1; returns its process record. Raises ProxyError
     (after killing it) when it exits or is not ready within ``timeout`` seconds."""
-    argv = [*command(settings), "--mux-socket", mux_socket, "--listen-socket", listen_socket,
-            "--sandbox", sandbox_id, "--log-file", log_path,
-            "--log-level", "debug" if settings.get("debug") else "info"]
-    with _notify_socket() as (notify, address):
-        env = _environ(address)
-        with open(log_path, "ab") as log:
-            try:
-                child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                         env=env, cwd="/", start_new_session=True)
-            except OSError as e:
-                raise ProxyError(f"cannot run {argv[0]}: {e.strerror}") from None
-        rec = procs.record(child.pid) if child.poll() is None else {"pid": child.pid, "start": -1}
-        try:
-            _wait_ready(child, notify, timeout, log_path)
-        except BaseException:
-            child.kill()
-            child.wait()
-            raise
-    child.returncode = 0  # detached: the caller's subreaper reaps it once we have exited
-    return rec
+    return Starting(settings, sandbox_id, mux_socket, listen_socket, log_path).wait_ready(timeout)
 
 
 def stop(rec: dict | None, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM, wait, SIGKILL (only the recorded process). Raises ProxyError if it survives."""
     if not procs.terminate(rec, timeout):
         raise ProxyError(f"kata-proxy pid {rec['pid']} survived SIGKILL")
-
-
-class _notify_socket:
-    """An abstract-namespace datagram socket for sd_notify: (socket, "@name")."""
-
-    def __enter__(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        name = f"kata-runtime-notify-{os.getpid()}-{os.urandom(6).hex()}"
-        self.sock.bind("\0" + name)
-        return self.sock, "@" + name
-
-    def __exit__(self, *exc):
-        self.sock.close()
 
 
 def _environ(notify_address: str) -> dict:
@@ -97,10 +113,12 @@ def _environ(notify_address: str) -> dict:
     return env
 
 
-def _wait_ready(child: subprocess.Popen, notify: socket.socket, timeout: float, log_path: str) -> None:
+def _wait_ready(child: subprocess.Popen, notify: socket.socket, timeout: float, log_path: str, abort=None) -> None:
     notify.settimeout(0.05)
     deadline = time.monotonic() + timeout
     while True:
+        if abort is not None and abort.is_set():
+            raise ProxyError("kata-proxy start abandoned (the sandbox did not start)")
         try:
             message = notify.recv(4096)
         except TimeoutError:

@@ -10,7 +10,8 @@ ids; an id too long for it gets a hashed name)::
     /run/vc/vm/<id>/shared/        9p "kataShared": <container id>/rootfs bind-mounted from the bundle
     /run/vc/vm/<id>/console.log    guest console;  proxy.log, shim.log: component logs
 
-Start order (``start``): hypervisor, kata-proxy, CreateSandbox with the 9p Storage (as
+Start order (``start``): kata-proxy and the hypervisor together (the proxy retries the
+channel socket until the guest listens), CreateSandbox with the 9p Storage (as
 the original runtime sends it). Stop order (``stop``): DestroySandbox, hypervisor, proxy,
 unmount what is still mounted in the shared dir, remove the runtime directory. A
 container's rootfs is bind-mounted into the shared dir BEFORE the hypervisor starts: the
@@ -197,27 +198,38 @@ class Sandbox:
         self.data["status"] = "running"
 
     async def _boot(self, undo: Undo, log, save) -> None:
-        """Hypervisor, then kata-proxy, then the driver's wait for the agent (one event loop:
-        a driver may keep loop-bound state between start() and wait_ready())."""
+        """kata-proxy and the hypervisor started together (the proxy retries the channel
+        socket until the guest listens), then the driver's wait for the agent. One event
+        loop: a driver may keep loop-bound state between start() and wait_ready()."""
+        import threading
+
         hv = self.data["hypervisor"]
+        try:
+            proxy = kproxy.Starting(self.data["proxy"]["settings"], self.id, self.channel_socket,
+                                    self.proxy_socket, self.proxy_log)
+        except Exception as e:
+            raise StepError("starting kata-proxy", e) from None
+        undo.push("stop kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"]))
+        self.data["proxy"]["process"] = proxy.record
+        save()
+        abort = threading.Event()
+        proxy_ready = asyncio.ensure_future(asyncio.to_thread(proxy.wait_ready, kproxy.READY_TIMEOUT, abort))
         guest = self.driver()
         try:
             await guest.start()
         except Exception as e:
+            abort.set()
+            await asyncio.gather(proxy_ready, return_exceptions=True)
             raise StepError(f"starting the sandbox's {hv['kind']} hypervisor", e) from None
         undo.push("stop the hypervisor", lambda: asyncio.run(self.driver().stop()))
         hv["process"] = procs.record(guest.pid)
         save()
         log.debug("hypervisor started", sandbox=self.id, pid=guest.pid)
         try:
-            self.data["proxy"]["process"] = await asyncio.to_thread(
-                kproxy.start, self.data["proxy"]["settings"], self.id, self.channel_socket, self.proxy_socket,
-                self.proxy_log)
+            await proxy_ready
         except Exception as e:
             raise StepError("starting kata-proxy", e) from None
-        undo.push("stop kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"]))
-        save()
-        log.debug("kata-proxy started", sandbox=self.id, pid=self.data["proxy"]["process"]["pid"])
+        log.debug("kata-proxy started", sandbox=self.id, pid=proxy.record["pid"])
         try:
             waited = await guest.wait_ready(self._probe)
         except Exception as e:

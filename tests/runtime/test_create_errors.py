@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import sys
+import time
 
 import pytest
 
@@ -123,3 +124,21 @@ def test_bad_configuration_is_one_line_naming_file_and_key(tmp_path, bundle, new
     p = kata.create(new_id(), bundle)
     assert p.returncode == 1 and b"[proxy.kata] speed: unknown key" in p.stderr
     assert json.loads((tmp_path / "kata.log").read_text().splitlines()[-1])["level"] == "error"
+
+
+@pytest.mark.parametrize("section, settings, step", [
+    ("hypervisor.process", {"unshare": "/nonexistent/unshare"}, "starting the sandbox's process hypervisor"),
+    ("proxy.kata", {"path": "/bin/false"}, "starting kata-proxy: kata-proxy exited with status 1"),
+    ("shim.kata", {"path": "/nonexistent/kata-shim"}, "starting kata-shim: cannot run /nonexistent/kata-shim"),
+])
+def test_a_component_that_cannot_start(tmp_path, bundle, new_id, section, settings, step):
+    kata = Kata(tmp_path / "root", write_config(tmp_path / "c.toml", **{section: settings}), tmp_path / "kata.log")
+    cid = new_id()
+    started = time.monotonic()
+    try:
+        msg = failed_create(kata, cid, bundle)
+    finally:
+        kata.cleanup()
+    assert msg.startswith(f"create container {cid}: {step}"), msg
+    assert time.monotonic() - started < 20  # a dead hypervisor does not wait out kata-proxy's 30 s
+    assert_clean(kata, cid)
