@@ -68,6 +68,11 @@ def shared_storage():
                              mount_point=GUEST_SHARED_DIR)
 
 
+def _import_agent_client() -> None:
+    import grpc  # noqa: F401
+    from katapb import agent_pb2_grpc, health_pb2_grpc  # noqa: F401
+
+
 class Undo:
     """Clean-up actions of a command in progress, run newest first if it fails."""
 
@@ -93,6 +98,8 @@ class Sandbox:
 
     def __init__(self, data: dict):
         self.data = data
+        #: kata_runtime.network.PodNetwork while this process connects the pod network (create).
+        self.pod_network = None
 
     @classmethod
     def new(cls, sandbox_id: str, config) -> "Sandbox":
@@ -157,7 +164,10 @@ class Sandbox:
         from kata_runtime.hypervisor import driver
 
         hv = self.data["hypervisor"]
-        return driver(hv["kind"]).from_config(self.vm_dir, self.id, hv["settings"], hv["debug"])
+        guest = driver(hv["kind"]).from_config(self.vm_dir, self.id, hv["settings"], hv["debug"])
+        if getattr(self, "pod_network", None) is not None:
+            guest.attach_network(self.pod_network)
+        return guest
 
     def agent(self):
         """A connected kata_runtime.agent.Agent (imports grpc)."""
@@ -189,13 +199,45 @@ class Sandbox:
 
         ``save()`` is called after each process is recorded, so that a runtime killed
         half-way leaves records ``delete --force`` can clean up from."""
-        asyncio.run(self._boot(undo, log, save))
+        import threading
+
+        # The runtime mostly waits while the guest boots: import the gRPC client meanwhile.
+        threading.Thread(target=_import_agent_client, daemon=True).start()
+        self._connect_pod_network(undo, save)
+        try:
+            asyncio.run(self._boot(undo, log, save))
+        finally:
+            if self.pod_network is not None:
+                self.pod_network.close_fds()  # the hypervisor holds its own copies
         with self.agent() as agent:
+            if self.pod_network is not None:
+                try:
+                    self.pod_network.configure_guest(agent)
+                except Exception as e:
+                    raise StepError("connecting the guest to the pod network", e) from None
             try:
-                agent.create_sandbox(self.id, hostname, [shared_storage()])
+                agent.create_sandbox(self.id, hostname, [shared_storage()],
+                                     dns=self.pod_network.dns if self.pod_network is not None else ())
             except Exception as e:
                 raise StepError("creating the sandbox in the agent (CreateSandbox)", e) from None
         self.data["status"] = "running"
+
+    def _connect_pod_network(self, undo: Undo, save) -> None:
+        """The spec's network namespace (``data["network"]``, kata_runtime.network.plan): scan it and,
+        for a VM, tap each veth (tcfilter); the process sandbox joins the namespace instead."""
+        from kata_runtime import network as knet
+
+        record = self.data.get("network")
+        self.pod_network = knet.PodNetwork(record) if record else None
+        if self.pod_network is None:
+            return
+        undo.push("disconnect the pod network", lambda: knet.detach(self.data.get("network")))
+        try:
+            self.pod_network.attach(taps=self.data["hypervisor"]["kind"] != "process")
+        except Exception as e:
+            raise StepError(f"connecting the pod network {self.pod_network.path}", e) from None
+        finally:
+            save()
 
     async def _boot(self, undo: Undo, log, save) -> None:
         """kata-proxy and the hypervisor started together (the proxy retries the channel
@@ -249,6 +291,7 @@ class Sandbox:
         steps = [
             ("destroying the sandbox in the agent (DestroySandbox)", self._destroy_in_agent),
             ("stopping the hypervisor", lambda: asyncio.run(self.driver().stop())),
+            ("disconnecting the pod network", self._disconnect_pod_network),
             ("stopping kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"])),
             (f"unmounting {self.shared_dir}", lambda: mounts.unmount(self.shared_dir)),
             (f"removing {self.vm_dir}", lambda: mounts.remove_tree(self.vm_dir)),
@@ -261,6 +304,12 @@ class Sandbox:
                     raise StepError(what, e) from None
                 log.warning(f"delete --force: {what}: {e}")
         self.data["status"] = "stopped"
+
+    def _disconnect_pod_network(self) -> None:
+        if self.data.get("network"):
+            from kata_runtime import network as knet
+
+            knet.detach(self.data["network"])
 
     def _destroy_in_agent(self) -> None:
         if self.data.get("status") != "running" or self.dead_part() is not None:

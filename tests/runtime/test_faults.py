@@ -85,3 +85,24 @@ def test_concurrent_commands_on_one_container_queue_up(kata, bundle, new_id):
     assert codes == [0, 1, 1, 1], [p.stderr for p in deletes]
     assert all(b"does not exist" in p.stderr for p in deletes if p.returncode)
     wait_for(lambda: kata.run("state", cid).returncode == 1, what="the container to be gone")
+
+
+def test_create_killed_half_way_is_stopped_and_delete_cleans_up(kata, bundle, new_id):
+    import os
+    import subprocess
+
+    cid = new_id()
+    kata.ids.append(cid)
+    proxy_socket = f"/run/vc/vm/{cid}/proxy.sock"
+    create = subprocess.Popen(kata.argv("create", "--bundle", str(bundle), cid), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.path.exists(proxy_socket) or create.poll() is not None, what="kata-proxy's socket")
+        create.kill()  # the runtime dies with agent and proxy started, nothing recorded as created
+    finally:
+        create.wait()
+    assert kata.state(cid)["status"] in ("stopped", "created")
+    if kata.state(cid)["status"] == "created":  # the create won the race: still a valid test of delete
+        kata.ok("delete", "--force", cid)
+    else:
+        kata.ok("delete", cid)  # a crashed create is stopped: no --force needed
