@@ -174,6 +174,7 @@ def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, *, pid
         undo.push(f"remove state {sb_entry.path}", sb_entry.remove)
         sandbox = Sandbox.new(cid, config)
         sandbox.data["containers"] = [cid]
+        sandbox.data["network"] = _step("reading the spec's network namespace", lambda: network_plan(spec, config))
         sb_entry.write(sandbox.data)
         _step("preparing the sandbox directory", lambda: sandbox.prepare(undo))
         _step(f"sharing the rootfs {rootfs} with the sandbox", lambda: sandbox.share_rootfs(cid, rootfs, undo))
@@ -204,6 +205,13 @@ def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, *, pid
             sb_entry.release()
     log.info("container created", container=cid, shim=shim.pid)
     return shim
+
+
+def network_plan(spec: dict, config) -> dict | None:
+    """kata_runtime.network.plan for the spec with [runtime] internetworking_model."""
+    from kata_runtime.network import plan
+
+    return plan(spec, config.values["runtime"].get("internetworking_model", "tcfilter"))
 
 
 def _step(what: str, fn):
@@ -355,12 +363,13 @@ def delete(store, container_id: str, force: bool = False) -> None:
     """``kata-runtime delete [--force]``: RemoveContainer; the sandbox's last container also
     stops the sandbox (DestroySandbox, hypervisor, proxy, mounts) and all state goes.
 
-    Without ``force`` the container must be stopped (runc's message otherwise). With it,
-    a running, paused, half-made or broken container is removed too."""
+    Without ``force`` the container must be stopped or created, as with runc (runc's
+    message otherwise). With it, a running, paused, half-made or broken container is
+    removed too."""
     log = current_log()
     with Opened(store, container_id, need_state=not force) as c:
         status = c.status
-        if status != "stopped" and not force:
+        if status not in ("stopped", "created") and not force:  # runc deletes a created one too
             raise WrongState(f"cannot delete container {container_id} that is not stopped: {status}")
         _remove_from_agent(c, force, log)
         _stop_shims(c.data, force)

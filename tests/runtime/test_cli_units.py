@@ -4,6 +4,7 @@ handler, and what `state` / `list` import (unit tests)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from kata_runtime.cli import fast
 from kata_runtime.cli.fast import tabwriter
 from kata_runtime.cli.update import resources_from_flags
 from kata_runtime.status import rfc3339_nano, runc_state
-from kata_runtime.errors import InvalidArgument
+from kata_runtime.errors import InvalidArgument, KataError
 from kata_runtime.events import event_line, runc_stats
 from kata_runtime.signals import parse_bytes, parse_signal
 from kata_runtime.state import Store
@@ -164,3 +165,32 @@ def test_fast_path_takes_only_plain_command_lines():
     for argv in (["--help"], ["state"], ["state", "--help"], ["list", "--all"], ["--root", "/r", "--root", "/s", "list"],
                  ["--log-format", "xml", "list"], ["--root"], ["create", "x"], ["-v"], ["list", "-qq"]):
         assert fast.parse(argv) is None, argv
+
+
+def test_socket_paths_always_fit():
+    from kata_runtime.sandbox import SOCKET_NAMES, UNIX_PATH_MAX, vm_dir_for
+
+    for sid in ("a", "f" * 64, "x" * 200, "y" * 1024):
+        path = vm_dir_for(sid)
+        assert all(len(os.path.join(path, name)) <= UNIX_PATH_MAX for name in SOCKET_NAMES), path
+    assert vm_dir_for("f" * 64) == "/run/vc/vm/" + "f" * 64
+    assert vm_dir_for("x" * 200) != vm_dir_for("x" * 201)
+    with pytest.raises(KataError, match="longer than a unix socket address allows"):
+        vm_dir_for("a", vm_root="/" + "v" * 120)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_env_reports_configuration_and_versions(tmp_path, as_json):
+    import tomllib
+
+    config = tmp_path / "c.toml"
+    config.write_text('[shim.kata]\ndebug = true\n')
+    p = subprocess.run([sys.executable, "-m", "kata_runtime", "--kata-config", str(config), "env",
+                        *(["--json"] if as_json else [])], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout) if as_json else tomllib.loads(p.stdout)
+    assert report["Runtime"]["Config"]["Path"] == str(config)
+    assert report["Config"]["shim"]["kata"]["debug"] is True and report["Shim"]["Debug"] is True
+    assert report["Config"]["runtime"]["hypervisor"] == "process" == report["Hypervisor"]["Type"]
+    assert report["Proxy"]["Version"].startswith("kata-proxy version")
+    assert report["Shim"]["Version"].startswith("kata-shim version")

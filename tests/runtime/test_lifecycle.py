@@ -183,3 +183,23 @@ def test_events_stream_ends_when_the_container_stops(kata, bundle, new_id):
     out = kata.ok("events", "--interval", "300ms", cid, timeout=60)
     events = [json.loads(line) for line in out.splitlines()]
     assert events and all(e["type"] == "stats" and e["id"] == cid for e in events)
+
+
+def test_containerd_style_long_root_and_64_hex_id(tmp_path, bundle):
+    """containerd passes long --root paths and 64-hex ids: sockets must still fit (107 bytes)."""
+    import uuid
+
+    from tests.runtime.harness import Kata, assert_clean, write_config
+
+    root = tmp_path / ("io.containerd.runtime.v2.task-" + "r" * 80) / "k8s.io"
+    kata = Kata(root, write_config(tmp_path / "c.toml"), tmp_path / "k.log")
+    cid = uuid.uuid4().hex + uuid.uuid4().hex
+    try:
+        assert kata.create(cid, bundle).returncode == 0
+        kata.ok("start", cid)
+        assert kata.state(cid)["status"] == "running"
+        assert os.path.exists(f"/run/vc/vm/{cid}/proxy.sock")
+        kata.ok("delete", "--force", cid)
+    finally:
+        kata.cleanup()
+    assert_clean(kata, cid)

@@ -42,6 +42,8 @@ def observe(cli, tmp_path, cid: str) -> dict:
     (item,) = json.loads(cli.ok("list", "--format", "json"))
     seen["list json keys"] = keys(item)
     seen["duplicate create"] = cli.create(cid, bundle).returncode
+    cli.create(cid + "c", bundle)
+    seen["delete created"] = (cli.run("delete", cid + "c").returncode, cli.run("state", cid + "c").returncode)
 
     seen["start"] = cli.run("start", cid).returncode
     seen["start again"] = cli.run("start", cid).returncode
