@@ -84,9 +84,10 @@ class Agent:
             raise AgentError("Check", e.code().name if e.code() else "UNKNOWN", e.details() or "") from None
 
     # ------------------------------------------------------------- sandbox
-    def create_sandbox(self, sandbox_id: str, hostname: str, storages) -> None:
+    def create_sandbox(self, sandbox_id: str, hostname: str, storages, dns=()) -> None:
+        """``dns``: resolv.conf lines for the containers' /etc/resolv.conf mounts."""
         self.call("CreateSandbox", self.pb.CreateSandboxRequest(
-            hostname=hostname, storages=list(storages), sandbox_id=sandbox_id))
+            hostname=hostname, dns=list(dns), storages=list(storages), sandbox_id=sandbox_id))
 
     def destroy_sandbox(self) -> None:
         self.call("DestroySandbox", self.pb.DestroySandboxRequest())

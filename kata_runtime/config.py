@@ -116,6 +116,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "runtime": {
         "enable_debug": (False, _bool),
         "hypervisor": ("process", _one_of(*HYPERVISORS)),
+        "internetworking_model": ("tcfilter", _one_of("tcfilter", "none")),
     },
 }
 

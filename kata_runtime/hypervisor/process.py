@@ -98,6 +98,8 @@ class ProcessSandbox(Hypervisor):
         self.env = env
         self.agent_args = list(agent_args)
         self._proc: subprocess.Popen | None = None
+        #: The pod's network namespace the agent joins (kata_runtime.network), or None.
+        self.netns: str | None = None
 
     @classmethod
     def from_config(cls, sandbox_dir, sandbox_id, settings: dict, debug: bool = False) -> "ProcessSandbox":
@@ -151,9 +153,16 @@ class ProcessSandbox(Hypervisor):
             return False
         return b"kata_agent" in args and os.fsencode(self.shared_dir) in args
 
+    def attach_network(self, pod_network) -> None:
+        """Join the pod's network namespace (a kata_runtime.network.PodNetwork, model tcfilter):
+        the agent and its containers see the pod's veth itself (no tap: there is no VM NIC)."""
+        if pod_network.path and pod_network.model == "tcfilter":
+            self.netns = pod_network.path
+
     def _argv(self, unshare: str, fd: int, ready_fd: int) -> list[str]:
+        join = ["nsenter", f"--net={self.netns}", "--"] if self.netns else []
         return [
-            unshare, "--mount", "--pid", "--uts", "--ipc", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--",
+            *join, unshare, "--mount", "--pid", "--uts", "--ipc", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--",
             self.python, "-m", "kata_agent",
             "--channel-fd", str(fd),
             "--shared-dir", self.shared_dir,

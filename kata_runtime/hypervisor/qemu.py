@@ -140,6 +140,8 @@ class QemuHypervisor(Hypervisor):
         #: time.monotonic() when start() launched QEMU (None before).
         self.started_at: float | None = None
         self._console_offset = 0
+        #: The pod network's taps: [(fd, MAC, netdev id)] (kata_runtime.network.PodNetwork.nics).
+        self.nics: list[tuple[int, str, str]] = []
 
     @classmethod
     def from_config(cls, sandbox_dir, sandbox_id, settings: dict, debug: bool = False) -> "QemuHypervisor":
@@ -178,6 +180,7 @@ class QemuHypervisor(Hypervisor):
                  "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
                  "-kernel", self.kernel or "", "-initrd", self.initrd or "", "-append", self.kernel_command_line()]
         argv += self._channel_devices() + self._console_devices() + self._shared_dir_devices() + self._image_devices()
+        argv += self._network_devices()
         argv += ["-qmp", f"unix:{_opt(self.qmp_socket_path)},server=on,wait=off",
                  "-daemonize", "-pidfile", self.pid_file]
         return argv
@@ -195,6 +198,18 @@ class QemuHypervisor(Hypervisor):
         return ["-fsdev", f"local,id=extra-9p-kataShared,path={_opt(self.shared_dir)},security_model=none,"
                           "multidevs=remap",
                 "-device", "virtio-9p-pci,fsdev=extra-9p-kataShared,mount_tag=kataShared"]
+
+    def attach_network(self, pod_network) -> None:
+        """The pod network's taps (opened in its namespace by kata_runtime.network) become NICs."""
+        self.nics = list(pod_network.nics)
+
+    def _network_devices(self) -> list[str]:
+        """Per tap: ``-netdev tap,fd=N`` (inherited by QEMU) and a virtio-net with the veth's MAC."""
+        argv = []
+        for fd, mac, netdev in self.nics:
+            argv += ["-netdev", f"tap,id={netdev},fd={fd}",
+                     "-device", f"virtio-net-pci,netdev={netdev},mac={mac}"]
+        return argv
 
     def _image_devices(self) -> list[str]:
         return ["-drive", f"id=image0,file={_opt(self.image or '')},if=none,format=raw,readonly=on,aio=threads",
@@ -269,7 +284,8 @@ class QemuHypervisor(Hypervisor):
         """Run the daemonising launcher to its exit; HypervisorError with QEMU's stderr if it failed."""
         proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                                                    cwd=self.sandbox_dir, start_new_session=True)
+                                                    cwd=self.sandbox_dir, start_new_session=True,
+                                                    pass_fds=[fd for fd, _, _ in self.nics])
         try:
             out, err = await asyncio.wait_for(proc.communicate(), LAUNCH_TIMEOUT)
         except asyncio.TimeoutError:
