@@ -277,7 +277,7 @@ def _stop_shim(child) -> None:
 
 def start(store, container_id: str) -> None:
     """``kata-runtime start``: StartContainer (runc's messages for the wrong states)."""
-    with Opened(store, container_id) as c:
+    with Opened(store, container_id, lock_sandbox=False) as c:
         status = c.status
         if status != "created":
             raise WrongState({"stopped": "cannot start a container that has stopped",
@@ -301,7 +301,7 @@ def kill(store, container_id: str, signum: int, all_processes: bool = False) -> 
 
 def pause(store, container_id: str) -> None:
     """``kata-runtime pause``: PauseContainer (freezes every process of the container)."""
-    with Opened(store, container_id) as c:
+    with Opened(store, container_id, lock_sandbox=False) as c:
         _require(c, ("running",), "container not running")
         with c.sandbox().agent() as agent:
             _agent_step(f"pause container {container_id} (PauseContainer)", lambda: agent.pause_container(container_id))
@@ -311,7 +311,7 @@ def pause(store, container_id: str) -> None:
 
 def resume(store, container_id: str) -> None:
     """``kata-runtime resume``: ResumeContainer."""
-    with Opened(store, container_id) as c:
+    with Opened(store, container_id, lock_sandbox=False) as c:
         _require(c, ("paused",), "container not paused")
         with c.sandbox().agent() as agent:
             _agent_step(f"resume container {container_id} (ResumeContainer)",
