@@ -20,7 +20,7 @@ import time
 from kata_runtime import procs
 from kata_runtime.errors import InvalidArgument, KataError, NotFound, StepError, WrongState
 from kata_runtime.log import current as current_log
-from kata_runtime.status import current_status, list_states, rfc3339_nano, runc_state, state  # noqa: F401
+from kata_runtime.status import current_status, rfc3339_nano
 
 EXEC_STOP_TIMEOUT = 5.0
 SHIM_EXIT_TIMEOUT = 5.0
@@ -187,7 +187,7 @@ def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, *, pid
                         lambda: agent.create_container(cid, spec_pb))
         shim = _step("starting kata-shim", lambda: _spawn_shim(sandbox, cid, cid, spec["process"], console_socket,
                                                                detach, undo))
-        data["shim"] = shim_record(shim, detach)
+        data["shim"] = shim_record(shim)
         if pid_file:
             _step(f"writing the pid file {pid_file}", lambda: write_pid_file(pid_file, shim.pid))
         data["status"] = "created"
@@ -226,7 +226,8 @@ def _step(what: str, fn):
         raise StepError(what, e) from None
 
 
-def shim_record(shim, detach: bool) -> dict:
+def shim_record(shim) -> dict:
+    """The shim's process record (kata_runtime.shim.record)."""
     from kata_runtime.shim import record
 
     return record(shim)
@@ -455,7 +456,7 @@ def exec_process(store, container_id: str, process: dict, *, detach: bool, pid_f
                 undo.run()
                 raise
         execs = [e for e in c.data.get("execs", []) if procs.alive(e.get("shim"))]
-        execs.append({"exec_id": exec_id, "shim": shim_record(shim, detach)})
+        execs.append({"exec_id": exec_id, "shim": shim_record(shim)})
         c.data["execs"] = execs
         c.save()
     return shim

@@ -33,6 +33,7 @@ def parse_duration(text: str) -> float:
 def command(g: Globals, container_id, stats, interval):
     from kata_runtime import container
     from kata_runtime.events import event_line
+    from kata_runtime.status import state
 
     period = parse_duration(interval)
     store = g.store()
@@ -43,5 +44,5 @@ def command(g: Globals, container_id, stats, interval):
         if stats:
             return
         time.sleep(period)
-        if container.state(store, container_id)["status"] == "stopped":
+        if state(store, container_id)["status"] == "stopped":
             return

@@ -5,8 +5,6 @@ sent to the agent and turned back into JSON there must be the spec the bundle ho
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from hypothesis import given, strategies as st
 
