@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         print("start_bench: needs root, runc, unshare and setsid (the process sandbox)", file=sys.stderr)
         return 2
 
-    for package in ("kata_runtime", "kata_oci", "kata_log", "kata_proxy", "kata_shim", "kata_agent", "yamux"):
+    for package in ("kata_runtime", "kata_oci", "kata_cgroups", "kata_log", "kata_proxy", "kata_shim", "kata_agent", "yamux"):
         compileall.compile_dir(str(REPO / package), quiet=1)
     tmp = Path(tempfile.mkdtemp(prefix="kstb", dir="/tmp"))
     config = tmp / "configuration.toml"

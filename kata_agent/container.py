@@ -15,7 +15,8 @@ import os
 import shutil
 import tempfile
 
-from . import cgroups
+import kata_cgroups as cgroups
+
 from .config import AgentConfig
 from .reaper import Reaper
 from .runc import Runc, RuncError

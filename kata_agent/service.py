@@ -66,9 +66,9 @@ import socket
 import grpc
 from google.protobuf import empty_pb2, json_format
 
+import kata_cgroups as cgroups
 from katapb import agent_pb2, agent_pb2_grpc, health_pb2, health_pb2_grpc
 
-from . import cgroups
 from .config import AgentConfig
 from .container import (Container, Process, ProcessLauncher, record_cgroups, remove_state_dir,
                         write_json)

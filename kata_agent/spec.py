@@ -1,70 +1,22 @@
-"""OCI spec translation: katapb (oci.proto, CamelCase Go names) -> OCI JSON.
+"""The container spec as runc runs it in the guest.
 
-The proto mirrors the OCI runtime spec with Go field names; the JSON that runc
-reads uses the spec's own names (``ociVersion``, ``uidMappings``,
-``cgroupsPath``...). Fields at their proto3 default are omitted, which for the
-spec's optional (pointer) fields means "unset" -- the only safe reading of a
-proto3 zero. ``prepare_spec`` then adjusts a container spec to the guest.
+The translation katapb (oci.proto, CamelCase Go names) -> OCI JSON is kata_oci's
+``message_to_oci``, one naming rule with the runtime's opposite direction (``oci_name``).
+``prepare_spec`` then adjusts a container spec to the guest (rootfs under the bundle,
+namespaces, cgroups path, default mounts); ``process_to_oci`` checks an exec'd process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 
+from kata_oci.spec import message_to_oci, oci_name  # noqa: F401  (oci_name: the rule message_to_oci applies)
 
 log = logging.getLogger("kata_agent.spec")
 
 OCI_VERSION = "1.0.2"
-
-# Names the generic rule below gets wrong.
-_SPECIAL = {
-    ("Spec", "Version"): "ociVersion",
-    ("LinuxHugepageLimit", "Pagesize"): "pageSize",
-}
-
-def oci_name(message: str, field: str) -> str:
-    special = _SPECIAL.get((message, field))
-    if special:
-        return special
-    # Lower-case the leading run of capitals: UIDMappings -> uidMappings,
-    # GID -> gid, OOMScoreAdj -> oomScoreAdj, HostID -> hostID, CPU -> cpu.
-    m = re.match(r"^[A-Z0-9]+", field)
-    if not m:
-        return field
-    run = m.group(0)
-    if len(run) == len(field):
-        return field.lower()
-    if len(run) == 1:
-        return field[0].lower() + field[1:]
-    # The last capital of the run starts the next word (OOMScore -> oom|Score).
-    return run[:-1].lower() + field[len(run) - 1:]
-
-
-def message_to_oci(msg) -> dict:
-    """A katapb OCI message -> OCI JSON dict (defaults omitted)."""
-    out = {}
-    mname = msg.DESCRIPTOR.name
-    for field, value in msg.ListFields():
-        key = oci_name(mname, field.name)
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            vfield = field.message_type.fields_by_name["value"]
-            if vfield.message_type is not None:
-                out[key] = {k: message_to_oci(v) for k, v in value.items()}
-            else:
-                out[key] = dict(value)
-        elif field.is_repeated:
-            if field.message_type is not None:
-                out[key] = [message_to_oci(v) for v in value]
-            else:
-                out[key] = list(value)
-        elif field.message_type is not None:
-            out[key] = message_to_oci(value)
-        else:
-            out[key] = value
-    return out
 
 
 class SpecError(ValueError):

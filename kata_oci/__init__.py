@@ -7,8 +7,8 @@ sends the container's spec to the agent as ``katapb.oci_pb2.Spec``:
     spec = load_bundle_config(bundle)                 # dict, validated
     pb = container_spec(spec, container_id)           # oci_pb2.Spec, Root.Path in the guest
 
-The agent goes the other way (kata_agent/spec.py, to move here); both follow one naming
-rule, :func:`oci_name`.
+The agent goes the other way, ``message_to_oci(pb)`` (then kata_agent/spec.py fits the
+spec to the guest); both follow one naming rule, :func:`oci_name`.
 """
 
 from kata_oci.spec import (
@@ -18,6 +18,7 @@ from kata_oci.spec import (
     guest_rootfs,
     load_bundle_config,
     message_from_dict,
+    message_to_oci,
     oci_name,
     process_spec,
     resources_spec,
@@ -30,6 +31,7 @@ __all__ = [
     "guest_rootfs",
     "load_bundle_config",
     "message_from_dict",
+    "message_to_oci",
     "oci_name",
     "process_spec",
     "resources_spec",

@@ -1,10 +1,11 @@
-"""OCI JSON (a bundle's config.json) -> katapb (oci.proto) messages.
+"""OCI JSON (a bundle's config.json) <-> katapb (oci.proto) messages.
 
 oci.proto mirrors the OCI runtime spec with Go's CamelCase field names
 (``UIDMappings``, ``OOMScoreAdj``, ``CgroupsPath``); config.json uses the spec's own
 (``uidMappings``, ``oomScoreAdj``, ``cgroupsPath``). :func:`oci_name` maps one to the
-other with the rule kata_agent/spec.py uses for the opposite direction, so a spec sent
-to the agent and turned back into JSON there is the spec that was read here.
+other in both directions: the runtime fills messages from JSON (:func:`message_from_dict`),
+the agent turns them back into the JSON runc reads (:func:`message_to_oci`), so a spec
+sent to the agent is, there, the spec that was read here.
 
 proto3 cannot tell a zero from "unset": a JSON ``0`` / ``false`` / ``""`` arrives at the
 agent as absent, which for the spec's optional (pointer) fields is the only safe
@@ -22,7 +23,7 @@ import re
 #: Where the agent mounts the 9p share "kataShared" (CreateSandbox's Storage mount point).
 GUEST_SHARED_DIR = "/run/kata-containers/shared/containers/"
 
-# Names the generic rule gets wrong (as in kata_agent/spec.py).
+# Names the generic rule gets wrong.
 _SPECIAL = {
     ("Spec", "Version"): "ociVersion",
     ("LinuxHugepageLimit", "Pagesize"): "pageSize",
@@ -47,7 +48,7 @@ def oci_name(message: str, field: str) -> str:
     The leading run of capitals is lower-cased, except its last letter when a
     lower-case letter follows (``OOMScoreAdj`` -> ``oomScoreAdj``, ``HostID`` ->
     ``hostID``, ``CPU`` -> ``cpu``); ``Spec.Version`` is ``ociVersion`` and
-    ``LinuxHugepageLimit.Pagesize`` is ``pageSize``. Same rule as kata_agent/spec.py.
+    ``LinuxHugepageLimit.Pagesize`` is ``pageSize``.
     """
     special = _SPECIAL.get((message, field))
     if special:
@@ -172,6 +173,33 @@ def message_from_dict(data: dict, msg, where: str):
         place = f"{where}.{key}" if where else key
         _set_field(msg, field, value, place)
     return msg
+
+
+def message_to_oci(msg) -> dict:
+    """A katapb OCI message -> its OCI JSON object (the agent's direction).
+
+    Fields at their proto3 default are omitted, which for the spec's optional (pointer)
+    fields means "unset" -- the only safe reading of a proto3 zero."""
+    out = {}
+    mname = msg.DESCRIPTOR.name
+    for field, value in msg.ListFields():
+        key = oci_name(mname, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            vfield = field.message_type.fields_by_name["value"]
+            if vfield.message_type is not None:
+                out[key] = {k: message_to_oci(v) for k, v in value.items()}
+            else:
+                out[key] = dict(value)
+        elif _is_repeated(field):
+            if field.message_type is not None:
+                out[key] = [message_to_oci(v) for v in value]
+            else:
+                out[key] = list(value)
+        elif field.message_type is not None:
+            out[key] = message_to_oci(value)
+        else:
+            out[key] = value
+    return out
 
 
 def _set_field(msg, field, value, place: str) -> None:

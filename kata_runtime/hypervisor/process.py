@@ -42,8 +42,8 @@ HypervisorError with the console's last lines if it died or timed out.
 `timeout`, then SIGKILL to unshare (and so to the agent); then the socket and
 the pid file are removed. The console log is kept.
 
-Only ``python -m kata_agent`` is spawned; of kata_agent only its cgroup helpers are imported
-(to remove a killed sandbox's leftover cgroups).
+Only ``python -m kata_agent`` is spawned; nothing of kata_agent is imported (the cgroup
+helpers that remove a killed sandbox's leftover cgroups are kata_cgroups, below both).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ import subprocess
 import sys
 import time
 
-from kata_agent.cgroups import remove_cgroup_trees
+from kata_cgroups import remove_cgroup_trees
 from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
 
 log = logging.getLogger("kata_runtime.hypervisor.process")

@@ -9,7 +9,7 @@ Cache key inputs (Kata's osbuilder rebuilds on any of them; we hash them instead
 * the recipe's fields (suite, packages, modules, ...) and the builder's own source
   (kata_runtime/image/*.py: the /init script and every step live there);
 * the agent's code: every ``*.py`` of the packages installed into the guest (kata_agent and what
-  it imports of ours: kata_log, yamux, katapb), by relative path and content;
+  it imports of ours: kata_oci, kata_cgroups, kata_log, yamux, katapb), by relative path and content;
 * the agent's Python dependencies, pinned to the versions installed on the host (grpcio, protobuf,
   uvloop and their own requirements): the guest runs the same versions as the host's proxy and shim;
 * the kernel: version and a digest of the vmlinuz file (its modules go into the initrd);
@@ -62,7 +62,7 @@ class Recipe:
     #: Where pip-installed code goes in the guest: on the suite's default sys.path.
     site_packages: str = "/usr/local/lib/python3.11/dist-packages"
     #: Our packages copied into the guest (the agent and what it imports of ours).
-    agent_packages: tuple[str, ...] = ("kata_agent", "kata_log", "yamux", "katapb")
+    agent_packages: tuple[str, ...] = ("kata_agent", "kata_oci", "kata_cgroups", "kata_log", "yamux", "katapb")
     #: The agent's third-party imports; their requirements are added, pinned to the host's versions.
     agent_distributions: tuple[str, ...] = ("grpcio", "protobuf", "uvloop", "pyroute2")
     #: Kernel modules the initrd loads (dependencies added by `modinfo -F depends`): the virtio

@@ -11,7 +11,7 @@
 * Wheels are chosen for the recipe's interpreter and glibc (``--python-version 3.11 --abi cp311
   --platform manylinux_2_X_x86_64`` for X up to the suite's glibc), not the host's, with the
   host's pip and its configured indexes, and pinned to the versions installed on the host.
-* Our packages (kata_agent, kata_log, yamux, katapb) are copied as ``*.py`` files only.
+* Our packages (Recipe.agent_packages: kata_agent and what it imports of ours) are copied as ``*.py`` files only.
 * Byte code: the image is mounted read-only, so Python could never cache a ``.pyc`` there and
   would compile grpc and the agent at every boot (seconds under TCG). The guest's own python3
   compiles them at build time with ``--invalidation-mode unchecked-hash`` (no source stat at

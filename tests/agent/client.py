@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from kata_agent.cgroups import remove_cgroup_trees
+from kata_cgroups import remove_cgroup_trees
 from katapb import agent_pb2, agent_pb2_grpc, health_pb2_grpc, oci_pb2
 from tests.fixtures.oci import busybox_spec, process
 from tests.fixtures.rootfs import build_busybox_rootfs

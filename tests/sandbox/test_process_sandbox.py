@@ -19,7 +19,7 @@ import pytest
 
 from katapb import agent_pb2, health_pb2
 from kata_runtime.hypervisor import ProcessSandbox
-from kata_agent.cgroups import cgroup_paths
+from kata_cgroups import cgroup_paths
 from tests.fixtures.oci import busybox_spec, shared_storage
 from tests.fixtures.rootfs import build_busybox_rootfs
 
