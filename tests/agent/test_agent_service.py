@@ -304,7 +304,7 @@ async def test_malformed_requests(agent: AgentClient):
     await expect_error(Code.ALREADY_EXISTS, s.CreateSandbox(agent_pb2.CreateSandboxRequest()))
     details = await expect_error(Code.UNIMPLEMENTED, s.CopyFile(agent_pb2.CopyFileRequest()))
     assert "CopyFile" in details
-    await expect_error(Code.UNIMPLEMENTED, s.ListRoutes(agent_pb2.ListRoutesRequest()))
+    await expect_error(Code.UNIMPLEMENTED, s.StartTracing(agent_pb2.StartTracingRequest()))  # ListRoutes: issue 15
     # Bytes that are not a protobuf message at all.
     raw = agent.channel.unary_unary("/grpc.AgentService/StartContainer")
     with pytest.raises(grpc.aio.AioRpcError):
