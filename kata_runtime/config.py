@@ -94,6 +94,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "default_memory": (2048, _int_at_least(64)),
         "kernel_params": ("", _string),
         "accel": ("auto", _one_of("auto", "kvm", "tcg")),
+        "boot_timeout": (120.0, _seconds),
+        "image_cache_dir": ("/var/cache/kata-py/images", _path),
         "shared_fs": ("virtio-9p", _one_of("virtio-9p")),
         "enable_debug": (False, _bool),
     },

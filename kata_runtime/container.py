@@ -104,13 +104,16 @@ def _agent_step(what: str, fn):
 
 def create(store, config, container_id: str, bundle: str, *, pid_file: str | None = None,
            console_socket: str | None = None, detach: bool = True):
-    """``kata-runtime create``: a sandbox for the container, the container created in it (not
-    started), its kata-shim spawned. Returns the shim's Popen (``run`` waits on it).
+    """``kata-runtime create``: the container created (not started) in a new sandbox, or in the
+    running sandbox its CRI annotations name (kata_runtime.pod: no second VM), its kata-shim
+    spawned. Returns the shim's Popen (``run`` waits on it).
 
-    Raises InvalidArgument / AlreadyExists / StepError; on failure nothing is left behind.
+    Raises InvalidArgument / AlreadyExists / NotFound (the named sandbox) / StepError; on
+    failure nothing is left behind (a joined sandbox keeps running, without the container).
     """
     from kata_oci import SpecError, container_spec, load_bundle_config
     from kata_oci.spec import rootfs_path
+    from kata_runtime.pod import pod_role
     from kata_runtime.state import check_id
 
     check_id(container_id)
@@ -120,11 +123,13 @@ def create(store, config, container_id: str, bundle: str, *, pid_file: str | Non
         spec_pb = container_spec(spec, container_id)
     except SpecError as e:
         raise InvalidArgument(str(e)) from None
+    _, sandbox_id = pod_role(container_id, spec.get("annotations"))
+    check_id(sandbox_id, "sandbox")
     terminal = bool(spec["process"].get("terminal"))
     _check_console(terminal, console_socket, detach)
     entry = store.reserve_container(container_id)
     try:
-        return _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs_path(bundle, spec),
+        return _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs_path(bundle, spec), sandbox_id,
                                 pid_file=pid_file, console_socket=console_socket, detach=detach)
     finally:
         entry.release()
@@ -142,7 +147,7 @@ def _check_console(terminal: bool, console_socket: str | None, detach: bool) -> 
         check_socket_path(console_socket)
 
 
-def _new_record(container_id: str, bundle: str, rootfs: str, spec: dict) -> dict:
+def _new_record(container_id: str, bundle: str, rootfs: str, spec: dict, sandbox_id: str) -> dict:
     return {
         "id": container_id,
         "ociVersion": spec.get("ociVersion", ""),
@@ -150,7 +155,7 @@ def _new_record(container_id: str, bundle: str, rootfs: str, spec: dict) -> dict
         "rootfs": rootfs,
         "created": rfc3339_nano(time.time_ns()),
         "annotations": spec.get("annotations") or {},
-        "sandbox_id": container_id,
+        "sandbox_id": sandbox_id,
         "status": "creating",
         "creator": procs.record(os.getpid()),
         "process": spec["process"],
@@ -159,32 +164,27 @@ def _new_record(container_id: str, bundle: str, rootfs: str, spec: dict) -> dict
     }
 
 
-def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, *, pid_file, console_socket, detach):
-    from kata_runtime.sandbox import Sandbox, Undo
+def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, sandbox_id, *, pid_file, console_socket,
+                     detach):
+    from kata_runtime.sandbox import Undo
 
     log = current_log()
     cid = entry.id
     undo = Undo(log)
     undo.push(f"remove state {entry.path}", entry.remove)
-    data = _new_record(cid, bundle, rootfs, spec)
-    sb_entry = None
+    data = _new_record(cid, bundle, rootfs, spec, sandbox_id)
+    locked: list = []  # the sandbox's state entry, held until the create has ended or been undone
     try:
         entry.write(data)
-        sb_entry = store.reserve_sandbox(cid)
-        undo.push(f"remove state {sb_entry.path}", sb_entry.remove)
-        sandbox = Sandbox.new(cid, config)
-        sandbox.data["containers"] = [cid]
-        sandbox.data["network"] = _step("reading the spec's network namespace", lambda: network_plan(spec, config))
-        sb_entry.write(sandbox.data)
-        _step("preparing the sandbox directory", lambda: sandbox.prepare(undo))
-        _step(f"sharing the rootfs {rootfs} with the sandbox", lambda: sandbox.share_rootfs(cid, rootfs, undo))
-        try:
-            sandbox.start(undo, spec.get("hostname") or "", log, save=lambda: sb_entry.write(sandbox.data))
-        finally:
-            sb_entry.write(sandbox.data)
+        if sandbox_id == cid:
+            sandbox = _new_sandbox(store, config, cid, spec, rootfs, undo, log, locked)
+        else:
+            sandbox = _join_sandbox(store, sandbox_id, cid, rootfs, undo, locked)
         with sandbox.agent() as agent:
             _agent_step("creating the container in the agent (CreateContainer)",
                         lambda: agent.create_container(cid, spec_pb))
+        if sandbox_id != cid:
+            undo.push("remove the container from the agent", lambda: _remove_quietly(sandbox, cid))
         shim = _step("starting kata-shim", lambda: _spawn_shim(sandbox, cid, cid, spec["process"], console_socket,
                                                                detach, undo))
         data["shim"] = shim_record(shim)
@@ -201,10 +201,80 @@ def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, *, pid
             raise
         raise StepError(f"create container {cid}", e) from None
     finally:
-        if sb_entry is not None:
-            sb_entry.release()
-    log.info("container created", container=cid, shim=shim.pid)
+        for held in locked:
+            held.release()
+    log.info("container created", container=cid, sandbox=sandbox_id, shim=shim.pid)
     return shim
+
+
+def _new_sandbox(store, config, cid: str, spec: dict, rootfs: str, undo, log, locked: list):
+    """A sandbox of the container's own (its id is the container's), started: the guest resolved
+    (image, accelerator), its directory, the rootfs shared, the guest, kata-proxy and
+    CreateSandbox. Returns the Sandbox; its state entry (locked) is appended to ``locked`` for
+    the caller to release; ``undo`` gets every reverse step."""
+    from kata_runtime.sandbox import Sandbox
+
+    sb_entry = store.reserve_sandbox(cid)
+    locked.append(sb_entry)
+    undo.push(f"remove state {sb_entry.path}", sb_entry.remove)
+    sandbox = Sandbox.new(cid, config)
+    sandbox.data["containers"] = [cid]
+    sandbox.data["network"] = _step("reading the spec's network namespace", lambda: network_plan(spec, config))
+    sb_entry.write(sandbox.data)
+    _step(f"finding the sandbox's {sandbox.data['hypervisor']['kind']} guest",
+          lambda: sandbox.resolve_guest(store.root, log))
+    sb_entry.write(sandbox.data)
+    _step("preparing the sandbox directory", lambda: sandbox.prepare(undo))
+    _step(f"sharing the rootfs {rootfs} with the sandbox", lambda: sandbox.share_rootfs(cid, rootfs, undo))
+    try:
+        sandbox.start(undo, spec.get("hostname") or "", log, save=lambda: sb_entry.write(sandbox.data))
+    finally:
+        sb_entry.write(sandbox.data)
+    return sandbox
+
+
+def _join_sandbox(store, sandbox_id: str, cid: str, rootfs: str, undo, locked: list):
+    """The running sandbox ``sandbox_id``, with ``cid`` added to its members and its rootfs
+    shared (kata_runtime.sandbox.Sandbox.share_rootfs_running): no second guest. Returns the
+    Sandbox; its state entry, locked (other creates and deletes of the pod wait), is appended
+    to ``locked``. Raises NotFound (no such sandbox) or KataError (it is not running)."""
+    from kata_runtime.sandbox import Sandbox
+
+    try:
+        sb_entry = store.lock_sandbox(sandbox_id)
+    except NotFound:
+        raise NotFound(f"sandbox {sandbox_id} (named by the container's CRI annotations) does not exist") from None
+    locked.append(sb_entry)
+    try:
+        sandbox = Sandbox(sb_entry.read())
+    except NotFound:
+        raise KataError(f"cannot join sandbox {sandbox_id}: its create has not finished (or crashed)") from None
+    dead = sandbox.dead_part() or (None if sandbox.data.get("status") == "running" else "it is not running")
+    if dead:
+        raise KataError(f"cannot join sandbox {sandbox_id}: {dead}")
+    sandbox.data["containers"] = sandbox.members + [cid]
+    sb_entry.write(sandbox.data)
+    undo.push(f"remove {cid} from the members of sandbox {sandbox_id}", lambda: _leave_members(sb_entry, sandbox, cid))
+    _step(f"sharing the rootfs {rootfs} with the running sandbox {sandbox_id}",
+          lambda: sandbox.share_rootfs_running(cid, rootfs, undo))
+    return sandbox
+
+
+def _leave_members(sb_entry, sandbox, cid: str) -> None:
+    sandbox.data["containers"] = [m for m in sandbox.members if m != cid]
+    sb_entry.write(sandbox.data)
+
+
+def _remove_quietly(sandbox, cid: str) -> None:
+    """RemoveContainer as a clean-up step (a container that is not there is fine)."""
+    from kata_runtime.agent import AgentError
+
+    try:
+        with sandbox.agent() as agent:
+            agent.remove_container(cid)
+    except AgentError as e:
+        if e.code != "NOT_FOUND":
+            raise
 
 
 def network_plan(spec: dict, config) -> dict | None:
@@ -361,8 +431,11 @@ def ps(store, container_id: str, fmt: str, ps_args=()) -> bytes:
 
 
 def delete(store, container_id: str, force: bool = False) -> None:
-    """``kata-runtime delete [--force]``: RemoveContainer; the sandbox's last container also
-    stops the sandbox (DestroySandbox, hypervisor, proxy, mounts) and all state goes.
+    """``kata-runtime delete [--force]``: RemoveContainer and the container's state. The last
+    container of a sandbox also stops the sandbox (DestroySandbox, hypervisor, proxy, mounts).
+    Deleting a pod's sandbox container while others still live stops the whole sandbox, as
+    Kata 1.x did (cli/delete.go: StopSandbox, then DeleteSandbox): the others' processes are
+    killed with it and they are left ``stopped``, for their own delete.
 
     Without ``force`` the container must be stopped or created, as with runc (runc's
     message otherwise). With it, a running, paused, half-made or broken container is
@@ -372,10 +445,12 @@ def delete(store, container_id: str, force: bool = False) -> None:
         status = c.status
         if status not in ("stopped", "created") and not force:  # runc deletes a created one too
             raise WrongState(f"cannot delete container {container_id} that is not stopped: {status}")
+        if c.sandbox_data is not None and container_id not in c.sandbox_data.get("containers", []):
+            c.sandbox_data = None  # a create that crashed before it joined; or a sandbox of that id since
         _remove_from_agent(c, force, log)
         _stop_shims(c.data, force)
         if c.sandbox_data is not None:
-            _stop_sandbox(c, force, log)
+            _leave_sandbox(store, c, force, log)
         c.entry.remove()
     log.info("container deleted", container=container_id)
 
@@ -384,7 +459,7 @@ def _remove_from_agent(c: Opened, force: bool, log) -> None:
     from kata_runtime.agent import AgentError
     from kata_runtime.sandbox import Sandbox
 
-    if c.sandbox_data is None or c.data.get("status") in ("creating", None):
+    if c.sandbox_data is None:
         return
     sb = Sandbox(c.sandbox_data)
     if sb.dead_part() is not None or c.sandbox_data.get("status") != "running":
@@ -408,18 +483,44 @@ def _stop_shims(data: dict, force: bool) -> None:
             procs.terminate(rec, 1.0)
 
 
-def _stop_sandbox(c: Opened, force: bool, log) -> None:
+def _leave_sandbox(store, c: Opened, force: bool, log) -> None:
+    """The container leaves its sandbox: the sandbox stops when it was the last member or the
+    sandbox container; otherwise its rootfs is unshared and the sandbox keeps running."""
     from kata_runtime.sandbox import Sandbox
 
     sb = Sandbox(c.sandbox_data)
-    members = [m for m in sb.data.get("containers", []) if m != c.id]
-    sb.data["containers"] = members
-    if members:
+    others = [m for m in sb.members if m != c.id]
+    if others and c.id != sb.id:
+        _step(f"unsharing the rootfs of {c.id} from sandbox {sb.id}", lambda: _unshare_rootfs(sb, c.id, force, log))
+        sb.data["containers"] = others
         c.sandbox_entry.write(sb.data)
         return
+    if others:
+        log.info("deleting the sandbox container stops its sandbox", sandbox=sb.id, containers=others)
     sb.stop(log, force=force)
+    for member in others:
+        _stop_member_shims(store, member)
     if c.sandbox_entry is not None:
         c.sandbox_entry.remove()
+
+
+def _unshare_rootfs(sb, container_id: str, force: bool, log) -> None:
+    try:
+        sb.unshare_rootfs(container_id)
+    except Exception as e:  # noqa: BLE001
+        if not force:
+            raise
+        log.warning(f"delete --force {container_id}: unsharing its rootfs: {e}")
+
+
+def _stop_member_shims(store, member: str) -> None:
+    """After its sandbox stopped: the member's shims (which end with the agent) are gone. Its
+    state is only read (its lock comes before the sandbox's): its own delete removes it."""
+    try:
+        data = store.read_container(member)
+    except KataError:
+        return
+    _stop_shims(data, force=True)
 
 
 # -------------------------------------------------------------------- exec

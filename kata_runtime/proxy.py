@@ -50,11 +50,15 @@ class Starting:
     Spawning does not wait for the guest: kata-proxy retries its --mux-socket until the
     guest side listens, so the runtime starts it while the hypervisor boots."""
 
-    def __init__(self, settings: dict, sandbox_id: str, mux_socket: str, listen_socket: str, log_path: str):
+    def __init__(self, settings: dict, sandbox_id: str, mux_socket: str, listen_socket: str, log_path: str,
+                 agent_logs_socket: str | None = None):
+        """``agent_logs_socket``: the guest console socket (QEMU's), logged with source=agent."""
         self.log_path = log_path
         argv = [*command(settings), "--mux-socket", mux_socket, "--listen-socket", listen_socket,
                 "--sandbox", sandbox_id, "--log-file", log_path,
                 "--log-level", "debug" if settings.get("debug") else "info"]
+        if agent_logs_socket:
+            argv += ["--agent-logs-socket", agent_logs_socket]
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         name = f"kata-runtime-notify-{os.getpid()}-{os.urandom(6).hex()}"
         self.notify.bind("\0" + name)

@@ -9,17 +9,22 @@ ids; an id too long for it gets a hashed name)::
     /run/vc/vm/<id>/proxy.sock     kata-proxy --listen-socket: the runtime and shims connect here
     /run/vc/vm/<id>/shared/        9p "kataShared": <container id>/rootfs bind-mounted from the bundle
     /run/vc/vm/<id>/console.log    guest console;  proxy.log, shim.log: component logs
+    /run/vc/vm/<id>/console.sock   QEMU only: the console as a socket, kata-proxy's -agent-logs-socket
 
-Start order (``start``): kata-proxy and the hypervisor together (the proxy retries the
-channel socket until the guest listens), CreateSandbox with the 9p Storage (as
-the original runtime sends it). Stop order (``stop``): DestroySandbox, hypervisor, proxy,
-unmount what is still mounted in the shared dir, remove the runtime directory. A
-container's rootfs is bind-mounted into the shared dir BEFORE the hypervisor starts: the
-process sandbox's agent gets a private copy of the host's mounts when it starts and sees
-no host mount made later (the VM sees the directory live through 9p).
+Before anything starts (``resolve_guest``): the driver's settings are made concrete (QEMU: the
+guest image files and the accelerator, ``auto`` probed) and recorded. Start order
+(``start``): kata-proxy and the hypervisor together (the proxy retries the channel socket
+until the guest listens), CreateSandbox with the 9p Storage (as the original runtime sends
+it). Stop order (``stop``): DestroySandbox (the agent removes every container and syncs),
+the hypervisor (QEMU: QMP quit, then SIGKILL), the pod network, kata-proxy, unmount what is
+still mounted in the shared dir, remove the runtime directory.
 
-Each sandbox holds one container for now (its id is the container's); pods, several
-containers per sandbox, come with the containerd issue and fit this split.
+A pod is one sandbox holding several containers: the one that made it (its id is the
+sandbox's) and the ones that joined it (kata_runtime.pod). The first container's rootfs is
+bind-mounted into the shared dir BEFORE the hypervisor starts; a joining container's rootfs
+is bind-mounted into the running sandbox's shared dir (a VM sees it live through 9p) and,
+for the process sandbox, whose agent has a private copy of the host's mounts taken when it
+started, also carried into the agent's mount namespace (kata_runtime.nsmount).
 """
 
 from __future__ import annotations
@@ -71,6 +76,23 @@ def shared_storage():
 def _import_agent_client() -> None:
     import grpc  # noqa: F401
     from katapb import agent_pb2_grpc, health_pb2_grpc  # noqa: F401
+
+
+async def _grpc_result(call):
+    """Await a grpc future (``stub.Method.future(...)``) without a thread: its result, or its
+    grpc.RpcError. The caller cancels the call when it stops waiting."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def wake(_call) -> None:
+        try:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+
+    call.add_done_callback(wake)
+    await done
+    return call.result()
 
 
 class Undo:
@@ -175,6 +197,23 @@ class Sandbox:
 
         return Agent(self.proxy_socket)
 
+    @property
+    def members(self) -> list[str]:
+        """Ids of the containers in this sandbox (the sandbox container's first)."""
+        return list(self.data.get("containers", []))
+
+    def resolve_guest(self, probe_cache_dir: str | None, log) -> None:
+        """Make the driver's settings concrete before anything starts, if its driver needs to
+        (``resolve_settings``; QEMU: the guest image files and the accelerator, probing KVM
+        for ``auto`` with the verdict cached in ``probe_cache_dir``, one warning on a fall-back
+        to TCG). Raises HypervisorError (one line)."""
+        from kata_runtime.hypervisor import driver
+
+        hv = self.data["hypervisor"]
+        resolve = getattr(driver(hv["kind"]), "resolve_settings", None)
+        if resolve is not None:
+            hv["settings"] = resolve(hv["settings"], probe_cache_dir=probe_cache_dir, warn=log.warning)
+
     # ------------------------------------------------------------- create
     def prepare(self, undo: Undo) -> None:
         """Make the runtime directory and its shared dir; refuses one that already exists."""
@@ -191,8 +230,51 @@ class Sandbox:
         """Bind-mount a bundle's rootfs to ``<shared>/<id>/rootfs`` (before the guest starts)."""
         target = self.rootfs_mount(container_id)
         os.makedirs(target, mode=0o755)
+        undo.push(f"remove {os.path.dirname(target)}", lambda: mounts.remove_tree(os.path.dirname(target)))
         mounts.bind_mount(rootfs, target)
         undo.push(f"unmount {target}", lambda: mounts.unmount(target))
+
+    def share_rootfs_running(self, container_id: str, rootfs: str, undo: Undo) -> None:
+        """A joining container's rootfs, with the guest running: bind-mounted to
+        ``<shared>/<id>/rootfs`` (a VM sees it live through 9p) and, for the process sandbox,
+        also mounted at the guest path inside the agent's mount namespace (kata_runtime.nsmount).
+        Raises KataError / MountError; ``undo`` gets the reverse steps."""
+        from kata_oci import guest_rootfs
+
+        from kata_runtime import nsmount
+
+        self.share_rootfs(container_id, rootfs, undo)
+        pid = self._private_mounts_pid()
+        if pid is None:
+            return
+        target = guest_rootfs(container_id)
+        nsmount.bind_into(pid, self.rootfs_mount(container_id), target)
+        undo.push(f"unmount {target} in the agent's mount namespace", lambda: nsmount.unmount_in(pid, target))
+
+    def unshare_rootfs(self, container_id: str) -> None:
+        """Undo `share_rootfs[_running]` for a container leaving a running sandbox: unmount its
+        rootfs (in the process sandbox's agent namespace too) and remove ``<shared>/<id>``."""
+        from kata_oci import guest_rootfs
+
+        from kata_runtime import nsmount
+
+        pid = self._private_mounts_pid(required=False)
+        if pid is not None:
+            nsmount.unmount_in(pid, guest_rootfs(container_id))
+        directory = os.path.join(self.shared_dir, container_id)
+        mounts.unmount(directory)
+        mounts.remove_tree(directory)
+
+    def _private_mounts_pid(self, required: bool = True) -> int | None:
+        """Host pid of the agent when it has a mount namespace of its own that host mounts do not
+        reach (the process sandbox), else None (a VM reads the shared dir through 9p).
+        ``required``: a process sandbox whose agent is gone raises KataError."""
+        if self.data["hypervisor"]["kind"] != "process":
+            return None
+        pid = self.driver().agent_pid()
+        if pid is None and required:
+            raise KataError(f"sandbox {self.id}: the process sandbox's agent is not running")
+        return pid
 
     def start(self, undo: Undo, hostname: str, log, save=lambda: None) -> None:
         """Start the guest, kata-proxy and CreateSandbox. Raises StepError naming the step.
@@ -246,9 +328,11 @@ class Sandbox:
         import threading
 
         hv = self.data["hypervisor"]
+        guest = self.driver()
         try:
             proxy = kproxy.Starting(self.data["proxy"]["settings"], self.id, self.channel_socket,
-                                    self.proxy_socket, self.proxy_log)
+                                    self.proxy_socket, self.proxy_log,
+                                    agent_logs_socket=getattr(guest, "console_socket_path", None))
         except Exception as e:
             raise StepError("starting kata-proxy", e) from None
         undo.push("stop kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"]))
@@ -256,7 +340,6 @@ class Sandbox:
         save()
         abort = threading.Event()
         proxy_ready = asyncio.ensure_future(asyncio.to_thread(proxy.wait_ready, kproxy.READY_TIMEOUT, abort))
-        guest = self.driver()
         try:
             await guest.start()
         except Exception as e:
@@ -279,10 +362,25 @@ class Sandbox:
         log.debug("agent ready", sandbox=self.id, waited=waited)
 
     async def _probe(self) -> None:
-        def check():
-            with self.agent() as agent:
-                agent.check(timeout=READY_PROBE_TIMEOUT)
-        await asyncio.to_thread(check)
+        """The driver's readiness probe: one Health Check through kata-proxy that waits for the
+        agent (gRPC wait_for_ready). It runs as a gRPC future, not in a thread: when the driver
+        gives up (boot timeout, QEMU died) and cancels this coroutine, the call is cancelled
+        and its channel closed at once, so nothing outlives the boot. Raises AgentError."""
+        from katapb import health_pb2, health_pb2_grpc
+
+        from kata_runtime.agent import AgentError
+
+        agent = self.agent()
+        call = health_pb2_grpc.HealthStub(agent.channel).Check.future(
+            health_pb2.CheckRequest(), timeout=READY_PROBE_TIMEOUT, wait_for_ready=True)
+        try:
+            await _grpc_result(call)
+        except agent._grpc.RpcError as e:
+            code = e.code().name if e.code() is not None else "UNKNOWN"
+            raise AgentError("Check", code, " ".join((e.details() or "").split())) from None
+        finally:
+            call.cancel()
+            agent.close()
 
     # --------------------------------------------------------------- stop
     def stop(self, log, *, force: bool) -> None:

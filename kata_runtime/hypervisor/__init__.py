@@ -2,8 +2,8 @@
 
 * ``process`` — `ProcessSandbox`: kata-agent as a host process in new namespaces, for
   tests and development. NO VM isolation.
-* ``qemu`` — a QEMU guest with the same interface (the VM issue adds
-  ``kata_runtime/hypervisor/qemu.py`` and its line in :data:`DRIVERS`).
+* ``qemu`` — `QemuHypervisor`: the sandbox's own guest kernel in a QEMU VM (KVM where a
+  guest can boot, else TCG); see qemu.py.
 
 Drivers are imported only when used (``driver(kind)``), so commands that never start or
 stop a guest do not pay for them. See base.py for the interface and README.md for the
@@ -19,7 +19,7 @@ from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
 #: configuration name -> "module:Class" of its driver (None: known, not built yet).
 DRIVERS: dict[str, str | None] = {
     "process": "kata_runtime.hypervisor.process:ProcessSandbox",
-    "qemu": None,
+    "qemu": "kata_runtime.hypervisor.qemu:QemuHypervisor",
 }
 
 
@@ -38,7 +38,9 @@ def driver(kind: str) -> type[Hypervisor]:
 def __getattr__(name: str):
     if name == "ProcessSandbox":
         return driver("process")
+    if name == "QemuHypervisor":
+        return driver("qemu")
     raise AttributeError(name)
 
 
-__all__ = ["DRIVERS", "Hypervisor", "HypervisorError", "ProcessSandbox", "driver"]
+__all__ = ["DRIVERS", "Hypervisor", "HypervisorError", "ProcessSandbox", "QemuHypervisor", "driver"]

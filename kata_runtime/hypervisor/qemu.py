@@ -16,8 +16,9 @@ DESIGN.md "Verified on this kind of machine"), per sandbox directory (see hyperv
       -device virtio-serial-pci,id=serial0
       -chardev socket,id=charch0,path=<sandbox>/kata.sock,server=on,wait=off      kata-proxy's -mux-socket
       -device virtserialport,bus=serial0.0,chardev=charch0,name=agent.channel.0
-      -chardev file,id=charconsole0,path=<sandbox>/console.log,append=on           hvc0
-      -device virtconsole,bus=serial0.0,chardev=charconsole0
+      -chardev socket,id=charconsole0,path=<sandbox>/console.sock,server=on,wait=off,
+               logfile=<sandbox>/console.log,logappend=on                           hvc0: kata-proxy's
+      -device virtconsole,bus=serial0.0,chardev=charconsole0                       -agent-logs-socket
       -fsdev local,id=extra-9p-kataShared,path=<sandbox>/shared,security_model=none,multidevs=remap
       -device virtio-9p-pci,fsdev=extra-9p-kataShared,mount_tag=kataShared
       -drive id=image0,file=<image>,if=none,format=raw,readonly=on,aio=threads
@@ -28,8 +29,12 @@ DESIGN.md "Verified on this kind of machine"), per sandbox directory (see hyperv
 * ``-nodefaults``: no default NIC (QEMU's default would be user-mode networking to the host),
   VGA, floppy or CD; the guest sees exactly the devices above. The image is read-only and the
   guest never sees the host's root filesystem: only ``kataShared`` is shared.
-* The console is a FILE chardev: a socket chardev with wait=off drops what the guest prints
-  before a reader connects, which is exactly the output that explains a failed boot.
+* The console is a socket chardev that kata-proxy reads (``--agent-logs-socket``: each guest line
+  in the proxy's log with ``source=agent``) AND logs to ``console.log`` (the chardev's
+  ``logfile``). QEMU writes the log file whether or not a reader is connected (checked here with
+  QEMU 7.2: a guest that prints before the proxy connects, or with no proxy at all, still fills
+  it), so the lines that explain a failed boot are always in the file: the socket alone would
+  drop them (wait=off), a file chardev alone would never reach the proxy.
 * Kernel parameters: Kata 1.x's amd64 defaults (virtcontainers/qemu_amd64.go) that speed up a
   boot (no i8042 probing, no crypto self tests, tsc trusted), without its root=/rootflags (our
   initrd mounts the image); ``panic=-1`` with ``-no-reboot`` makes a guest that dies (or whose
@@ -91,6 +96,7 @@ class QemuHypervisor(Hypervisor):
 
     kind = "qemu"
     QMP_SOCKET = "qmp.sock"
+    CONSOLE_SOCKET = "console.sock"
 
     def __init__(
         self,
@@ -146,10 +152,10 @@ class QemuHypervisor(Hypervisor):
     @classmethod
     def from_config(cls, sandbox_dir, sandbox_id, settings: dict, debug: bool = False) -> "QemuHypervisor":
         """[hypervisor.qemu] of configuration.toml (kata_runtime.config.SCHEMA's keys): ``path``,
-        ``kernel``, ``initrd``, ``image`` ("" = not configured), ``machine_type``,
-        ``default_vcpus``, ``default_memory`` (MiB), ``kernel_params``, ``accel`` (resolve
-        "auto" before `start()`), ``enable_debug`` (kernel ``debug`` instead of ``quiet``).
-        ``debug``: the agent logs at debug level (``agent.log=debug``)."""
+        ``kernel``, ``initrd``, ``image`` ("" = not configured: see `resolve_settings`),
+        ``machine_type``, ``default_vcpus``, ``default_memory`` (MiB), ``kernel_params``, ``accel``
+        (resolve "auto" before `start()`), ``boot_timeout`` (seconds), ``enable_debug`` (kernel
+        ``debug`` instead of ``quiet``). ``debug``: the agent logs at debug level (``agent.log=debug``)."""
         return cls(sandbox_dir, sandbox_id,
                    kernel=settings.get("kernel") or None, initrd=settings.get("initrd") or None,
                    image=settings.get("image") or None, accel=settings.get("accel") or "tcg",
@@ -158,12 +164,30 @@ class QemuHypervisor(Hypervisor):
                    vcpus=int(settings.get("default_vcpus") or DEFAULT_VCPUS),
                    memory_mib=int(settings.get("default_memory") or DEFAULT_MEMORY_MIB),
                    kernel_params=settings.get("kernel_params") or "",
-                   agent_log_level="debug" if debug else "info", debug=bool(settings.get("enable_debug")))
+                   agent_log_level="debug" if debug else "info", debug=bool(settings.get("enable_debug")),
+                   boot_timeout=float(settings.get("boot_timeout") or BOOT_TIMEOUT))
+
+    @classmethod
+    def resolve_settings(cls, settings: dict, *, probe_cache_dir: str | None, warn) -> dict:
+        """[hypervisor.qemu] made concrete for one sandbox, before anything starts (its sandbox.json
+        records the result, so every later command rebuilds the same driver): the guest files
+        (`guest_files`) and the accelerator (`resolve_accel`). ``warn(message)`` is called once
+        when ``auto`` falls back to TCG. Raises HypervisorError (one line) when no guest image
+        can be found."""
+        resolved = dict(settings)
+        resolved.update(guest_files(settings))
+        resolved["accel"] = resolve_accel(resolved, probe_cache_dir, warn)
+        return resolved
 
     # ---------------------------------------------------------------- layout
     @property
     def qmp_socket_path(self) -> str:
         return os.path.join(self.sandbox_dir, self.QMP_SOCKET)
+
+    @property
+    def console_socket_path(self) -> str:
+        """The guest console (hvc0) as a unix socket: kata-proxy's ``--agent-logs-socket``."""
+        return os.path.join(self.sandbox_dir, self.CONSOLE_SOCKET)
 
     def kernel_command_line(self) -> str:
         """Kata's amd64 parameters, ours (console, panic, quiet/debug, agent.log), then the caller's."""
@@ -191,7 +215,8 @@ class QemuHypervisor(Hypervisor):
                 "-device", "virtserialport,bus=serial0.0,chardev=charch0,name=agent.channel.0"]
 
     def _console_devices(self) -> list[str]:
-        return ["-chardev", f"file,id=charconsole0,path={_opt(self.console_log_path)},append=on",
+        return ["-chardev", f"socket,id=charconsole0,path={_opt(self.console_socket_path)},server=on,wait=off,"
+                            f"logfile={_opt(self.console_log_path)},logappend=on",
                 "-device", "virtconsole,bus=serial0.0,chardev=charconsole0"]
 
     def _shared_dir_devices(self) -> list[str]:
@@ -274,7 +299,7 @@ class QemuHypervisor(Hypervisor):
                                       "(kata-runtime image build makes one)")
             if not os.path.isfile(path) or not os.access(path, os.R_OK):
                 raise HypervisorError(f"qemu sandbox {self.sandbox_id}: {what} {path} does not exist or is unreadable")
-        for path in (self.channel_socket_path, self.qmp_socket_path):
+        for path in (self.channel_socket_path, self.qmp_socket_path, self.console_socket_path):
             if len(os.fsencode(path)) > UNIX_PATH_MAX:
                 raise HypervisorError(f"socket path is too long for a unix socket ({len(path)} > {UNIX_PATH_MAX} "
                                       f"bytes): {path}; use a shorter sandbox directory")
@@ -359,7 +384,7 @@ class QemuHypervisor(Hypervisor):
         self._cleanup()
 
     def _cleanup(self) -> None:
-        for path in (self.channel_socket_path, self.qmp_socket_path, self.pid_file):
+        for path in (self.channel_socket_path, self.qmp_socket_path, self.console_socket_path, self.pid_file):
             _remove(path)
 
     # ---------------------------------------------------------------- console
@@ -377,6 +402,62 @@ class QemuHypervisor(Hypervisor):
         tail = self.console_tail()
         body = " | ".join(tail) if tail else "no output"
         return f"; console ({self.console_log_path}): {body}"
+
+
+# ------------------------------------------------------- configuration
+
+
+def guest_files(settings: dict) -> dict:
+    """``{"kernel", "initrd", "image"}`` to boot: the configured paths when all three are set;
+    when none is, the guest image that `kata-runtime image build` built for THIS kata-py (its
+    cache key covers the agent's code, its dependencies, the kernel and the recipe) in
+    ``image_cache_dir``. A user's `create` never builds one: a first build takes minutes and
+    downloads packages, which a container engine's create must not wait for. Raises
+    HypervisorError: some but not all paths set, or no build for these inputs."""
+    names = ("kernel", "initrd", "image")
+    given = {n: settings.get(n) or "" for n in names}
+    if all(given.values()):
+        return given
+    if any(given.values()):
+        unset = ", ".join(n for n in names if not given[n])
+        raise HypervisorError(f"[hypervisor.qemu] sets {', '.join(n for n in names if given[n])} but not {unset}: "
+                              "set all three, or none to use the guest image of `kata-runtime image build`")
+    return _built_guest_files(settings.get("image_cache_dir") or "")
+
+
+def _built_guest_files(cache_dir: str) -> dict:
+    from kata_runtime.image import DEFAULT_CACHE_DIR, ImageError, Recipe, gather_inputs, load_entry
+
+    cache_dir = cache_dir or DEFAULT_CACHE_DIR
+    try:
+        key = gather_inputs(Recipe()).cache_key()
+    except ImageError as exc:
+        raise HypervisorError(f"cannot tell which guest image this kata-py needs: {exc}") from None
+    entry = load_entry(cache_dir, key)
+    if entry is None:
+        flag = "" if os.path.abspath(cache_dir) == DEFAULT_CACHE_DIR else f" --cache-dir {cache_dir}"
+        raise HypervisorError(f"no guest image of this kata-py (key {key[:24]}) in {cache_dir}: build it once with "
+                              f"`kata-runtime image build{flag}` (a few minutes; cached), or set kernel, initrd "
+                              "and image in [hypervisor.qemu]")
+    return {"kernel": entry.kernel, "initrd": entry.initrd, "image": entry.image}
+
+
+def resolve_accel(settings: dict, probe_cache_dir: str | None, warn) -> str:
+    """"kvm" or "tcg" for ``settings["accel"]``: forced values as they are; ``auto`` is the KVM
+    probe's verdict (kata_runtime.kvm.resolve_accel, cached in ``probe_cache_dir``) for the QEMU
+    binary and guest kernel this sandbox boots, with QEMU's default -cpu model as the driver
+    uses. A fall-back to TCG calls ``warn()`` once with the verdict's reason."""
+    from kata_runtime import kvm
+
+    accel = settings.get("accel") or AUTO
+    if accel != AUTO:
+        return accel
+    chosen, verdict = kvm.resolve_accel(AUTO, cache_dir=probe_cache_dir, qemu=settings.get("path") or None,
+                                        kernel=settings.get("kernel") or None, cpu=None)
+    if chosen == "tcg":
+        when = "cached verdict" if verdict.cached else f"probed in {verdict.seconds:.1f} s"
+        warn(f"{verdict.warning()} ({when}; kata-runtime check --verbose says more)")
+    return chosen
 
 
 # ----------------------------------------------------------------- QMP

@@ -95,9 +95,17 @@ def test_effective_configuration_round_trips_as_toml(tmp_path):
     assert parse(tomllib.loads(cfg.to_toml()), "x") == cfg.values
 
 
-def test_qemu_is_a_known_driver_not_built_yet():
-    assert driver("process").kind == "process"
-    with pytest.raises(HypervisorError, match="not built yet"):
-        driver("qemu")
-    with pytest.raises(HypervisorError, match="unknown hypervisor"):
+def test_both_drivers_are_registered_and_built_from_their_default_sections(tmp_path):
+    from kata_runtime.hypervisor.qemu import QemuHypervisor
+
+    for kind in kconfig.HYPERVISORS:
+        cls = driver(kind)
+        assert cls.kind == kind
+        guest = cls.from_config(tmp_path / kind, "sb", DEFAULTS[f"hypervisor.{kind}"])
+        assert guest.pid is None and guest.channel_socket_path == str(tmp_path / kind / "kata.sock")
+    qemu = driver("qemu").from_config(tmp_path, "sb", {**DEFAULTS["hypervisor.qemu"], "boot_timeout": 7.5,
+                                                       "default_vcpus": 2, "accel": "tcg"})
+    assert isinstance(qemu, QemuHypervisor)
+    assert (qemu.boot_timeout, qemu.vcpus, qemu.accel, qemu.memory_mib) == (7.5, 2, "tcg", 2048)
+    with pytest.raises(HypervisorError, match="unknown hypervisor 'xen'"):
         driver("xen")

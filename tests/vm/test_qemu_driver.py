@@ -1,9 +1,7 @@
-"""The QEMU driver: its command line, pid guard and failure paths, and a real TCG boot of the built
-guest image where the agent answers Check through the real kata-proxy and a container's output
-(the GUEST's `uname -r`) is relayed by the real kata-shim.
-
-Boots are few (CI has 2 cores): one full boot, one boot of a broken image; the other QEMU starts
-are stopped before the guest gets far.
+"""The QEMU driver: its command line, settings resolution (guest files, accel), pid guard and
+failure paths. QEMU is started here only briefly (a failed start, a stop, a refused second
+start); the real boots of the built guest image run through the kata-runtime CLI in
+test_vm_runtime.py (CI has 2 cores: boots are few).
 """
 
 from __future__ import annotations
@@ -18,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from kata_runtime.hypervisor.base import HypervisorError
-from kata_runtime.hypervisor.qemu import KATA_AMD64_KERNEL_PARAMS, QemuHypervisor, qmp_execute
-from tests.vm.conftest import processes_mentioning
+from kata_runtime.hypervisor.qemu import KATA_AMD64_KERNEL_PARAMS, QemuHypervisor
+from tests.support.processes import processes_mentioning
 
 BOOT_TIMEOUT = 240.0  # TCG on a loaded 2-core CI machine
 
@@ -59,7 +57,9 @@ def test_command_line_wires_channel_console_share_and_read_only_image(tmp_path):
     assert arg_after(argv, "-kernel") == ["/k/vmlinuz"] and arg_after(argv, "-initrd") == ["/k/initrd.img"]
     chardevs = arg_after(argv, "-chardev")
     assert f"socket,id=charch0,path={sb}/kata.sock,server=on,wait=off" in chardevs
-    assert f"file,id=charconsole0,path={sb}/console.log,append=on" in chardevs
+    # the console: a socket for kata-proxy (-agent-logs-socket) that QEMU also logs to console.log
+    assert (f"socket,id=charconsole0,path={sb}/console.sock,server=on,wait=off,logfile={sb}/console.log,"
+            "logappend=on") in chardevs
     devices = arg_after(argv, "-device")
     assert "virtserialport,bus=serial0.0,chardev=charch0,name=agent.channel.0" in devices
     assert "virtconsole,bus=serial0.0,chardev=charconsole0" in devices
@@ -111,6 +111,79 @@ async def test_accel_auto_must_be_resolved_before_start(tmp_path):
     await q.stop()  # an "auto" object can still stop (nothing here)
 
 
+# ------------------------------------------------- settings resolution
+
+
+def fake_cache_entry(cache_dir: Path) -> dict:
+    """A complete image cache entry for the CURRENT inputs (kata_runtime.image.build's layout) made
+    of empty files: what `kata-runtime image build` leaves, without building."""
+    import json
+
+    from kata_runtime.image import Recipe, gather_inputs
+    from kata_runtime.image.build import entry_dir
+
+    key = gather_inputs(Recipe()).cache_key()
+    directory = Path(entry_dir(str(cache_dir), key))
+    directory.mkdir(parents=True)
+    files = {"kernel": directory / "vmlinux", "initrd": directory / "initrd.img", "image": directory / "rootfs.img"}
+    for path in files.values():
+        path.write_bytes(b"")
+    (directory / "build.json").write_text(json.dumps({"key": key, "kernel_file": "vmlinux", "inputs": {}}))
+    return {name: str(path) for name, path in files.items()}
+
+
+def test_guest_files_are_the_configured_ones_or_the_build_for_these_inputs(tmp_path):
+    from kata_runtime.hypervisor.qemu import guest_files
+
+    given = {"kernel": "/k", "initrd": "/i", "image": "/im"}
+    assert guest_files({**given, "image_cache_dir": str(tmp_path)}) == given
+    with pytest.raises(HypervisorError, match="no guest image of this kata-py .* `kata-runtime image build "
+                                              f"--cache-dir {tmp_path}`"):
+        guest_files({"kernel": "", "initrd": "", "image": "", "image_cache_dir": str(tmp_path)})
+    built = fake_cache_entry(tmp_path)
+    assert guest_files({"image_cache_dir": str(tmp_path)}) == built
+    with pytest.raises(HypervisorError, match=r"sets kernel, image but not initrd: set all three, or none"):
+        guest_files({"kernel": "/k", "image": "/im", "image_cache_dir": str(tmp_path)})
+
+
+def test_accel_auto_is_the_probes_verdict_with_one_warning_for_tcg(tmp_path, monkeypatch):
+    from kata_runtime import kvm
+    from kata_runtime.hypervisor.qemu import resolve_accel
+
+    calls, warnings = [], []
+
+    def fake_resolve(accel, **kwargs):
+        calls.append((accel, kwargs))
+        return "tcg", kvm.KvmVerdict(False, "tcg", "a KVM guest did not reach its initrd within 8 s", cached=True)
+
+    monkeypatch.setattr(kvm, "resolve_accel", fake_resolve)
+    settings = {"accel": "auto", "path": "/usr/bin/qemu-system-x86_64", "kernel": "/cache/vmlinux"}
+    assert resolve_accel(settings, str(tmp_path), warnings.append) == "tcg"
+    assert calls == [("auto", {"cache_dir": str(tmp_path), "qemu": "/usr/bin/qemu-system-x86_64",
+                               "kernel": "/cache/vmlinux", "cpu": None})]  # the kernel and -cpu the guest boots
+    assert warnings == ["KVM is not usable, using TCG (slow): a KVM guest did not reach its initrd within 8 s "
+                        "(cached verdict; kata-runtime check --verbose says more)"]
+    for forced in ("kvm", "tcg"):  # forced: no probe, no warning
+        assert resolve_accel({**settings, "accel": forced}, str(tmp_path), warnings.append) == forced
+    assert len(calls) == 1 and len(warnings) == 1
+
+
+def test_resolve_settings_records_concrete_files_and_accel(tmp_path, monkeypatch):
+    from kata_runtime import kvm
+
+    monkeypatch.setattr(kvm, "resolve_accel", lambda accel, **kw: ("kvm", kvm.KvmVerdict(True, "kvm", "ok")))
+    built = fake_cache_entry(tmp_path)
+    warnings = []
+    settings = {"kernel": "", "initrd": "", "image": "", "image_cache_dir": str(tmp_path), "accel": "auto",
+                "default_vcpus": 2}
+    resolved = QemuHypervisor.resolve_settings(settings, probe_cache_dir=None, warn=warnings.append)
+    assert resolved == {**settings, **built, "accel": "kvm"} and warnings == []
+    assert settings["accel"] == "auto"  # the configuration itself is not changed
+    q = QemuHypervisor.from_config(tmp_path / "sb", "sb", resolved)
+    assert (q.kernel, q.initrd, q.image, q.accel, q.vcpus) == (built["kernel"], built["initrd"], built["image"],
+                                                               "kvm", 2)
+
+
 # -------------------------------------------------------------- pid guard
 
 
@@ -157,93 +230,6 @@ async def test_a_kernel_file_qemu_cannot_load_fails_with_qemus_message(vm_dir, t
 
 
 # ------------------------------------------------------------------- boots
-
-
-async def check_through_proxy(q: QemuHypervisor, timeout: float = BOOT_TIMEOUT):
-    """kata-proxy on the QEMU channel and a Health Check through it: (seconds since QEMU start, proxy)."""
-    from katapb import health_pb2
-    from tests.sandbox.harness import AgentClient, start_proxy
-
-    proxy = await start_proxy(q.channel_socket_path, q.sandbox_dir, sandbox_id=q.sandbox_id, timeout=60,
-                              extra_args=("--channel-timeout", "60"))
-    client = AgentClient(f"unix:{proxy.listen_socket}")
-    try:
-        seconds = await q.wait_ready(lambda: client.health.Check(health_pb2.CheckRequest(), timeout=timeout,
-                                                                   wait_for_ready=True), timeout=timeout)
-    except BaseException:
-        proxy.stop()
-        raise
-    finally:
-        await client.close()
-    return seconds, proxy
-
-
-def run_uname_through_kata_shim(q: QemuHypervisor, proxy) -> tuple[int, bytes, bytes]:
-    """CreateSandbox (9p share), a busybox container running `uname -r`, its output via kata-shim."""
-    from tests.fixtures.oci import busybox_spec, shared_storage
-    from tests.fixtures.rootfs import build_busybox_rootfs
-    from tests.shim.harness import Agent
-
-    agent = Agent(q, proxy)
-    try:
-        pb = agent.pb
-        agent.stub.CreateSandbox(pb.CreateSandboxRequest(hostname="vm", storages=[shared_storage()],
-                                                         sandbox_id=q.sandbox_id), timeout=120)
-        cid = f"c-{uuid.uuid4().hex[:8]}"
-        build_busybox_rootfs(Path(q.shared_dir) / cid / "rootfs")
-        agent.stub.CreateContainer(pb.CreateContainerRequest(container_id=cid, exec_id=cid,
-                                                             OCI=busybox_spec(cid, ["uname", "-r"])), timeout=180)
-        shim = agent.shim(cid)
-        agent.stub.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
-        out, err = shim.communicate(timeout=180)
-        return shim.returncode, out, err
-    finally:
-        agent.close()
-
-
-@pytest.mark.vm
-async def test_the_guest_boots_answers_check_and_runs_a_container_relayed_by_kata_shim(vm_dir, guest_image, figures):
-    q = make_qemu(vm_dir, guest_image, agent_log_level="debug")
-    await q.start()
-    proxy = None
-    try:
-        pid = q.pid
-        assert pid is not None and q._is_ours(pid)
-        assert os.path.exists(q.channel_socket_path) and os.path.exists(q.qmp_socket_path)
-        ready, proxy = await check_through_proxy(q)
-        figures.append(f"QEMU started -> agent answers Check through kata-proxy (TCG): {ready:.1f} s")
-        status, out, err = await asyncio.to_thread(run_uname_through_kata_shim, q, proxy)
-        # the guest's kernel (the image's), whatever the host runs
-        assert (status, out.decode().strip()) == (0, guest_image.kernel_version), err.decode()
-        assert await qmp_execute(q.qmp_socket_path, "query-status") == {"running": True, "singlestep": False,
-                                                                        "status": "running"}
-    finally:
-        if proxy is not None:
-            proxy.stop()
-        t0 = time.monotonic()
-        await q.stop()
-        figures.append(f"QEMU stop (QMP quit): {time.monotonic() - t0:.2f} s")
-    assert_nothing_left(q)
-    console = Path(q.console_log_path).read_text(errors="replace")
-    assert "mode=vm pid=1" in console and "found virtio port agent.channel.0" in console
-    assert "kata-init:" not in console
-
-
-@pytest.mark.vm
-async def test_a_broken_image_fails_cleanly_with_the_consoles_last_lines(vm_dir, tmp_path, guest_image, figures):
-    broken = tmp_path / "rootfs.img"
-    broken.write_bytes(os.urandom(1 << 20))
-    q = make_qemu(vm_dir, guest_image, image=str(broken))
-    await q.start()
-    t0 = time.monotonic()
-    with pytest.raises(HypervisorError) as err:
-        await check_through_proxy(q)
-    figures.append(f"broken image -> HypervisorError after {time.monotonic() - t0:.1f} s")
-    message = str(err.value)
-    assert "QEMU exited before the agent answered" in message
-    assert "kata-init: cannot mount the guest image /dev/vda" in message
-    assert q.console_log_path in message
-    assert_nothing_left(q)
 
 
 @pytest.mark.vm
