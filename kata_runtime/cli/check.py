@@ -12,14 +12,19 @@ What is needed (`required`) depends on [runtime] hypervisor:
   else the scripts beside this Python, else `python -m`);
 * process: kata-agent importable by [hypervisor.process] path (the Python that runs it),
   util-linux unshare, runc (it runs the containers), the cgroup controllers runc uses;
-* qemu: the QEMU binary, the guest kernel (configured, else the host's /boot/vmlinuz-*),
-  initrd and image when configured, and KVM only when accel = "kvm" ("auto" falls
-  back to TCG with a warning).
+* qemu: the QEMU binary, the guest kernel, initrd and image (the configured ones, else the
+  build of `kata-runtime image build` for this kata-py in image_cache_dir: the same lookup
+  as `create`), and KVM only when accel = "kvm" ("auto" falls back to TCG with a warning).
+  The KVM probe boots the kernel the guests boot (the build's; the host's when there is none).
+
+The report also says which hypervisor the packaged configuration.toml selects, and why
+(`DEFAULT_WHY`), so that nobody mistakes the process sandbox for a VM.
 
 Text output: `<status> <name> <detail>` per item (status ok | FAIL: needed and
-missing | warn: missing, not needed | -: not configured), then Kata's closing
-line "System is (not) capable of running kata-py ...". `--json`: one object
-{"config", "hypervisor", "accel", "capable", "items": [...], "kvm": verdict}.
+missing | warn: missing, not needed | -: not configured), the default line, then
+Kata's closing line "System is (not) capable of running kata-py ...". `--json`: one
+object {"config", "hypervisor", "default_hypervisor", "accel", "capable", "items": [...],
+"kvm": verdict}.
 """
 
 from __future__ import annotations
@@ -28,6 +33,13 @@ import click
 
 #: cgroup v1 controllers runc needs for the process sandbox's containers (pause needs freezer).
 CGROUP_V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "devices", "freezer")
+
+#: Why the packaged configuration.toml selects its [runtime] hypervisor (kata_runtime.config.SCHEMA).
+DEFAULT_WHY = {
+    "process": ("NO VM isolation: every test tier that leaves the configuration out (the containerd "
+                "tier) must stay fast on 2 cores; set [runtime] hypervisor = \"qemu\" for a VM per sandbox"),
+    "qemu": "every sandbox gets its own guest kernel (KVM where a guest boots, else TCG)",
+}
 
 
 class Item:
@@ -150,15 +162,24 @@ def check_guest_file(name: str, path: str, required: bool) -> Item:
     return Item(name, False, f"{path} missing" if not os.path.exists(path) else f"{path} not readable", required)
 
 
-def check_kernel(path: str, required: bool) -> Item:
-    """The guest kernel: the configured one, else the host's (kata_runtime.kvm.default_guest_kernel)."""
-    if path:
-        return check_guest_file("kernel", path, required)
-    from kata_runtime.kvm import ProbeError, default_guest_kernel
+def check_guest_files(settings: dict, required: bool) -> tuple[list[Item], str | None]:
+    """Items kernel, initrd and image, and the kernel the KVM probe should boot (None: the host's).
+
+    Configured paths are checked as files. With none configured, the build that `create` would
+    use (kata_runtime.hypervisor.qemu.guest_files): found, or an image FAIL saying to run
+    `kata-runtime image build`."""
+    names = ("kernel", "initrd", "image")
+    if any(settings.get(n) for n in names):
+        return [check_guest_file(n, settings.get(n, ""), required) for n in names], settings.get("kernel") or None
+    from kata_runtime.hypervisor import HypervisorError
+    from kata_runtime.hypervisor.qemu import guest_files
     try:
-        return Item("kernel", True, f"{default_guest_kernel()} (the host's)", required)
-    except ProbeError as err:
-        return Item("kernel", False, str(err), required)
+        built = guest_files(settings)
+    except HypervisorError as err:
+        return [Item("kernel", False, "the image build's: none", required),
+                Item("initrd", False, "the image build's: none", required),
+                Item("image", False, str(err), required)], None
+    return [Item(n, True, f"{built[n]} (kata-runtime image build)", required) for n in names], built["kernel"]
 
 
 def check_kvm(verdict, hypervisor: str, accel: str) -> Item:
@@ -187,11 +208,9 @@ def collect(hypervisor: str, sections: dict, cache_dir: str | None, refresh: boo
         check_executable("runc", "runc", required=on_process),
         check_cgroups(required=on_process),
         check_qemu(qemu.get("path") or kvm.DEFAULT_QEMU, required=on_qemu),
-        check_kernel(qemu.get("kernel", ""), required=on_qemu),
-        check_guest_file("initrd", qemu.get("initrd", ""), required=on_qemu),
-        check_guest_file("image", qemu.get("image", ""), required=on_qemu),
     ]
-    kernel = qemu.get("kernel") or None
+    guest_items, kernel = check_guest_files(qemu, required=on_qemu)
+    items += guest_items
     verdict = kvm.probe_cached(cache_dir, refresh=refresh, qemu=qemu.get("path") or None, kernel=kernel)
     items.append(check_kvm(verdict, hypervisor, qemu.get("accel", "auto")))
     return items, verdict
@@ -213,15 +232,22 @@ def summary(items, hypervisor: str, accel: str, verdict) -> tuple[bool, str]:
     return True, f'System is capable of running kata-py with hypervisor "{hypervisor}"{how}'
 
 
+def default_line() -> str:
+    """Which hypervisor the packaged configuration.toml selects, and why (`DEFAULT_WHY`)."""
+    from kata_runtime.config import SCHEMA
+    default = SCHEMA["runtime"]["hypervisor"][0]
+    return f'default: the packaged configuration.toml selects hypervisor "{default}": {DEFAULT_WHY[default]}'
+
+
 def render_text(items, verdict, closing: str, header: str, verbose: bool) -> str:
-    """The text report: header, one line per item, KVM details when verbose, closing line."""
+    """The text report: header, one line per item, KVM details when verbose, the default, closing line."""
     lines = [header]
     width = max(len(i.name) for i in items)
     for item in items:
         lines.append(f"{item.status:<5} {item.name:<{width}}  {item.detail}")
     if verbose:
         lines += ["", "KVM probe:"] + [f"  {line}" for line in kvm_details(verdict)]
-    lines.append(closing)
+    lines += [default_line(), closing]
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +289,8 @@ def command(ctx: click.Context, verbose: bool, as_json: bool, refresh: bool) -> 
     capable, closing = summary(items, config.hypervisor, accel, verdict)
     if as_json:
         import json
-        click.echo(json.dumps({"config": config.path, "hypervisor": config.hypervisor, "accel": accel,
+        click.echo(json.dumps({"config": config.path, "hypervisor": config.hypervisor,
+                               "default_hypervisor": SCHEMA["runtime"]["hypervisor"][0], "accel": accel,
                                "capable": capable, "items": [i.to_dict() for i in items],
                                "kvm": verdict.to_dict()}, indent=1))
     else:

@@ -70,7 +70,8 @@ def test_check_prints_why_kvm_is_or_is_not_usable(process_report):
     assert items["kvm"] == expected
     for name in ("root", "kata-proxy", "kata-shim", "kata-agent", "unshare", "runc", "cgroups"):
         assert items[name][0] == "ok", (name, items[name])
-    assert items["initrd"] == ("-", "not configured") and items["image"] == ("-", "not configured")
+    for name in ("kernel", "initrd", "image"):  # the image build's, if any: not needed by the process sandbox
+        assert items[name][0] in ("ok", "warn"), (name, items[name])
     assert result.stdout.splitlines()[-1] == ('System is capable of running kata-py with hypervisor "process" '
                                               "(process sandbox: no VM isolation, for tests and development)")
     if "kvm_pvm" in verdict.facts["modules"] and verdict.checks[-1].ok:
@@ -104,9 +105,19 @@ def test_check_verbose_shows_the_probe_steps(process_report, probe_cache_dir):
     assert "CPU virtualization flags: " in probe_part
 
 
+def _guest_files(tmp_path) -> str:
+    """[hypervisor.qemu] lines naming guest files that exist: the host's kernel (the probe's
+    default, so the session's cached verdict applies) and stand-in initrd and image files."""
+    (tmp_path / "initrd.img").write_bytes(b"x")
+    (tmp_path / "rootfs.img").write_bytes(b"x")
+    return (f'kernel = "{kvm.default_guest_kernel()}"\ninitrd = "{tmp_path}/initrd.img"\n'
+            f'image = "{tmp_path}/rootfs.img"\n')
+
+
 @needs_root
 def test_qemu_with_forced_kvm_fails_where_kvm_is_not_usable(tmp_path, probe_cache_dir):
-    config = _config(tmp_path, '[runtime]\nhypervisor = "qemu"\n[hypervisor.qemu]\naccel = "kvm"\n')
+    config = _config(tmp_path, '[runtime]\nhypervisor = "qemu"\n[hypervisor.qemu]\naccel = "kvm"\n'
+                     + _guest_files(tmp_path))
     verdict = kvm.probe_cached(probe_cache_dir)
     result = _check(probe_cache_dir, config)
     items = _lines(result.stdout)
@@ -121,7 +132,7 @@ def test_qemu_with_forced_kvm_fails_where_kvm_is_not_usable(tmp_path, probe_cach
 
 @needs_root
 def test_qemu_with_auto_accel_falls_back_to_tcg(tmp_path, probe_cache_dir):
-    config = _config(tmp_path, '[runtime]\nhypervisor = "qemu"\n')
+    config = _config(tmp_path, '[runtime]\nhypervisor = "qemu"\n[hypervisor.qemu]\n' + _guest_files(tmp_path))
     verdict = kvm.probe_cached(probe_cache_dir)
     result = _check(probe_cache_dir, config)
     assert result.returncode == 0, result.stdout
@@ -213,3 +224,34 @@ def test_agent_check_asks_another_interpreter():
     venv_python = os.path.join(os.path.dirname(sys.executable), "python3")
     if os.path.realpath(venv_python) == os.path.realpath(sys.executable):
         assert check_cli._module_item("kata-agent", venv_python, "kata_agent").ok
+
+
+@needs_root
+def test_qemu_without_guest_files_uses_the_image_build_or_says_to_make_one(tmp_path, probe_cache_dir):
+    """No kernel/initrd/image: the build `create` would boot, looked up the same way."""
+    from tests.vm.test_qemu_driver import fake_cache_entry
+
+    cache = tmp_path / "images"
+    config = _config(tmp_path, f'[runtime]\nhypervisor = "qemu"\n[hypervisor.qemu]\nimage_cache_dir = "{cache}"\n')
+    result = _check(probe_cache_dir, config)
+    items = _lines(result.stdout)
+    assert result.returncode == 1 and items["image"][0] == "FAIL"
+    assert f"`kata-runtime image build --cache-dir {cache}`" in items["image"][1]
+    assert "missing or broken: kernel, initrd, image" in result.stdout.splitlines()[-1]
+
+    built = fake_cache_entry(cache)
+    items = _lines(_check(probe_cache_dir, config).stdout)
+    for name in ("kernel", "initrd", "image"):
+        assert items[name] == ("ok", f"{built[name]} (kata-runtime image build)")
+
+
+def test_check_says_which_hypervisor_is_the_default_and_why(tmp_path):
+    from kata_runtime.config import SCHEMA
+
+    default = SCHEMA["runtime"]["hypervisor"][0]
+    result = _check(str(tmp_path / "root"), _config(tmp_path, '[runtime]\nhypervisor = "process"\n'))
+    line = result.stdout.splitlines()[-2]
+    assert line.startswith(f'default: the packaged configuration.toml selects hypervisor "{default}": ')
+    assert line.endswith(check_cli.DEFAULT_WHY[default])
+    if default == "process":
+        assert "NO VM isolation" in line
