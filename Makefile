@@ -5,9 +5,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static runc containerd \
+APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static runc containerd containernetworking-plugins \
 	mmdebstrap e2fsprogs golang-go golang-github-hashicorp-yamux-dev systemd kmod cpio \
-	util-linux procps
+	util-linux procps iproute2
 PROTO_SOURCES := $(wildcard proto/katapb/*.proto)
 
 .PHONY: test demo apt venv proto check-proto bench-smoke install-systemd clean
