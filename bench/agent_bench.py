@@ -30,11 +30,7 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 MiB = 1 << 20
 
@@ -118,8 +114,8 @@ async def stdin_run(client, n: int) -> float:
 
 
 async def run(args) -> dict:
-    from tests.agent.client import AgentClient, AgentServer
-    from tests.fixtures.rootfs import find_busybox
+    from tests.support.agent import AgentClient, AgentServer
+    from tests.support.rootfs import find_busybox
 
     n = args.mib * MiB
     server = AgentServer(extra_args=tuple(args.agent_arg))

@@ -5,7 +5,9 @@
 1. yamux: two sessions (client and server) over a socket pair: a stream echo, a ping, a bulk echo.
 2. A container in the process sandbox: kata-agent in fresh namespaces behind a QEMU-shaped
    channel socket, the real kata-proxy multiplexing it, the real kata-shim relaying the
-   container's output and exit code, exactly as the runtime will wire them.
+   container's output and exit code, wired with kata-runtime's own pieces (its process driver,
+   proxy launcher, agent client, spec translation of runc's default config.json); only the busybox
+   rootfs comes from tests/support.
 3. A container in a VM: comes with the OCI runtime issue (kata-runtime + QEMU).
 
 Everything runs in a temp dir and is stopped and removed at the end.
@@ -21,10 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 MiB = 1 << 20
 
@@ -89,13 +87,15 @@ async def yamux_demo() -> None:
 
 
 async def sandbox_demo(workdir: str) -> int:
-    from katapb import agent_pb2, health_pb2
+    from katapb import health_pb2, health_pb2_grpc
 
+    from kata_oci import container_spec
+    from kata_runtime import proxy as kata_proxy, shim as kata_shim
+    from kata_runtime.agent import Agent
+    from kata_runtime.default_spec import example_spec
     from kata_runtime.hypervisor import driver
-    from tests.fixtures.oci import busybox_spec, shared_storage
-    from tests.fixtures.rootfs import build_busybox_rootfs
-    from tests.sandbox.harness import AgentClient, start_proxy
-    from tests.shim.harness import shim_command
+    from kata_runtime.sandbox import shared_storage
+    from tests.support.rootfs import build_busybox_rootfs
 
     say("\n== 2. a container in the process sandbox: kata-agent <- yamux -> kata-proxy <- gRPC - kata-shim")
     sandbox_dir = os.path.join(workdir, "sandbox")
@@ -103,26 +103,28 @@ async def sandbox_demo(workdir: str) -> int:
     sandbox = driver("process")(sandbox_dir, "demo-sandbox")
     await sandbox.start()
     proxy = None
-    client = None
+    agent = None
     try:
         say(f"   agent pid {sandbox.agent_pid()} in its own mount/pid/uts/ipc namespaces,"
             f" channel {sandbox.channel_socket_path}")
-        proxy = await start_proxy(sandbox.channel_socket_path, sandbox_dir, sandbox_id="demo-sandbox")
-        say(f"   kata-proxy pid {proxy.pid} listening on {proxy.listen_socket}")
-        client = AgentClient(f"unix:{proxy.listen_socket}")
-        version = await client.health.Version(health_pb2.CheckRequest(), timeout=30)
+        listen = os.path.join(sandbox_dir, "proxy.sock")
+        proxy = await asyncio.to_thread(kata_proxy.start, {}, "demo-sandbox", sandbox.channel_socket_path, listen,
+                                        os.path.join(sandbox_dir, "proxy.log"))
+        say(f"   kata-proxy pid {proxy['pid']} listening on {listen}")
+        agent = Agent(listen, timeout=30)
+        version = health_pb2_grpc.HealthStub(agent.channel).Version(health_pb2.CheckRequest(), timeout=30)
         say(f"   agent version {version.agent_version} (grpc {version.grpc_version})")
-        await client.agent.CreateSandbox(agent_pb2.CreateSandboxRequest(
-            hostname="demo", storages=[shared_storage()], sandbox_id="demo-sandbox"), timeout=30)
+        agent.create_sandbox("demo-sandbox", "demo", [shared_storage()])
         cid = "hello"
         build_busybox_rootfs(Path(sandbox.shared_dir) / cid / "rootfs")
-        args = ["sh", "-c", "echo hello from a container; echo its hostname is $(hostname); "
-                            "echo and this goes to stderr >&2; exit 3"]
-        await client.agent.CreateContainer(agent_pb2.CreateContainerRequest(
-            container_id=cid, exec_id=cid, OCI=busybox_spec(cid, args, hostname="demo-container")), timeout=30)
-        await client.agent.StartContainer(agent_pb2.StartContainerRequest(container_id=cid), timeout=30)
-        command = [*shim_command(), "--agent", f"unix://{proxy.listen_socket}", "--container", cid,
-                   "--exec-id", cid]
+        spec = example_spec()  # runc's default config.json, as `kata-runtime spec` writes it
+        spec["process"].update(terminal=False, args=[
+            "sh", "-c", "echo hello from a container; echo its hostname is $(hostname); "
+                        "echo and this goes to stderr >&2; exit 3"])
+        spec["hostname"] = "demo-container"
+        agent.create_container(cid, container_spec(spec, cid))
+        agent.start_container(cid)
+        command = [*kata_shim.command({}), "--agent", f"unix://{listen}", "--container", cid, "--exec-id", cid]
         say(f"   $ {' '.join(os.path.basename(c) if i == 0 else c for i, c in enumerate(command))}")
         shim = await asyncio.to_thread(subprocess.run, command, stdin=subprocess.DEVNULL,
                                        capture_output=True, timeout=60)
@@ -131,14 +133,14 @@ async def sandbox_demo(workdir: str) -> int:
         for line in shim.stderr.decode().splitlines():
             say(f"   stderr | {line}")
         say(f"   kata-shim exited with {shim.returncode} (the container's exit status)")
-        await client.agent.RemoveContainer(agent_pb2.RemoveContainerRequest(container_id=cid), timeout=30)
-        await client.agent.DestroySandbox(agent_pb2.DestroySandboxRequest(), timeout=30)
+        agent.remove_container(cid)
+        agent.destroy_sandbox()
         return shim.returncode
     finally:
-        if client is not None:
-            await client.close()
+        if agent is not None:
+            agent.close()
         if proxy is not None:
-            proxy.stop()
+            kata_proxy.stop(proxy)
         await sandbox.stop()
         say("   sandbox stopped: agent, proxy and sockets gone")
 

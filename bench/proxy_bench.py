@@ -46,14 +46,9 @@ import struct
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.peers import proxy_harness  # noqa: E402
-from tests.peers.yamux_health_server import pattern  # noqa: E402
+from tests.support.processes import Proc, child_env, wait_line
+from tests.support.proxy import pattern, start_peer, start_proxy
 
 MiB = 1 << 20
 
@@ -98,13 +93,13 @@ uvloop.run(main())
 """
 
 
-def start_relay(src: str, dst: str) -> proxy_harness.Proc:
+def start_relay(src: str, dst: str) -> Proc:
     import subprocess
 
     popen = subprocess.Popen([sys.executable, "-c", RELAY, src, dst], stdout=subprocess.PIPE,
-                             env=proxy_harness.child_env())
-    proxy_harness.wait_line(popen, "READY", 20)
-    return proxy_harness.Proc(popen, "relay")
+                             env=child_env())
+    wait_line(popen, "READY", 20)
+    return Proc(popen, "relay")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -311,9 +306,9 @@ def main(argv=None) -> int:
     started = []
     me = os.getpid()
     try:
-        peer = proxy_harness.start_peer(workdir, uvloop=os.environ.get("PEER_UVLOOP", "1") == "1")
+        peer = start_peer(workdir, uvloop=os.environ.get("PEER_UVLOOP", "1") == "1")
         started.append(peer)
-        proxy = proxy_harness.start_proxy(workdir, mux=peer.listen, log_level="warn")
+        proxy = start_proxy(workdir, mux=peer.listen, log_level="warn")
         started.append(proxy)
 
         relay1 = start_relay(os.path.join(workdir, "relay1.sock"), peer.grpc_socket)

@@ -42,11 +42,8 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.support.processes import REPO, command
 
 MiB = 1 << 20
 
@@ -225,10 +222,9 @@ def first_byte(agent, samples: int) -> tuple[list[float], list[float]]:
         shim.wait(30)
     agent.signal(cid, cid, 9)
     starts = []
-    from tests.shim.harness import shim_command
     for _ in range(samples):
         t0 = time.perf_counter()
-        subprocess.run([*shim_command(), "--version"], stdout=subprocess.DEVNULL, check=True)
+        subprocess.run([*command("kata-shim"), "--version"], stdout=subprocess.DEVNULL, check=True)
         starts.append(time.perf_counter() - t0)
     return lat, starts
 
@@ -316,13 +312,13 @@ def grpc_reference(agent) -> dict:
 
 async def start_stack(tmp: str):
     from kata_runtime.hypervisor import ProcessSandbox
-    from tests.sandbox.harness import start_proxy
+    from tests.support.proxy import start_proxy
 
     sb = ProcessSandbox(tmp, f"bench-{uuid.uuid4().hex[:8]}", log_level="info")
     await sb.start()
     try:
-        proxy = await start_proxy(sb.channel_socket_path, sb.sandbox_dir, sandbox_id=sb.sandbox_id,
-                                  extra_args=("--log-level", "warn"))
+        proxy = await asyncio.to_thread(start_proxy, sb.sandbox_dir, mux=sb.channel_socket_path,
+                                        sandbox_id=sb.sandbox_id, log_level="warn")
     except BaseException:
         await sb.stop()
         raise
@@ -351,7 +347,7 @@ def main(argv=None) -> int:
         print("shim_bench: needs root, runc and unshare (the process sandbox)", file=sys.stderr)
         return 2
 
-    from tests.shim.harness import Agent, shim_command
+    from tests.support.agent import Agent
 
     # As an installed package would be (pip byte-compiles at install time); this machine sets
     # PYTHONDONTWRITEBYTECODE, which would otherwise make every shim compile its modules.
@@ -399,7 +395,7 @@ def main(argv=None) -> int:
     many = mem[nshims]
 
     print(f"kata-shim benchmark ({'quick' if q else 'full'}): {platform.node()} {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, shim = {' '.join(shim_command())}")
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, shim = {' '.join(command('kata-shim'))}")
     print(f"transfer {total // MiB} MiB per run, best of {runs}; kata_shim byte-compiled first")
     print()
     print(f"{'figure':44} {'value':>14} {'ceiling':>14} {'ratio':>7}")

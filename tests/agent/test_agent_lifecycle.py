@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from katapb import agent_pb2
-from tests.agent.client import AgentClient, AgentServer
-from tests.fixtures.oci import busybox_spec
+from tests.support.agent import AgentClient, AgentServer
+from tests.support.oci import busybox_spec
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from katapb import agent_pb2, health_pb2, oci_pb2
-from tests.agent.client import AgentClient
-from tests.fixtures.oci import busybox_spec
+from tests.support.agent import AgentClient
+from tests.support.oci import busybox_spec
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -21,7 +21,7 @@ from kata_agent.reaper import exit_code_from_status
 from kata_agent.runc import call_log, log_errors, read_call_log
 from kata_agent.spec import SpecError, message_to_oci, oci_name, prepare_spec
 from kata_agent.stdio import OutputBuffer, StdinWriter, make_pipe
-from tests.fixtures.oci import busybox_spec
+from tests.support.oci import busybox_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

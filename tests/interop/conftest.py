@@ -13,15 +13,12 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.support.processes import REPO
+
 GOPATH = "/usr/share/gocode"
 
 # ------------------------------------------------------------------ Go build

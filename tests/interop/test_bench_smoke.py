@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.fixtures.bench import run_quick
+from tests.support.bench import run_quick
 
 
 @pytest.mark.timeout(120)

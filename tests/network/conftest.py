@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.support.processes import REPO
+from tests.support.requirements import missing, skip_items
+
+HERE = Path(__file__).parent
 
 POD_IP = "10.213.7.2"
 PEER_IP = "10.213.7.1"
@@ -39,23 +39,12 @@ NEIGHBOR_MAC = "02:6b:70:00:07:09"
 
 
 def missing_requirements() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces and veth pairs need root"
-    if shutil.which("ip") is None:
-        return "iproute2 (ip) not installed"
-    try:
-        import pyroute2  # noqa: F401
-    except ImportError:
-        return "pyroute2 not installed (pip install -e .)"
-    return None
+    return missing(root="network namespaces and veth pairs need root", tools=("ip",), tool_hint="iproute2",
+                   modules=("pyroute2",))
 
 
 def pytest_collection_modifyitems(config, items):
-    here = Path(__file__).parent
-    reason = missing_requirements()
-    for item in items:
-        if reason and Path(str(item.fspath)).parent == here and "unit" not in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    skip_items(items, HERE, missing_requirements, when=lambda item: "unit" not in item.keywords)
 
 
 def ip(*args: str, check: bool = True) -> str:

@@ -26,10 +26,9 @@ import pytest
 
 from tests.network.conftest import NEIGHBOR_IP, NEIGHBOR_MAC, ip
 
-try:
-    from tests.runtime.harness import Kata, assert_clean, make_bundle, write_config
-except ImportError:  # the harness may move to tests/support
-    from tests.support.harness import Kata, assert_clean, make_bundle, write_config  # type: ignore
+from tests.support.oci import make_bundle
+from tests.support.requirements import missing
+from tests.support.runtime import Kata, assert_clean, write_config
 
 VNET_HDR_LEN = 10
 #: busybox nc -l prints what a client sends; its stdin is a fifo held open, since busybox's nc
@@ -38,14 +37,8 @@ NC_SERVER = "mkfifo /tmp/in && exec 3<>/tmp/in && nc -l -p 7000 </tmp/in"
 RESOLV = "nameserver 10.213.7.53\nsearch pod.example\noptions ndots:5\n"
 
 
-def _missing() -> str | None:
-    for tool in ("unshare", "nsenter", "runc", "tc"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+_MISSING = missing(tools=("unshare", "nsenter", "runc", "tc"))
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
 
 
 def pod_bundle(path: Path, args, net, *, resolv: str | None = RESOLV, hostname: str = "pod-a") -> Path:

@@ -28,10 +28,7 @@ from tests.network.conftest import NEIGHBOR_IP, NEIGHBOR_MAC
 from tests.network.test_pod_network import RESOLV, pod_bundle
 from tests.vm.conftest import figures, guest_image, guest_inputs, image_cache_dir, missing_requirements  # noqa: F401
 
-try:
-    from tests.runtime.harness import Kata, assert_clean, write_config
-except ImportError:  # the harness may move to tests/support
-    from tests.support.harness import Kata, assert_clean, write_config  # type: ignore
+from tests.support.runtime import Kata, assert_clean, write_config
 
 pytestmark = pytest.mark.vm
 

@@ -15,7 +15,7 @@ what its first byte says:
   bytes each, the first 4 bytes of reply *i* being *i*).
 - ``E``: echo until EOF, then half-close.
 - ``S``: sink until EOF, then reply ``u64 count || sha256`` and half-close.
-- ``G`` + u64 N: send N bytes of the deterministic pattern (:func:`pattern_block`), half-close.
+- ``G`` + u64 N: send N bytes of the deterministic pattern (tests.support.proxy.pattern), half-close.
 
 ``--mode garbage``: no yamux at all; after the first connection is accepted it waits for the
 proxy's first bytes (or 0.3 s), sends bytes that are not yamux, then records everything it
@@ -43,30 +43,10 @@ import sys
 import tty
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
+if REPO not in sys.path:  # run as a script: python tests/peers/yamux_health_server.py
     sys.path.insert(0, REPO)
 
-BLOCK = 1 << 20
-
-
-def pattern_block(index: int, size: int = BLOCK) -> bytes:
-    """Block ``index`` of the deterministic bulk pattern (not periodic across blocks)."""
-    seed = hashlib.sha256(b"kata-proxy-pattern:%d" % index).digest()
-    return (seed * (size // len(seed) + 1))[:size]
-
-
-def pattern(total: int):
-    """Yield the pattern's blocks up to ``total`` bytes."""
-    index = 0
-    sent = 0
-    while sent < total:
-        block = pattern_block(index)
-        if total - sent < len(block):
-            block = block[: total - sent]
-        sent += len(block)
-        index += 1
-        yield block
-
+from tests.support.proxy import pattern  # noqa: E402  (the bulk data its clients send and check)
 
 class Events:
     def __init__(self, path: str | None):

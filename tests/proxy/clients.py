@@ -7,7 +7,7 @@ import hashlib
 import socket
 import struct
 
-from tests.peers.yamux_health_server import pattern
+from tests.support.proxy import pattern
 
 MiB = 1 << 20
 LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]

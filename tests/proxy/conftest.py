@@ -1,20 +1,23 @@
 """Fixtures for the kata-proxy tests: short temp dirs, the agent stand-in and the proxy as real
-processes (stopped by pid at teardown; nothing else is touched)."""
+processes (tests/support/proxy.py; stopped by pid at teardown; nothing else is touched). Tests
+marked ``sandbox`` (the real agent) are skipped where the process sandbox cannot run."""
 
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.support.proxy import start_peer, start_proxy
+from tests.support.requirements import process_sandbox, skip_items
 
-from tests.peers import proxy_harness  # noqa: E402
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_items(items, HERE, process_sandbox, when=lambda item: "sandbox" in item.keywords)
 
 
 @pytest.fixture
@@ -36,13 +39,13 @@ def procs():
 
 @pytest.fixture
 def peer(sockdir, procs):
-    p = proxy_harness.start_peer(sockdir)
+    p = start_peer(sockdir)
     procs.append(p)
     return p
 
 
 @pytest.fixture
 def proxy(sockdir, peer, procs):
-    p = proxy_harness.start_proxy(sockdir, mux=peer.listen)
+    p = start_proxy(sockdir, mux=peer.listen)
     procs.append(p)
     return p

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from tests.fixtures.bench import run_quick
-from tests.peers.proxy_harness import child_env
+from tests.support.bench import run_quick
+from tests.support.processes import child_env
 
 
 @pytest.mark.timeout(300)

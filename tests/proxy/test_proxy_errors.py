@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from kata_proxy import exits
-from tests.peers.proxy_harness import REPO, child_env
+from tests.support.processes import REPO, child_env
 
 pytestmark = pytest.mark.sandbox
 

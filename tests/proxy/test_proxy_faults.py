@@ -14,9 +14,9 @@ import time
 import pytest
 
 from kata_proxy import exits
-from tests.peers import proxy_harness
-from tests.peers.proxy_harness import wait_for
 from tests.proxy.clients import MiB, echo_bulk, echo_socket
+from tests.support.processes import Proc, wait_for
+from tests.support.proxy import start_peer, start_proxy
 
 pytestmark = pytest.mark.sandbox
 
@@ -34,7 +34,7 @@ while True:          # write and never read: the echo backs up into our receive 
 
 async def test_killed_client_resets_only_its_stream(proxy, peer, procs):
     hog = subprocess.Popen([sys.executable, "-c", HOG, proxy.listen], stdout=subprocess.PIPE)
-    procs.append(proxy_harness.Proc(hog, "hog"))
+    procs.append(Proc(hog, "hog"))
     assert hog.stdout.readline() == b"streaming\n"
 
     others = asyncio.gather(*(echo_bulk(proxy.listen, 16 * MiB) for _ in range(3)))
@@ -110,9 +110,9 @@ def test_guest_disappearing_gives_eof_and_exit_code(proxy, peer):
 
 
 def test_garbage_from_guest_gives_go_away_and_exit(sockdir, procs):
-    peer = proxy_harness.start_peer(sockdir, mode="garbage")
+    peer = start_peer(sockdir, mode="garbage")
     procs.append(peer)
-    proxy = proxy_harness.start_proxy(sockdir, mux=peer.listen, ready=False)
+    proxy = start_proxy(sockdir, mux=peer.listen, ready=False)
     procs.append(proxy)
     assert proxy.wait(timeout=20) == exits.PROTOCOL
     errors = [line for line in proxy.log_lines() if "level=error" in line]
@@ -138,7 +138,7 @@ def test_sigterm_goes_away_closes_clients_and_removes_socket(proxy, peer):
 
 
 def test_sigint_before_the_guest_is_up(sockdir, procs):
-    proxy = proxy_harness.start_proxy(sockdir, mux=os.path.join(sockdir, "not-yet.sock"),
+    proxy = start_proxy(sockdir, mux=os.path.join(sockdir, "not-yet.sock"),
                                       ready=False, args=["--channel-timeout", "60"])
     procs.append(proxy)
     wait_for(lambda: os.path.exists(os.path.join(sockdir, "proxy.sock")), 20, "the listen socket")

@@ -14,9 +14,9 @@ import sys
 import pytest
 
 from kata_proxy import exits
-from tests.peers import proxy_harness
-from tests.peers.proxy_harness import REPO, wait_for
 from tests.proxy.clients import LOCAL_POOL, echo_socket, health_check
+from tests.support.processes import REPO, Proc, wait_for
+from tests.support.proxy import start_peer, start_proxy
 
 pytestmark = pytest.mark.sandbox
 
@@ -33,7 +33,7 @@ async def test_socket_activation_for_real(sockdir, peer, procs):
            sys.executable, "-m", "kata_proxy", "-mux-socket", peer.listen, "-sandbox", "sa",
            "-log", "debug", "--log-file", log]
     popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO))
-    activator = proxy_harness.Proc(popen, "systemd-socket-activate")
+    activator = Proc(popen, "systemd-socket-activate")
     procs.append(activator)
     wait_for(lambda: os.path.exists(sock), 20, "systemd-socket-activate to listen")
     # the first connection starts the proxy, which serves the socket it is handed as fd 3
@@ -55,7 +55,7 @@ def test_ready_via_sd_notify(sockdir, peer, procs):
     nsock.bind(notify_path)
     nsock.settimeout(30)
     try:
-        proxy = proxy_harness.start_proxy(sockdir, mux=peer.listen, ready=False,
+        proxy = start_proxy(sockdir, mux=peer.listen, ready=False,
                                           env={"NOTIFY_SOCKET": notify_path})
         procs.append(proxy)
         message = nsock.recv(4096).decode()
@@ -76,7 +76,7 @@ def test_guest_console_lines_are_logged(sockdir, peer, procs):
     console.listen(1)
     console.settimeout(20)
     try:
-        proxy = proxy_harness.start_proxy(
+        proxy = start_proxy(
             sockdir, mux=peer.listen, log_level="warn",
             args=["--sandbox", "sb-9", "--agent-logs-socket", console_path])
         procs.append(proxy)
@@ -104,7 +104,7 @@ def test_guest_console_lines_are_logged(sockdir, peer, procs):
 
 
 def test_json_log_format(sockdir, peer, procs):
-    proxy = proxy_harness.start_proxy(sockdir, mux=peer.listen, log_level="debug",
+    proxy = start_proxy(sockdir, mux=peer.listen, log_level="debug",
                                       args=["--log-format", "json", "--sandbox", "js"])
     procs.append(proxy)
     proxy.signal(signal.SIGUSR1)
@@ -122,9 +122,9 @@ async def test_channel_is_a_tty(sockdir, procs):
     import grpc
     from katapb import health_pb2
 
-    peer = proxy_harness.start_peer(sockdir, pty=True)
+    peer = start_peer(sockdir, pty=True)
     procs.append(peer)
-    proxy = proxy_harness.start_proxy(sockdir, args=["--channel", peer.pty_path()])
+    proxy = start_proxy(sockdir, args=["--channel", peer.pty_path()])
     procs.append(proxy)
     async with grpc.aio.insecure_channel("unix:" + proxy.listen, options=LOCAL_POOL) as channel:
         for _ in range(3):
@@ -140,7 +140,7 @@ async def test_go_flag_spellings_end_to_end(sockdir, peer, procs):
     from katapb import health_pb2
 
     listen = os.path.join(sockdir, "go.sock")
-    proxy = proxy_harness.start_proxy(
+    proxy = start_proxy(
         sockdir, listen=None,
         args=["-listen-socket", "unix://" + listen, "-mux-socket", peer.listen, "-sandbox", "gosb",
               "-log", "info", "-debug=false"])
@@ -155,7 +155,7 @@ async def test_go_flag_spellings_end_to_end(sockdir, peer, procs):
 
 def test_paused_guest_is_not_fatal(sockdir, peer, procs):
     """A paused VM (here: SIGSTOP on the agent stand-in) only makes the heartbeat log."""
-    proxy = proxy_harness.start_proxy(sockdir, mux=peer.listen, args=["--heartbeat", "0.5"])
+    proxy = start_proxy(sockdir, mux=peer.listen, args=["--heartbeat", "0.5"])
     procs.append(proxy)
     s = echo_socket(proxy.listen, b"one", timeout=20)
     peer.signal(signal.SIGSTOP)
@@ -175,6 +175,6 @@ def test_paused_guest_is_not_fatal(sockdir, peer, procs):
 
 def test_channel_path_that_is_a_socket(sockdir, peer, procs):
     """--channel given a unix socket (QEMU's chardev) connects to it like --mux-socket."""
-    proxy = proxy_harness.start_proxy(sockdir, args=["--channel", peer.listen])
+    proxy = start_proxy(sockdir, args=["--channel", peer.listen])
     procs.append(proxy)
     echo_socket(proxy.listen, b"sock").close()

@@ -5,28 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import uuid
 
 import pytest
 
 from kata_proxy import exits
-from tests.peers import proxy_harness
 from tests.proxy.clients import LOCAL_POOL, health_check
+from tests.support.proxy import start_proxy
 
 pytestmark = pytest.mark.sandbox
 
 
-def missing() -> str | None:
-    if os.geteuid() != 0:
-        return "the process sandbox needs root"
-    for tool in ("unshare", "runc"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    return None
-
-
-@pytest.mark.skipif(missing() is not None, reason=str(missing()))
 async def test_real_agent_through_the_proxy(sockdir, procs):
     import grpc
     from katapb import health_pb2
@@ -36,7 +25,7 @@ async def test_real_agent_through_the_proxy(sockdir, procs):
     sb = ProcessSandbox(sockdir, f"kp-{uuid.uuid4().hex[:10]}")
     await sb.start()
     try:
-        proxy = proxy_harness.start_proxy(sockdir, mux=sb.channel_socket_path,
+        proxy = start_proxy(sockdir, mux=sb.channel_socket_path,
                                           args=["--sandbox", sb.sandbox_id])
         procs.append(proxy)
 

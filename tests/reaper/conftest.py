@@ -24,13 +24,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.reaper.containerd import (  # noqa: E402
-    KATA_RUNTIME, Containerd, kata_runtime_missing, missing_requirements)
-from tests.reaper.image import build_busybox_image_tar  # noqa: E402
+from tests.reaper.containerd import KATA_RUNTIME, Containerd, kata_runtime_missing, missing_requirements
+from tests.reaper.image import build_busybox_image_tar
 
 HERE = Path(__file__).parent
 

@@ -22,7 +22,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.fixtures.rootfs import find_busybox
+from tests.support.rootfs import find_busybox
 
 DEFAULT_NAME = "kata-py.test/busybox:latest"
 APPLETS = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.fixtures.bench import run_quick
+from tests.support.bench import run_quick
 from tests.reaper.containerd import kata_runtime_missing
 
 

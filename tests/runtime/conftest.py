@@ -4,39 +4,20 @@ process sandbox; skipped without root, unshare, setsid, runc or a static busybox
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.support.oci import make_bundle
+from tests.support.requirements import process_sandbox, skip_items
+from tests.support.runtime import Kata, Runc, assert_clean, write_config
 
-from tests.fixtures.rootfs import find_busybox  # noqa: E402
-from tests.runtime.harness import Kata, Runc, assert_clean, make_bundle, write_config  # noqa: E402
-
-
-def missing_requirements() -> str | None:
-    if os.geteuid() != 0:
-        return "the process sandbox needs root (mount/pid namespaces, runc, bind mounts)"
-    for tool in ("unshare", "setsid", "runc"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    if find_busybox() is None:
-        return "no static busybox (apt-get install busybox-static)"
-    return None
+HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(config, items):
-    here = Path(__file__).parent
-    reason = missing_requirements()
-    for item in items:
-        if Path(str(item.fspath)).parent == here and "sandbox" in item.keywords and reason:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    skip_items(items, HERE, process_sandbox, when=lambda item: "sandbox" in item.keywords)
 
 
 @pytest.fixture
@@ -65,5 +46,5 @@ def runc(tmp_path):
 
 @pytest.fixture
 def bundle(tmp_path):
-    """A busybox bundle whose process sleeps (change it with harness.set_process)."""
+    """A busybox bundle whose process sleeps (change it with tests.support.oci.set_process)."""
     return make_bundle(tmp_path / "bundle", ["sleep", "1000"])

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from kata_runtime.console import set_size
-from tests.runtime.harness import set_process
+from tests.support.oci import set_process
 
 pytestmark = pytest.mark.sandbox
 

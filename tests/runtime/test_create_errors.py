@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.runtime.harness import Kata, assert_clean, set_process, write_config
+from tests.support.oci import set_process
+from tests.support.runtime import Kata, assert_clean, write_config
 
 pytestmark = pytest.mark.sandbox
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.runtime.harness import kill_pid, wait_for
+from tests.support.processes import kill_pid, wait_for
 
 pytestmark = pytest.mark.sandbox
 

@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from tests.runtime.harness import make_bundle, set_process, wait_for
+from tests.support.oci import make_bundle, set_process
+from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -189,7 +190,7 @@ def test_containerd_style_long_root_and_64_hex_id(tmp_path, bundle):
     """containerd passes long --root paths and 64-hex ids: sockets must still fit (107 bytes)."""
     import uuid
 
-    from tests.runtime.harness import Kata, assert_clean, write_config
+    from tests.support.runtime import Kata, assert_clean, write_config
 
     root = tmp_path / ("io.containerd.runtime.v2.task-" + "r" * 80) / "k8s.io"
     kata = Kata(root, write_config(tmp_path / "c.toml"), tmp_path / "k.log")

@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 from kata_agent.spec import message_to_oci, oci_name as agent_oci_name
 from kata_oci import SpecError, container_spec, guest_rootfs, load_bundle_config, oci_name, process_spec, resources_spec
 from katapb import oci_pb2
-from tests.runtime.harness import make_bundle
+from tests.support.oci import make_bundle
 
 
 def all_fields():

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from tests.runtime.harness import make_bundle, wait_for
+from tests.support.oci import make_bundle
+from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.sandbox
 

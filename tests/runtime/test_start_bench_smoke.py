@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.bench import run_quick
+from tests.support.bench import run_quick
 
 pytestmark = pytest.mark.sandbox
 

@@ -20,8 +20,8 @@ import pytest
 from katapb import agent_pb2, health_pb2
 from kata_runtime.hypervisor import ProcessSandbox
 from kata_cgroups import cgroup_paths
-from tests.fixtures.oci import busybox_spec, shared_storage
-from tests.fixtures.rootfs import build_busybox_rootfs
+from tests.support.oci import busybox_spec, shared_storage
+from tests.support.rootfs import build_busybox_rootfs
 
 pytestmark = pytest.mark.sandbox
 

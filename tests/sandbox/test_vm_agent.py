@@ -27,10 +27,11 @@ import grpc
 import pytest
 
 from katapb import agent_pb2, health_pb2
-from tests.fixtures.oci import busybox_spec, shared_storage
-from tests.fixtures.rootfs import build_busybox_rootfs, find_busybox
-
-from tests.sandbox.harness import AgentClient, start_proxy
+from tests.support.agent import AgentClient
+from tests.support.oci import busybox_spec, shared_storage
+from tests.support.proxy import start_proxy
+from tests.support.requirements import missing as missing_tools
+from tests.support.rootfs import build_busybox_rootfs, find_busybox
 
 pytestmark = pytest.mark.vm
 
@@ -68,16 +69,11 @@ def kernel() -> tuple[str, str] | None:
 
 
 def missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (mknod in the initrd, 9p passthrough of /)"
-    for tool in ("qemu-system-x86_64", "cpio", "modinfo"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    if kernel() is None:
+    reason = missing_tools(root="needs root (mknod in the initrd, 9p passthrough of /)",
+                           tools=("qemu-system-x86_64", "cpio", "modinfo"), busybox=True)
+    if reason is None and kernel() is None:
         return "no /boot/vmlinuz-* with its /lib/modules"
-    if find_busybox() is None:
-        return "no static busybox"
-    return None
+    return reason
 
 
 def module_bytes(version: str, name: str) -> bytes | None:
@@ -212,8 +208,8 @@ async def read_all(client, cid) -> bytes:
 
 
 async def test_agent_in_a_vm_runs_a_container(guest):
-    proxy = await start_proxy(guest.channel, str(guest.dir), name="proxy1", sandbox_id="vm", timeout=90,
-                              extra_args=("--channel-timeout", "60"))
+    proxy = await asyncio.to_thread(start_proxy, str(guest.dir), mux=guest.channel, name="proxy1", sandbox_id="vm",
+                                    log_level="debug", timeout=90, args=("--channel-timeout", "60"))
     client = AgentClient(f"unix:{proxy.listen_socket}")
     try:
         check = await client.health.Check(health_pb2.CheckRequest(), timeout=BOOT_TIMEOUT, wait_for_ready=True)
@@ -244,8 +240,8 @@ async def test_agent_in_a_vm_runs_a_container(guest):
 
 async def test_agent_in_a_vm_serves_a_new_proxy_after_the_old_one_left(guest):
     for name in ("proxy2", "proxy3"):
-        proxy = await start_proxy(guest.channel, str(guest.dir), name=name, sandbox_id="vm", timeout=90,
-                                  extra_args=("--channel-timeout", "60"))
+        proxy = await asyncio.to_thread(start_proxy, str(guest.dir), mux=guest.channel, name=name, sandbox_id="vm",
+                                        log_level="debug", timeout=90, args=("--channel-timeout", "60"))
         client = AgentClient(f"unix:{proxy.listen_socket}")
         try:
             check = await client.health.Check(health_pb2.CheckRequest(), timeout=BOOT_TIMEOUT, wait_for_ready=True)

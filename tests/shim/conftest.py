@@ -1,12 +1,11 @@
 """Process-tier fixtures of the kata-shim tests.
 
-The sandbox (kata-agent in a ProcessSandbox) and the real kata-proxy come from
-tests/sandbox/conftest.py (reused, not duplicated).  On top of them:
+The sandbox (kata-agent in a ProcessSandbox) and the real kata-proxy are tests/support/fixtures.py's.
+On top of them:
 
-* ``agent``: tests/shim/harness.py's ``Agent`` on the proxy socket, CreateSandbox
-  already sent: it creates/starts containers and execs processes the way
-  kata-runtime will (the runtime itself is a later issue), and starts the real
-  kata-shim as a subprocess (``agent.shim(...)``).
+* ``agent``: tests/support/agent.py's ``Agent`` on the proxy socket, CreateSandbox already sent: it
+  creates/starts containers and execs processes the way kata-runtime does (through the runtime's
+  own client), and starts the real kata-shim as a subprocess (``agent.shim(...)``).
 * ``kata1x``: the same interface on tests/peers/kata1x_agent.py, a peer that keeps the
   Kata 1.x agent's rules (WaitProcess forgets the process; later reads: NOT_FOUND).  No
   sandbox, no proxy: the shim talks gRPC to it directly, and its processes run on the host.
@@ -16,27 +15,19 @@ tests/sandbox/conftest.py (reused, not duplicated).  On top of them:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.sandbox.conftest import (  # noqa: E402,F401  (fixtures, re-exported for tests/shim)
-    missing_requirements, proxy, sandbox, sandbox_dir)
-from tests.shim.harness import Agent, Kata1xPeer  # noqa: E402
+from tests.support.agent import Agent, Kata1xPeer
+from tests.support.fixtures import proxy, sandbox, sandbox_dir  # noqa: F401  (fixtures)
+from tests.support.requirements import process_sandbox, skip_items
 
 HERE = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(config, items):
-    reason = missing_requirements()
-    for item in items:
-        if Path(str(item.fspath)).parent == HERE and "sandbox" in item.keywords and reason:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    skip_items(items, HERE, process_sandbox, when=lambda item: "sandbox" in item.keywords)
 
 
 @pytest.fixture
@@ -47,7 +38,6 @@ async def agent(sandbox, proxy):
         yield a
     finally:
         a.close()
-
 
 
 @pytest.fixture

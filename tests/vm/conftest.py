@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.support.requirements import missing, skip_items
 
+HERE = Path(__file__).parent
 CACHE_ENV = "KATA_PY_TEST_IMAGE_CACHE"
 TOOLS = ("qemu-system-x86_64", "mmdebstrap", "mke2fs", "modinfo", "chroot", "cpio")
 _FIGURES: list[str] = []
@@ -35,11 +33,9 @@ def missing_requirements() -> str | None:
     from kata_runtime.image.initrd import find_busybox
     from kata_runtime.image.kernel import find_kernel
 
-    if os.geteuid() != 0:
-        return "the VM tier needs root (mmdebstrap, chroot, QEMU's 9p passthrough)"
-    for tool in TOOLS:
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
+    reason = missing(root="the VM tier needs root (mmdebstrap, chroot, QEMU's 9p passthrough)", tools=TOOLS)
+    if reason:
+        return reason
     try:
         find_kernel()
         find_busybox()
@@ -49,11 +45,7 @@ def missing_requirements() -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    here = Path(__file__).parent
-    mine = [item for item in items if Path(str(item.fspath)).parent == here and "vm" in item.keywords]
-    reason = missing_requirements() if mine else None
-    for item in mine if reason else ():
-        item.add_marker(pytest.mark.skip(reason=reason))
+    skip_items(items, HERE, missing_requirements, when=lambda item: "vm" in item.keywords)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -104,20 +96,3 @@ def vm_dir():
     path = tempfile.mkdtemp(prefix="kvm", dir="/tmp")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    """(pid, cmdline) of live processes whose command line contains ``text``."""
-    found = []
-    needle = os.fsencode(text)
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if needle in cmdline and int(name) != os.getpid():
-            found.append((int(name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
-    return found

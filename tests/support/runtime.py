@@ -1,8 +1,7 @@
-"""Helpers of the runtime tests: bundles, the kata-runtime CLI (and runc's) as a caller runs
-them, and the leftover check after a container is gone.
+"""kata-runtime (and runc) as a caller runs them, and the check that a container left nothing.
 
-    bundle = make_bundle(tmp / "b", ["sh", "-c", "echo hi"])
-    kata = Kata(root, config)                 # runs the installed kata-runtime
+    bundle = make_bundle(tmp / "b", ["sh", "-c", "echo hi"])      # tests.support.oci
+    kata = Kata(root, write_config(tmp / "configuration.toml"), tmp / "kata.log")
     kata.create(cid, bundle, out=path)        # stdio to a file: the shim keeps it open
     kata.ok("start", cid); kata.state(cid)["status"]
     assert_clean(kata, cid)                   # no state, process, mount, socket, cgroup
@@ -14,69 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.fixtures.rootfs import build_busybox_rootfs
-
-REPO = Path(__file__).resolve().parents[2]
-VM_ROOT = "/run/vc/vm"
-DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]
-CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
-
-
-def make_bundle(path, args, *, terminal: bool = False, console_size=None, annotations=None,
-                readonly: bool = False, hostname: str = "kata-test") -> Path:
-    """A bundle as `runc spec` makes it (busybox rootfs), with ``args`` as the process."""
-    path = Path(path)
-    build_busybox_rootfs(path / "rootfs")
-    process = {"terminal": terminal, "user": {"uid": 0, "gid": 0}, "args": list(args), "env": DEFAULT_ENV,
-               "cwd": "/", "capabilities": {k: CAPS for k in ("bounding", "effective", "permitted", "ambient")},
-               "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}], "noNewPrivileges": True}
-    if console_size:
-        process["consoleSize"] = {"height": console_size[0], "width": console_size[1]}
-    config = {
-        "ociVersion": "1.0.2-dev",
-        "process": process,
-        "root": {"path": "rootfs", "readonly": readonly},
-        "hostname": hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
-        ],
-        "linux": {
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-        },
-    }
-    if annotations:
-        config["annotations"] = dict(annotations)
-    (path / "config.json").write_text(json.dumps(config, indent=1))
-    return path
-
-
-def set_process(bundle: Path, **changes) -> None:
-    """Change fields of a bundle's config.json ``process``."""
-    config = json.loads((bundle / "config.json").read_text())
-    config["process"].update(changes)
-    (bundle / "config.json").write_text(json.dumps(config, indent=1))
-
-
-def kata_command() -> list[str]:
-    exe = Path(sys.executable).with_name("kata-runtime")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "kata_runtime"]
+from kata_runtime.sandbox import VM_ROOT
+from tests.support.processes import command, processes_mentioning
 
 
 def write_config(path: Path, **sections) -> Path:
@@ -168,7 +110,7 @@ class Kata(CLI):
     name = "kata-runtime"
 
     def __init__(self, root: Path, config: Path, log: Path):
-        super().__init__([*kata_command(), "--root", str(root), "--kata-config", str(config), "--log", str(log),
+        super().__init__([*command("kata-runtime"), "--root", str(root), "--kata-config", str(config), "--log", str(log),
                           "--log-format", "json"], log)
         self.root = root
         self.config = config
@@ -188,38 +130,11 @@ class Runc(CLI):
         super().__init__(["runc", "--root", str(root), "--log", str(log), "--log-format", "json"], log)
 
 
-def wait_for(predicate, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
-
-
 # ----------------------------------------------------------------- leftovers
 
 
 def vm_dir(cid: str) -> str:
     return os.path.join(VM_ROOT, cid)
-
-
-def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    """Live processes whose command line contains ``text`` (zombies have none)."""
-    found = []
-    needle = text.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if needle in cmdline:
-            found.append((int(entry), cmdline.replace(b"\0", b" ").decode(errors="replace")))
-    return found
 
 
 def mounts_mentioning(text: str) -> list[str]:
@@ -264,10 +179,3 @@ def assert_clean(cli: CLI, cid: str, timeout: float = 10) -> None:
         time.sleep(0.1)
     left = leftovers(cli, cid)
     assert not left, f"{cid} left behind:\n" + "\n".join(left)
-
-
-def kill_pid(pid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -1,5 +1,19 @@
-"""The agent service run alone (python -m kata_agent.standalone) and a small
-grpc.aio client of it, for tests/agent and bench/agent_bench.py."""
+"""The agent in the tests: the one grpc.aio client of its API, the agent service run alone, and the
+runtime-shaped driver of the shim tests.
+
+* ``AgentClient(target)``: AgentService (``stub``, also ``agent``) and Health (``health``) stubs on
+  one grpc.aio channel, to an ``AgentServer`` or to kata-proxy's socket (``"unix:" + proxy.listen``),
+  with container helpers (create/start/exec/wait/read/write...; those that make a rootfs need an
+  AgentServer).
+* ``AgentServer()``: ``python -m kata_agent.standalone`` on a temp unix socket (tests/agent,
+  bench/agent_bench.py).
+* ``Agent(sandbox, proxy)``: the calls kata-runtime makes (CreateSandbox, CreateContainer,
+  StartContainer, ExecProcess, SignalProcess, WaitProcess) through the runtime's own client
+  (kata_runtime.agent.Agent), and the real kata-shim started as the runtime starts it
+  (``agent.shim(...)``); ``Kata1xPeer(workdir)``: the same on tests/peers/kata1x_agent.py, which
+  keeps the Kata 1.x agent's rules (a waited process is forgotten) and runs the process args on
+  the host.
+"""
 
 from __future__ import annotations
 
@@ -13,25 +27,27 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import grpc
-
-from kata_cgroups import remove_cgroup_trees
-from katapb import agent_pb2, agent_pb2_grpc, health_pb2_grpc, oci_pb2
-from tests.fixtures.oci import busybox_spec, process
-from tests.fixtures.rootfs import build_busybox_rootfs
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.oci import busybox_spec, process, shared_storage
+from tests.support.processes import REPO, command
+from tests.support.rootfs import build_busybox_rootfs
 
 MAX_MESSAGE = 64 << 20
+KATA1X_PEER = REPO / "tests" / "peers" / "kata1x_agent.py"
 
 
-def is_eof(e: grpc.aio.AioRpcError) -> bool:
+def is_eof(e) -> bool:
     """The agent's end of a stream: OUT_OF_RANGE "EOF" (Go agent: UNKNOWN "EOF")."""
+    import grpc
+
     return e.code() in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNKNOWN) and e.details() == "EOF"
 
 
+# ------------------------------------------------------------------ the agent service alone
+
+
 class AgentServer:
-    """A standalone agent service process on a temp unix socket."""
+    """A standalone agent service process on a temp unix socket (runc's --root, the bundles and
+    the cgroup parent are its own)."""
 
     def __init__(self, *, buffer_limit: int | None = None, loop: str = "uvloop",
                  extra_args: tuple[str, ...] = ()) -> None:
@@ -60,6 +76,9 @@ class AgentServer:
             raise RuntimeError("agent did not start:\n" + Path(self.log_path).read_text())
 
     def create_sandbox(self) -> None:
+        import grpc
+        from katapb import agent_pb2, agent_pb2_grpc
+
         with grpc.insecure_channel("unix:" + self.socket) as ch:
             agent_pb2_grpc.AgentServiceStub(ch).CreateSandbox(
                 agent_pb2.CreateSandboxRequest(hostname="kata-test", sandbox_id="sb"), timeout=10)
@@ -78,6 +97,8 @@ class AgentServer:
         return out.stdout.split()
 
     def stop(self) -> None:
+        from kata_cgroups import remove_cgroup_trees
+
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -95,18 +116,32 @@ class AgentServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ the client
+
+
 class AgentClient:
-    def __init__(self, server) -> None:
-        self.server = server
+    """grpc.aio stubs of AgentService (``stub``, alias ``agent``) and Health (``health``) on one
+    channel to ``target``: an AgentServer, or an address (``"unix:" + proxy.listen``).
+
+    Containers made with ``create`` (an AgentServer's) are removed by ``close``."""
+
+    def __init__(self, target) -> None:
+        import grpc
+        from katapb import agent_pb2_grpc, health_pb2_grpc
+
+        self.server = target if isinstance(target, AgentServer) else None
+        address = "unix:" + self.server.socket if self.server else target
         self.channel = grpc.aio.insecure_channel(
-            "unix:" + server.socket,
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                     ("grpc.max_send_message_length", MAX_MESSAGE)])
-        self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+            address, options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                              ("grpc.max_send_message_length", MAX_MESSAGE)])
+        self.stub = self.agent = agent_pb2_grpc.AgentServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.containers: list[str] = []
 
     async def close(self) -> None:
+        import grpc
+        from katapb import agent_pb2
+
         for cid in self.containers:
             try:
                 await self.stub.RemoveContainer(
@@ -118,11 +153,13 @@ class AgentClient:
         await self.channel.close()
 
     # -- containers -----------------------------------------------------
-    def spec(self, cid: str, args, **kw) -> oci_pb2.Spec:
+    def spec(self, cid: str, args, **kw):
         return busybox_spec(cid, args, **kw)
 
     async def create(self, args, *, cid: str | None = None, terminal: bool = False,
-                     spec: oci_pb2.Spec | None = None, start: bool = False) -> str:
+                     spec=None, start: bool = False) -> str:
+        from katapb import agent_pb2
+
         cid = cid or "c-" + uuid.uuid4().hex[:12]
         self.server.make_rootfs(cid)
         self.containers.append(cid)
@@ -135,20 +172,28 @@ class AgentClient:
         return cid
 
     async def start(self, cid: str) -> None:
+        from katapb import agent_pb2
+
         await self.stub.StartContainer(agent_pb2.StartContainerRequest(container_id=cid), timeout=30)
 
     async def exec(self, cid: str, args, *, exec_id: str | None = None, terminal=False) -> str:
+        from katapb import agent_pb2
+
         exec_id = exec_id or "e-" + uuid.uuid4().hex[:8]
         await self.stub.ExecProcess(agent_pb2.ExecProcessRequest(
             container_id=cid, exec_id=exec_id, process=process(args, terminal=terminal)), timeout=30)
         return exec_id
 
     async def wait(self, cid: str, exec_id: str | None = None, timeout: float = 60) -> int:
+        from katapb import agent_pb2
+
         r = await self.stub.WaitProcess(
             agent_pb2.WaitProcessRequest(container_id=cid, exec_id=exec_id or cid), timeout=timeout)
         return r.status
 
     async def signal(self, cid: str, sig: int, exec_id: str | None = None) -> None:
+        from katapb import agent_pb2
+
         await self.stub.SignalProcess(agent_pb2.SignalProcessRequest(
             container_id=cid, exec_id=cid if exec_id is None else exec_id, signal=sig), timeout=10)
 
@@ -156,6 +201,9 @@ class AgentClient:
     async def read(self, cid: str, exec_id: str | None = None, *, stderr: bool = False,
                    n: int = 1 << 20, timeout: float | None = 60) -> bytes:
         """One ReadStdout/ReadStderr; b"" at EOF."""
+        import grpc
+        from katapb import agent_pb2
+
         call = self.stub.ReadStderr if stderr else self.stub.ReadStdout
         try:
             r = await call(agent_pb2.ReadStreamRequest(container_id=cid, exec_id=exec_id or cid, len=n),
@@ -184,11 +232,15 @@ class AgentClient:
         return total if sink is not None else b"".join(chunks)
 
     async def write(self, cid: str, data: bytes, exec_id: str | None = None) -> int:
+        from katapb import agent_pb2
+
         r = await self.stub.WriteStdin(agent_pb2.WriteStreamRequest(
             container_id=cid, exec_id=exec_id or cid, data=data), timeout=60)
         return r.len
 
     async def close_stdin(self, cid: str, exec_id: str | None = None) -> None:
+        from katapb import agent_pb2
+
         await self.stub.CloseStdin(agent_pb2.CloseStdinRequest(container_id=cid, exec_id=exec_id or cid),
                                    timeout=10)
 
@@ -198,3 +250,114 @@ class AgentClient:
         await self.start(cid)
         out, err = await asyncio.gather(self.read_all(cid), self.read_all(cid, stderr=True))
         return out, err, await self.wait(cid)
+
+
+# ------------------------------------------------------------------ the shim tests' driver
+
+
+class Agent:
+    """The agent behind the proxy, driven as kata-runtime drives it (through its own client,
+    kata_runtime.agent.Agent; ``stub`` and ``pb`` for other calls), and the real kata-shim."""
+
+    name = "kata-agent"
+
+    def __init__(self, sandbox, proxy):
+        self.sandbox = sandbox
+        self.proxy = proxy
+        self._connect(proxy.listen_socket)
+
+    def _connect(self, socket: str) -> None:
+        from kata_runtime.agent import Agent as RuntimeClient
+
+        self.client = RuntimeClient(socket, timeout=30)
+        self.pb = self.client.pb
+        self.stub = self.client.stub
+        self.channel = self.client.channel
+        self.socket = socket
+        self.address = f"unix://{socket}"
+        self.shims: list[subprocess.Popen] = []
+
+    def create_sandbox(self) -> None:
+        self.client.create_sandbox(self.sandbox.sandbox_id, "kata-sb", [shared_storage()])
+
+    def create(self, cid: str, args, *, terminal: bool = False) -> None:
+        build_busybox_rootfs(Path(self.sandbox.shared_dir) / cid / "rootfs")
+        self.client.create_container(cid, busybox_spec(cid, list(args), terminal=terminal))
+
+    def start(self, cid: str) -> None:
+        self.client.start_container(cid)
+
+    def run(self, cid: str, args, *, terminal: bool = False) -> None:
+        self.create(cid, args, terminal=terminal)
+        self.start(cid)
+
+    def exec(self, cid: str, exec_id: str, args, *, terminal: bool = False) -> None:
+        self.client.exec_process(cid, exec_id, process(list(args), terminal=terminal))
+
+    def signal(self, cid: str, exec_id: str, signum: int) -> None:
+        self.client.signal_process(cid, exec_id, signum)
+
+    def wait(self, cid: str, exec_id: str | None = None) -> int:
+        """WaitProcess as another client (a runtime) would call it; returns the status."""
+        return self.client.call("WaitProcess", self.pb.WaitProcessRequest(
+            container_id=cid, exec_id=exec_id or cid), timeout=60).status
+
+    def shim_args(self, cid: str, exec_id: str | None = None, *extra: str, address: str | None = None):
+        return [*command("kata-shim"), "--agent", address or self.address, "--container", cid,
+                "--exec-id", exec_id or cid, *extra]
+
+    def shim(self, cid: str, exec_id: str | None = None, *extra: str, address: str | None = None,
+             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(self.shim_args(cid, exec_id, *extra, address=address),
+                             stdin=stdin, stdout=stdout, stderr=stderr, **kw)
+        self.shims.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.shims:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+            for f in (p.stdin, p.stdout, p.stderr):
+                if f is not None:
+                    f.close()
+        self.client.close()
+
+
+class Kata1xPeer(Agent):
+    """tests/peers/kata1x_agent.py as a subprocess, driven with the same calls as ``Agent``.
+
+    Its processes run on the host (the OCI process args; no rootfs, no runc).  ``popen`` is
+    the peer itself (a test may kill it).
+    """
+
+    name = "kata1x"
+
+    def __init__(self, workdir: str):
+        self.sandbox = self.proxy = None
+        path = os.path.join(workdir, "kata1x.sock")
+        self.popen = subprocess.Popen([sys.executable, str(KATA1X_PEER), "--listen", path],
+                                      stdout=subprocess.PIPE)
+        if self.popen.stdout.readline() != b"READY\n":
+            self.popen.kill()
+            raise RuntimeError("the Kata 1.x peer did not start")
+        self._connect(path)
+
+    def create_sandbox(self) -> None:
+        self.client.create_sandbox("", "kata-sb", [])
+
+    def create(self, cid: str, args, *, terminal: bool = False) -> None:
+        from katapb import oci_pb2
+
+        self.client.create_container(cid, oci_pb2.Spec(Process=process(list(args), terminal=terminal)))
+
+    def close(self) -> None:
+        super().close()
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self.popen.stdout.close()
