@@ -3,7 +3,7 @@
     python -m bench.containerd_bench [--quick] [--rounds N] [--parallel N] [--breakdown]
                                      [--kata-config NAME=FILE ...] [--no-kata]
 
-Everything real: a containerd 1.6 of its own (tests/reaper/containerd.py: config, root, state and
+Everything real: a containerd 1.6 of its own (tests/support/containerd.py: config, root, state and
 sockets in a temp dir, killed and removed at the end), the unmodified containerd-shim-runc-v2,
 a busybox image built and imported locally, and ``ctr run --rm --runc-binary <runtime> IMAGE ID
 true`` timed from the test's fork to ctr's exit.
@@ -35,13 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.reaper.containerd import (  # noqa: E402
-    KATA_RUNTIME, Containerd, kata_runtime_missing, missing_requirements, new_id)
-from tests.reaper.image import build_busybox_image_tar  # noqa: E402
+from tests.support.containerd import KATA_RUNTIME, Containerd, kata_runtime_missing, missing_requirements, new_id
+from tests.support.oci_image import build_busybox_image_tar
 
 RUN_TIMEOUT = 600.0
 CMD = ["true"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cri.harness import CriContainerd, missing_requirements
-from tests.reaper.containerd import kata_runtime_missing
+from tests.support.containerd import kata_runtime_missing
 
 HERE = Path(__file__).parent
 

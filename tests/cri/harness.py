@@ -1,5 +1,5 @@
 """containerd with its CRI plugin, as a Kubernetes node runs it, inside a network namespace of the
-test's own: built on the reaper tier's harness (tests/reaper/containerd.py), nothing mocked.
+test's own: built on the reaper tier's harness (tests/support/containerd.py), nothing mocked.
 
     cd = CriContainerd.start({"runc": None, "kata": {"runtime": {"hypervisor": "process"}}})
     cd.cri                       # a CriClient (tests/cri/client.py) on its socket
@@ -31,7 +31,7 @@ name carries a random suffix), the pods' cgroups under ``/sys/fs/cgroup/<control
 (``parent`` has a random suffix), kata-runtime's ``/run/vc/vm/<id>`` and the shim sockets, as in
 the reaper harness.
 
-Errors: :class:`tests.reaper.containerd.ContainerdError` when the daemon or its CRI plugin does not
+Errors: :class:`tests.support.containerd.ContainerdError` when the daemon or its CRI plugin does not
 come up within the timeout (with the log's tail); every wait is bounded.
 """
 
@@ -50,7 +50,7 @@ from pathlib import Path
 
 from tests.cri.client import CriClient, load_api
 from tests.cri.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_busybox_image_tar, build_pause_image_tar
-from tests.reaper.containerd import (
+from tests.support.containerd import (
     CONTAINERD, DISABLED_PLUGINS, KATA_RUNTIME, SHIM_SOCKET_DIR, Containerd, ContainerdError, kill_pids, wait_gone)
 
 K8S_NAMESPACE = "k8s.io"  # the containerd namespace of the CRI plugin (fixed by it)

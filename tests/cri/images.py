@@ -1,4 +1,4 @@
-"""Images of the CRI tier, built locally on tests/reaper/image.py (no registry): the busybox image
+"""Images of the CRI tier, built locally on tests/support/oci_image.py (no registry): the busybox image
 as it is, and a ``pause``-style sandbox image with the same layer.
 
     build_pause_image_tar(dest_tar) -> ImageTar      # name PAUSE_IMAGE
@@ -19,7 +19,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from tests.reaper.image import (  # find_busybox: wherever the reaper tier takes it from
+from tests.support.oci_image import (  # find_busybox: wherever the reaper tier takes it from
     MT_CONFIG, MT_MANIFEST, ImageTar, _descriptor, _json_blob, _tarinfo, build_busybox_image_tar, build_layer,
     find_busybox, image_blobs)
 
@@ -49,7 +49,7 @@ def _with_entrypoint(blobs: dict[str, bytes], index: bytes, entrypoint: list[str
 
 def _write_layout(dest_tar: str | os.PathLike, blobs: dict[str, bytes], index: bytes) -> None:
     """An OCI image layout tar of ``blobs`` ({"sha256:<hex>": bytes}) and ``index``, laid out as
-    tests/reaper/image.py lays out its own (which writes only the image it builds)."""
+    tests/support/oci_image.py lays out its own (which writes only the image it builds)."""
     files = {"oci-layout": _json_blob({"imageLayoutVersion": "1.0.0"}), "index.json": index}
     files.update({f"blobs/sha256/{d.split(':', 1)[1]}": b for d, b in blobs.items()})
     with tarfile.open(dest_tar, "w", format=tarfile.PAX_FORMAT) as tar:

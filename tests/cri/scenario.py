@@ -201,7 +201,7 @@ def stop_and_remove(cd: CriContainerd, pod: Pod, cid: str, timeout: float = 120.
 def sandbox_processes(pod: Pod, what: str) -> list[int]:
     """Host processes of the kata sandbox dir of ``pod`` whose command line has ``what``
     (``kata-proxy``, ``qemu-system``, ``kata_agent``), ``unshare`` wrappers excluded."""
-    from tests.reaper.containerd import KATA_VM_ROOT, _cmdline, pids_mentioning
+    from tests.support.containerd import KATA_VM_ROOT, _cmdline, pids_mentioning
 
     return [p for p in pids_mentioning(f"{KATA_VM_ROOT}/{pod.id}/")
             if any(what in a for a in _cmdline(p)) and not _cmdline(p)[0].endswith("unshare")]
@@ -210,7 +210,7 @@ def sandbox_processes(pod: Pod, what: str) -> list[int]:
 def check_one_sandbox(pod: Pod, cid: str) -> None:
     """kata-runtime ran the pod as ONE sandbox: the pause container's (its dir under /run/vc/vm,
     one kata-proxy), which the container joined (no sandbox dir of its own)."""
-    from tests.reaper.containerd import KATA_VM_ROOT
+    from tests.support.containerd import KATA_VM_ROOT
 
     assert os.path.isdir(f"{KATA_VM_ROOT}/{pod.id}"), "no kata sandbox for the pod"
     assert not os.path.exists(f"{KATA_VM_ROOT}/{cid}"), "the container got a sandbox of its own"

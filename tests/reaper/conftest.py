@@ -2,8 +2,8 @@
 
 Fixtures:
 
-* ``containerd`` (session): a daemon of our own (tests/reaper/containerd.py) with the busybox
-  image (tests/reaper/image.py) imported; stopped, and everything it made removed, at the end.
+* ``containerd`` (session): a daemon of our own (tests/support/containerd.py) with the busybox
+  image (tests/support/oci_image.py) imported; stopped, and everything it made removed, at the end.
 * ``ctr``: that daemon for one test; every task and container of the namespace is removed after
   the test (its daemon is started again first if the test killed it).
 * ``own_containerd``: a private daemon for a test that kills containerd or a shim.
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reaper.containerd import KATA_RUNTIME, Containerd, kata_runtime_missing, missing_requirements
-from tests.reaper.image import build_busybox_image_tar
+from tests.support.containerd import KATA_RUNTIME, Containerd, kata_runtime_missing, missing_requirements
+from tests.support.oci_image import build_busybox_image_tar
 
 HERE = Path(__file__).parent
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.support.bench import run_quick
-from tests.reaper.containerd import kata_runtime_missing
+from tests.support.containerd import kata_runtime_missing
 
 
 def test_containerd_bench_smoke():

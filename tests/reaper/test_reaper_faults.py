@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.reaper.containerd import _cmdline, descendants, new_id, wait_gone
+from tests.support.containerd import _cmdline, descendants, new_id, wait_gone
 
 SLEEPER = ["sh", "-c", "sleep 1000 & sleep 1000 & wait"]
 GENERIC_ERROR = re.compile(rb"OCI runtime create failed: (exit status \d+: )?(unknown)?\s*$")

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.reaper.containerd import KATA_VM_ROOT, _cmdline, descendants, new_id, pids_mentioning
+from tests.support.containerd import KATA_VM_ROOT, _cmdline, descendants, new_id, pids_mentioning
 
 CRI = "io.kubernetes.cri."
 

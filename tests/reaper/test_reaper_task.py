@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reaper.attach import Attached, PtyAttached, set_winsize
-from tests.reaper.containerd import CGROUP_ROOT, new_id
+from tests.support.attach import Attached, PtyAttached, set_winsize
+from tests.support.containerd import CGROUP_ROOT, new_id
 
 # Polls until the pty has the size ctr gave it (ctr 1.6 resizes after start, so the first
 # instruction may see 0 0 even with runc), then reports it; bounded to 5 s.

@@ -86,7 +86,7 @@ def image_blobs(layer: bytes, name: str) -> tuple[dict[str, bytes], bytes]:
         "architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
         "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
-        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "kata-py tests/reaper/image.py"}],
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "kata-py tests/support/oci_image.py"}],
     })
     config_desc = _descriptor(MT_CONFIG, config)
     manifest = _json_blob({"schemaVersion": 2, "mediaType": MT_MANIFEST, "config": config_desc,

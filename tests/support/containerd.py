@@ -497,7 +497,7 @@ def run_with_stdin(cd: Containerd, image: str, cid: str, cmd: list[str], data: b
     ls`` shows the task RUNNING or STOPPED. Returns (exit code, stdout bytes, stderr bytes)."""
     import threading
 
-    from tests.reaper.attach import Attached
+    from tests.support.attach import Attached
 
     run = Attached.spawn(cd.run_argv(image, cid, cmd, **kwargs))
     writer = threading.Thread(target=run.write, args=(data,), daemon=True)
