@@ -26,6 +26,20 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     return stat[stat.rfind(b")") + 2:].split()
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a child we know by its pid alone)."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] not in (b"Z", b"X", b"x")
+
+
+def kill_pid(pid: int, sig: int) -> None:
+    """Send ``sig`` to ``pid``; a process already gone is fine."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot, or None if there is no such process."""
     fields = _stat_fields(pid)

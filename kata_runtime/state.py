@@ -211,11 +211,16 @@ def read_json(path: str) -> dict:
 
 def write_json_atomic(path: str, data: dict) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file in the same directory and rename(2)."""
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and rename(2):
+    a reader sees the whole old file or the whole new one."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -223,4 +228,12 @@ def write_json_atomic(path: str, data: dict) -> None:
         except OSError:
             pass
         raise
+
+
+def remove_file(path: str) -> None:
+    """Remove ``path``; one already gone is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 

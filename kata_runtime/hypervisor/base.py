@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import abc
 import os
+import time
+
+from kata_runtime.procs import pid_alive
 
 
 class HypervisorError(Exception):
@@ -101,3 +104,23 @@ class Hypervisor(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.sandbox_id} pid={self.pid} dir={self.sandbox_dir}>"
+
+
+# ------------------------------------------------------------ for the drivers
+
+
+async def poll_until(done, timeout: float, interval: float) -> bool:
+    """Call ``done()`` every ``interval`` seconds until it is true (True) or ``timeout`` passes (False)."""
+    import asyncio  # not at import: commands that only read the configuration never need it
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
+
+
+async def wait_gone(pid: int, timeout: float, interval: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``pid`` to be gone (a zombie counts as gone); True if it is."""
+    return await poll_until(lambda: not pid_alive(pid), timeout, interval)

@@ -61,7 +61,9 @@ import sys
 import time
 
 from kata_cgroups import remove_cgroup_trees
-from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
+from kata_runtime.hypervisor.base import Hypervisor, HypervisorError, poll_until, wait_gone
+from kata_runtime.procs import kill_pid
+from kata_runtime.state import remove_file, write_atomic
 
 log = logging.getLogger("kata_runtime.hypervisor.process")
 
@@ -195,7 +197,7 @@ class ProcessSandbox(Hypervisor):
             raise HypervisorError(f"process sandbox needs {self.unshare!r} (util-linux) on PATH")
         os.makedirs(self.sandbox_dir, mode=0o750, exist_ok=True)
         os.makedirs(self.shared_dir, mode=0o755, exist_ok=True)
-        _remove(self.pid_file)
+        remove_file(self.pid_file)
         listener = self._listen()
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -216,12 +218,12 @@ class ProcessSandbox(Hypervisor):
                 os.close(console)
         except BaseException:
             os.close(ready_r)
-            _remove(self.channel_socket_path)
+            remove_file(self.channel_socket_path)
             raise
         finally:
             listener.close()  # the agent holds the only copies now
             os.close(ready_w)
-        _write_atomic(self.pid_file, f"{self._proc.pid}\n")
+        write_atomic(self.pid_file, f"{self._proc.pid}\n")
         log.debug("process sandbox %s: unshare pid %d", self.sandbox_id, self._proc.pid)
         try:
             await self._wait_ready(ready_r)
@@ -233,7 +235,7 @@ class ProcessSandbox(Hypervisor):
         if len(os.fsencode(path)) > UNIX_PATH_MAX:
             raise HypervisorError(f"channel socket path is too long for a unix socket ({len(path)} > "
                                   f"{UNIX_PATH_MAX} bytes): {path}; use a shorter sandbox directory")
-        _remove(path)  # stale: nothing runs (checked by the caller)
+        remove_file(path)  # stale: nothing runs (checked by the caller)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
@@ -274,31 +276,31 @@ class ProcessSandbox(Hypervisor):
             return
         agent = self.agent_pid()
         if agent is not None:
-            _kill(agent, signal.SIGTERM)
+            kill_pid(agent, signal.SIGTERM)
         if not await self._wait_exit(pid, timeout):
             log.warning("process sandbox %s: agent still running %gs after SIGTERM; killing it",
                         self.sandbox_id, timeout)
-            _kill(pid, signal.SIGKILL)  # --kill-child: the agent, and its namespace, follow
+            kill_pid(pid, signal.SIGKILL)  # --kill-child: the agent, and its namespace, follow
             if agent is not None:
-                _kill(agent, signal.SIGKILL)
+                kill_pid(agent, signal.SIGKILL)
             if not await self._wait_exit(pid, 5.0):
                 raise HypervisorError(f"process sandbox {self.sandbox_id}: pid {pid} survived SIGKILL")
-        if agent is not None and not await _wait_gone(agent, 5.0):
+        if agent is not None and not await wait_gone(agent, 5.0, POLL_INTERVAL):
             raise HypervisorError(f"process sandbox {self.sandbox_id}: agent pid {agent} survived its sandbox")
         self._cleanup()
 
     async def _wait_exit(self, pid: int, timeout: float) -> bool:
         if self._proc is not None and self._proc.pid == pid:
-            return await _poll_until(lambda: self._proc.poll() is not None, timeout)
-        return await _wait_gone(pid, timeout)
+            return await poll_until(lambda: self._proc.poll() is not None, timeout, POLL_INTERVAL)
+        return await wait_gone(pid, timeout, POLL_INTERVAL)
 
     def _reap(self) -> None:
         if self._proc is not None:
             self._proc.poll()
 
     def _cleanup(self) -> None:
-        _remove(self.channel_socket_path)
-        _remove(self.pid_file)
+        remove_file(self.channel_socket_path)
+        remove_file(self.pid_file)
         # A killed agent could not remove its containers' (now empty) cgroups.
         remove_cgroup_trees(self.cgroup_parent)
 
@@ -311,52 +313,3 @@ class ProcessSandbox(Hypervisor):
         except OSError:
             return ""
         return " | ".join(tail[-lines:])
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X", b"")
-
-
-async def _wait_gone(pid: int, timeout: float) -> bool:
-    return await _poll_until(lambda: not _alive(pid), timeout)
-
-
-async def _poll_until(done, timeout: float) -> bool:
-    """Call ``done()`` every POLL_INTERVAL until it is true (True) or ``timeout`` passes (False)."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(POLL_INTERVAL)
-    return True
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -62,7 +62,9 @@ import signal
 import time
 from typing import Awaitable, Callable, Iterable
 
-from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
+from kata_runtime.hypervisor.base import Hypervisor, HypervisorError, wait_gone
+from kata_runtime.procs import kill_pid, pid_alive
+from kata_runtime.state import remove_file
 
 log = logging.getLogger("kata_runtime.hypervisor.qemu")
 
@@ -244,7 +246,7 @@ class QemuHypervisor(Hypervisor):
     @property
     def pid(self) -> int | None:
         pid = self._read_pid_file()
-        return pid if pid is not None and self._is_ours(pid) and _alive(pid) else None
+        return pid if pid is not None and self._is_ours(pid) and pid_alive(pid) else None
 
     def _read_pid_file(self) -> int | None:
         try:
@@ -365,15 +367,15 @@ class QemuHypervisor(Hypervisor):
                 await qmp_execute(self.qmp_socket_path, "quit", timeout=min(QMP_TIMEOUT, timeout))
             except (OSError, asyncio.TimeoutError, QmpError) as exc:
                 log.info("qemu %s: QMP quit failed (%s); killing pid %d", self.sandbox_id, exc, pid)
-            if not await _wait_gone(pid, timeout):
+            if not await wait_gone(pid, timeout, POLL_INTERVAL):
                 log.warning("qemu %s: still running %gs after QMP quit; killing pid %d", self.sandbox_id, timeout, pid)
                 await self._kill(pid)
         self._cleanup()
 
     async def _kill(self, pid: int) -> None:
         if self._is_ours(pid):
-            _signal(pid, signal.SIGKILL)
-        if not await _wait_gone(pid, 5.0):
+            kill_pid(pid, signal.SIGKILL)
+        if not await wait_gone(pid, 5.0, POLL_INTERVAL):
             raise HypervisorError(f"qemu sandbox {self.sandbox_id}: QEMU pid {pid} survived SIGKILL")
 
     async def _kill_and_cleanup(self) -> None:
@@ -385,7 +387,7 @@ class QemuHypervisor(Hypervisor):
 
     def _cleanup(self) -> None:
         for path in (self.channel_socket_path, self.qmp_socket_path, self.console_socket_path, self.pid_file):
-            _remove(path)
+            remove_file(path)
 
     # ---------------------------------------------------------------- console
     def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> list[str]:
@@ -533,37 +535,3 @@ def _size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-def _alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    end = stat.rfind(b")")
-    return stat[end + 2 : end + 3] not in (b"Z", b"X", b"")
-
-
-async def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(POLL_INTERVAL)
-    return True
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
