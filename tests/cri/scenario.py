@@ -40,6 +40,7 @@ class Pod:
     handler: str
     ip: str
     netns: str  # the pod's network namespace file (under the CRI state dir)
+    netns_inode: int  # that namespace's inode: net:[inode] in /proc/*/ns/net, fds and mountinfo
 
 
 def wait_for(what: str, probe, timeout: float, interval: float = 0.1):
@@ -74,7 +75,7 @@ def run_pod(cd: CriContainerd, handler: str, name: str = "web", timeout: float =
     spec = json.loads(res.info["info"])["runtimeSpec"]  # the OCI spec the runtime was given
     [netns] = [ns["path"] for ns in spec["linux"]["namespaces"] if ns["type"] == "network"]
     assert netns.startswith(str(cd.netns_dir) + "/") and os.path.exists(netns), netns
-    return Pod(pod_id, config, handler, ip, netns)
+    return Pod(pod_id, config, handler, ip, netns, os.stat(netns).st_ino)
 
 
 # ---------------------------------------------------------------- container
@@ -166,6 +167,31 @@ def check_logs(cd: CriContainerd, pod: Pod, cid: str, timeout: float = 30.0) -> 
 
 # ---------------------------------------------------------------- removal
 
+def netns_holders(inode: int) -> list[str]:
+    """What keeps the network namespace ``inode`` alive: processes in it, open fds to it, nsfs
+    mounts of it. [] means the kernel destroyed it, with every link (tap, veth) and qdisc in it."""
+    target = f"net:[{inode}]"
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") == target:
+                found.append(f"pid {pid} in it")
+            found += [f"pid {pid} fd {fd}" for fd in os.listdir(f"/proc/{pid}/fd")
+                      if _readlink(f"/proc/{pid}/fd/{fd}") == target]
+        except OSError:
+            continue  # gone, or a kernel thread
+    with open("/proc/self/mountinfo") as f:
+        found += [f"mount {line.split()[4]}" for line in f if line.split()[3] == target]
+    return found
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
 def kata_plumbing(netns: str) -> list[str]:
     """kata-runtime's tcfilter traces in a pod namespace: tap links and ingress qdiscs."""
     def run(*argv):
@@ -181,7 +207,9 @@ def kata_plumbing(netns: str) -> list[str]:
 
 def stop_and_remove(cd: CriContainerd, pod: Pod, cid: str, timeout: float = 120.0) -> None:
     """StopContainer (SIGKILL: exit 137, EXITED), RemoveContainer, StopPodSandbox (NOTREADY),
-    RemovePodSandbox; then nothing may be left (:meth:`CriContainerd.wait_clean`)."""
+    RemovePodSandbox; then nothing may be left (:meth:`CriContainerd.wait_clean`) and the pod's
+    network namespace must be destroyed (no holder: so no tap, veth or tc filter survives in it;
+    containerd 1.6 unmounts it at StopPodSandbox already)."""
     pb = cd.cri.pb
     cd.cri.stop_container(cid, grace=0, timeout=timeout)
     status = cd.cri.container_status(cid)
@@ -194,6 +222,7 @@ def stop_and_remove(cd: CriContainerd, pod: Pod, cid: str, timeout: float = 120.
     cd.cri.remove_pod(pod.id, timeout=timeout)
     assert cd.cri.list_pods() == []
     assert cd.wait_clean([pod.id, cid], timeout=30) == {}
+    assert netns_holders(pod.netns_inode) == []
 
 
 # ---------------------------------------------------------------- kata-runtime's side
