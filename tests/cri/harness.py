@@ -90,8 +90,8 @@ def missing_requirements() -> str | None:
 def cni_conflist(network: str, bridge: str, data_dir: Path) -> str:
     """The CNI network config list (JSON text): a ``bridge`` named ``bridge`` that is the pods'
     gateway (no NAT: nothing leaves our namespace), ``host-local`` leases of :data:`SUBNET` kept
-    in ``data_dir``, a default route via the bridge; then ``portmap``-free, ``loopback`` is the
-    CRI plugin's own business."""
+    in ``data_dir``, a default route via the bridge. No portmap; the pods' ``lo`` is the CRI
+    plugin's own business (it runs the ``loopback`` plugin itself)."""
     return json.dumps({
         "cniVersion": "1.0.0", "name": network,
         "plugins": [{
