@@ -13,10 +13,11 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
+from pathlib import Path
 
 import pytest
 
+from tests.support.fixtures import short_dir
 from tests.support.processes import REPO
 
 GOPATH = "/usr/share/gocode"
@@ -51,12 +52,7 @@ def goyamux(tmp_path_factory) -> str:
     return str(binary)
 
 
-@pytest.fixture
-def sockdir():
-    """A short temporary directory for unix sockets (sun_path is 108 bytes)."""
-    path = tempfile.mkdtemp(prefix="yx", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+sockdir = short_dir("yx")  # for unix sockets (sun_path is 108 bytes)
 
 
 # ------------------------------------------------------------------ Go processes

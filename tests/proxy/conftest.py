@@ -4,12 +4,11 @@ marked ``sandbox`` (the real agent) are skipped where the process sandbox cannot
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.support.fixtures import short_dir
 from tests.support.proxy import start_peer, start_proxy
 from tests.support.requirements import process_sandbox, skip_items
 
@@ -20,12 +19,7 @@ def pytest_collection_modifyitems(config, items):
     skip_items(items, HERE, process_sandbox, when=lambda item: "sandbox" in item.keywords)
 
 
-@pytest.fixture
-def sockdir():
-    """A short temporary directory for unix sockets (sun_path is 108 bytes)."""
-    path = tempfile.mkdtemp(prefix="kp", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+sockdir = short_dir("kp")  # for unix sockets (sun_path is 108 bytes)
 
 
 @pytest.fixture

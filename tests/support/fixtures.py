@@ -1,7 +1,8 @@
 """pytest fixtures of the process sandbox, imported by the tiers that use them (their conftest.py:
 ``from tests.support.fixtures import client, proxy, sandbox, sandbox_dir``).
 
-* ``sandbox_dir``: a short directory under /tmp (unix socket paths are limited to 107 bytes);
+* ``short_dir(prefix)``: makes a fixture of a fresh short directory under /tmp (unix socket paths
+  are limited to 107 bytes), removed after the test; ``sandbox_dir`` is one;
 * ``sandbox``: a real kata-agent in a ProcessSandbox (the runtime's driver) in it;
 * ``proxy``: the real kata-proxy on the sandbox's kata.sock (tests.support.proxy);
 * ``client``: the grpc.aio AgentClient on the proxy's socket.
@@ -24,12 +25,20 @@ from tests.support.processes import dump
 from tests.support.proxy import start_proxy
 
 
-@pytest.fixture
-def sandbox_dir():
-    """A short directory (unix socket paths are limited to 107 bytes)."""
-    path = tempfile.mkdtemp(prefix="ksb", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def short_dir(prefix: str):
+    """A fixture (named by the variable it is assigned to) that yields a fresh directory
+    /tmp/<prefix>XXXXXXXX, short enough for unix socket paths, and removes it afterwards."""
+
+    @pytest.fixture
+    def fixture():
+        path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+        yield path
+        shutil.rmtree(path, ignore_errors=True)
+
+    return fixture
+
+
+sandbox_dir = short_dir("ksb")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fixtures import short_dir
 from tests.support.requirements import missing, skip_items
 
 HERE = Path(__file__).parent
@@ -91,8 +92,4 @@ def guest_image(image_cache_dir, guest_inputs, figures):
     return image
 
 
-@pytest.fixture
-def vm_dir():
-    path = tempfile.mkdtemp(prefix="kvm", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+vm_dir = short_dir("kvm")
