@@ -65,6 +65,26 @@ class Globals:
         return load(self.kata_config)
 
 
+def read_json_object(flag: str, source: str, *, dash_is_stdin: bool = False) -> dict:
+    """The JSON object in file ``source`` (stdin for "-" when ``dash_is_stdin``) given with ``flag``
+    (``--process``, ``--resources``); InvalidArgument naming both when it is unreadable or not an object."""
+    import json
+
+    from kata_runtime.errors import InvalidArgument
+
+    try:
+        if dash_is_stdin and source == "-":
+            data = json.load(sys.stdin)
+        else:
+            with open(source) as f:
+                data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"{flag} {source}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{flag} {source}: not a JSON object")
+    return data
+
+
 def report_error(message: str) -> None:
     """The one failure line: on stderr, and in the --log file when there is one (runc's fatal())."""
     message = " ".join(str(message).split()) or "unknown error"

@@ -3,11 +3,9 @@
 Errors exit with 255, as runc's exec; otherwise the process's own status (attached).
 """
 
-import json
-
 import click
 
-from kata_runtime.cli import Globals
+from kata_runtime.cli import Globals, read_json_object
 
 
 @click.command(name="exec", help="Run a new process in a running container.",
@@ -46,14 +44,7 @@ def _process(g, container_id, args, process_file, tty, cwd, env, user) -> dict:
     from kata_runtime.errors import InvalidArgument
 
     if process_file:
-        try:
-            with open(process_file) as f:
-                process = json.load(f)
-        except (OSError, ValueError) as e:
-            raise InvalidArgument(f"--process {process_file}: {getattr(e, 'strerror', None) or e}") from None
-        if not isinstance(process, dict):
-            raise InvalidArgument(f"--process {process_file}: not a JSON object")
-        return process
+        return read_json_object("--process", process_file)
     if not args:
         raise InvalidArgument("exec needs a command to run (or --process FILE)")
     data = container.container_data(g.store(), container_id)

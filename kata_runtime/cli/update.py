@@ -1,11 +1,8 @@
 """kata-runtime update ID: change a container's cgroup limits, as runc update."""
 
-import json
-import sys
-
 import click
 
-from kata_runtime.cli import Globals
+from kata_runtime.cli import Globals, read_json_object
 
 
 @click.command(help="Update a container's resource limits (--resources FILE|- as OCI JSON, or the flags).")
@@ -25,24 +22,8 @@ from kata_runtime.cli import Globals
 def command(g: Globals, container_id, resources, **flags):
     from kata_runtime import container
 
-    res = _read_resources(resources) if resources else resources_from_flags(**flags)
+    res = read_json_object("--resources", resources, dash_is_stdin=True) if resources else resources_from_flags(**flags)
     container.update(g.store(), container_id, res)
-
-
-def _read_resources(source: str) -> dict:
-    from kata_runtime.errors import InvalidArgument
-
-    try:
-        if source == "-":
-            data = json.load(sys.stdin)
-        else:
-            with open(source) as f:
-                data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise InvalidArgument(f"--resources {source}: {getattr(e, 'strerror', None) or e}") from None
-    if not isinstance(data, dict):
-        raise InvalidArgument(f"--resources {source}: not a JSON object")
-    return data
 
 
 def resources_from_flags(memory, memory_reservation, memory_swap, cpu_period, cpu_quota, cpu_shares,
