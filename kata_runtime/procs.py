@@ -26,6 +26,24 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     return stat[stat.rfind(b")") + 2:].split()
 
 
+def read_pid_file(path: str) -> int | None:
+    """The pid written in ``path``, or None (no file, or not a number)."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def cmdline(pid: int) -> list[bytes] | None:
+    """The arguments of ``pid`` (/proc/<pid>/cmdline), or None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie (a child we know by its pid alone)."""
     fields = _stat_fields(pid)

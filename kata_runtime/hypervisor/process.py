@@ -62,7 +62,7 @@ import time
 
 from kata_cgroups import remove_cgroup_trees
 from kata_runtime.hypervisor.base import Hypervisor, HypervisorError, poll_until, wait_gone
-from kata_runtime.procs import kill_pid
+from kata_runtime.procs import cmdline, kill_pid, read_pid_file
 from kata_runtime.state import remove_file, write_atomic
 
 log = logging.getLogger("kata_runtime.hypervisor.process")
@@ -122,7 +122,7 @@ class ProcessSandbox(Hypervisor):
     def pid(self) -> int | None:
         if self._proc is not None:
             return self._proc.pid if self._proc.poll() is None else None
-        pid = self._read_pid_file()
+        pid = read_pid_file(self.pid_file)
         if pid is not None and self._is_ours(pid):
             return pid
         return None
@@ -139,20 +139,9 @@ class ProcessSandbox(Hypervisor):
             return None
         return int(children[0]) if children else None
 
-    def _read_pid_file(self) -> int | None:
-        try:
-            with open(self.pid_file) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return None
-
     def _is_ours(self, pid: int) -> bool:
         """Guard against pid reuse: the process must be this sandbox's unshare."""
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            return False
+        args = cmdline(pid) or []
         return b"kata_agent" in args and os.fsencode(self.shared_dir) in args
 
     def attach_network(self, pod_network) -> None:

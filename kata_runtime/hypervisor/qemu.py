@@ -63,7 +63,7 @@ import time
 from typing import Awaitable, Callable, Iterable
 
 from kata_runtime.hypervisor.base import Hypervisor, HypervisorError, wait_gone
-from kata_runtime.procs import kill_pid, pid_alive
+from kata_runtime.procs import cmdline, kill_pid, pid_alive, read_pid_file
 from kata_runtime.state import remove_file
 
 log = logging.getLogger("kata_runtime.hypervisor.qemu")
@@ -245,23 +245,12 @@ class QemuHypervisor(Hypervisor):
     # ------------------------------------------------------------------ state
     @property
     def pid(self) -> int | None:
-        pid = self._read_pid_file()
+        pid = read_pid_file(self.pid_file)
         return pid if pid is not None and self._is_ours(pid) and pid_alive(pid) else None
-
-    def _read_pid_file(self) -> int | None:
-        try:
-            with open(self.pid_file) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return None
 
     def _is_ours(self, pid: int) -> bool:
         """Guard against pid reuse: pid must be a QEMU whose -pidfile is this sandbox's."""
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            return False
+        args = cmdline(pid)
         if not args or not os.path.basename(args[0]).startswith(b"qemu-system"):
             return False
         want = os.fsencode(self.pid_file)
