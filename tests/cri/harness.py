@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -52,6 +51,7 @@ from tests.cri.client import CriClient, load_api
 from tests.cri.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_busybox_image_tar, build_pause_image_tar
 from tests.support.containerd import (
     CONTAINERD, DISABLED_PLUGINS, KATA_RUNTIME, SHIM_SOCKET_DIR, Containerd, ContainerdError, kill_pids, wait_gone)
+from tests.support.requirements import missing
 
 K8S_NAMESPACE = "k8s.io"  # the containerd namespace of the CRI plugin (fixed by it)
 CRI_PLUGIN = "io.containerd.grpc.v1.cri"
@@ -74,11 +74,10 @@ def find_cni_bin_dir() -> str | None:
 
 def missing_requirements() -> str | None:
     """Why the CRI tier cannot run here (one line), or None."""
-    if os.geteuid() != 0:
-        return "the CRI tier needs root (containerd, network namespaces, mounts, cgroups)"
-    for tool in TOOLS:
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (apt-get install containerd runc util-linux iproute2)"
+    reason = missing(root="the CRI tier needs root (containerd, network namespaces, mounts, cgroups)", tools=TOOLS,
+                     tool_hint="apt-get install containerd runc util-linux iproute2")
+    if reason:
+        return reason
     if find_cni_bin_dir() is None:
         return (f"CNI plugins {', '.join(CNI_PLUGINS)} not found in {' or '.join(CNI_BIN_DIRS)} "
                 "(apt-get install containernetworking-plugins)")

@@ -27,7 +27,7 @@ import pytest
 from tests.network.conftest import NEIGHBOR_IP, NEIGHBOR_MAC, ip
 
 from tests.support.oci import make_bundle
-from tests.support.requirements import missing
+from tests.support.requirements import requires
 from tests.support.runtime import Kata, assert_clean, write_config
 
 VNET_HDR_LEN = 10
@@ -37,8 +37,7 @@ NC_SERVER = "mkfifo /tmp/in && exec 3<>/tmp/in && nc -l -p 7000 </tmp/in"
 RESOLV = "nameserver 10.213.7.53\nsearch pod.example\noptions ndots:5\n"
 
 
-_MISSING = missing(tools=("unshare", "nsenter", "runc", "tc"))
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
+pytestmark = requires(tools=("unshare", "nsenter", "runc", "tc"))
 
 
 def pod_bundle(path: Path, args, net, *, resolv: str | None = RESOLV, hostname: str = "pod-a") -> Path:

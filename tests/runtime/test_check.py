@@ -16,9 +16,10 @@ import pytest
 
 from kata_runtime import kvm
 from kata_runtime.cli import check as check_cli
+from tests.support.requirements import requires
 
 KATA_RUNTIME = [sys.executable, "-c", "import sys; from kata_runtime.cli import main; sys.exit(main())"]
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a capable host needs root")
+needs_root = requires(root="a capable host needs root")
 
 
 @pytest.fixture(scope="session")

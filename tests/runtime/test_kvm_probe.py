@@ -23,6 +23,7 @@ import time
 import pytest
 
 from kata_runtime import kvm
+from tests.support.requirements import requires
 
 REAL_QEMU = shutil.which(kvm.DEFAULT_QEMU)
 
@@ -157,7 +158,7 @@ def test_cheap_checks_not_a_character_device(tmp_path):
     assert kvm.cheap_checks(str(tmp_path / "kvm"))[-1].detail == f"{tmp_path}/kvm is not a character device"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+@requires(root="mknod needs root")
 def test_cheap_checks_device_without_driver(tmp_path):
     node = tmp_path / "kvm"
     os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(0, 0))

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from kata_runtime import default_spec
 from kata_runtime.cli import spec as spec_cli
+from tests.support.requirements import requires
 
 RUNC = shutil.which("runc")
 needs_runc = pytest.mark.skipif(RUNC is None, reason="needs runc (the reference)")
@@ -55,7 +56,7 @@ def test_spec_is_byte_identical_to_runc(tmp_path, flags):
 
 
 @needs_runc
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+@requires(root="needs root and setpriv", tools=("setpriv",))
 def test_rootless_spec_maps_the_effective_ids_as_runc_does(tmp_path):
     """runc --rootless run by uid 1000/gid 1001 maps root to 1000:1001; so do we for those ids."""
     os.chmod(tmp_path, 0o777)

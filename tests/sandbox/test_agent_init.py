@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kata_agent import cli
+from tests.support.requirements import requires
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_cmdline_config():
     assert cli.cmdline_config({"container_pipe_size": "lots"}, AgentConfig) == {}
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+@requires(root="needs root and unshare", tools=("unshare",))
 def test_setup_guest_in_throwaway_namespaces():
     """setup_guest() as PID 1 of fresh namespaces: already-mounted things are skipped, the rest
     (tmpfs /run and /tmp, devpts, shm, cgroups) get mounted; nothing reaches the host."""

@@ -81,12 +81,10 @@ class ContainerdError(RuntimeError):
 
 def missing_requirements() -> str | None:
     """Why the reaper tier cannot run here (a one-line reason), or None."""
-    if os.geteuid() != 0:
-        return "the reaper tier needs root (containerd, mounts, cgroups)"
-    for tool in (CONTAINERD, CTR, "containerd-shim-runc-v2", "runc"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (apt-get install containerd runc)"
-    return None
+    from tests.support.requirements import missing
+
+    return missing(root="the reaper tier needs root (containerd, mounts, cgroups)",
+                   tools=(CONTAINERD, CTR, "containerd-shim-runc-v2", "runc"), tool_hint="apt-get install containerd runc")
 
 
 @functools.cache

@@ -2,6 +2,9 @@
 
     reason = missing(root="the process sandbox needs root (...)", tools=("unshare", "runc"), busybox=True)
 
+    @requires(root="mknod needs root", tools=("setpriv",))    # one test
+    def test_...
+
     # a tier's conftest.py
     def pytest_collection_modifyitems(config, items):
         skip_items(items, HERE, process_sandbox, when=lambda item: "sandbox" in item.keywords)
@@ -41,6 +44,15 @@ def missing(*, root: str | None = None, tools=(), tool_hint: str = "", busybox: 
         except ImportError:
             return f"{module} not installed (pip install -e .)"
     return None
+
+
+def requires(**needs):
+    """The skip marker of a test (or, as ``pytestmark``, a module): skipped with
+    ``missing(**needs)``'s reason where that gives one."""
+    import pytest
+
+    reason = missing(**needs)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
 
 
 def process_sandbox() -> str | None:

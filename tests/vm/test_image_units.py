@@ -24,12 +24,13 @@ from kata_runtime.image.kernel import (Kernel, Module, extract_vmlinux, find_ker
                                       run_modinfo)
 from kata_runtime.image.recipe import Inputs, pinned_requirements, tree_digest
 from kata_runtime.image.rootfs import mmdebstrap_argv, pip_argv
+from tests.support.requirements import requires
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+needs_root = requires(root="needs root")
 
 
 def tool(name):
-    return pytest.mark.skipif(shutil.which(name) is None, reason=f"{name} not installed")
+    return requires(tools=(name,))
 
 
 # ------------------------------------------------------------------ cpio
