@@ -44,6 +44,7 @@ import time
 import uuid
 
 from tests.support.processes import REPO, command
+from tests.support.requirements import process_sandbox
 
 MiB = 1 << 20
 
@@ -343,8 +344,9 @@ def main(argv=None) -> int:
     nshims = args.shims or (4 if q else 20)
     samples = args.samples or (3 if q else 20)
 
-    if os.geteuid() != 0 or shutil.which("runc") is None or shutil.which("unshare") is None:
-        print("shim_bench: needs root, runc and unshare (the process sandbox)", file=sys.stderr)
+    reason = process_sandbox()
+    if reason:
+        print(f"shim_bench: {reason}", file=sys.stderr)
         return 2
 
     from tests.support.agent import Agent

@@ -38,35 +38,21 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def kata_command() -> list[str]:
-    exe = Path(sys.executable).with_name("kata-runtime")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "kata_runtime"]
+from tests.support.oci import set_process
+from tests.support.processes import REPO, command
+from tests.support.requirements import process_sandbox
+from tests.support.rootfs import build_busybox_rootfs
 
 
 def make_bundle(path: Path) -> Path:
     """A busybox bundle from ``runc spec`` (the peer's own default), process ``echo hi``."""
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    rootfs = path / "rootfs"
-    for d in ("bin", "proc", "sys", "dev", "tmp", "etc"):
-        (rootfs / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(busybox, rootfs / "bin" / "busybox")
-    for applet in ("sh", "echo", "sleep"):
-        (rootfs / "bin" / applet).symlink_to("busybox")
+    build_busybox_rootfs(path / "rootfs")
     subprocess.run(["runc", "spec", "--bundle", str(path)], check=True)
     config = json.loads((path / "config.json").read_text())
     config["process"].update(terminal=False, args=["echo", "hi"])
     config["root"]["readonly"] = False
     (path / "config.json").write_text(json.dumps(config, indent=1))
     return path
-
-
-def set_args(bundle: Path, args: list[str]) -> None:
-    config = json.loads((bundle / "config.json").read_text())
-    config["process"]["args"] = args
-    (bundle / "config.json").write_text(json.dumps(config, indent=1))
 
 
 class Runtime:
@@ -165,8 +151,9 @@ def main(argv=None) -> int:
     ap.add_argument("--state-calls", type=int, default=30)
     args = ap.parse_args(argv)
     rounds, calls = (2, 5) if args.quick else (args.rounds, args.state_calls)
-    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("runc", "unshare", "setsid")):
-        print("start_bench: needs root, runc, unshare and setsid (the process sandbox)", file=sys.stderr)
+    reason = process_sandbox()
+    if reason:
+        print(f"start_bench: {reason}", file=sys.stderr)
         return 2
 
     for package in ("kata_runtime", "kata_oci", "kata_cgroups", "kata_log", "kata_proxy", "kata_shim", "kata_agent", "yamux"):
@@ -174,7 +161,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="kstb", dir="/tmp"))
     config = tmp / "configuration.toml"
     config.write_text('[runtime]\nhypervisor = "process"\n')
-    kata = Runtime("kata-runtime", [*kata_command(), "--root", str(tmp / "kata"), "--kata-config", str(config)])
+    kata = Runtime("kata-runtime", [*command("kata-runtime"), "--root", str(tmp / "kata"), "--kata-config", str(config)])
     runc = Runtime("runc", ["runc", "--root", str(tmp / "runc")])
     bundle = make_bundle(tmp / "bundle")
     tag = uuid.uuid4().hex[:8]
@@ -188,7 +175,7 @@ def main(argv=None) -> int:
                 starts[rt.name].append(s)
                 deletes[rt.name].append(d)
 
-        set_args(bundle, ["sleep", "1000"])
+        set_process(bundle, args=["sleep", "1000"])
         for rt in (kata, runc):
             cid = f"sb-{tag}-{rt.name[0]}-state"
             rt.run("create", "--bundle", str(bundle), cid)
