@@ -366,6 +366,7 @@ class Sandbox:
         agent (gRPC wait_for_ready). It runs as a gRPC future, not in a thread: when the driver
         gives up (boot timeout, QEMU died) and cancels this coroutine, the call is cancelled
         and its channel closed at once, so nothing outlives the boot. Raises AgentError."""
+        import grpc
         from katapb import health_pb2, health_pb2_grpc
 
         from kata_runtime.agent import AgentError
@@ -375,7 +376,7 @@ class Sandbox:
             health_pb2.CheckRequest(), timeout=READY_PROBE_TIMEOUT, wait_for_ready=True)
         try:
             await _grpc_result(call)
-        except agent._grpc.RpcError as e:
+        except grpc.RpcError as e:
             code = e.code().name if e.code() is not None else "UNKNOWN"
             raise AgentError("Check", code, " ".join((e.details() or "").split())) from None
         finally:

@@ -1,8 +1,8 @@
 """VM tier through the kata-runtime CLI (TCG here): `hypervisor = "qemu"` as a user runs it.
 
 Boots are few (CI has 2 cores; the whole suite must stay under 30 minutes): one `run`, one pod
-(a sandbox container and a container joining it, sharing one VM for every check below), and two
-short failing boots. The module shares one --root, so the KVM probe's verdict (accel "auto")
+(a sandbox container and a container joining it, sharing one VM for every check below), and three
+short boots that fail or are cut off. The module shares one --root, so the KVM probe's verdict (accel "auto")
 is made by the first create and reused by the next.
 
 * `run` of a busybox bundle prints the GUEST's `uname -r`, stdin piped in, exit code kept; the
@@ -11,8 +11,9 @@ is made by the first create and reused by the next.
   into both, the guest console in console.log and in kata-proxy's log (source=agent), a member
   deleted while the sandbox runs, then kill and delete leave no QEMU, proxy, shim or mount;
 * a broken image fails with the console's last lines; an agent that does not answer within
-  boot_timeout fails at once (no check left waiting); a missing kernel or build fails before
-  anything starts. Nothing is left after any of them.
+  boot_timeout fails at once (no check left waiting); a create killed while the guest boots is
+  cleaned up by `delete --force`; a missing kernel or build fails before anything starts.
+  Nothing is left after any of them.
 """
 
 from __future__ import annotations
@@ -237,6 +238,25 @@ def test_an_agent_that_does_not_answer_in_time_fails_at_once(tmp_path, vm_root, 
     assert p.returncode == 1, kata.explain(p, ["run"])
     assert f"qemu sandbox {cid}: guest boot failed: the agent did not answer within 2s" in p.stderr.decode()
     assert took < 2.0 + 15.0
+    assert_clean(kata, cid, timeout=0)
+
+
+def test_a_create_killed_while_the_guest_boots_leaves_nothing_after_delete_force(tmp_path, vm_root, guest_image):
+    """The runtime dies (SIGKILL) with QEMU and kata-proxy started: `delete --force` finds QEMU by
+    its pid file (checked against its command line) and kata-proxy by its record."""
+    kata = kata_cli(tmp_path, vm_root, kernel=guest_image.kernel, initrd=guest_image.initrd,
+                    image=guest_image.image, accel="tcg")
+    cid = "killed-" + os.urandom(4).hex()
+    kata.ids.append(cid)
+    runtime = subprocess.Popen(kata.argv("create", "--bundle", str(make_bundle(tmp_path / "b", ["true"])), cid),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: qemus_of(cid) and proxies_of(cid), timeout=60, what="QEMU and kata-proxy")
+    finally:
+        runtime.kill()
+        runtime.wait()
+    assert qemus_of(cid) and proxies_of(cid)  # orphaned, in sessions of their own
+    kata.ok("delete", "--force", cid)
     assert_clean(kata, cid, timeout=0)
 
 
