@@ -13,15 +13,13 @@ Raises FileNotFoundError when no static busybox is installed.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 from tests.support.oci_image import (  # find_busybox: wherever the reaper tier takes it from
-    MT_CONFIG, MT_MANIFEST, ImageTar, _descriptor, _json_blob, _tarinfo, build_busybox_image_tar, build_layer,
-    find_busybox, image_blobs)
+    MT_CONFIG, MT_MANIFEST, ImageTar, _descriptor, _json_blob, build_busybox_image_tar, build_layer,
+    find_busybox, image_blobs, write_layout)
 
 PAUSE_IMAGE = "kata-py.test/pause:1"
 BUSYBOX_IMAGE = "kata-py.test/busybox:latest"
@@ -47,18 +45,6 @@ def _with_entrypoint(blobs: dict[str, bytes], index: bytes, entrypoint: list[str
     return new_blobs, _json_blob({"schemaVersion": 2, "manifests": [manifest_desc]})
 
 
-def _write_layout(dest_tar: str | os.PathLike, blobs: dict[str, bytes], index: bytes) -> None:
-    """An OCI image layout tar of ``blobs`` ({"sha256:<hex>": bytes}) and ``index``, laid out as
-    tests/support/oci_image.py lays out its own (which writes only the image it builds)."""
-    files = {"oci-layout": _json_blob({"imageLayoutVersion": "1.0.0"}), "index.json": index}
-    files.update({f"blobs/sha256/{d.split(':', 1)[1]}": b for d, b in blobs.items()})
-    with tarfile.open(dest_tar, "w", format=tarfile.PAX_FORMAT) as tar:
-        for d in ("blobs", "blobs/sha256"):
-            tar.addfile(_tarinfo(d, tarfile.DIRTYPE))
-        for path, body in files.items():
-            tar.addfile(_tarinfo(path, tarfile.REGTYPE, size=len(body), mode=0o644), io.BytesIO(body))
-
-
 def build_pause_image_tar(dest_tar: str | os.PathLike, name: str = PAUSE_IMAGE) -> ImageTar:
     """Write the pause image (see the module docstring) to ``dest_tar``; FileNotFoundError
     without a static busybox."""
@@ -66,5 +52,5 @@ def build_pause_image_tar(dest_tar: str | os.PathLike, name: str = PAUSE_IMAGE) 
     if busybox is None:
         raise FileNotFoundError("no static busybox on this machine (apt-get install busybox-static)")
     blobs, index = _with_entrypoint(*image_blobs(build_layer(busybox), name), PAUSE_ARGS)
-    _write_layout(dest_tar, blobs, index)
+    write_layout(dest_tar, blobs, index)
     return ImageTar(Path(dest_tar), name, json.loads(index)["manifests"][0]["digest"])

@@ -107,6 +107,13 @@ def build_busybox_image_tar(dest_tar: str | os.PathLike, name: str = DEFAULT_NAM
     if busybox is None:
         raise FileNotFoundError("no static busybox on this machine (apt-get install busybox-static)")
     blobs, index = image_blobs(build_layer(busybox), name)
+    write_layout(dest_tar, blobs, index)
+    manifest_digest = json.loads(index)["manifests"][0]["digest"]
+    return ImageTar(Path(dest_tar), name, manifest_digest)
+
+
+def write_layout(dest_tar: str | os.PathLike, blobs: dict[str, bytes], index: bytes) -> None:
+    """An OCI image layout tar of ``blobs`` ({"sha256:<hex>": bytes}) and ``index``."""
     files = {"oci-layout": _json_blob({"imageLayoutVersion": "1.0.0"}), "index.json": index}
     files.update({f"blobs/sha256/{d.split(':', 1)[1]}": b for d, b in blobs.items()})
     with tarfile.open(dest_tar, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -114,5 +121,3 @@ def build_busybox_image_tar(dest_tar: str | os.PathLike, name: str = DEFAULT_NAM
             tar.addfile(_tarinfo(d, tarfile.DIRTYPE))
         for path, body in files.items():
             tar.addfile(_tarinfo(path, tarfile.REGTYPE, size=len(body), mode=0o644), io.BytesIO(body))
-    manifest_digest = json.loads(index)["manifests"][0]["digest"]
-    return ImageTar(Path(dest_tar), name, manifest_digest)
