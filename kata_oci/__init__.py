@@ -12,10 +12,12 @@ spec to the guest); both follow one naming rule, :func:`oci_name`.
 """
 
 from kata_oci.spec import (
+    GUEST_SANDBOX_SHM,
     GUEST_SHARED_DIR,
     SpecError,
     container_spec,
     guest_rootfs,
+    guest_shared_path,
     load_bundle_config,
     message_from_dict,
     message_to_oci,
@@ -25,10 +27,12 @@ from kata_oci.spec import (
 )
 
 __all__ = [
+    "GUEST_SANDBOX_SHM",
     "GUEST_SHARED_DIR",
     "SpecError",
     "container_spec",
     "guest_rootfs",
+    "guest_shared_path",
     "load_bundle_config",
     "message_from_dict",
     "message_to_oci",

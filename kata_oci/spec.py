@@ -22,6 +22,10 @@ import re
 
 #: Where the agent mounts the 9p share "kataShared" (CreateSandbox's Storage mount point).
 GUEST_SHARED_DIR = "/run/kata-containers/shared/containers/"
+#: The sandbox's shared memory in the guest: a tmpfs the agent mounts from CreateSandbox's
+#: "ephemeral" Storage; containers' /dev/shm bind mounts point here (Kata 1.x: kataGuestSandboxDir
+#: + "shm", virtcontainers kata_agent.go handleShm).
+GUEST_SANDBOX_SHM = "/run/kata-containers/sandbox/shm"
 
 # Names the generic rule gets wrong.
 _SPECIAL = {
@@ -121,6 +125,12 @@ def check_process(process, where: str) -> None:
 def guest_rootfs(container_id: str) -> str:
     """Where the agent sees a container's rootfs: ``/run/kata-containers/shared/containers/<id>/rootfs``."""
     return f"{GUEST_SHARED_DIR}{container_id}/rootfs"
+
+
+def guest_shared_path(name: str) -> str:
+    """Where the agent sees an entry ``name`` of the sandbox's shared dir (a host file or directory
+    the runtime bind-mounted there for a container's mount): ``/run/kata-containers/shared/containers/<name>``."""
+    return f"{GUEST_SHARED_DIR}{name}"
 
 
 # ------------------------------------------------------------------ messages

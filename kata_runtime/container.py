@@ -113,6 +113,7 @@ def create(store, config, container_id: str, bundle: str, *, pid_file: str | Non
     """
     from kata_oci import SpecError, container_spec, load_bundle_config
     from kata_oci.spec import rootfs_path
+    from kata_runtime.mounts import plan_shares
     from kata_runtime.pod import pod_role
     from kata_runtime.state import check_id
 
@@ -120,7 +121,8 @@ def create(store, config, container_id: str, bundle: str, *, pid_file: str | Non
     bundle = os.path.abspath(bundle)
     try:
         spec = load_bundle_config(bundle)
-        spec_pb = container_spec(spec, container_id)
+        container_spec(spec, container_id)  # its types checked before anything is made
+        shares = plan_shares(spec, container_id, bundle)
     except SpecError as e:
         raise InvalidArgument(str(e)) from None
     _, sandbox_id = pod_role(container_id, spec.get("annotations"))
@@ -129,7 +131,7 @@ def create(store, config, container_id: str, bundle: str, *, pid_file: str | Non
     _check_console(terminal, console_socket, detach)
     entry = store.reserve_container(container_id)
     try:
-        return _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs_path(bundle, spec), sandbox_id,
+        return _create_reserved(store, config, entry, spec, shares, bundle, rootfs_path(bundle, spec), sandbox_id,
                                 pid_file=pid_file, console_socket=console_socket, detach=detach)
     finally:
         entry.release()
@@ -147,7 +149,7 @@ def _check_console(terminal: bool, console_socket: str | None, detach: bool) -> 
         check_socket_path(console_socket)
 
 
-def _new_record(container_id: str, bundle: str, rootfs: str, spec: dict, sandbox_id: str) -> dict:
+def _new_record(container_id: str, bundle: str, rootfs: str, spec: dict, sandbox_id: str, shares: list) -> dict:
     return {
         "id": container_id,
         "ociVersion": spec.get("ociVersion", ""),
@@ -161,10 +163,12 @@ def _new_record(container_id: str, bundle: str, rootfs: str, spec: dict, sandbox
         "process": spec["process"],
         "shim": None,
         "execs": [],
+        # kata_runtime.mounts.plan_shares: recorded before they are mounted, for delete.
+        "shared_mounts": shares,
     }
 
 
-def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, sandbox_id, *, pid_file, console_socket,
+def _create_reserved(store, config, entry, spec, shares, bundle, rootfs, sandbox_id, *, pid_file, console_socket,
                      detach):
     from kata_runtime.sandbox import Undo
 
@@ -172,14 +176,15 @@ def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, sandbo
     cid = entry.id
     undo = Undo(log)
     undo.push(f"remove state {entry.path}", entry.remove)
-    data = _new_record(cid, bundle, rootfs, spec, sandbox_id)
+    data = _new_record(cid, bundle, rootfs, spec, sandbox_id, shares)
     locked: list = []  # the sandbox's state entry, held until the create has ended or been undone
     try:
         entry.write(data)
         if sandbox_id == cid:
-            sandbox = _new_sandbox(store, config, cid, spec, rootfs, undo, log, locked)
+            sandbox = _new_sandbox(store, config, cid, spec, bundle, shares, undo, log, locked)
         else:
-            sandbox = _join_sandbox(store, sandbox_id, cid, rootfs, undo, locked)
+            sandbox = _join_sandbox(store, sandbox_id, cid, rootfs, shares, undo, locked)
+        spec_pb = _step("translating the spec for the guest", lambda: guest_spec(spec, cid, shares, sandbox))
         with sandbox.agent() as agent:
             _agent_step("creating the container in the agent (CreateContainer)",
                         lambda: agent.create_container(cid, spec_pb))
@@ -207,12 +212,17 @@ def _create_reserved(store, config, entry, spec, spec_pb, bundle, rootfs, sandbo
     return shim
 
 
-def _new_sandbox(store, config, cid: str, spec: dict, rootfs: str, undo, log, locked: list):
+def _new_sandbox(store, config, cid: str, spec: dict, bundle: str, shares: list, undo, log, locked: list):
     """A sandbox of the container's own (its id is the container's), started: the guest resolved
-    (image, accelerator), its directory, the rootfs shared, the guest, kata-proxy and
-    CreateSandbox. Returns the Sandbox; its state entry (locked) is appended to ``locked`` for
+    (image, accelerator), its directory, the rootfs and the spec's host mounts (``shares``,
+    kata_runtime.mounts.plan_shares) shared, the guest, kata-proxy and CreateSandbox (with the
+    sandbox shm). Returns the Sandbox; its state entry (locked) is appended to ``locked`` for
     the caller to release; ``undo`` gets every reverse step."""
+    from kata_oci.spec import rootfs_path
+    from kata_runtime.mounts import sandbox_shm_size
     from kata_runtime.sandbox import Sandbox
+
+    rootfs = rootfs_path(bundle, spec)
 
     sb_entry = store.reserve_sandbox(cid)
     locked.append(sb_entry)
@@ -220,12 +230,14 @@ def _new_sandbox(store, config, cid: str, spec: dict, rootfs: str, undo, log, lo
     sandbox = Sandbox.new(cid, config)
     sandbox.data["containers"] = [cid]
     sandbox.data["network"] = _step("reading the spec's network namespace", lambda: network_plan(spec, config))
+    sandbox.data["shm_size"] = sandbox_shm_size(spec, bundle)
     sb_entry.write(sandbox.data)
     _step(f"finding the sandbox's {sandbox.data['hypervisor']['kind']} guest",
           lambda: sandbox.resolve_guest(store.root, log))
     sb_entry.write(sandbox.data)
     _step("preparing the sandbox directory", lambda: sandbox.prepare(undo))
     _step(f"sharing the rootfs {rootfs} with the sandbox", lambda: sandbox.share_rootfs(cid, rootfs, undo))
+    _step("sharing the spec's host mounts with the sandbox", lambda: sandbox.share_mounts(shares, undo))
     try:
         sandbox.start(undo, spec.get("hostname") or "", log, save=lambda: sb_entry.write(sandbox.data))
     finally:
@@ -233,9 +245,10 @@ def _new_sandbox(store, config, cid: str, spec: dict, rootfs: str, undo, log, lo
     return sandbox
 
 
-def _join_sandbox(store, sandbox_id: str, cid: str, rootfs: str, undo, locked: list):
-    """The running sandbox ``sandbox_id``, with ``cid`` added to its members and its rootfs
-    shared (kata_runtime.sandbox.Sandbox.share_rootfs_running): no second guest. Returns the
+def _join_sandbox(store, sandbox_id: str, cid: str, rootfs: str, shares: list, undo, locked: list):
+    """The running sandbox ``sandbox_id``, with ``cid`` added to its members, its rootfs and the
+    spec's host mounts shared (kata_runtime.sandbox.Sandbox.share_rootfs_running,
+    share_mounts_running): no second guest. Returns the
     Sandbox; its state entry, locked (other creates and deletes of the pod wait), is appended
     to ``locked``. Raises NotFound (no such sandbox) or KataError (it is not running)."""
     from kata_runtime.sandbox import Sandbox
@@ -257,7 +270,20 @@ def _join_sandbox(store, sandbox_id: str, cid: str, rootfs: str, undo, locked: l
     undo.push(f"remove {cid} from the members of sandbox {sandbox_id}", lambda: _leave_members(sb_entry, sandbox, cid))
     _step(f"sharing the rootfs {rootfs} with the running sandbox {sandbox_id}",
           lambda: sandbox.share_rootfs_running(cid, rootfs, undo))
+    _step(f"sharing the spec's host mounts with the running sandbox {sandbox_id}",
+          lambda: sandbox.share_mounts_running(shares, undo))
     return sandbox
+
+
+def guest_spec(spec: dict, cid: str, shares: list, sandbox):
+    """CreateContainer's ``oci_pb2.Spec``: the bundle's spec with its mounts as the guest has them
+    (kata_runtime.mounts.guest_mounts: shared ones through the shared dir, /dev/shm on the
+    sandbox shm when the sandbox has one). Raises kata_oci.SpecError."""
+    from kata_oci import container_spec
+    from kata_runtime.mounts import guest_mounts
+
+    mounts = guest_mounts(spec, shares, sandbox_shm=sandbox.shm_size > 0)
+    return container_spec({**spec, "mounts": mounts} if "mounts" in spec else spec, cid)
 
 
 def _leave_members(sb_entry, sandbox, cid: str) -> None:
@@ -492,6 +518,7 @@ def _leave_sandbox(store, c: Opened, force: bool, log) -> None:
     others = [m for m in sb.members if m != c.id]
     if others and c.id != sb.id:
         _step(f"unsharing the rootfs of {c.id} from sandbox {sb.id}", lambda: _unshare_rootfs(sb, c.id, force, log))
+        _step(f"unsharing the host mounts of {c.id} from sandbox {sb.id}", lambda: _unshare_mounts(sb, c.data, force, log))
         sb.data["containers"] = others
         c.sandbox_entry.write(sb.data)
         return
@@ -511,6 +538,16 @@ def _unshare_rootfs(sb, container_id: str, force: bool, log) -> None:
         if not force:
             raise
         log.warning(f"delete --force {container_id}: unsharing its rootfs: {e}")
+
+
+def _unshare_mounts(sb, data: dict, force: bool, log) -> None:
+    """The leaving container's shared host mounts (its state's ``shared_mounts``) unmounted and removed."""
+    try:
+        sb.unshare_mounts(data.get("shared_mounts") or [])
+    except Exception as e:  # noqa: BLE001
+        if not force:
+            raise
+        log.warning(f"delete --force {data.get('id')}: unsharing its host mounts: {e}")
 
 
 def _stop_member_shims(store, member: str) -> None:

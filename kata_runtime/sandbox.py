@@ -7,7 +7,8 @@ ids; an id too long for it gets a hashed name)::
 
     /run/vc/vm/<id>/kata.sock      agent channel (the driver's; kata-proxy --mux-socket)
     /run/vc/vm/<id>/proxy.sock     kata-proxy --listen-socket: the runtime and shims connect here
-    /run/vc/vm/<id>/shared/        9p "kataShared": <container id>/rootfs bind-mounted from the bundle
+    /run/vc/vm/<id>/shared/        9p "kataShared": <container id>/rootfs bind-mounted from the bundle,
+                                   <container id>-<16 hex>-<name> from the spec's binds (kata_runtime.mounts)
     /run/vc/vm/<id>/console.log    guest console;  proxy.log, shim.log: component logs
     /run/vc/vm/<id>/console.sock   QEMU only: the console as a socket, kata-proxy's -agent-logs-socket
 
@@ -71,6 +72,18 @@ def shared_storage():
     return agent_pb2.Storage(driver="9p", source=SHARED_STORAGE_SOURCE, fstype="9p",
                              options=["trans=virtio,version=9p2000.L,cache=mmap", "nodev"],
                              mount_point=GUEST_SHARED_DIR)
+
+
+def sandbox_shm_storage(size: int):
+    """CreateSandbox's Storage for the sandbox's shared memory: a guest tmpfs of ``size`` bytes at
+    kata_oci.GUEST_SANDBOX_SHM, where the containers' /dev/shm binds point (Kata 1.x's
+    "ephemeral" shm Storage, kata_agent.go startSandbox)."""
+    from katapb import agent_pb2
+
+    from kata_oci import GUEST_SANDBOX_SHM
+
+    return agent_pb2.Storage(driver="ephemeral", source="shm", fstype="tmpfs",
+                             options=[*mounts.SHM_OPTIONS, f"size={size}"], mount_point=GUEST_SANDBOX_SHM)
 
 
 def _import_agent_client() -> None:
@@ -265,6 +278,62 @@ class Sandbox:
         mounts.unmount(directory)
         mounts.remove_tree(directory)
 
+    # ------------------------------------------------- the spec's host mounts
+    @property
+    def shm_size(self) -> int:
+        """Bytes of the sandbox's guest shm (0: a sandbox made before it had one)."""
+        return int(self.data.get("shm_size") or 0)
+
+    def storages(self) -> list:
+        """CreateSandbox's Storages: the 9p share, and the sandbox shm when it has a size."""
+        shm = [sandbox_shm_storage(self.shm_size)] if self.shm_size else []
+        return [shared_storage(), *shm]
+
+    def share_mounts(self, shares: list[dict], undo: Undo) -> None:
+        """Bind-mount each kata_runtime.mounts.plan_shares entry's host source into the shared dir
+        (kata_runtime.mounts.share), before the guest starts. ``undo`` gets the reverse steps."""
+        for entry in shares:
+            path = mounts.share(entry, self.shared_dir)
+            undo.push(f"unmount {path}", lambda path=path: mounts.unshare(path))
+
+    def share_mounts_running(self, shares: list[dict], undo: Undo) -> None:
+        """`share_mounts` for a container joining the running sandbox; for the process sandbox,
+        whose agent's mount namespace host mounts made now do not reach, each is also carried
+        to its guest path there (kata_runtime.nsmount). Raises KataError / MountError."""
+        from kata_oci import guest_shared_path
+
+        from kata_runtime import nsmount
+
+        self.share_mounts(shares, undo)
+        pid = self._private_mounts_pid() if shares else None
+        if pid is None:
+            return
+        for entry in shares:
+            target = guest_shared_path(entry["name"])
+            nsmount.bind_into(pid, os.path.join(self.shared_dir, entry["name"]), target)
+            undo.push(f"unmount {target} in the agent's mount namespace",
+                      lambda target=target: nsmount.unmount_in(pid, target))
+
+    def unshare_mounts(self, shares: list[dict]) -> None:
+        """Undo `share_mounts[_running]` for a container leaving the running sandbox: each entry
+        unmounted (in the process sandbox's agent namespace too) and its mount point removed.
+        Every entry is tried; the first failure is raised after (MountError / OSError)."""
+        from kata_oci import guest_shared_path
+
+        from kata_runtime import nsmount
+
+        pid = self._private_mounts_pid(required=False) if shares else None
+        failed = None
+        for entry in shares:
+            try:
+                if pid is not None:
+                    nsmount.unmount_in(pid, guest_shared_path(entry["name"]))
+                mounts.unshare(os.path.join(self.shared_dir, entry["name"]))
+            except OSError as e:
+                failed = failed or e
+        if failed is not None:
+            raise failed
+
     def _private_mounts_pid(self, required: bool = True) -> int | None:
         """Host pid of the agent when it has a mount namespace of its own that host mounts do not
         reach (the process sandbox), else None (a VM reads the shared dir through 9p).
@@ -298,7 +367,7 @@ class Sandbox:
                 except Exception as e:
                     raise StepError("connecting the guest to the pod network", e) from None
             try:
-                agent.create_sandbox(self.id, hostname, [shared_storage()],
+                agent.create_sandbox(self.id, hostname, self.storages(),
                                      dns=self.pod_network.dns if self.pod_network is not None else ())
             except Exception as e:
                 raise StepError("creating the sandbox in the agent (CreateSandbox)", e) from None
