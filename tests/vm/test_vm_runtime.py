@@ -8,8 +8,11 @@ is made by the first create and reused by the next.
 * `run` of a busybox bundle prints the GUEST's `uname -r`, stdin piped in, exit code kept; the
   empty kernel/initrd/image of the configuration mean the image builder's build;
 * the pod: one QEMU and one kata-proxy for both containers, the member's rootfs through 9p, exec
-  into both, the guest console in console.log and in kata-proxy's log (source=agent), a member
-  deleted while the sandbox runs, then kill and delete leave no QEMU, proxy, shim or mount;
+  into both, the spec's host binds through 9p (a read-write and a read-only directory, a file;
+  the sandbox container's before the boot, the member's into the running VM) and /dev/shm binds
+  on the pod's one guest tmpfs, the guest console in console.log and in kata-proxy's log
+  (source=agent), a member deleted while the sandbox runs (its binds unmounted), then kill and
+  delete leave no QEMU, proxy, shim or mount;
 * a broken image fails with the console's last lines; an agent that does not answer within
   boot_timeout fails at once (no check left waiting); a create killed while the guest boots is
   cleaned up by `delete --force`; a missing kernel or build fails before anything starts.
@@ -98,6 +101,38 @@ def proxies_of(sandbox_id: str) -> list[int]:
             or "kata_proxy" in cmd]
 
 
+#: What the member does with its host binds (kata_runtime.mounts): the host checks the results.
+BIND_SCRIPT = ("echo written in $(uname -r) > /data/out; cat /etc/hosts /config/kept; "
+               "touch /config/new 2>/dev/null && echo ro-WRITABLE || echo ro-refused; echo in-shm > /dev/shm/mark")
+
+
+def host_binds(bundle: Path, volumes: Path, name: str, pause: bool = False) -> tuple[Path, Path]:
+    """Bind host paths into a bundle as the CRI plugin and docker do: a hosts file (read-only) and
+    a pod shm directory on /dev/shm (read-only for the pause container, as CRI's); a container
+    (not ``pause``) also gets a read-write ``rw`` and a read-only ``ro`` directory. Returns the
+    (hosts file, shm directory) paths."""
+    for sub in ("rw", "ro", "shm"):
+        (volumes / sub).mkdir(parents=True)
+    (volumes / "ro" / "kept").write_text("read-only content\n")
+    (volumes / "hosts").write_text(f"10.0.0.7 {name}\n")
+    binds = [{"destination": "/etc/hosts", "type": "bind", "source": str(volumes / "hosts"), "options": ["rbind", "ro"]},
+             {"destination": "/dev/shm", "type": "bind", "source": str(volumes / "shm"),
+              "options": ["rbind", *(["ro"] if pause else []), "nosuid", "nodev", "noexec"]}]
+    if not pause:
+        binds += [{"destination": "/data", "type": "bind", "source": str(volumes / "rw"), "options": ["rbind"]},
+                  {"destination": "/config", "type": "bind", "source": str(volumes / "ro"), "options": ["rbind", "ro"]}]
+    config = json.loads((bundle / "config.json").read_text())
+    config["mounts"] = [m for m in config["mounts"] if m["destination"] != "/dev/shm"] + binds
+    (bundle / "config.json").write_text(json.dumps(config, indent=1))
+    return volumes / "hosts", volumes / "shm"
+
+
+def shared_mounts_of(cid: str) -> list[str]:
+    """Host mount points of a container's shared binds (``<shared dir>/<cid>-<hex>-<name>``)."""
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if f"/shared/{cid}-" in line.split()[4]]
+
+
 def verdict_file(root: Path) -> Path:
     return root / "kvm-probe.json"
 
@@ -149,6 +184,7 @@ def test_a_pod_shares_one_vm(kata_vm, tmp_path, vm_root, figures):
     pod, member = "pod-" + os.urandom(4).hex(), "member-" + os.urandom(4).hex()
     pod_bundle = make_bundle(tmp_path / "pod", ["sleep", "1000"],
                              annotations={f"{CRI}container-type": "sandbox", f"{CRI}sandbox-id": pod})
+    _, pod_shm = host_binds(pod_bundle, tmp_path / "pod-volumes", "pod", pause=True)
     assert kata.create(pod, pod_bundle, timeout=BOOT_TIMEOUT).returncode == 0, kata.log_tail()
     kata.ok("start", pod)
     ready = agent_ready_seconds(kata)
@@ -164,6 +200,8 @@ def test_a_pod_shares_one_vm(kata_vm, tmp_path, vm_root, figures):
     member_bundle = make_bundle(tmp_path / "member", ["sh", "-c", "cat /marker; sleep 1000"],
                                 annotations={f"{CRI}container-type": "container", f"{CRI}sandbox-id": pod})
     (member_bundle / "rootfs" / "marker").write_text("member-rootfs\n")
+    volumes = tmp_path / "member-volumes"
+    _, member_shm = host_binds(member_bundle, volumes, "member")
     t0 = time.monotonic()
     assert kata.create(member, member_bundle, out=tmp_path / "member.out").returncode == 0, kata.log_tail()
     joined = time.monotonic() - t0
@@ -183,6 +221,15 @@ def test_a_pod_shares_one_vm(kata_vm, tmp_path, vm_root, figures):
     assert guest_kernel != os.uname().release
     assert kata.run("exec", pod, "cat", "/marker").returncode == 1  # the sandbox container has no /marker
 
+    # the spec's host binds through 9p: the member's shared into the running VM, the pod's before
+    # the boot; both containers' /dev/shm is the pod's one guest tmpfs (the host dirs stay empty)
+    p = kata.run("exec", member, "sh", "-c", BIND_SCRIPT)
+    assert (p.returncode, p.stdout.decode()) == (0, "10.0.0.7 member\nread-only content\nro-refused\n"), p.stderr
+    assert (volumes / "rw" / "out").read_text() == f"written in {guest_kernel}\n"
+    assert kata.ok("exec", pod, "cat", "/etc/hosts", "/dev/shm/mark") == "10.0.0.7 pod\nin-shm\n"
+    assert os.listdir(pod_shm) == os.listdir(member_shm) == []
+    assert len(shared_mounts_of(pod)) == 1 and len(shared_mounts_of(member)) == 3
+
     # the guest console: in console.log, and in kata-proxy's log with source=agent
     console = Path(vm_dir(pod), "console.log").read_text(errors="replace")
     assert "mode=vm pid=1" in console and "found virtio port agent.channel.0" in console
@@ -195,6 +242,8 @@ def test_a_pod_shares_one_vm(kata_vm, tmp_path, vm_root, figures):
     kata.ok("delete", member)
     assert qemus_of(pod) == qemu and proxies_of(pod) == proxy
     assert not os.path.lexists(os.path.join(vm_dir(pod), "shared", member))
+    assert shared_mounts_of(member) == [] and sorted(os.listdir(volumes / "ro")) == ["kept"]
+    assert not [n for n in os.listdir(os.path.join(vm_dir(pod), "shared")) if n.startswith(member + "-")]
     assert kata.ok("exec", pod, "uname", "-r").strip() == guest_kernel
 
     # the last container: kill and delete leave no QEMU, proxy, shim, mount or state
