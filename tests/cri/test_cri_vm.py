@@ -13,7 +13,6 @@ KATA_PY_TEST_IMAGE_CACHE to reuse one between sessions).
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from tests.cri import scenario
@@ -41,16 +40,6 @@ def cri(request):
     cd.stop()
 
 
-#: Measured with those three binds removed from the spec by a wrapper (not committed): the rest of
-#: this test passes (pod READY in 16 s under TCG, 256 KiB echoed in 0.13 s, nothing left).
-HOST_BINDS_GAP = (
-    "kata-runtime (hypervisor = qemu) gives the guest the spec's bind mounts of host paths unchanged: "
-    "the CRI plugin's /dev/shm (<cri state>/sandboxes/<id>/shm), /etc/hosts and /etc/hostname binds make "
-    "the guest's runc fail at RunPodSandbox ('stat .../shm: no such file or directory'). Kata 1.x shares "
-    "such sources through the 9p share and gives /dev/shm a guest tmpfs (virtcontainers handleShm)")
-
-
-@pytest.mark.xfail(strict=True, raises=grpc.RpcError, reason=HOST_BINDS_GAP)
 def test_a_pod_in_a_qemu_guest_through_cri(cri):
     pod = scenario.run_pod(cri, HANDLER, timeout=240)
     scenario.check_vm(pod)
