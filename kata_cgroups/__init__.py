@@ -4,8 +4,9 @@ Below both the runtime and the agent (stdlib only): the agent records each conta
 cgroups, reads their statistics and removes what runc leaves; the host's process sandbox
 removes the cgroup tree of a sandbox whose agent was killed.
 
-``cgroup_paths(pid)`` records, from /proc/<pid>/cgroup and /proc/self/mountinfo, the
-directory of each controller of a process (for a container: once, while its init lives);
+``hierarchy_mounts()`` lists the mounted hierarchies; ``cgroup_paths(pid)`` records, from
+/proc/<pid>/cgroup and /proc/self/mountinfo, the directory of each controller of a process
+(for a container: once, while its init lives);
 ``read_stats(paths)`` reads them into a plain dict shaped like the agent API's
 CgroupStats; ``remove_container_cgroups`` and ``remove_cgroup_trees`` clean up.
 """
@@ -47,6 +48,14 @@ def _mounts() -> dict[str, str]:
                            "misc") or opt.startswith("name="):
                     out.setdefault(opt, mnt)
     return out
+
+
+def hierarchy_mounts() -> dict[str, str]:
+    """Every cgroup hierarchy mounted at its root, from /proc/self/mountinfo: controller name
+    (``cpu``, ``memory``..., ``name=systemd`` for a named v1 hierarchy, UNIFIED for the v2 one)
+    -> mount point. Controllers sharing one hierarchy (``cpu,cpuacct``) share its mount point.
+    Empty when /proc is unreadable."""
+    return _mounts()
 
 
 def cgroup_paths(pid: int) -> dict[str, str]:

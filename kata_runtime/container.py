@@ -179,7 +179,9 @@ def _create_reserved(store, config, entry, spec, shares, bundle, rootfs, sandbox
     data = _new_record(cid, bundle, rootfs, spec, sandbox_id, shares)
     locked: list = []  # the sandbox's state entry, held until the create has ended or been undone
     try:
+        data["host_cgroup"] = _step("reading linux.cgroupsPath", lambda: _plan_host_cgroup(spec, sandbox_id == cid))
         entry.write(data)
+        _enter_host_cgroup(data["host_cgroup"], spec, undo)
         if sandbox_id == cid:
             sandbox = _new_sandbox(store, config, cid, spec, bundle, shares, undo, log, locked)
         else:
@@ -197,7 +199,9 @@ def _create_reserved(store, config, entry, spec, shares, bundle, rootfs, sandbox
             _step(f"writing the pid file {pid_file}", lambda: write_pid_file(pid_file, shim.pid))
         data["status"] = "created"
         entry.write(data)
+        _leave_host_cgroup()
     except BaseException as e:
+        _leave_host_cgroup()  # the clean-up runs from where the runtime came
         undo.run()
         if isinstance(e, KataError):
             e.args = (f"create container {cid}: {e}",)
@@ -210,6 +214,37 @@ def _create_reserved(store, config, entry, spec, shares, bundle, rootfs, sandbox
             held.release()
     log.info("container created", container=cid, sandbox=sandbox_id, shim=shim.pid)
     return shim
+
+
+def _plan_host_cgroup(spec: dict, own_sandbox: bool) -> dict | None:
+    """kata_runtime.host_cgroup.plan: the record of the spec's cgroupsPath on the host, or None."""
+    from kata_runtime import host_cgroup
+
+    return host_cgroup.plan(spec, own_sandbox=own_sandbox)
+
+
+def _enter_host_cgroup(record: dict | None, spec: dict, undo) -> None:
+    """Make the host cgroup of ``record`` (recorded in the state already), give it the CPU limits
+    that make sense for it and move this runtime into it, so that every process it starts for
+    the container (proxy, hypervisor, shim) is born there (kata_runtime.host_cgroup). ``undo``
+    gets its removal, which runs after the processes were stopped. Raises StepError."""
+    from kata_runtime import host_cgroup
+
+    if record is None:
+        return
+    undo.push(f"remove the host cgroup {record['path']}", lambda: host_cgroup.remove(record))
+    _step(f"making the host cgroup {record['path']}", lambda: host_cgroup.create(record))
+    _step(f"setting the CPU limits of the host cgroup {record['path']}",
+          lambda: host_cgroup.apply_limits(record, (spec.get("linux") or {}).get("resources")))
+    _step(f"joining the host cgroup {record['path']}", lambda: host_cgroup.join(record))
+
+
+def _leave_host_cgroup() -> None:
+    """This runtime back where it was before ``_enter_host_cgroup`` (the processes it started
+    stay in the host cgroup); nothing to do if it did not join (kata_runtime.host_cgroup.leave)."""
+    from kata_runtime import host_cgroup
+
+    host_cgroup.leave()
 
 
 def _new_sandbox(store, config, cid: str, spec: dict, bundle: str, shares: list, undo, log, locked: list):
@@ -280,8 +315,10 @@ def guest_spec(spec: dict, cid: str, shares: list, sandbox):
     (kata_runtime.mounts.guest_mounts: shared ones through the shared dir, /dev/shm on the
     sandbox shm when the sandbox has one). Raises kata_oci.SpecError."""
     from kata_oci import container_spec
+    from kata_runtime import host_cgroup
     from kata_runtime.mounts import guest_mounts
 
+    spec = host_cgroup.for_guest(spec, sandbox.data["hypervisor"]["kind"])
     mounts = guest_mounts(spec, shares, sandbox_shm=sandbox.shm_size > 0)
     return container_spec({**spec, "mounts": mounts} if "mounts" in spec else spec, cid)
 
@@ -430,6 +467,17 @@ def update(store, container_id: str, resources: dict) -> None:
         with c.sandbox().agent() as agent:
             _agent_step(f"update container {container_id} (UpdateContainer)",
                         lambda: agent.update_container(container_id, pb))
+        _update_host_limits(c.data.get("host_cgroup"), resources)
+
+
+def _update_host_limits(record: dict | None, resources: dict) -> None:
+    """``update`` of a container whose host cgroup has its CPU limits: the new ones there too
+    (kata_runtime.host_cgroup.apply_limits). Raises StepError."""
+    from kata_runtime import host_cgroup
+
+    if record is not None:
+        _step(f"setting the CPU limits of the host cgroup {record['path']}",
+              lambda: host_cgroup.apply_limits(record, resources))
 
 
 def stats(store, container_id: str) -> dict:
@@ -477,8 +525,17 @@ def delete(store, container_id: str, force: bool = False) -> None:
         _stop_shims(c.data, force)
         if c.sandbox_data is not None:
             _leave_sandbox(store, c, force, log)
+        _remove_host_cgroup(c.data)
         c.entry.remove()
     log.info("container deleted", container=container_id)
+
+
+def _remove_host_cgroup(data: dict) -> None:
+    """The container's host cgroup, if this runtime made it: what still runs there is killed and
+    the directories removed (kata_runtime.host_cgroup.remove; one left is logged, not raised)."""
+    from kata_runtime import host_cgroup
+
+    host_cgroup.remove(data.get("host_cgroup"))
 
 
 def _remove_from_agent(c: Opened, force: bool, log) -> None:
@@ -581,6 +638,7 @@ def exec_process(store, container_id: str, process: dict, *, detach: bool, pid_f
     with Opened(store, container_id, lock_sandbox=False) as c:
         _require(c, ("created", "running"), "cannot exec in a {status} container")
         sandbox = c.sandbox()
+        _enter_host_cgroup_for_exec(c.data.get("host_cgroup"))
         with sandbox.agent() as agent:
             _agent_step("starting the process in the agent (ExecProcess)",
                         lambda: agent.exec_process(container_id, exec_id, pb))
@@ -593,11 +651,26 @@ def exec_process(store, container_id: str, process: dict, *, detach: bool, pid_f
             except BaseException:
                 undo.run()
                 raise
+        _leave_host_cgroup()
         execs = [e for e in c.data.get("execs", []) if procs.alive(e.get("shim"))]
         execs.append({"exec_id": exec_id, "shim": shim_record(shim)})
         c.data["execs"] = execs
         c.save()
     return shim
+
+
+def _enter_host_cgroup_for_exec(record: dict | None) -> None:
+    """Move this runtime into the container's host cgroup before it spawns the exec's kata-shim
+    (kata_runtime.host_cgroup.join). A failure is logged: the exec still runs, its shim where
+    the runtime is."""
+    from kata_runtime import host_cgroup
+
+    if record is None:
+        return
+    try:
+        host_cgroup.join(record)
+    except KataError as e:
+        current_log().warning(f"exec: {e}: the exec's kata-shim stays in the runtime's cgroup")
 
 
 def exec_process_spec(data: dict, args: list[str], *, tty: bool, cwd: str | None, env: list[str],

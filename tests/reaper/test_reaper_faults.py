@@ -9,10 +9,11 @@ import re
 import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from tests.support.containerd import _cmdline, descendants, new_id, wait_gone
+from tests.support.containerd import CGROUP_ROOT, _cmdline, descendants, kill_pids, new_id, wait_gone
 
 SLEEPER = ["sh", "-c", "sleep 1000 & sleep 1000 & wait"]
 GENERIC_ERROR = re.compile(rb"OCI runtime create failed: (exit status \d+: )?(unknown)?\s*$")
@@ -88,6 +89,22 @@ def test_shim_killed_mid_run(own_containerd, runtime):
     _delete(cd, cid)
     assert wait_gone(below, 20.0) == [], [f"{p} {' '.join(_cmdline(p))[:150]}" for p in below]
     # containerd 1.6 leaves a killed shim's socket file in /run/containerd/s (runc alike): not ours
+    assert cd.wait_clean([cid], ignore=("shim_sockets",)) == {}
+
+
+def test_everything_killed_then_deleted(own_containerd, kata):
+    """SIGKILL to the containerd-shim and to every kata-runtime process of the task (the ones in
+    its host cgroup ``/<ns>/<id>``: kata-shim, kata-proxy, the sandbox): deleting the task
+    (containerd runs ``kata-runtime delete --force``) leaves nothing, the cgroup included."""
+    cd, image = own_containerd
+    cid = new_id("allkill")
+    _detached(cd, image, kata, cid)
+    inside = [int(p) for p in Path(CGROUP_ROOT, "pids", cd.namespace, cid, "cgroup.procs").read_text().split()]
+    assert len(inside) >= 3, inside
+    victims = [_shim_of(cd, cid)] + inside
+    kill_pids(victims)
+    assert wait_gone(victims, 10.0) == []
+    _delete(cd, cid)
     assert cd.wait_clean([cid], ignore=("shim_sockets",)) == {}
 
 

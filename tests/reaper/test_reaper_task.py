@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.attach import Attached, PtyAttached, set_winsize
-from tests.support.containerd import CGROUP_ROOT, new_id
+from tests.support.containerd import CGROUP_ROOT, KATA_RUNTIME, _cmdline, new_id
 
 # Polls until the pty has the size ctr gave it (ctr 1.6 resizes after start, so the first
 # instruction may see 0 0 even with runc), then reports it; bounded to 5 s.
@@ -157,19 +157,61 @@ def test_ps(ctr, image, runtime):
         assert task_pid in pids
 
 
-def test_metrics(ctr, image, runtime, request):
-    """``ctr task metrics``: containerd-shim-runc-v2 reports the cgroup of the pid in --pid-file
-    (runc: the container's init; kata-runtime: the kata-shim). It must be the container's cgroup,
-    the spec's cgroupsPath ``/<namespace>/<id>`` that ctr asked for, not the host's root."""
-    if runtime.name == "kata":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "kata-runtime leaves the kata-shim (the --pid-file pid, whose cgroups the containerd shim "
-            "loads for Stats) in the host's root cgroups: ctr task metrics reports the whole host "
-            "(cpu usage = all CPU time since boot, no pids stats), not the container's /<ns>/<id>")))
+def _cgroup_file(ctr, cid: str, controller: str, name: str) -> str:
+    return Path(CGROUP_ROOT, controller, ctr.namespace, cid, name).read_text()
+
+
+def _metrics_and_cgroup_pids(ctr, cid: str, tries: int = 5) -> tuple[dict, int]:
+    """``ctr task metrics`` and the pids.current of ``/<ns>/<id>``, read until they agree (a
+    thread may start between the two reads)."""
+    for _ in range(tries):
+        metrics = json.loads(ctr.ctr("task", "metrics", "--format", "json", cid, timeout=30).stdout)
+        current = int(_cgroup_file(ctr, cid, "pids", "pids.current"))
+        if (metrics.get("pids") or {}).get("current") == current:
+            break
+    return metrics, current
+
+
+def _kata_events_stats(ctr, cid: str) -> dict:
+    """``kata-runtime events --stats`` (the agent's statistics of the container) on the shim's --root."""
+    res = subprocess.run([str(KATA_RUNTIME), "--root", f"{ctr.runtime_root}/{ctr.namespace}", "events", "--stats",
+                          cid], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)["data"]
+
+
+def test_metrics(ctr, image, runtime):
+    """``ctr task metrics``: containerd-shim-runc-v2 reports the cgroups of the pid in --pid-file
+    (runc: the container's init; kata-runtime: the kata-shim), which must be the spec's
+    cgroupsPath ``/<namespace>/<id>`` that ctr asked for, not the host's root.
+
+    With kata-runtime that cgroup holds the sandbox's host processes (kata-shim, kata-proxy, the
+    hypervisor: here the process sandbox's unshare and agent, an exec's kata-shim), the
+    containers' own cgroups nested below it; ``kata-runtime events --stats`` and ``ctr task ps``
+    still show the container alone (the agent's view: its three processes). Deleted, nothing of
+    the cgroup is left."""
     cid = _detached(ctr, image, runtime, "metrics", SLEEPER)
     assert len(_wait_pids(ctr, cid, 3)) == 3
-    res = ctr.ctr("task", "metrics", "--format", "json", cid, timeout=30)
-    metrics = json.loads(res.stdout)
+    metrics, cgroup_pids = _metrics_and_cgroup_pids(ctr, cid)
     assert metrics["memory"]["usage"]["usage"] > 0, metrics
-    cgroup_pids = Path(CGROUP_ROOT, "pids", ctr.namespace, cid, "pids.current").read_text()
-    assert (metrics.get("pids") or {}).get("current") == int(cgroup_pids), metrics.get("pids")
+    assert (metrics.get("pids") or {}).get("current") == cgroup_pids, metrics.get("pids")
+    if runtime.name == "kata":
+        task_pid = int(ctr.ctr("task", "ls").stdout.decode().split(cid)[1].split()[0])
+        members = [_cmdline(int(p)) for p in _cgroup_file(ctr, cid, "pids", "cgroup.procs").split()]
+        assert f"/{ctr.namespace}/{cid}" in Path(f"/proc/{task_pid}/cgroup").read_text()
+        for name in ("kata-shim", "kata-proxy", "unshare"):
+            assert any(any(name in arg for arg in argv[:2]) for argv in members), (name, members)
+        guest = _kata_events_stats(ctr, cid)
+        assert guest["pids"]["current"] == 3, guest.get("pids")
+        assert 0 < guest["memory"]["usage"]["usage"] < metrics["memory"]["usage"]["usage"]
+        assert len(_pids(ctr, cid)) == 3
+        # an exec's kata-shim is born there too; the runtime that started it did not stay
+        subprocess.run(ctr.exec_argv(cid, "m1", ["sleep", "1000"], detach=True), check=True, timeout=60)
+        members = [_cmdline(int(p)) for p in _cgroup_file(ctr, cid, "pids", "cgroup.procs").split()]
+        assert sum(any("kata-shim" in arg for arg in argv[:2]) for argv in members) == 2, members
+        assert not any(any("kata-runtime" in arg for arg in argv[:2]) for argv in members), members
+    ctr.ctr("task", "kill", "-s", "SIGKILL", cid, timeout=30)
+    ctr.wait_task_status(cid, ("STOPPED",), timeout=30)
+    ctr.ctr("task", "delete", cid, timeout=60)
+    ctr.ctr("container", "delete", cid, timeout=30)
+    assert ctr.wait_clean([cid]) == {}
