@@ -16,14 +16,14 @@ Before anything starts (``resolve_guest``): the driver's settings are made concr
 guest image files and the accelerator, ``auto`` probed) and recorded. Start order
 (``start``): kata-proxy and the hypervisor together (the proxy retries the channel socket
 until the guest listens), CreateSandbox with the 9p Storage (as the original runtime sends
-it). Stop order (``stop``): DestroySandbox (the agent removes every container and syncs),
+it) and the sandbox shm's "ephemeral" one (a guest tmpfs of ``shm_size`` bytes). Stop order (``stop``): DestroySandbox (the agent removes every container and syncs),
 the hypervisor (QEMU: QMP quit, then SIGKILL), the pod network, kata-proxy, unmount what is
 still mounted in the shared dir, remove the runtime directory.
 
 A pod is one sandbox holding several containers: the one that made it (its id is the
-sandbox's) and the ones that joined it (kata_runtime.pod). The first container's rootfs is
-bind-mounted into the shared dir BEFORE the hypervisor starts; a joining container's rootfs
-is bind-mounted into the running sandbox's shared dir (a VM sees it live through 9p) and,
+sandbox's) and the ones that joined it (kata_runtime.pod). The first container's rootfs (and
+the host files and directories its spec binds, kata_runtime.mounts) is bind-mounted into the
+shared dir BEFORE the hypervisor starts; a joining container's rootfs (and binds) is bind-mounted into the running sandbox's shared dir (a VM sees it live through 9p) and,
 for the process sandbox, whose agent has a private copy of the host's mounts taken when it
 started, also carried into the agent's mount namespace (kata_runtime.nsmount).
 """
