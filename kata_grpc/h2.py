@@ -1,8 +1,8 @@
 """A sans-IO HTTP/2 client core for unary gRPC calls (RFC 9113, gRPC over HTTP/2).
 
-Just what the shim's calls need, and nothing that does I/O: the caller feeds
-received bytes to :meth:`Connection.receive` and writes what
-:meth:`Connection.data_to_send` returns.  Supported: the connection preface and
+Just what unary calls need (kata-shim's and kata-runtime's), and nothing that
+does I/O: the caller feeds received bytes to :meth:`Connection.receive` and
+writes what :meth:`Connection.data_to_send` returns.  Supported: the connection preface and
 SETTINGS exchange, HEADERS/CONTINUATION (HPACK decode with Huffman and the
 dynamic table), DATA with padding, flow control in both directions
 (WINDOW_UPDATE), PING replies, RST_STREAM, GOAWAY.  Not supported (never needed
@@ -17,7 +17,7 @@ response message or raises :class:`RpcError` with the gRPC status.
 
 from __future__ import annotations
 
-from kata_shim import hpack
+from kata_grpc import hpack
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

@@ -1,9 +1,9 @@
-"""HPACK (RFC 7541) for kata-shim's gRPC client: a full decoder, a tiny encoder.
+"""HPACK (RFC 7541) for the gRPC client of kata-shim and kata-runtime: a full decoder, a tiny encoder.
 
 The decoder handles everything a server may send: indexed fields, literals with
 and without indexing, never-indexed literals, dynamic table size updates, and
 Huffman-coded strings.  The encoder only writes "literal without indexing"
-fields with plain (non-Huffman) strings: the shim's request headers are fixed,
+fields with plain (non-Huffman) strings: a client's request headers are fixed,
 so it encodes each method's header block once and reuses the bytes.
 
 No I/O, no imports beyond the language: bytes in, header lists out.

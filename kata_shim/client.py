@@ -17,13 +17,14 @@ cannot be recovered or told apart by the Kata 1.x protocol.
 
 from __future__ import annotations
 
-import socket
 import time
 
-from kata_shim import h2, pb
-from kata_shim.h2 import RpcError
+from kata_grpc import h2
+from kata_grpc.client import Channel, TransportError
+from kata_grpc.h2 import RpcError
+from kata_shim import pb
 
-SERVICE = b"/grpc.AgentService/"
+__all__ = ["AgentClient", "AgentLost", "Channel", "RECV_SIZE", "SMALL_RECV_SIZE", "TransportError"]
 
 # Input buffer of an output pump's connection, and of the others (small replies).  Reply
 # payloads do not pass through it: the h2 core has them received straight into the reply
@@ -34,107 +35,6 @@ SMALL_RECV_SIZE = 16 << 10
 
 class AgentLost(Exception):
     """The agent (proxy) stayed unreachable for the whole reconnect window."""
-
-
-class TransportError(Exception):
-    pass
-
-
-_HEADER_BLOCKS: dict[str, bytes] = {}
-
-
-def header_block(method: str) -> bytes:
-    block = _HEADER_BLOCKS.get(method)
-    if block is None:
-        block = _HEADER_BLOCKS[method] = h2.request_headers(SERVICE + method.encode())
-    return block
-
-
-def _send(sock: socket.socket, segments: list) -> None:
-    """Write every buffer of ``segments`` (gathered with sendmsg, no joining copy)."""
-    if len(segments) == 1:
-        sock.sendall(segments[0])
-        return
-    while segments:
-        n = sock.sendmsg(segments[:512])
-        while n:
-            first = len(segments[0])
-            if n >= first:
-                n -= first
-                del segments[0]
-            else:
-                segments[0] = memoryview(segments[0])[n:]
-                n = 0
-
-
-class Channel:
-    """One blocking HTTP/2 connection to a unix socket; unary calls, one at a time."""
-
-    def __init__(self, path: str, *, connect_timeout: float = 1.0, recv_size: int = RECV_SIZE) -> None:
-        self.path = path
-        self.connect_timeout = connect_timeout
-        self.recv_size = recv_size
-        self.sock: socket.socket | None = None
-        self.conn: h2.Connection | None = None
-        self._body = bytearray()  # reply buffer, reused: a reply is valid until the next call
-
-    def close(self) -> None:
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-        self.sock = None
-        self.conn = None
-
-    def connect(self) -> None:
-        self.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.connect_timeout)
-            sock.connect(self.path)
-            sock.settimeout(None)
-            conn = h2.Connection(in_size=self.recv_size)
-            _send(sock, conn.output())
-        except OSError as e:
-            sock.close()
-            raise TransportError(f"cannot connect to {self.path}: {e.strerror or e}") from None
-        self.sock = sock
-        self.conn = conn
-
-    def unary(self, method: str, message, *, framed: bool = False) -> memoryview:
-        """Call ``method`` with the encoded request; returns the encoded reply.
-
-        ``framed``: ``message`` already starts with the gRPC message prefix and is sent
-        without a copy.  The reply is a view of this channel's reply buffer: use it before
-        the next call.  Raises RpcError (a gRPC status from the agent) or TransportError.
-        """
-        if self.conn is None or not self.conn.usable:
-            self.connect()
-        conn = self.conn
-        sock = self.sock
-        try:
-            call = conn.request(header_block(method), message, framed=framed, body=self._body)
-            while True:
-                out = conn.output()
-                if out:
-                    _send(sock, out)
-                if call.done:
-                    break
-                room = conn.get_buffer()
-                n = sock.recv_into(room)
-                room.release()
-                if not n:
-                    raise TransportError("connection closed by the agent side")
-                conn.buffer_updated(n)
-        except h2.H2Error as e:
-            self.close()
-            raise TransportError(str(e)) from None
-        except OSError as e:
-            self.close()
-            raise TransportError(f"connection to {self.path} failed: {e.strerror or e}") from None
-        self._body = call.body  # (a new one if the old was still held by a reply view)
-        return call.result()
 
 
 class AgentClient:

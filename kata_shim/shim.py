@@ -34,9 +34,10 @@ import os
 import signal
 import time
 
-from kata_shim import exits, h2, pumps, tty
+from kata_grpc import h2
+from kata_grpc.h2 import RpcError
+from kata_shim import exits, pumps, tty
 from kata_shim.client import RECV_SIZE, SMALL_RECV_SIZE, AgentClient, AgentLost
-from kata_shim.h2 import RpcError
 
 # How much one ReadStdout/ReadStderr asks for (the agent answers with what it has, up to
 # this), and the most one WriteStdin carries.  Each pump holds at most one such chunk.

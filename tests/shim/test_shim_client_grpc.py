@@ -16,9 +16,9 @@ import pytest
 from google.protobuf import empty_pb2
 
 from katapb import agent_pb2, agent_pb2_grpc
-from kata_shim import h2
+from kata_grpc import h2
 from kata_shim.client import AgentClient, AgentLost, Channel
-from kata_shim.h2 import RpcError
+from kata_grpc.h2 import RpcError
 
 
 class FakeAgent(agent_pb2_grpc.AgentServiceServicer):

@@ -20,8 +20,9 @@ import time
 
 import pytest
 
-from kata_shim import exits, h2
-from kata_shim.h2 import RpcError
+from kata_grpc import h2
+from kata_shim import exits
+from kata_grpc.h2 import RpcError
 from kata_shim.shim import is_eof
 
 MiB = 1 << 20

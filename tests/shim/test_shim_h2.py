@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kata_shim import h2, hpack
-from kata_shim.h2 import (ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PADDED, PING,
+from kata_grpc import h2, hpack
+from kata_grpc.h2 import (ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PADDED, PING,
                           RST_STREAM, SETTINGS, WINDOW_UPDATE, Connection, H2Error, RpcError, frame)
 
 BLOCK = h2.request_headers(b"/grpc.AgentService/WaitProcess")

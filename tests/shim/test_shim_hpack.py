@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kata_shim import hpack
-from kata_shim.hpack import Decoder, HPACKError
+from kata_grpc import hpack
+from kata_grpc.hpack import Decoder, HPACKError
 
 
 def h(text: str) -> bytes:

@@ -5,13 +5,14 @@ Every module of our packages is parsed (nothing is imported) and each import of 
 top-level packages, at module level or inside a function, is checked against what its package may
 import:
 
-    kata_log, yamux, katapb, kata_cgroups   nothing of ours (the bottom)
+    kata_log, yamux, katapb, kata_cgroups,  nothing of ours (the bottom)
+    kata_grpc
     kata_oci                                katapb
     kata_proxy                              yamux, kata_log
-    kata_shim                               kata_log, katapb
+    kata_shim                               kata_log, katapb, kata_grpc
     kata_agent (the guest)                  yamux, kata_log, katapb, kata_oci, kata_cgroups
-    kata_runtime (the host)                 kata_log, katapb, kata_oci, kata_cgroups: never the guest
-                                            package, yamux, the proxy or the shim (it runs them)
+    kata_runtime (the host)                 kata_log, katapb, kata_oci, kata_cgroups, kata_grpc: never the
+                                            guest package, yamux, the proxy or the shim (it runs them)
 
 Nobody imports kata_runtime but its own modules (and bench/, tests). bench/ and make demo import
 no test module: of tests/ only tests.support, and not its pytest fixtures; tests.support imports no
@@ -31,7 +32,7 @@ from tests.support.processes import REPO
 
 #: top-level package -> its directory (katapb is built from proto/, setup.cfg's package_dir)
 PACKAGES = {"kata_log": "kata_log", "yamux": "yamux", "katapb": "proto/katapb", "kata_cgroups": "kata_cgroups",
-            "kata_oci": "kata_oci", "kata_proxy": "kata_proxy", "kata_shim": "kata_shim",
+            "kata_grpc": "kata_grpc", "kata_oci": "kata_oci", "kata_proxy": "kata_proxy", "kata_shim": "kata_shim",
             "kata_agent": "kata_agent", "kata_runtime": "kata_runtime"}
 #: what each package may import of ours (besides itself)
 MAY_IMPORT = {
@@ -39,11 +40,12 @@ MAY_IMPORT = {
     "yamux": set(),
     "katapb": set(),
     "kata_cgroups": set(),
+    "kata_grpc": set(),
     "kata_oci": {"katapb"},
     "kata_proxy": {"yamux", "kata_log"},
-    "kata_shim": {"kata_log", "katapb"},
+    "kata_shim": {"kata_log", "katapb", "kata_grpc"},
     "kata_agent": {"yamux", "kata_log", "katapb", "kata_oci", "kata_cgroups"},
-    "kata_runtime": {"kata_log", "katapb", "kata_oci", "kata_cgroups"},
+    "kata_runtime": {"kata_log", "katapb", "kata_oci", "kata_cgroups", "kata_grpc"},
 }
 OURS = set(PACKAGES) | {"bench", "tests"}
 
