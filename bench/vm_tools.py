@@ -112,12 +112,12 @@ def write_busybox_bundle(bundle: Path, args: list[str], hostname: str = "kata-de
     config_path.write_text(json.dumps(config, indent=1))
 
 
-def write_configuration(path: Path, cache_dir: str, accel: str = "auto", memory_mib: int | None = None) -> None:
-    """configuration.toml: `hypervisor = "qemu"`, the image builder's cache, the accelerator."""
-    lines = ["[runtime]", 'hypervisor = "qemu"', "", "[hypervisor.qemu]",
-             f"image_cache_dir = {json.dumps(cache_dir)}", f"accel = {json.dumps(accel)}"]
-    if memory_mib:
-        lines.append(f"default_memory = {int(memory_mib)}")
+def write_configuration(path: Path, cache_dir: str, accel: str = "auto", qemu: dict | None = None) -> None:
+    """configuration.toml: `hypervisor = "qemu"`, the image builder's cache, the accelerator, and
+    ``qemu``'s further [hypervisor.qemu] settings (strings or numbers)."""
+    settings = {"image_cache_dir": cache_dir, "accel": accel, **(qemu or {})}
+    lines = ["[runtime]", 'hypervisor = "qemu"', "", "[hypervisor.qemu]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -229,7 +229,7 @@ class Workspace:
     logs; kata-runtime commands bound to them; `close()` removes every container it ran and checks
     that nothing of them is left, then the dir. Use it as a context manager."""
 
-    def __init__(self, prefix: str, cache_dir: str, accel: str = "auto", memory_mib: int | None = None):
+    def __init__(self, prefix: str, cache_dir: str, accel: str = "auto", qemu: dict | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         self.root = self.dir / "root"
         self.config = self.dir / "configuration.toml"
@@ -239,7 +239,7 @@ class Workspace:
         self.cache_dir = cache_dir
         self.container_ids: list[str] = []
         self.runs: list[Child] = []
-        write_configuration(self.config, cache_dir, accel, memory_mib)
+        write_configuration(self.config, cache_dir, accel, qemu)
 
     def argv(self, *args: str) -> list[str]:
         """kata-runtime with this workspace's --root, configuration and (JSON, debug) log."""

@@ -23,6 +23,7 @@ DESIGN.md "Verified on this kind of machine"), per sandbox directory (see hyperv
       -device virtio-9p-pci,fsdev=extra-9p-kataShared,mount_tag=kataShared
       -drive id=image0,file=<image>,if=none,format=raw,readonly=on,aio=threads
       -device virtio-blk-pci,drive=image0                                           /dev/vda in the guest
+      -object rng-random,id=rng0,filename=/dev/urandom -device virtio-rng-pci,rng=rng0   entropy_source
       -qmp unix:<sandbox>/qmp.sock,server=on,wait=off
       -daemonize -pidfile <sandbox>/qemu.pid
 
@@ -35,6 +36,12 @@ DESIGN.md "Verified on this kind of machine"), per sandbox directory (see hyperv
   QEMU 7.2: a guest that prints before the proxy connects, or with no proxy at all, still fills
   it), so the lines that explain a failed boot are always in the file: the socket alone would
   drop them (wait=off), a file chardev alone would never reach the proxy.
+* ``virtio-rng`` fed from the host's ``entropy_source`` (Kata 1.x's option, default /dev/urandom;
+  "" = none): without it the guest's CRNG is not ready when kata-agent starts, and Python's very
+  first read of /dev/urandom (its hash seed) waits in the kernel's jitter-entropy loop until it
+  is: "random: crng init done" came 1.3-1.6 s after the image was mounted, right before the
+  agent's first line. The initrd loads virtio_rng with the other modules, so the CRNG is ready
+  before /init mounts the image.
 * Kernel parameters: Kata 1.x's amd64 defaults (virtcontainers/qemu_amd64.go) that speed up a
   boot (no i8042 probing, no crypto self tests, tsc trusted), without its root=/rootflags (our
   initrd mounts the image); ``panic=-1`` with ``-no-reboot`` makes a guest that dies (or whose
@@ -72,6 +79,8 @@ DEFAULT_PATH = "qemu-system-x86_64"
 DEFAULT_MACHINE_TYPE = "pc"
 DEFAULT_VCPUS = 1
 DEFAULT_MEMORY_MIB = 2048
+#: Kata 1.x's default entropy_source: the host file a virtio-rng device reads.
+DEFAULT_ENTROPY_SOURCE = "/dev/urandom"
 #: Bound of "QEMU started -> the agent answers" (TCG boots take ~5-15 s here; CI shares 2 cores).
 BOOT_TIMEOUT = 120.0
 #: Bound of the daemonising launcher (it exits once the VM is set up: well under a second).
@@ -118,11 +127,13 @@ class QemuHypervisor(Hypervisor):
         agent_log_level: str = "info",
         debug: bool = False,
         boot_timeout: float = BOOT_TIMEOUT,
+        entropy_source: str = DEFAULT_ENTROPY_SOURCE,
     ):
         """Paths may be None for an object that only stops a running guest; `start()` needs them.
 
         ``kernel_params``: extra kernel command line words (a string is split like a shell would).
-        ``boot_timeout``: seconds `wait_ready()` waits by default. ``accel``: "kvm" or "tcg";
+        ``boot_timeout``: seconds `wait_ready()` waits by default. ``entropy_source``: the host
+        file behind the guest's virtio-rng ("" for no such device). ``accel``: "kvm" or "tcg";
         "auto" is accepted here (an object that only stops a guest) but `start()` refuses it.
         Raises ValueError for a bad accel, vcpus or memory (a configuration error).
         """
@@ -145,6 +156,7 @@ class QemuHypervisor(Hypervisor):
         self.agent_log_level = agent_log_level
         self.debug = debug
         self.boot_timeout = boot_timeout
+        self.entropy_source = entropy_source
         #: time.monotonic() when start() launched QEMU (None before).
         self.started_at: float | None = None
         self._console_offset = 0
@@ -156,7 +168,8 @@ class QemuHypervisor(Hypervisor):
         """[hypervisor.qemu] of configuration.toml (kata_runtime.config.SCHEMA's keys): ``path``,
         ``kernel``, ``initrd``, ``image`` ("" = not configured: see `resolve_settings`),
         ``machine_type``, ``default_vcpus``, ``default_memory`` (MiB), ``kernel_params``, ``accel``
-        (resolve "auto" before `start()`), ``boot_timeout`` (seconds), ``enable_debug`` (kernel
+        (resolve "auto" before `start()`), ``boot_timeout`` (seconds), ``entropy_source`` (absent:
+        /dev/urandom; "": no virtio-rng), ``enable_debug`` (kernel
         ``debug`` instead of ``quiet``). ``debug``: the agent logs at debug level (``agent.log=debug``)."""
         return cls(sandbox_dir, sandbox_id,
                    kernel=settings.get("kernel") or None, initrd=settings.get("initrd") or None,
@@ -167,7 +180,8 @@ class QemuHypervisor(Hypervisor):
                    memory_mib=int(settings.get("default_memory") or DEFAULT_MEMORY_MIB),
                    kernel_params=settings.get("kernel_params") or "",
                    agent_log_level="debug" if debug else "info", debug=bool(settings.get("enable_debug")),
-                   boot_timeout=float(settings.get("boot_timeout") or BOOT_TIMEOUT))
+                   boot_timeout=float(settings.get("boot_timeout") or BOOT_TIMEOUT),
+                   entropy_source=settings.get("entropy_source", DEFAULT_ENTROPY_SOURCE))
 
     @classmethod
     def resolve_settings(cls, settings: dict, *, probe_cache_dir: str | None, warn) -> dict:
@@ -206,6 +220,7 @@ class QemuHypervisor(Hypervisor):
                  "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
                  "-kernel", self.kernel or "", "-initrd", self.initrd or "", "-append", self.kernel_command_line()]
         argv += self._channel_devices() + self._console_devices() + self._shared_dir_devices() + self._image_devices()
+        argv += self._rng_devices()
         argv += self._network_devices()
         argv += ["-qmp", f"unix:{_opt(self.qmp_socket_path)},server=on,wait=off",
                  "-daemonize", "-pidfile", self.pid_file]
@@ -241,6 +256,13 @@ class QemuHypervisor(Hypervisor):
     def _image_devices(self) -> list[str]:
         return ["-drive", f"id=image0,file={_opt(self.image or '')},if=none,format=raw,readonly=on,aio=threads",
                 "-device", "virtio-blk-pci,drive=image0"]
+
+    def _rng_devices(self) -> list[str]:
+        """A virtio-rng reading ``entropy_source`` on the host: the guest's CRNG is ready at once."""
+        if not self.entropy_source:
+            return []
+        return ["-object", f"rng-random,id=rng0,filename={_opt(self.entropy_source)}",
+                "-device", "virtio-rng-pci,rng=rng0"]
 
     # ------------------------------------------------------------------ state
     @property

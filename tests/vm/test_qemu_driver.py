@@ -76,6 +76,19 @@ def test_command_line_wires_channel_console_share_and_read_only_image(tmp_path):
     assert params[-6:] == ["console=hvc0", "panic=-1", "quiet", "agent.log=info", "foo=1", "bar"]
 
 
+def test_command_line_has_a_virtio_rng_from_the_entropy_source(tmp_path):
+    """Kata 1.x's entropy_source: a virtio-rng (the initrd loads virtio_rng), so the guest's CRNG is
+    ready before the agent's Python reads /dev/urandom; "" leaves the device out."""
+    q = QemuHypervisor(tmp_path / "sb", "x", kernel="/k", initrd="/i", image="/im")
+    argv = q.command_line()
+    assert arg_after(argv, "-object") == ["rng-random,id=rng0,filename=/dev/urandom"]
+    assert "virtio-rng-pci,rng=rng0" in arg_after(argv, "-device")
+    q = QemuHypervisor.from_config(tmp_path / "sb", "x", {"entropy_source": "/dev/hw,rng"})
+    assert arg_after(q.command_line(), "-object") == ["rng-random,id=rng0,filename=/dev/hw,,rng"]
+    argv = QemuHypervisor.from_config(tmp_path / "sb", "x", {"entropy_source": ""}).command_line()
+    assert "-object" not in argv and not any(d.startswith("virtio-rng") for d in arg_after(argv, "-device"))
+
+
 def test_command_line_debug_and_odd_paths(tmp_path):
     q = QemuHypervisor(tmp_path / "a,b", "x", kernel="/k", initrd="/i", image="/im,g", accel="kvm",
                        cpu_model="host", debug=True, agent_log_level="debug")
