@@ -7,7 +7,7 @@ it sees the pod's IP; the host namespace reaches its server through bridge -> ve
 guest, bytes exact; the CRI log file has its lines; Stop/RemovePodSandbox leave no QEMU, tap,
 ingress qdisc, mount, namespace, lease or process.
 
-Needs a guest image: the VM tier's session build (tests/vm/conftest.py: set
+Needs a guest image: the session build of tests/conftest.py (set
 KATA_PY_TEST_IMAGE_CACHE to reuse one between sessions).
 """
 
@@ -17,7 +17,7 @@ import pytest
 
 from tests.cri import scenario
 from tests.cri.conftest import start_daemon
-from tests.vm.conftest import figures, guest_image, guest_inputs, image_cache_dir, missing_requirements  # noqa: F401
+from tests.support.guest import missing_requirements
 
 pytestmark = pytest.mark.vm
 
@@ -31,7 +31,7 @@ def cri(request):
     reason = missing_requirements()
     if reason:
         pytest.skip(reason)
-    guest_image = request.getfixturevalue("guest_image")  # noqa: F811
+    guest_image = request.getfixturevalue("guest_image")
     cd = start_daemon({HANDLER: {
         "runtime": {"hypervisor": "qemu", "internetworking_model": "tcfilter"},
         "hypervisor.qemu": {"kernel": str(guest_image.kernel), "initrd": str(guest_image.initrd),

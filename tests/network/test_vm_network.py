@@ -26,7 +26,7 @@ import pytest
 
 from tests.network.conftest import NEIGHBOR_IP, NEIGHBOR_MAC
 from tests.network.test_pod_network import RESOLV, pod_bundle
-from tests.vm.conftest import figures, guest_image, guest_inputs, image_cache_dir, missing_requirements  # noqa: F401
+from tests.support.guest import missing_requirements
 
 from tests.support.runtime import Kata, assert_clean, write_config
 
@@ -57,7 +57,7 @@ def _vm_requirements():
 
 
 @pytest.fixture
-def kata_vm(tmp_path, guest_image):  # noqa: F811
+def kata_vm(tmp_path, guest_image):
     config = write_config(tmp_path / "configuration.toml", **{
         "runtime": {"hypervisor": "qemu", "internetworking_model": "tcfilter"},
         "hypervisor.qemu": {"kernel": guest_image.kernel, "initrd": guest_image.initrd, "image": guest_image.image,
@@ -110,7 +110,7 @@ def send_when_listening(peer_path: str, address: tuple[str, int], payload: bytes
     return time.monotonic() - t0
 
 
-def test_a_container_in_a_vm_has_the_pod_address_and_talks_both_ways(kata_vm, pod_net, tmp_path, figures):  # noqa: F811
+def test_a_container_in_a_vm_has_the_pod_address_and_talks_both_ways(kata_vm, pod_net, tmp_path, figures):
     kata = kata_vm
     peer_path = f"/run/netns/{pod_net.peer}"
     server = in_peer(peer_path, lambda: socket.create_server((pod_net.peer_ip, FROM_CONTAINER_PORT)))

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests.support.bench import run_quick
-from tests.vm.conftest import missing_requirements
+from tests.support.guest import missing_requirements
 
 pytestmark = pytest.mark.vm
 

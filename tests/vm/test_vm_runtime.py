@@ -32,7 +32,7 @@ import pytest
 from tests.support.oci import make_bundle
 from tests.support.processes import processes_mentioning, wait_for
 from tests.support.runtime import Kata, assert_clean, vm_dir, write_config
-from tests.vm.conftest import missing_requirements
+from tests.support.guest import missing_requirements
 
 pytestmark = pytest.mark.vm
 
