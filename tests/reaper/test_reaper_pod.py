@@ -12,6 +12,7 @@ import os
 import subprocess
 
 from tests.support.containerd import KATA_VM_ROOT, _cmdline, descendants, new_id, pids_mentioning
+from tests.support.processes import wait_for
 
 CRI = "io.kubernetes.cri."
 
@@ -50,9 +51,10 @@ def test_pod_shares_one_sandbox(ctr, image, kata):
     agents = _sandbox_procs(pod, "kata_agent")  # process tier: the agent is a host process
     if agents:
         # The one agent runs both containers' processes. busybox `sh -c` execs its last command,
-        # so the member's process is a `sleep 1000` too: two of them, the pod's and the member's.
-        inside = [_cmdline(p) for p in descendants(agents)]
-        assert len(agents) == 1 and inside.count(["sleep", "1000"]) == 2, inside
+        # so the member's process becomes a `sleep 1000` too (once its sh got there): two of them.
+        assert len(agents) == 1, agents
+        wait_for(lambda: [_cmdline(p) for p in descendants(agents)].count(["sleep", "1000"]) == 2, timeout=30,
+                 what=f"the pod's and the member's 'sleep 1000' under the agent {agents[0]}")
     res = subprocess.run(ctr.exec_argv(member, "e1", ["cat", "/tmp/mark"]), stdin=subprocess.DEVNULL,
                          capture_output=True, timeout=60)
     assert (res.returncode, res.stdout) == (0, b"in-pod\n"), res.stderr
