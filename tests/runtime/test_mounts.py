@@ -187,10 +187,10 @@ def with_volumes(bundle, rw, ro, hosts, shm):
     return bundle
 
 
-#: What the container does with its volumes: the host reads the results.
-VOLUME_SCRIPT = ("echo written-in-$(hostname) > /data/out; cat /etc/hosts; cat /config/kept; "
-                 "touch /config/new 2>/dev/null && echo ro-WRITABLE || echo ro-refused; "
-                 "echo in-shm > /dev/shm/mark; sleep 1000")
+#: What the container does with its volumes (its last line printed after every write): the host
+#: reads the results.
+VOLUME_SCRIPT = ("echo in-shm > /dev/shm/mark; echo written-in-$(hostname) > /data/out; cat /etc/hosts; "
+                 "cat /config/kept; touch /config/new 2>/dev/null && echo ro-WRITABLE || echo ro-refused; sleep 1000")
 
 
 def shared_entries(sandbox_id: str, cid: str) -> list[str]:
@@ -215,7 +215,7 @@ def agent_mounts_of(agent: int, cid: str) -> list[str]:
 def check_volumes(kata, cid: str, out, rw, shm, hostname: str) -> None:
     """The container wrote to its read-write volume, read the file and the read-only volume, was
     refused a write there, and its /dev/shm is the guest's (not the host directory)."""
-    wait_for(lambda: "ro-" in out.read_text(), what=f"{cid}'s output")
+    wait_for(lambda: "ro-" in out.read_text(), what=f"{cid}'s last line")
     assert out.read_text() == f"10.0.0.7 {hostname}\nread-only content\nro-refused\n"
     assert (rw / "out").read_text() == f"written-in-{hostname}\n"
     assert os.listdir(shm) == []  # the sandbox shm is a guest tmpfs
