@@ -1,13 +1,19 @@
-"""The runtime's client of kata-agent: synchronous grpcio over kata-proxy's socket.
+"""The runtime's client of kata-agent: blocking unary calls over kata-proxy's socket (kata_grpc).
 
-Each kata-runtime command is one short process, so the calls are blocking, on one
-channel to ``unix:<sandbox>/proxy.sock`` (every connection there is one yamux stream to
-the agent). grpc and the generated modules are imported when an Agent is made, never by
-commands that do not talk to the agent (``state``, ``list``).
+Each kata-runtime command is one short process making a few calls, so the calls are
+blocking, on one connection to ``<sandbox>/proxy.sock`` (every connection there is one
+yamux stream to the agent), made with kata_grpc (a small HTTP/2 client) rather than
+grpcio: no grpc import, no threads, nothing to shut down at exit. The small requests
+(StartContainer, SignalProcess, RemoveContainer, ...) are encoded by hand
+(kata_grpc.pb, field numbers of proto/katapb/agent.proto; tests check the bytes against
+katapb's). Requests that carry an OCI structure (CreateContainer, ExecProcess,
+UpdateContainer, CreateSandbox's Storage) are katapb messages, serialised; ``pb`` (the
+generated agent_pb2) is imported only when one of those is built.
 
 Every failure is an :class:`AgentError` whose message is the agent's own (it names the
 container or process), prefixed with the call: ``CreateContainer: ... executable file
-not found in $PATH``. A proxy or agent that is gone is ``code == "UNAVAILABLE"``.
+not found in $PATH``. A proxy or agent that is gone is ``code == "UNAVAILABLE"``; a call
+that does not finish within its timeout is ``"DEADLINE_EXCEEDED"``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from kata_runtime.errors import KataError
 #: Seconds each call may take (CreateContainer runs runc create in the guest).
 DEFAULT_TIMEOUT = 60.0
 MAX_MESSAGE = 64 << 20
+USER_AGENT = b"kata-runtime"
+HEALTH_CHECK = "/grpc.Health/Check"
 
 
 class AgentError(KataError):
@@ -34,23 +42,68 @@ class AgentError(KataError):
         return self.code in ("UNAVAILABLE", "CANCELLED")
 
 
+# ----------------------------------------------------- requests, by hand
+
+
+def _ids(container_id: str, exec_id: str | None = None) -> bytes:
+    """Fields 1 (container_id) and, when given, 2 (exec_id): how most requests start."""
+    from kata_grpc.pb import field_str
+
+    return field_str(1, container_id) + (field_str(2, exec_id) if exec_id is not None else b"")
+
+
+def container_request(container_id: str) -> bytes:
+    """Start/Pause/Resume/StatsContainerRequest: container_id = 1."""
+    return _ids(container_id)
+
+
+def remove_container_request(container_id: str, timeout: int) -> bytes:
+    """RemoveContainerRequest: container_id = 1, timeout = 2 (uint32)."""
+    from kata_grpc.pb import field_varint
+
+    return _ids(container_id) + field_varint(2, timeout)
+
+
+def signal_process_request(container_id: str, exec_id: str, signum: int) -> bytes:
+    """SignalProcessRequest: container_id = 1, exec_id = 2, signal = 3 (uint32)."""
+    from kata_grpc.pb import field_varint
+
+    return _ids(container_id, exec_id) + field_varint(3, signum)
+
+
+def list_processes_request(container_id: str, fmt: str, args=()) -> bytes:
+    """ListProcessesRequest: container_id = 1, format = 2, args = 3 (repeated string)."""
+    from kata_grpc.pb import field_str, field_strs
+
+    return _ids(container_id) + field_str(2, fmt) + field_strs(3, args)
+
+
+def list_processes_response(reply) -> bytes:
+    """ListProcessesResponse.process_list (field 1, bytes)."""
+    from kata_grpc.pb import field
+
+    return bytes(field(reply, 1, 2, b""))
+
+
+# ------------------------------------------------------------- the client
+
+
 class Agent:
-    """AgentService calls used by the runtime, on one channel to the proxy's socket."""
+    """AgentService calls used by the runtime, on one connection to the proxy's socket."""
 
     def __init__(self, proxy_socket: str, timeout: float = DEFAULT_TIMEOUT):
-        import grpc
-        from katapb import agent_pb2, agent_pb2_grpc
+        from kata_grpc.client import Channel
 
-        self._grpc = grpc
-        self.pb = agent_pb2
         self.proxy_socket = proxy_socket
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(f"unix:{proxy_socket}", options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.enable_retries", 0),
-        ])
-        self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+        self.channel = Channel(proxy_socket, user_agent=USER_AGENT)
+
+    @property
+    def pb(self):
+        """katapb.agent_pb2 (the protobuf runtime is imported on first use)."""
+        from katapb import agent_pb2
+
+        return agent_pb2
 
     def close(self) -> None:
         self.channel.close()
@@ -61,27 +114,47 @@ class Agent:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def call(self, method: str, request, timeout: float | None = None):
-        """``AgentService.<method>(request)``; raises AgentError."""
+    def call(self, method: str, request, timeout: float | None = None) -> bytes:
+        """``AgentService.<method>(request)`` (or a full ``/service/Method`` path): ``request``
+        is the encoded message or a protobuf message; returns the encoded reply. Raises AgentError."""
+        from kata_grpc.client import DeadlineExceeded, TransportError
+        from kata_grpc.h2 import RpcError
+
+        body = request if isinstance(request, (bytes, bytearray, memoryview)) else request.SerializeToString()
+        if len(body) > MAX_MESSAGE:
+            raise AgentError(method, "RESOURCE_EXHAUSTED", f"request of {len(body)} bytes is over {MAX_MESSAGE}")
+        name = method.rsplit("/", 1)[-1]
         try:
-            return getattr(self.stub, method)(request, timeout=timeout or self.timeout)
-        except self._grpc.RpcError as e:
-            code = e.code().name if e.code() is not None else "UNKNOWN"
-            details = " ".join((e.details() or "").split())
-            if code == "UNAVAILABLE":
-                details = f"cannot reach the agent through kata-proxy at {self.proxy_socket} ({details})"
-            raise AgentError(method, code, details) from None
+            return bytes(self.channel.unary(method, body, timeout=timeout or self.timeout))
+        except RpcError as e:
+            details = " ".join(e.message.split())
+            if e.code == 14:  # UNAVAILABLE
+                details = self._unreachable(details)
+            raise AgentError(name, e.name, details) from None
+        except DeadlineExceeded as e:
+            raise AgentError(name, "DEADLINE_EXCEEDED", str(e)) from None
+        except TransportError as e:
+            raise AgentError(name, "UNAVAILABLE", self._unreachable(str(e))) from None
+
+    def _unreachable(self, details: str) -> str:
+        return f"cannot reach the agent through kata-proxy at {self.proxy_socket} ({details})"
 
     def check(self, timeout: float) -> None:
-        """grpc.Health/Check, waiting up to ``timeout`` seconds for the agent to answer
-        (gRPC wait_for_ready: a guest still booting behind the proxy is waited for)."""
-        from katapb import health_pb2, health_pb2_grpc
+        """grpc.Health/Check, waiting up to ``timeout`` seconds for the agent to answer (as
+        gRPC's wait_for_ready: an unreachable agent, a guest still booting behind the proxy,
+        is asked again every 50 ms). Raises AgentError."""
+        import time
 
-        try:
-            health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.CheckRequest(), timeout=timeout,
-                                                            wait_for_ready=True)
-        except self._grpc.RpcError as e:
-            raise AgentError("Check", e.code().name if e.code() else "UNKNOWN", e.details() or "") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self.call(HEALTH_CHECK, b"", timeout=max(left, 0.001))
+                return
+            except AgentError as e:
+                if not e.unreachable or left <= 0.05:
+                    raise AgentError("Check", e.code, e.details) from None
+            time.sleep(0.05)
 
     # ------------------------------------------------------------- sandbox
     def create_sandbox(self, sandbox_id: str, hostname: str, storages, dns=()) -> None:
@@ -90,7 +163,7 @@ class Agent:
             hostname=hostname, dns=list(dns), storages=list(storages), sandbox_id=sandbox_id))
 
     def destroy_sandbox(self) -> None:
-        self.call("DestroySandbox", self.pb.DestroySandboxRequest())
+        self.call("DestroySandbox", b"")
 
     # ---------------------------------------------------------- containers
     def create_container(self, container_id: str, spec) -> None:
@@ -99,17 +172,17 @@ class Agent:
             container_id=container_id, exec_id=container_id, OCI=spec))
 
     def start_container(self, container_id: str) -> None:
-        self.call("StartContainer", self.pb.StartContainerRequest(container_id=container_id))
+        self.call("StartContainer", container_request(container_id))
 
     def remove_container(self, container_id: str, timeout: int = 0) -> None:
         """RemoveContainer (kills what still runs); ``timeout`` seconds for the agent, 0 = none."""
-        self.call("RemoveContainer", self.pb.RemoveContainerRequest(container_id=container_id, timeout=timeout))
+        self.call("RemoveContainer", remove_container_request(container_id, timeout))
 
     def pause_container(self, container_id: str) -> None:
-        self.call("PauseContainer", self.pb.PauseContainerRequest(container_id=container_id))
+        self.call("PauseContainer", container_request(container_id))
 
     def resume_container(self, container_id: str) -> None:
-        self.call("ResumeContainer", self.pb.ResumeContainerRequest(container_id=container_id))
+        self.call("ResumeContainer", container_request(container_id))
 
     def update_container(self, container_id: str, resources) -> None:
         """``resources``: a katapb oci_pb2.LinuxResources."""
@@ -117,12 +190,12 @@ class Agent:
 
     def stats_container(self, container_id: str):
         """StatsContainerResponse (cgroup_stats, network_stats)."""
-        return self.call("StatsContainer", self.pb.StatsContainerRequest(container_id=container_id))
+        reply = self.call("StatsContainer", container_request(container_id))
+        return self.pb.StatsContainerResponse.FromString(reply)
 
     def list_processes(self, container_id: str, fmt: str, args=()) -> bytes:
         """``ps`` output ("table") or a JSON list of pids ("json"), as the agent makes it."""
-        return self.call("ListProcesses", self.pb.ListProcessesRequest(
-            container_id=container_id, format=fmt, args=list(args))).process_list
+        return list_processes_response(self.call("ListProcesses", list_processes_request(container_id, fmt, args)))
 
     # ----------------------------------------------------------- processes
     def exec_process(self, container_id: str, exec_id: str, process) -> None:
@@ -132,5 +205,16 @@ class Agent:
 
     def signal_process(self, container_id: str, exec_id: str, signum: int) -> None:
         """``exec_id`` "" signals every process of the container."""
-        self.call("SignalProcess", self.pb.SignalProcessRequest(
-            container_id=container_id, exec_id=exec_id, signal=signum))
+        self.call("SignalProcess", signal_process_request(container_id, exec_id, signum))
+
+
+def grpc_channel(proxy_socket: str):
+    """A grpcio channel to the proxy's socket, for what needs grpcio's asynchronous calls (the
+    QEMU boot probe: a Health Check future the boot watchdog can cancel). Imports grpc."""
+    import grpc
+
+    return grpc.insecure_channel(f"unix:{proxy_socket}", options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.enable_retries", 0),
+    ])

@@ -87,8 +87,9 @@ def sandbox_shm_storage(size: int):
 
 
 def _import_agent_client() -> None:
-    import grpc  # noqa: F401
-    from katapb import agent_pb2_grpc, health_pb2_grpc  # noqa: F401
+    from katapb import agent_pb2  # noqa: F401
+
+    from kata_runtime import agent  # noqa: F401
 
 
 async def _grpc_result(call):
@@ -205,7 +206,7 @@ class Sandbox:
         return guest
 
     def agent(self):
-        """A connected kata_runtime.agent.Agent (imports grpc)."""
+        """A kata_runtime.agent.Agent on this sandbox's proxy socket (kata_grpc, no grpcio)."""
         from kata_runtime.agent import Agent
 
         return Agent(self.proxy_socket)
@@ -352,7 +353,7 @@ class Sandbox:
         half-way leaves records ``delete --force`` can clean up from."""
         import threading
 
-        # The runtime mostly waits while the guest boots: import the gRPC client meanwhile.
+        # The runtime mostly waits while the guest boots: import the agent client meanwhile.
         threading.Thread(target=_import_agent_client, daemon=True).start()
         self._connect_pod_network(undo, save)
         try:
@@ -438,10 +439,10 @@ class Sandbox:
         import grpc
         from katapb import health_pb2, health_pb2_grpc
 
-        from kata_runtime.agent import AgentError
+        from kata_runtime.agent import AgentError, grpc_channel
 
-        agent = self.agent()
-        call = health_pb2_grpc.HealthStub(agent.channel).Check.future(
+        channel = grpc_channel(self.proxy_socket)
+        call = health_pb2_grpc.HealthStub(channel).Check.future(
             health_pb2.CheckRequest(), timeout=READY_PROBE_TIMEOUT, wait_for_ready=True)
         try:
             await _grpc_result(call)
@@ -450,7 +451,7 @@ class Sandbox:
             raise AgentError("Check", code, " ".join((e.details() or "").split())) from None
         finally:
             call.cancel()
-            agent.close()
+            channel.close()
 
     # --------------------------------------------------------------- stop
     def stop(self, log, *, force: bool) -> None:
