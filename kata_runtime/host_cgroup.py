@@ -39,6 +39,10 @@ removed bottom-up, retrying up to REMOVE_TIMEOUT s while the kernel releases dea
 cgroupsPath that existed before ``create`` (runc lets a container join one) is joined but
 never emptied nor removed.
 
+runc in the process sandbox's agent puts the hybrid hierarchy's (cgroup2 at
+/sys/fs/cgroup/unified) group of a container at that hierarchy's root, not below the agent
+(``kata-sandbox-<id>``): the process driver removes it as before.
+
 Not handled: a systemd-style cgroupsPath (``slice:prefix:name``, ``--systemd-cgroup``): nothing
 is created, the processes stay where they are. cgroup v2 follows runc's rules (relative paths
 are below the parent of the runtime's own group; controllers enabled top-down) but is verified
