@@ -2,6 +2,7 @@
 
     python -m bench.containerd_bench [--quick] [--rounds N] [--parallel N] [--breakdown]
                                      [--kata-config NAME=FILE ...] [--no-kata]
+                                     [--vm [--vm-rounds N] [--vm-parallel N] [--image-cache DIR] [--accel A]]
 
 Everything real: a containerd 1.6 of its own (tests/support/containerd.py: config, root, state and
 sockets in a temp dir, killed and removed at the end), the unmodified containerd-shim-runc-v2,
@@ -12,15 +13,22 @@ true`` timed from the test's fork to ctr's exit.
   every round, so a drifting machine load hits every runtime alike); median and p90 in ms, and
   each runtime's median / runc's median.
 - parallel: ``--parallel`` containers started at once per runtime (one runtime at a time), wall
-  time until the last ctr exits; the ratio to runc's.
+  time until the last ctr exits; the ratio to runc's with as many at once.
+- VM tiers (``--vm``, or a ``--kata-config`` whose ``[runtime] hypervisor`` is "qemu"): a boot
+  per run, so they take part in the first ``--vm-rounds`` rounds only and start
+  ``--vm-parallel`` at once (runc is measured at that count too, for the ratio).
 - ``--breakdown``: one more serial round per kata runtime through a timing wrapper that logs
   every call the shim makes (create, start, delete, delete --force) with its duration.
 
 Runtimes: ``runc`` (the host's, the shim's default), ``kata`` (the venv's kata-runtime with its
 default configuration: the process sandbox until the VM tier is the default) and one
 ``kata-NAME`` per ``--kata-config NAME=FILE`` (kata-runtime --kata-config FILE, e.g. a qemu
-configuration for the VM tier). Needs root, containerd, ctr, containerd-shim-runc-v2, runc.
-Never asserts; the last line is machine-readable:
+configuration for the VM tier). ``--vm`` adds ``kata-qemu``: ``hypervisor = "qemu"`` booting
+this kata-py's guest image from ``--image-cache`` (built there first when missing: minutes),
+``--accel`` (default auto: KVM where a guest boots, else TCG; the probe's verdict is cached by
+the warm-up run). Needs root, containerd, ctr, containerd-shim-runc-v2, runc.
+Never asserts; the last line is machine-readable (a ``NAME_par_n`` field where a runtime ran
+another count in parallel than ``par_n``):
 
     RESULT runc_ms=.. kata_ms=.. kata_ratio=.. par_n=.. runc_par_s=.. kata_par_s=.. kata_par_ratio=..
 """
@@ -35,10 +43,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kata_runtime.image import DEFAULT_CACHE_DIR
 from tests.support.containerd import KATA_RUNTIME, Containerd, kata_runtime_missing, missing_requirements, new_id
 from tests.support.oci_image import build_busybox_image_tar
+from tests.support.runtime import write_config
 
 RUN_TIMEOUT = 600.0
+VM_NAME = "kata-qemu"
 CMD = ["true"]
 WRAPPER = """#!/bin/sh
 s=$(date +%s.%N)
@@ -55,21 +66,49 @@ def write_script(path: Path, text: str) -> str:
     return str(path)
 
 
-def runtimes(cd: Containerd, args) -> dict[str, str | None]:
-    """{name: --runc-binary path or None for the shim's default runc}."""
+def vm_config(path: Path, cache_dir: str, accel: str) -> Path:
+    """A kata-runtime configuration.toml at ``path``: ``hypervisor = "qemu"`` booting this
+    kata-py's guest image (kata_runtime.image.build_image in ``cache_dir``: a cache hit, or a
+    build of minutes with its progress on stderr), ``accel``, no debug logs. Raises ImageError."""
+    from kata_runtime.image import build_image
+
+    image = build_image(cache_dir)
+    return write_config(path, **{
+        "runtime": {"hypervisor": "qemu", "enable_debug": False},
+        "hypervisor.qemu": {"kernel": str(image.kernel), "initrd": str(image.initrd), "image": str(image.image),
+                            "accel": accel},
+        "proxy.kata": {"debug": False}, "shim.kata": {"debug": False}, "agent.kata": {"enable_debug": False}})
+
+
+def is_vm_config(path: str) -> bool:
+    """Whether a kata-runtime configuration file chooses ``[runtime] hypervisor = "qemu"``."""
+    import tomllib
+
+    with open(path, "rb") as f:
+        return (tomllib.load(f).get("runtime") or {}).get("hypervisor") == "qemu"
+
+
+def runtimes(cd: Containerd, args) -> tuple[dict[str, str | None], set[str]]:
+    """({name: --runc-binary path or None for the shim's default runc}, names of the VM tiers)."""
     found: dict[str, str | None] = {"runc": None}
+    vms: set[str] = set()
     if args.no_kata:
-        return found
+        return found, vms
     reason = kata_runtime_missing()
     if reason:
         print(f"# {reason}: runc only", file=sys.stderr)
-        return found
+        return found, vms
     found["kata"] = str(KATA_RUNTIME)
-    for spec in args.kata_config:
+    configs = list(args.kata_config)
+    if args.vm:
+        configs.append(f"{VM_NAME[len('kata-'):]}={vm_config(cd.base / 'qemu.toml', args.image_cache, args.accel)}")
+    for spec in configs:
         name, _, conf = spec.partition("=")
         script = f'#!/bin/sh\nexec {KATA_RUNTIME} --kata-config {os.path.abspath(conf)} "$@"\n'
         found[f"kata-{name}"] = write_script(cd.base / f"kata-{name}.sh", script)
-    return found
+        if is_vm_config(conf):
+            vms.add(f"kata-{name}")
+    return found, vms
 
 
 def run_once(cd: Containerd, image: str, binary: str | None, prefix: str) -> float:
@@ -84,14 +123,17 @@ def run_once(cd: Containerd, image: str, binary: str | None, prefix: str) -> flo
     return elapsed
 
 
-def serial(cd: Containerd, image: str, rts: dict, rounds: int) -> dict[str, list[float]]:
-    """{runtime: [seconds per run]}: ``rounds`` rounds, the runtime order rotated each round."""
+def serial(cd: Containerd, image: str, rts: dict, rounds: int, vms: set[str] = frozenset(),
+           vm_rounds: int = 0) -> dict[str, list[float]]:
+    """{runtime: [seconds per run]}: ``rounds`` rounds, the runtime order rotated each round; the
+    runtimes in ``vms`` only in the first ``vm_rounds`` of them."""
     names = list(rts)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            times[name].append(run_once(cd, image, rts[name], f"s{name}"))
+            if name not in vms or r < vm_rounds:
+                times[name].append(run_once(cd, image, rts[name], f"s{name}"))
     return times
 
 
@@ -134,6 +176,38 @@ def print_serial(times: dict[str, list[float]]) -> dict[str, float]:
     return medians
 
 
+def parallel_all(cd: Containerd, image: str, rts: dict, counts: dict[str, int]) -> tuple[dict, dict]:
+    """Each runtime's ``counts[name]`` containers at once, runc at every count used: prints the
+    table; returns ({name: wall seconds}, {count: runc's wall seconds})."""
+    print(f"\n{'runtime':<14}{'parallel':>9}{'wall s':>9}{'ratio':>8}")
+    runc = {n: parallel(cd, image, rts["runc"], "runc", n) for n in sorted(set(counts.values()))}
+    par = {}
+    for name, binary in rts.items():
+        n = counts[name]
+        par[name] = runc[n] if name == "runc" else parallel(cd, image, binary, name, n)
+        print(f"{name:<14}{n:>9}{par[name]:>9.2f}{par[name] / runc[n]:>8.2f}")
+    return par, runc
+
+
+def result_line(rts: dict, medians: dict, par: dict, runc_par: dict, counts: dict, par_n: int) -> str:
+    """The machine-readable last line (see the module docstring)."""
+    fields = {"runc_ms": f"{medians['runc'] * 1e3:.0f}"}
+    for name in rts:
+        if name != "runc":
+            key = name.replace("-", "_")
+            fields[f"{key}_ms"] = f"{medians[name] * 1e3:.0f}"
+            fields[f"{key}_ratio"] = f"{medians[name] / medians['runc']:.2f}"
+    fields.update(par_n=str(par_n), runc_par_s=f"{par['runc']:.2f}")
+    for name in rts:
+        if name != "runc":
+            key = name.replace("-", "_")
+            if counts[name] != par_n:
+                fields[f"{key}_par_n"] = str(counts[name])
+            fields[f"{key}_par_s"] = f"{par[name]:.2f}"
+            fields[f"{key}_par_ratio"] = f"{par[name] / runc_par[counts[name]]:.2f}"
+    return "RESULT " + " ".join(f"{k}={v}" for k, v in fields.items())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.containerd_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke: 2 rounds, 2 in parallel")
@@ -142,9 +216,16 @@ def main(argv=None) -> int:
     ap.add_argument("--breakdown", action="store_true", help="time each runtime call of one kata run")
     ap.add_argument("--kata-config", action="append", default=[], metavar="NAME=FILE")
     ap.add_argument("--no-kata", action="store_true", help="runc only")
+    ap.add_argument("--vm", action="store_true", help=f"add {VM_NAME}: hypervisor = qemu, this kata-py's guest image")
+    ap.add_argument("--vm-rounds", type=int, default=3, help="serial rounds of the VM tiers (the first N)")
+    ap.add_argument("--vm-parallel", type=int, default=4, help="VM tier containers started at once")
+    ap.add_argument("--image-cache", default=os.environ.get("KATA_PY_TEST_IMAGE_CACHE") or DEFAULT_CACHE_DIR,
+                    metavar="DIR", help="the guest image cache of --vm (default: $KATA_PY_TEST_IMAGE_CACHE, "
+                                        "else kata-runtime image build's)")
+    ap.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"), help="accel of --vm")
     args = ap.parse_args(argv)
     if args.quick:
-        args.rounds, args.parallel = 2, 2
+        args.rounds, args.parallel, args.vm_rounds, args.vm_parallel = 2, 2, 1, 2
     reason = missing_requirements()
     if reason:
         print(f"containerd_bench: {reason}", file=sys.stderr)
@@ -154,16 +235,15 @@ def main(argv=None) -> int:
         tar = build_busybox_image_tar(cd.base / "busybox.tar")
         cd.import_image(tar.path)
         image = tar.name
-        rts = runtimes(cd, args)
+        rts, vms = runtimes(cd, args)
         print(f"# ctr run --rm IMAGE ID {' '.join(CMD)}; containerd 1.6 + containerd-shim-runc-v2; "
               f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
         run_once(cd, image, None, "warm")  # snapshot and shim binaries in the page cache
-        medians = print_serial(serial(cd, image, rts, args.rounds))
-        print(f"\n{'runtime':<14}{'parallel':>9}{'wall s':>9}{'ratio':>8}")
-        par = {}
-        for name, binary in rts.items():
-            par[name] = parallel(cd, image, binary, name, args.parallel)
-            print(f"{name:<14}{args.parallel:>9}{par[name]:>9.2f}{par[name] / par['runc']:>8.2f}")
+        for name in sorted(vms):  # guest image files in the page cache; the accel probe's verdict cached
+            run_once(cd, image, rts[name], f"warm{name}")
+        medians = print_serial(serial(cd, image, rts, args.rounds, vms, args.vm_rounds))
+        counts = {name: args.vm_parallel if name in vms else args.parallel for name in rts}
+        par, runc_par = parallel_all(cd, image, rts, counts)
         if args.breakdown:
             for name, binary in rts.items():
                 if binary:
@@ -172,19 +252,7 @@ def main(argv=None) -> int:
                         print(f"  +{start:6.2f}s {dur:6.2f}s  {call}")
     finally:
         cd.stop()
-    fields = {"runc_ms": f"{medians['runc'] * 1e3:.0f}"}
-    for name in rts:
-        if name != "runc":
-            key = name.replace("-", "_")
-            fields[f"{key}_ms"] = f"{medians[name] * 1e3:.0f}"
-            fields[f"{key}_ratio"] = f"{medians[name] / medians['runc']:.2f}"
-    fields.update(par_n=str(args.parallel), runc_par_s=f"{par['runc']:.2f}")
-    for name in rts:
-        if name != "runc":
-            key = name.replace("-", "_")
-            fields[f"{key}_par_s"] = f"{par[name]:.2f}"
-            fields[f"{key}_par_ratio"] = f"{par[name] / par['runc']:.2f}"
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()))
+    print(result_line(rts, medians, par, runc_par, counts, args.parallel))
     return 0
 
 
