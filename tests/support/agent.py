@@ -257,7 +257,7 @@ class AgentClient:
 
 class Agent:
     """The agent behind the proxy, driven as kata-runtime drives it (through its own client,
-    kata_runtime.agent.Agent; ``stub`` and ``pb`` for other calls), and the real kata-shim."""
+    kata_runtime.agent.Agent: ``client``; ``pb`` is katapb.agent_pb2), and the real kata-shim."""
 
     name = "kata-agent"
 
@@ -271,8 +271,6 @@ class Agent:
 
         self.client = RuntimeClient(socket, timeout=30)
         self.pb = self.client.pb
-        self.stub = self.client.stub
-        self.channel = self.client.channel
         self.socket = socket
         self.address = f"unix://{socket}"
         self.shims: list[subprocess.Popen] = []
@@ -299,8 +297,9 @@ class Agent:
 
     def wait(self, cid: str, exec_id: str | None = None) -> int:
         """WaitProcess as another client (a runtime) would call it; returns the status."""
-        return self.client.call("WaitProcess", self.pb.WaitProcessRequest(
-            container_id=cid, exec_id=exec_id or cid), timeout=60).status
+        reply = self.client.call("WaitProcess", self.pb.WaitProcessRequest(container_id=cid, exec_id=exec_id or cid),
+                                 timeout=60)
+        return self.pb.WaitProcessResponse.FromString(reply).status
 
     def shim_args(self, cid: str, exec_id: str | None = None, *extra: str, address: str | None = None):
         return [*command("kata-shim"), "--agent", address or self.address, "--container", cid,
