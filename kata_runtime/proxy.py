@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 
@@ -53,6 +52,8 @@ class Starting:
     def __init__(self, settings: dict, sandbox_id: str, mux_socket: str, listen_socket: str, log_path: str,
                  agent_logs_socket: str | None = None):
         """``agent_logs_socket``: the guest console socket (QEMU's), logged with source=agent."""
+        import subprocess  # here: commands that only find the proxy by its record never need it
+
         self.log_path = log_path
         argv = [*command(settings), "--mux-socket", mux_socket, "--listen-socket", listen_socket,
                 "--sandbox", sandbox_id, "--log-file", log_path,
@@ -117,7 +118,9 @@ def _environ(notify_address: str) -> dict:
     return env
 
 
-def _wait_ready(child: subprocess.Popen, notify: socket.socket, timeout: float, log_path: str, abort=None) -> None:
+def _wait_ready(child, notify: socket.socket, timeout: float, log_path: str, abort=None) -> None:
+    """Until READY=1 arrives on ``notify``; ProxyError when ``child`` (its subprocess.Popen) exits,
+    ``timeout`` passes or ``abort`` is set."""
     notify.settimeout(0.05)
     deadline = time.monotonic() + timeout
     while True:

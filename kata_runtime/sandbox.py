@@ -30,8 +30,6 @@ started, also carried into the agent's mount namespace (kata_runtime.nsmount).
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
 
 from kata_runtime import mounts, procs
@@ -56,6 +54,8 @@ def vm_dir_for(sandbox_id: str, vm_root: str = VM_ROOT) -> str:
     longest = max(SOCKET_NAMES, key=len)
     path = os.path.join(vm_root, sandbox_id)
     if len(os.fsencode(os.path.join(path, longest))) > UNIX_PATH_MAX:
+        import hashlib
+
         path = os.path.join(vm_root, "h-" + hashlib.sha256(sandbox_id.encode()).hexdigest()[:32])
     if len(os.fsencode(os.path.join(path, longest))) > UNIX_PATH_MAX:
         raise KataError(f"sandbox socket path {os.path.join(path, longest)} is longer than a unix socket "
@@ -95,6 +95,8 @@ def _import_agent_client() -> None:
 async def _grpc_result(call):
     """Await a grpc future (``stub.Method.future(...)``) without a thread: its result, or its
     grpc.RpcError. The caller cancels the call when it stops waiting."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
@@ -351,6 +353,7 @@ class Sandbox:
 
         ``save()`` is called after each process is recorded, so that a runtime killed
         half-way leaves records ``delete --force`` can clean up from."""
+        import asyncio  # here, not at import: commands that only talk to the agent never need it
         import threading
 
         # The runtime mostly waits while the guest boots: import the agent client meanwhile.
@@ -395,6 +398,7 @@ class Sandbox:
         """kata-proxy and the hypervisor started together (the proxy retries the channel
         socket until the guest listens), then the driver's wait for the agent. One event
         loop: a driver may keep loop-bound state between start() and wait_ready()."""
+        import asyncio
         import threading
 
         hv = self.data["hypervisor"]
@@ -457,6 +461,8 @@ class Sandbox:
     def stop(self, log, *, force: bool) -> None:
         """DestroySandbox (if the agent answers), stop the hypervisor and kata-proxy, unmount,
         remove the runtime directory. ``force``: go on past a failing step (logged); else raise."""
+        import asyncio
+
         steps = [
             ("destroying the sandbox in the agent (DestroySandbox)", self._destroy_in_agent),
             ("stopping the hypervisor", lambda: asyncio.run(self.driver().stop())),

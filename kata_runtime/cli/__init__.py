@@ -6,9 +6,10 @@ module only when that command runs, so ``kata-runtime state`` never pays for wha
 ``create`` needs (gRPC, protobuf): containerd calls the runtime several times per
 container. To add a command, add its module name to :data:`COMMANDS`.
 
-The click group and its global flags are in ``group.py``. ``state`` and ``list`` (called
-the most, and the cheapest) are first offered to ``fast.py``, which runs them without
-importing click when the command line is plain; anything else goes to click.
+The click group and its global flags are in ``group.py``. The commands a caller runs for
+every container (``create``, ``start``, ``state``, ``kill``, ``delete``) and ``list`` are
+first offered to ``fast.py``, which runs them without importing click when the command
+line is plain; anything else goes to click.
 
 Importing ``kata_runtime.cli.list`` (and ``.exec``) binds those names in this package, so
 this module must not call the built-ins ``list`` or ``exec``.

@@ -1,8 +1,12 @@
-"""kata-runtime create ID --bundle B: create a container (not started), as runc create."""
+"""kata-runtime create ID --bundle B: create a container (not started), as runc create.
+
+Usually run by kata_runtime.cli.fast without click; the click command is the same action.
+"""
 
 import click
 
 from kata_runtime.cli import Globals
+from kata_runtime.cli.fast import create
 
 
 @click.command(help="Create a container (its sandbox, agent, proxy and shim); `start` runs its process.")
@@ -16,10 +20,4 @@ from kata_runtime.cli import Globals
 @click.option("--preserve-fds", type=int, default=0, hidden=True, help="Accepted; must be 0.")
 @click.pass_obj
 def command(g: Globals, container_id, bundle, pid_file, console_socket, no_pivot, no_new_keyring, preserve_fds):
-    from kata_runtime import container
-    from kata_runtime.errors import InvalidArgument
-
-    if preserve_fds:
-        raise InvalidArgument("--preserve-fds is not supported: file descriptors cannot cross into the sandbox")
-    container.create(g.store(), g.config(), container_id, bundle, pid_file=pid_file,
-                     console_socket=console_socket, detach=True)
+    create(g, container_id, bundle, pid_file, console_socket, preserve_fds)

@@ -1,11 +1,18 @@
-"""``state`` and ``list`` without click: the commands containerd calls most, kept cheap.
+"""The commands a caller runs for every container, without click: create, start, state, kill,
+delete, and list.
 
-:func:`parse` accepts only a plain command line: runc's global flags in their usual
-spellings, then ``state ID`` or ``list`` with ``--format``/``-f`` and ``--quiet``/``-q``.
-Anything else (``--help``, an unknown or repeated flag, a missing or extra argument)
-returns None and the command goes through click (kata_runtime.cli.group), which parses
-the same flags, so the two paths cannot disagree on what they both accept; the tests run
-both on the same command lines.
+containerd calls the runtime several times per container; importing click costs more
+than some of these commands' own work. :func:`parse` accepts only a plain command line:
+runc's global flags in their usual spellings, then one of these commands with its
+flags spelt ``--name value``, ``--name=value`` or ``-n value`` (no clusters, no ``--``,
+each flag at most once) and its arguments. Anything else (``--help``, an unknown or
+repeated flag, a value that looks like a flag, a missing or extra argument) returns None
+and the command goes through click (kata_runtime.cli.group), which parses the same
+flags, so the two paths cannot disagree on what they both accept; the tests run both
+on the same command lines.
+
+Each command's action is a function here (named after it); its click command in
+``kata_runtime.cli.<name>`` calls the same function, so both paths do the same work.
 """
 
 from __future__ import annotations
@@ -22,16 +29,58 @@ _VALUE_FLAGS = {"--root": "root", "--log": "log", "--log-format": "log_format", 
 _BOOL_FLAGS = {"--debug": "debug", "--systemd-cgroup": "systemd_cgroup"}
 
 
+class Spec:
+    """What one command accepts: positional arguments (``optional`` of them may be left out, at
+    the end), and flags: spelling -> (key, takes a value)."""
+
+    def __init__(self, positional: tuple[str, ...], flags: dict | None = None, optional: int = 0,
+                 defaults: dict | None = None):
+        self.positional = positional
+        self.flags = flags or {}
+        self.optional = optional
+        self.defaults = defaults or {}
+
+
+def _flag(key: str, *spellings: str, value: bool = False) -> dict:
+    return {s: (key, value) for s in spellings}
+
+
+#: The fast commands (the same flags as their click commands, with the same defaults).
+COMMANDS = {
+    "state": Spec(("container_id",)),
+    "list": Spec((), {**_flag("fmt", "--format", "-f", value=True), **_flag("quiet", "--quiet", "-q")},
+                 defaults={"fmt": "table", "quiet": False}),
+    "start": Spec(("container_id",)),
+    "delete": Spec(("container_id",), _flag("force", "--force", "-f"), defaults={"force": False}),
+    "kill": Spec(("container_id", "signal"), _flag("all_processes", "--all", "-a"), optional=1,
+                 defaults={"signal": "SIGTERM", "all_processes": False}),
+    "create": Spec(("container_id",), {
+        **_flag("bundle", "--bundle", "-b", value=True), **_flag("pid_file", "--pid-file", value=True),
+        **_flag("console_socket", "--console-socket", value=True), **_flag("no_pivot", "--no-pivot"),
+        **_flag("no_new_keyring", "--no-new-keyring"), **_flag("preserve_fds", "--preserve-fds", value=True)},
+        defaults={"bundle": ".", "pid_file": None, "console_socket": None, "no_pivot": False,
+                  "no_new_keyring": False, "preserve_fds": "0"}),
+}
+#: Values a flag must have for the fast path (others are click's to refuse or convert).
+_VALID = {"fmt": lambda v: v in ("table", "json"), "preserve_fds": lambda v: v.isascii() and v.isdigit()}
+
+
 class Plan:
-    """A parsed plain command line: the global flags and one of the fast commands."""
+    """A parsed plain command line: the global flags, the command and its arguments."""
 
     def __init__(self):
         self.globals = {"root": DEFAULT_ROOT, "log": None, "log_format": "text", "debug": False,
                         "systemd_cgroup": False, "kata_config": os.environ.get(CONFIG_ENV) or None}
         self.command = ""
-        self.container_id = ""
-        self.fmt = "table"
-        self.quiet = False
+        self.args: dict = {}
+
+    @property
+    def container_id(self) -> str:
+        return self.args.get("container_id", "")
+
+    @property
+    def fmt(self) -> str:
+        return self.args.get("fmt", "table")
 
 
 def _split(arg: str) -> tuple[str, str | None]:
@@ -66,42 +115,47 @@ def _globals(argv: list[str], plan: Plan) -> int | None:
 
 
 def parse(argv: list[str]) -> Plan | None:
-    """A Plan for a plain ``state``/``list`` command line, else None (click handles it)."""
+    """A Plan for a plain command line of one of :data:`COMMANDS`, else None (click handles it)."""
     plan = Plan()
     i = _globals(argv, plan)
-    if i is None or i >= len(argv):
+    if i is None or i >= len(argv) or argv[i] not in COMMANDS:
         return None
-    plan.command, rest = argv[i], argv[i + 1:]
-    if plan.command == "state":
-        if len(rest) != 1 or rest[0].startswith("-"):
-            return None
-        plan.container_id = rest[0]
-        return plan
-    if plan.command == "list":
-        return plan if _list_flags(rest, plan) else None
-    return None
+    plan.command = argv[i]
+    args = _command_args(COMMANDS[plan.command], argv[i + 1:])
+    if args is None:
+        return None
+    plan.args = args
+    return plan
 
 
-def _list_flags(rest: list[str], plan: Plan) -> bool:
-    i, seen = 0, set()
+def _command_args(spec: Spec, rest: list[str]) -> dict | None:
+    """The command's flags and arguments (defaults filled in), or None if the line is not plain."""
+    args, positional, i = dict(spec.defaults), [], 0
+    seen: set[str] = set()
     while i < len(rest):
-        name, value = _split(rest[i])
-        if name in ("--quiet", "-q") and value is None and "q" not in seen:
-            plan.quiet, _ = True, seen.add("q")
-        elif name in ("--format", "-f") and "f" not in seen:
-            seen.add("f")
-            if value is None:
-                i += 1
-                if i >= len(rest):
-                    return False
-                value = rest[i]
-            if value not in ("table", "json"):
-                return False
-            plan.fmt = value
-        else:
-            return False
+        arg = rest[i]
         i += 1
-    return True
+        if not arg.startswith("-"):
+            positional.append(arg)
+            continue
+        name, value = _split(arg)
+        if name not in spec.flags:
+            return None
+        key, takes_value = spec.flags[name]
+        if key in seen or (value is not None and not takes_value):
+            return None
+        seen.add(key)
+        if takes_value and value is None:
+            if i >= len(rest) or rest[i].startswith("-"):
+                return None
+            value, i = rest[i], i + 1
+        if takes_value and not _VALID.get(key, lambda v: True)(value):
+            return None
+        args[key] = value if takes_value else True
+    if not len(spec.positional) - spec.optional <= len(positional) <= len(spec.positional):
+        return None
+    args.update(zip(spec.positional, positional))
+    return args
 
 
 def run(plan: Plan) -> int:
@@ -111,14 +165,57 @@ def run(plan: Plan) -> int:
     g = plan.globals
     klog.configure(g["log"], g["log_format"], g["debug"])
     globals_ = Globals(g["root"], g["log"], g["log_format"], g["debug"], g["systemd_cgroup"], g["kata_config"])
+    a = plan.args
     if plan.command == "state":
-        print_state(globals_, plan.container_id)
+        print_state(globals_, a["container_id"])
+    elif plan.command == "list":
+        print_list(globals_, a["fmt"], a["quiet"])
+    elif plan.command == "start":
+        start(globals_, a["container_id"])
+    elif plan.command == "delete":
+        delete(globals_, a["container_id"], a["force"])
+    elif plan.command == "kill":
+        kill(globals_, a["container_id"], a["signal"], a["all_processes"])
     else:
-        print_list(globals_, plan.fmt, plan.quiet)
+        create(globals_, a["container_id"], a["bundle"], a["pid_file"], a["console_socket"], int(a["preserve_fds"]))
     return 0
 
 
 # ------------------------------------------------------------- the actions
+
+
+def create(g: Globals, container_id: str, bundle: str, pid_file: str | None, console_socket: str | None,
+           preserve_fds: int) -> None:
+    """``create``: the container, its sandbox and its shim (kata_runtime.container.create)."""
+    from kata_runtime import container
+    from kata_runtime.errors import InvalidArgument
+
+    if preserve_fds:
+        raise InvalidArgument("--preserve-fds is not supported: file descriptors cannot cross into the sandbox")
+    container.create(g.store(), g.config(), container_id, bundle, pid_file=pid_file,
+                     console_socket=console_socket, detach=True)
+
+
+def start(g: Globals, container_id: str) -> None:
+    """``start``: StartContainer."""
+    from kata_runtime import container
+
+    container.start(g.store(), container_id)
+
+
+def kill(g: Globals, container_id: str, signal: str, all_processes: bool) -> None:
+    """``kill``: SignalProcess with runc's signal spellings."""
+    from kata_runtime import container
+    from kata_runtime.signals import parse_signal
+
+    container.kill(g.store(), container_id, parse_signal(signal), all_processes)
+
+
+def delete(g: Globals, container_id: str, force: bool) -> None:
+    """``delete [--force]``."""
+    from kata_runtime import container
+
+    container.delete(g.store(), container_id, force=force)
 
 
 def print_state(g: Globals, container_id: str) -> None:

@@ -146,6 +146,13 @@ def test_state_and_list_do_not_import_grpc(tmp_path, command):
     ["state", "c1"], ["list"], ["list", "-q"], ["list", "--format", "json"], ["list", "--format=json", "--quiet"],
     ["--debug", "--log-format", "json", "list", "-f", "table"], ["--systemd-cgroup", "state", "c1"],
     ["state", "nope"], ["list", "--format", "yaml"], ["state"], ["state", "a", "b"], ["list", "--help"],
+    ["start", "c1"], ["start", "nope"], ["start"], ["kill", "c1"], ["kill", "c1", "KILL", "--all"],
+    ["kill", "-a", "nope", "9"], ["kill", "c1", "NOSUCH"], ["kill", "c1", "1", "2"], ["delete", "nope"],
+    ["delete", "--force", "nope"], ["delete", "-f", "-f", "nope"], ["delete", "--force=yes", "c1"],
+    ["create", "c1", "--bundle", "/nonexistent"], ["create", "--bundle=/nonexistent", "--pid-file", "/p", "x"],
+    ["create", "-b", "/nonexistent", "--no-pivot", "--no-new-keyring", "--console-socket", "/s", "x"],
+    ["create", "--preserve-fds", "3", "x"], ["create", "--preserve-fds", "many", "x"], ["create", "bad/id"],
+    ["create", "x", "--bundle"], ["create", "--help"],
 ])
 def test_fast_path_and_click_agree(tmp_path, capsys, monkeypatch, argv):
     store = Store(str(tmp_path))
@@ -162,8 +169,12 @@ def test_fast_path_and_click_agree(tmp_path, capsys, monkeypatch, argv):
 def test_fast_path_takes_only_plain_command_lines():
     assert fast.parse(["--root", "/r", "--log=/l", "--debug", "state", "x"]).container_id == "x"
     assert fast.parse(["list", "-q", "-f", "json"]).fmt == "json"
+    assert fast.parse(["kill", "-a", "x"]).args == {"container_id": "x", "signal": "SIGTERM", "all_processes": True}
+    assert fast.parse(["create", "x", "-b", "/b", "--pid-file=/p"]).args["pid_file"] == "/p"
     for argv in (["--help"], ["state"], ["state", "--help"], ["list", "--all"], ["--root", "/r", "--root", "/s", "list"],
-                 ["--log-format", "xml", "list"], ["--root"], ["create", "x"], ["-v"], ["list", "-qq"]):
+                 ["--log-format", "xml", "list"], ["--root"], ["exec", "x"], ["-v"], ["list", "-qq"],
+                 ["create", "x", "--bundle", "-b"], ["create", "--preserve-fds", "\u00b2", "x"], ["kill", "x", "--", "9"],
+                 ["delete", "-fa", "x"], ["start", "-"], ["create", "x", "--bundle", "/a", "-b", "/b"]):
         assert fast.parse(argv) is None, argv
 
 

@@ -204,3 +204,22 @@ def test_containerd_style_long_root_and_64_hex_id(tmp_path, bundle):
     finally:
         kata.cleanup()
     assert_clean(kata, cid)
+
+
+def test_start_and_kill_load_no_grpc_protobuf_click_or_asyncio(kata, bundle, new_id):
+    """The calls made for every container stay cheap: kata_grpc with hand-encoded requests, no click."""
+    import sys
+
+    cid = new_id()
+    assert kata.create(cid, bundle).returncode == 0
+    code = ("import sys; from kata_runtime.cli import main; rc = main(sys.argv[1:]); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('grpc', 'google', 'katapb', 'click', 'asyncio', 'tomllib'));"
+            "print('HEAVY', heavy); sys.exit(rc)")
+    for command in (["start", cid], ["kill", cid, "KILL"]):
+        p = subprocess.run([sys.executable, "-c", code, "--root", str(kata.root), "--kata-config", str(kata.config),
+                            *command], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.splitlines()[-1] == "HEAVY []", command
+    kata.wait_status(cid, "stopped")
+    kata.ok("delete", cid)
