@@ -521,6 +521,8 @@ def delete(store, container_id: str, force: bool = False) -> None:
             raise WrongState(f"cannot delete container {container_id} that is not stopped: {status}")
         if c.sandbox_data is not None and container_id not in c.sandbox_data.get("containers", []):
             c.sandbox_data = None  # a create that crashed before it joined; or a sandbox of that id since
+        if force:
+            _thaw_host_cgroup(c.data)
         _remove_from_agent(c, force, log)
         _stop_shims(c.data, force)
         if c.sandbox_data is not None:
@@ -528,6 +530,14 @@ def delete(store, container_id: str, force: bool = False) -> None:
         _remove_host_cgroup(c.data)
         c.entry.remove()
     log.info("container deleted", container=container_id)
+
+
+def _thaw_host_cgroup(data: dict) -> None:
+    """``delete --force``: whatever a pause froze in the container's host cgroup thawed first, so
+    that it dies with the sandbox (kata_runtime.host_cgroup.thaw)."""
+    from kata_runtime import host_cgroup
+
+    host_cgroup.thaw(data.get("host_cgroup"))
 
 
 def _remove_host_cgroup(data: dict) -> None:

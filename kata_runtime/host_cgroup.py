@@ -34,10 +34,10 @@ The record (``plan``), kept in the container's state as ``host_cgroup``::
      runtime created], "limits": bool}
 
 Removal (``remove``) is the runtime's last step of ``delete`` (forced or not), after the
-sandbox stopped: every process still in a made directory is SIGKILLed, then the tree is
-removed bottom-up, retrying up to REMOVE_TIMEOUT s while the kernel releases dead tasks. A
-cgroupsPath that existed before ``create`` (runc lets a container join one) is joined but
-never emptied nor removed.
+sandbox stopped: every process still in a made directory is SIGKILLed and the tree thawed (a
+frozen task dies only once thawed), then the tree is removed bottom-up, retrying up to
+REMOVE_TIMEOUT s while the kernel releases dead tasks. A cgroupsPath that existed before
+``create`` (runc lets a container join one) is joined but never emptied nor removed.
 
 runc in the process sandbox's agent puts the hybrid hierarchy's (cgroup2 at
 /sys/fs/cgroup/unified) group of a container at that hierarchy's root, not below the agent
@@ -316,6 +316,21 @@ def tasks(record: dict) -> list[int]:
 # ---------------------------------------------------------------- remove
 
 
+def _thaw_all(directories: list[str]) -> None:
+    """Thaw every group of the trees (v1 ``freezer.state``, v2 ``cgroup.freeze``), top-down: a
+    frozen task does not die of SIGKILL until thawed (a paused container of the process
+    sandbox is frozen below the host cgroup). Groups without those files are skipped."""
+    for directory in directories:
+        for group in reversed(_tree(directory)):
+            for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                path = os.path.join(group, name)
+                if os.path.exists(path):
+                    try:
+                        _write(path, value)
+                    except OSError as e:
+                        current_log().debug(f"host cgroup: thawing {group}: {e}")
+
+
 def _kill_all(directories: list[str]) -> None:
     """SIGKILL every process in ``directories`` and below, this process excepted."""
     for pid in _pids_in(directories) - {os.getpid()}:
@@ -339,10 +354,19 @@ def _rmdir_trees(directories: list[str]) -> list[str]:
     return left
 
 
+def thaw(record: dict | None) -> None:
+    """Thaw the directories this runtime made and every group below them (``delete --force``
+    does it first: a container paused in the process sandbox is frozen below the host cgroup,
+    and its processes would outlive a killed agent until thawed)."""
+    if record and record.get("made"):
+        _thaw_all([d for d in record["made"] if os.path.isdir(d)])
+
+
 def remove(record: dict | None, timeout: float = REMOVE_TIMEOUT) -> list[str]:
     """Empty and remove the directories this runtime made (``made``), whatever still runs in
-    them (SIGKILL), retrying for up to ``timeout`` s while the kernel releases dead tasks. If
-    this process is inside, it leaves first. Returns the directories still left (logged)."""
+    them (SIGKILL, then thawed), retrying for up to ``timeout`` s while the kernel releases dead
+    tasks. If this process is inside, it leaves first. Returns the directories still left
+    (logged)."""
     if not record or not record.get("made"):
         return []
     made = [d for d in record["made"] if os.path.isdir(d)]
@@ -351,6 +375,7 @@ def remove(record: dict | None, timeout: float = REMOVE_TIMEOUT) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
         _kill_all(made)
+        _thaw_all(made)
         left = _rmdir_trees(made)
         if not left or time.monotonic() >= deadline:
             break

@@ -92,20 +92,37 @@ def test_shim_killed_mid_run(own_containerd, runtime):
     assert cd.wait_clean([cid], ignore=("shim_sockets",)) == {}
 
 
-def test_everything_killed_then_deleted(own_containerd, kata):
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
+def test_everything_killed_then_deleted(own_containerd, kata, paused):
     """SIGKILL to the containerd-shim and to every kata-runtime process of the task (the ones in
     its host cgroup ``/<ns>/<id>``: kata-shim, kata-proxy, the sandbox): deleting the task
-    (containerd runs ``kata-runtime delete --force``) leaves nothing, the cgroup included."""
+    (containerd runs ``kata-runtime delete --force``) leaves nothing, the cgroup included. Paused
+    first, the container's processes are frozen and outlive their agent until delete thaws them."""
     cd, image = own_containerd
     cid = new_id("allkill")
     _detached(cd, image, kata, cid)
+    if paused:
+        cd.ctr("task", "pause", cid, timeout=30)
     inside = [int(p) for p in Path(CGROUP_ROOT, "pids", cd.namespace, cid, "cgroup.procs").read_text().split()]
     assert len(inside) >= 3, inside
     victims = [_shim_of(cd, cid)] + inside
     kill_pids(victims)
-    assert wait_gone(victims, 10.0) == []
+    assert wait_gone(victims[:1], 10.0) == []
     _delete(cd, cid)
+    assert wait_gone(victims, 20.0) == []
     assert cd.wait_clean([cid], ignore=("shim_sockets",)) == {}
+
+
+def test_paused_then_deleted(ctr, image, runtime):
+    """``ctr task pause``, then ``ctr task delete --force``: the frozen processes still die (they
+    must be thawed for SIGKILL to take effect) and nothing is left, the cgroup included."""
+    cid = new_id("paused")
+    _detached(ctr, image, runtime, cid)
+    ctr.ctr("task", "pause", cid, timeout=30)
+    assert ctr.tasks()[cid] == "PAUSED"
+    ctr.ctr("task", "delete", "--force", cid, timeout=60)
+    ctr.ctr("container", "delete", cid, timeout=30)
+    assert ctr.wait_clean([cid]) == {}
 
 
 def test_many_at_once(ctr, image, runtime):

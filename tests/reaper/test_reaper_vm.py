@@ -6,8 +6,8 @@ Boots are few (CI: 2 cores, 30 minutes for the whole suite): one ``ctr run`` tha
 guest's ``uname -r``, stdin and its EOF, stderr and the exit code; one running task for ``ctr
 task exec``, ``ctr task metrics`` (the VM's host cost in the cgroup ``/<ns>/<id>``) and ``ctr
 task kill`` (KILL to an exec, TERM to the init); four VMs started at once, all output checked,
-one of them writing exactly 1 MiB + 1 bytes just before it exits. After each, nothing may be left: no QEMU, kata-proxy, kata-shim, mount, state
-or cgroup.
+one of them writing exactly 1 MiB + 1 bytes just before it exits. After each, nothing may be
+left: no QEMU, kata-proxy, kata-shim, mount, state or cgroup.
 
 Needs a guest image: the session build of tests/conftest.py (set
 KATA_PY_TEST_IMAGE_CACHE to reuse one between sessions).
@@ -28,7 +28,8 @@ import pytest
 from tests.cri.harness import kata_wrapper
 from tests.reaper.test_reaper_run import PATTERN, expected
 from tests.support.attach import Attached
-from tests.support.containerd import CGROUP_ROOT, _cmdline, kata_runtime_missing, new_id, pids_mentioning, run_with_stdin
+from tests.support.containerd import (CGROUP_ROOT, _cmdline, kata_runtime_missing, new_id, pids_mentioning,
+                                     run_with_stdin)
 from tests.support.guest import missing_requirements
 from tests.support.runtime import write_config
 
