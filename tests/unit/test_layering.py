@@ -17,7 +17,8 @@ import:
 Nobody imports kata_runtime but its own modules (and bench/, tests). bench/ and make demo import
 no test module: of tests/ only tests.support, and not its pytest fixtures; tests.support imports no
 tier, and pytest only in fixtures.py (requirements.skip_items imports it when called). The guest
-image copies every package of ours the agent needs, and setup.cfg lists every package.
+image copies every package of ours the agent needs, setup.cfg lists every package, and a new
+top-level package must be given its place here.
 """
 
 from __future__ import annotations
@@ -144,3 +145,8 @@ def test_setup_cfg_lists_every_package():
             rel = init.parent.relative_to(REPO / directory)
             found.add(".".join((pkg, *rel.parts)))
     assert found <= listed, f"packages missing from setup.cfg [options] packages: {sorted(found - listed)}"
+
+
+def test_every_top_level_package_has_its_place_in_the_rule():
+    found = {path.parent.name for path in REPO.glob("*/__init__.py")} - {"bench"}
+    assert found <= set(PACKAGES), f"place these in PACKAGES and MAY_IMPORT: {sorted(found - set(PACKAGES))}"
