@@ -6,6 +6,7 @@ filesystem (root), under a top directory of its own that is removed at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,8 +89,6 @@ def _in_child(record: dict, code: str) -> subprocess.CompletedProcess:
     """A child Python that joins ``record`` and runs ``code`` (this test process never moves)."""
     script = ("import json, sys; from kata_runtime import host_cgroup as h; "
               f"r = json.loads(sys.argv[1]); h.join(r); {code}")
-    import json
-
     return subprocess.run([sys.executable, "-c", script, json.dumps(record)], capture_output=True, text=True,
                           timeout=60)
 
@@ -145,3 +144,39 @@ def test_remove_from_inside_leaves_first(top):
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["[]", "False"]
     assert not any(os.path.exists(d) for d in record["dirs"].values())
+
+
+# ------------------------------------------------- through the kata-runtime CLI
+
+
+def _with_cgroup(bundle, path: str, resources: dict) -> None:
+    """Give the bundle's spec ``linux.cgroupsPath`` and ``linux.resources``."""
+    config = json.loads((bundle / "config.json").read_text())
+    config["linux"].update(cgroupsPath=path, resources=resources)
+    (bundle / "config.json").write_text(json.dumps(config, indent=1))
+
+
+@pytest.mark.sandbox
+def test_cli_create_limits_update_and_delete(kata, bundle, new_id, top):
+    """``create`` makes the cgroupsPath with the CPU limits only (the memory one is the
+    container's, below it, as the agent sees it), the sandbox's processes in it; ``update``
+    changes its CPU limits too; ``delete`` removes it."""
+    cid = new_id("hc")
+    path = f"{top}/{cid}"
+    _with_cgroup(bundle, path, {"cpu": {"shares": 512, "quota": 50000, "period": 100000},
+                                "memory": {"limit": 64 << 20}})
+    assert kata.create(cid, bundle).returncode == 0, kata.log_tail()
+    kata.ok("start", cid)
+    mounts = kata_cgroups.hierarchy_mounts()
+    cpu, memory = mounts["cpu"] + path, mounts["memory"] + path
+    assert open(f"{cpu}/cpu.shares").read().strip() == "512"
+    assert open(f"{cpu}/cpu.cfs_quota_us").read().strip() == "50000"
+    assert int(open(f"{memory}/memory.limit_in_bytes").read()) > 64 << 20
+    members = " ".join(open(f"/proc/{p}/cmdline").read() for p in open(f"{cpu}/cgroup.procs").read().split())
+    assert "kata-shim" in members and "kata-proxy" in members and "kata_agent" in members
+    guest = json.loads(kata.ok("events", "--stats", cid))["data"]
+    assert guest["memory"]["usage"]["limit"] == 64 << 20
+    kata.ok("update", "--cpu-shares", "256", cid)
+    assert open(f"{cpu}/cpu.shares").read().strip() == "256"
+    kata.ok("delete", "--force", cid)
+    assert not any(os.path.exists(m + path) for m in mounts.values())
