@@ -9,14 +9,18 @@ before click parses them.
 ``--log VALUE`` is a level name (debug, info, warn, error, fatal, panic: Go's ``-log``) or, when it
 is not a level name, a file to append the log to.  ``--log-level`` and ``--log-file`` say the
 same thing explicitly.  Exit codes: see kata_proxy/exits.py.
+
+The command line kata-runtime gives every proxy it starts (:data:`PLAIN_FLAGS`, each once) is
+read by :func:`parse_plain` without importing click (a sixth of the proxy's start-up); any other
+line goes to click (:func:`parse`), which reads those flags the same way (the tests compare).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import sys
-
-import click
 
 from kata_proxy import __version__, exits
 from kata_proxy import log as klog
@@ -83,19 +87,80 @@ def normalise_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def strip_unix_scheme(address: str, what: str) -> str:
-    """``unix:///p`` / ``unix:/p`` / ``unix://p`` / ``/p`` -> ``/p``; other schemes are errors."""
+def unix_path(address: str) -> str:
+    """``unix:///p`` / ``unix:/p`` / ``unix://p`` / ``/p`` -> ``/p``; ValueError for other schemes
+    and empty paths."""
     if address.startswith("unix://"):
         path = address[len("unix://"):]
     elif address.startswith("unix:"):
         path = address[len("unix:"):]
     elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", address):
-        raise click.BadParameter(f"{address!r}: only unix:// addresses are supported", param_hint=what)
+        raise ValueError(f"{address!r}: only unix:// addresses are supported")
     else:
         path = address
     if not path:
-        raise click.BadParameter("empty path", param_hint=what)
+        raise ValueError("empty path")
     return path
+
+
+def strip_unix_scheme(address: str, what: str) -> str:
+    """:func:`unix_path`, its errors as click's BadParameter for ``what`` (the flag)."""
+    import click
+
+    try:
+        return unix_path(address)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=what) from None
+
+
+#: The flags of the command line kata-runtime starts kata-proxy with -> Options fields.
+PLAIN_FLAGS = {"--listen-socket": "listen_socket", "--mux-socket": "mux_socket",
+               "--agent-logs-socket": "agent_logs_socket", "--sandbox": "sandbox", "--log-level": "log_level",
+               "--log-file": "log_file"}
+_LISTEN_ENV = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def parse_plain(argv: list[str], env=None):
+    """Options for a plain command line, without click; None for anything else (click's).
+
+    Plain: only :data:`PLAIN_FLAGS`, each at most once, as ``--name value`` or ``--name=value``
+    with a value that does not look like a flag; both --mux-socket and --listen-socket; valid
+    addresses and level; and no systemd LISTEN_* variables in ``env`` (os.environ)."""
+    env = os.environ if env is None else env
+    values = _plain_values(argv)
+    if values is None or "mux_socket" not in values or "listen_socket" not in values:
+        return None
+    if any(key in env for key in _LISTEN_ENV):
+        return None
+    try:
+        for key in ("mux_socket", "listen_socket", "agent_logs_socket"):
+            if key in values:
+                values[key] = unix_path(values[key])
+        values["log_level"] = klog.parse_level(values.get("log_level", "warn"))
+    except ValueError:
+        return None
+    from kata_proxy.proxy import Options
+
+    return Options(**values)
+
+
+def _plain_values(argv: list[str]) -> dict | None:
+    """{Options field: value} of a line of PLAIN_FLAGS only, each once; else None."""
+    values: dict = {}
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        key = PLAIN_FLAGS.get(name)
+        if key is None or key in values:
+            return None
+        if not eq:
+            i += 1
+            if i >= len(argv) or argv[i].startswith("-"):
+                return None
+            value = argv[i]
+        values[key] = value
+        i += 1
+    return values
 
 
 def _level_or_file(value: str):
@@ -112,83 +177,90 @@ class _Result:
         self.code = code
 
 
-@click.command(name="kata-proxy", context_settings={"help_option_names": ["--help"]},
-               help="Per-VM multiplexing proxy: one yamux session to the guest agent, one stream "
-                    "per client connection.")
-@click.option("--listen-socket", metavar="PATH",
-              help="Unix socket to serve clients on (unix:///PATH accepted). Omit under systemd "
-                   "socket activation.")
-@click.option("--mux-socket", metavar="PATH",
-              help="Unix socket QEMU binds the agent's virtio-serial port to.")
-@click.option("--channel", metavar="DEVICE", help="Serial or character device of the guest channel.")
-@click.option("--agent-logs-socket", metavar="PATH", help="VM console socket: guest lines are logged.")
-@click.option("--sandbox", metavar="ID", default=None, help="Sandbox id (added to every log line).")
-@click.option("--log", "log_value", metavar="LEVEL|FILE",
-              help="Log level (debug, info, warn, error, fatal, panic; default warn) or a file to log to.")
-@click.option("--log-level", metavar="LEVEL", help="Log level (as --log LEVEL).")
-@click.option("--log-file", metavar="FILE", help="Append the log to FILE instead of stderr.")
-@click.option("--log-format", type=click.Choice(["text", "logfmt", "json"]), default="text",
-              show_default=True, help="text is logfmt (key=value) lines.")
-@click.option("--debug", is_flag=True, help="Same as --log-level debug.")
-@click.option("--channel-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              metavar="SECONDS", help="How long to wait for the guest channel to appear.")
-@click.option("--heartbeat", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              metavar="SECONDS", help="Ping the agent this often (0: never); failures are only logged.")
-@click.option("--no-uvloop", is_flag=True, help="Use the standard asyncio event loop.")
-@click.option("--version", is_flag=True, help="Print the version and exit.")
-def command(listen_socket, mux_socket, channel, agent_logs_socket, sandbox, log_value, log_level,
-            log_file, log_format, debug, channel_timeout, heartbeat, no_uvloop, version):
-    from kata_proxy.proxy import Options
+@functools.cache
+def _command():
+    """The click command (click is imported here: only a line :func:`parse_plain` refuses needs it)."""
+    import click
 
-    if version:
-        click.echo(f"kata-proxy version {__version__}")
-        return _Result(code=exits.OK)
-    if mux_socket and channel:
-        raise click.UsageError("--mux-socket and --channel are mutually exclusive")
-    if not mux_socket and not channel:
-        raise click.UsageError("one of --mux-socket PATH or --channel DEVICE is required")
-    if mux_socket:
-        mux_socket = strip_unix_scheme(mux_socket, "--mux-socket")
-    if agent_logs_socket:
-        agent_logs_socket = strip_unix_scheme(agent_logs_socket, "--agent-logs-socket")
-    if listen_socket:
-        listen_socket = strip_unix_scheme(listen_socket, "--listen-socket")
+    @click.command(name="kata-proxy", context_settings={"help_option_names": ["--help"]},
+                   help="Per-VM multiplexing proxy: one yamux session to the guest agent, one stream "
+                        "per client connection.")
+    @click.option("--listen-socket", metavar="PATH",
+                  help="Unix socket to serve clients on (unix:///PATH accepted). Omit under systemd "
+                       "socket activation.")
+    @click.option("--mux-socket", metavar="PATH",
+                  help="Unix socket QEMU binds the agent's virtio-serial port to.")
+    @click.option("--channel", metavar="DEVICE", help="Serial or character device of the guest channel.")
+    @click.option("--agent-logs-socket", metavar="PATH", help="VM console socket: guest lines are logged.")
+    @click.option("--sandbox", metavar="ID", default=None, help="Sandbox id (added to every log line).")
+    @click.option("--log", "log_value", metavar="LEVEL|FILE",
+                  help="Log level (debug, info, warn, error, fatal, panic; default warn) or a file to log to.")
+    @click.option("--log-level", metavar="LEVEL", help="Log level (as --log LEVEL).")
+    @click.option("--log-file", metavar="FILE", help="Append the log to FILE instead of stderr.")
+    @click.option("--log-format", type=click.Choice(["text", "logfmt", "json"]), default="text",
+                  show_default=True, help="text is logfmt (key=value) lines.")
+    @click.option("--debug", is_flag=True, help="Same as --log-level debug.")
+    @click.option("--channel-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+                  metavar="SECONDS", help="How long to wait for the guest channel to appear.")
+    @click.option("--heartbeat", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                  metavar="SECONDS", help="Ping the agent this often (0: never); failures are only logged.")
+    @click.option("--no-uvloop", is_flag=True, help="Use the standard asyncio event loop.")
+    @click.option("--version", is_flag=True, help="Print the version and exit.")
+    def command(listen_socket, mux_socket, channel, agent_logs_socket, sandbox, log_value, log_level,
+                log_file, log_format, debug, channel_timeout, heartbeat, no_uvloop, version):
+        from kata_proxy.proxy import Options
 
-    level = klog.parse_level("warn")
-    if log_value:
-        lv, lf = _level_or_file(log_value)
-        if lv is not None:
-            level = lv
-        elif log_file and log_file != lf:
-            raise click.UsageError(f"--log {log_value!r} is not a level, and --log-file is also given")
-        else:
-            log_file = lf
-    if log_level:
+        if version:
+            click.echo(f"kata-proxy version {__version__}")
+            return _Result(code=exits.OK)
+        if mux_socket and channel:
+            raise click.UsageError("--mux-socket and --channel are mutually exclusive")
+        if not mux_socket and not channel:
+            raise click.UsageError("one of --mux-socket PATH or --channel DEVICE is required")
+        if mux_socket:
+            mux_socket = strip_unix_scheme(mux_socket, "--mux-socket")
+        if agent_logs_socket:
+            agent_logs_socket = strip_unix_scheme(agent_logs_socket, "--agent-logs-socket")
+        if listen_socket:
+            listen_socket = strip_unix_scheme(listen_socket, "--listen-socket")
+
+        level = klog.parse_level("warn")
+        if log_value:
+            lv, lf = _level_or_file(log_value)
+            if lv is not None:
+                level = lv
+            elif log_file and log_file != lf:
+                raise click.UsageError(f"--log {log_value!r} is not a level, and --log-file is also given")
+            else:
+                log_file = lf
+        if log_level:
+            try:
+                level = klog.parse_level(log_level)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--log-level") from None
+        if debug:
+            level = klog.parse_level("debug")
+
+        from kata_proxy import listener as klistener
+
         try:
-            level = klog.parse_level(log_level)
+            fds, names = klistener.sd_listen_fds(unset_environment=True)
         except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--log-level") from None
-    if debug:
-        level = klog.parse_level("debug")
+            raise exits.ProxyExit(exits.LISTEN, f"systemd socket activation: {exc}") from None
+        if fds and listen_socket:
+            raise click.UsageError("--listen-socket given, but systemd also passed a socket "
+                                   "(LISTEN_FDS); use one or the other")
+        if not fds and not listen_socket:
+            raise click.UsageError("--listen-socket PATH is required (or start under systemd "
+                                   "socket activation)")
 
-    from kata_proxy import listener as klistener
+        return _Result(opts=Options(
+            listen_socket=listen_socket, mux_socket=mux_socket, channel=channel,
+            agent_logs_socket=agent_logs_socket, sandbox=sandbox, log_level=level, log_file=log_file,
+            log_format=log_format, channel_timeout=channel_timeout, heartbeat=heartbeat,
+            use_uvloop=not no_uvloop, listen_fds=fds, listen_fd_names=names))
 
-    try:
-        fds, names = klistener.sd_listen_fds(unset_environment=True)
-    except ValueError as exc:
-        raise exits.ProxyExit(exits.LISTEN, f"systemd socket activation: {exc}") from None
-    if fds and listen_socket:
-        raise click.UsageError("--listen-socket given, but systemd also passed a socket "
-                               "(LISTEN_FDS); use one or the other")
-    if not fds and not listen_socket:
-        raise click.UsageError("--listen-socket PATH is required (or start under systemd "
-                               "socket activation)")
-
-    return _Result(opts=Options(
-        listen_socket=listen_socket, mux_socket=mux_socket, channel=channel,
-        agent_logs_socket=agent_logs_socket, sandbox=sandbox, log_level=level, log_file=log_file,
-        log_format=log_format, channel_timeout=channel_timeout, heartbeat=heartbeat,
-        use_uvloop=not no_uvloop, listen_fds=fds, listen_fd_names=names))
+    return command
 
 
 def parse(argv: list[str]):
@@ -196,9 +268,11 @@ def parse(argv: list[str]):
 
     Raises click.ClickException for usage errors and ProxyExit for bad LISTEN_* variables.
     """
+    import click
+
     try:
-        result = command.main(args=normalise_argv(list(argv)), prog_name="kata-proxy",
-                              standalone_mode=False)
+        result = _command().main(args=normalise_argv(list(argv)), prog_name="kata-proxy",
+                                 standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     if isinstance(result, _Result):
@@ -210,10 +284,12 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _parse_reporting(argv: list[str]):
+    """:func:`parse`, its errors reported (one line on stderr) as their exit code."""
+    import click
+
     try:
-        parsed = parse(argv)
+        return parse(argv)
     except click.ClickException as exc:
         sys.stderr.write(f"kata-proxy: error: {_one_line(exc.format_message())}\n")
         return exits.USAGE
@@ -222,6 +298,13 @@ def main(argv=None) -> int:
         return exc.code
     except click.Abort:
         return exits.USAGE
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parsed = parse_plain(argv)
+    if parsed is None:
+        parsed = _parse_reporting(argv)
     if isinstance(parsed, int):
         return parsed
     from kata_proxy.proxy import run

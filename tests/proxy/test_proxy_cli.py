@@ -104,3 +104,37 @@ def test_bad_listen_env_is_listen_error(monkeypatch):
     with pytest.raises(exits.ProxyExit) as info:
         cli.parse(["--mux-socket", "/m"])
     assert info.value.code == exits.LISTEN
+
+
+@pytest.mark.parametrize("argv", [
+    ["--mux-socket", "/run/vc/vm/s/kata.sock", "--listen-socket", "/run/vc/vm/s/proxy.sock", "--sandbox", "s",
+     "--log-file", "/run/vc/vm/s/proxy.log", "--log-level", "info"],
+    ["--mux-socket=unix:///m", "--listen-socket", "unix:/p", "--log-level=debug", "--agent-logs-socket", "/c"],
+    ["--listen-socket", "/p", "--mux-socket", "/m", "--sandbox=", "--log-file="],
+    ["--listen-socket", "/p", "--mux-socket", "/m", "--log-level", "WARN"],
+])
+def test_the_runtimes_command_line_parses_without_click_as_with_it(argv, monkeypatch):
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        monkeypatch.delenv(key, raising=False)
+    plain = cli.parse_plain(argv)
+    assert plain is not None and plain == cli.parse(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--mux-socket", "/m"], ["--listen-socket", "/p"], ["--listen-socket", "/p", "--mux-socket", "/m", "--debug"],
+    ["--listen-socket", "/p", "--mux-socket", "/m", "--mux-socket", "/n"], ["-listen-socket", "/p", "-mux-socket", "/m"],
+    ["--listen-socket", "vsock://3:1024", "--mux-socket", "/m"], ["--listen-socket", "/p", "--mux-socket", "/m",
+                                                                 "--log-level", "loud"],
+    ["--listen-socket", "/p", "--mux-socket", "/m", "--sandbox", "-x"], ["--listen-socket", "/p", "--mux-socket", "/m",
+                                                                       "--agent-logs-socket="],
+    ["--listen-socket", "/p", "--mux-socket"], ["--help"], ["--version"],
+])
+def test_anything_else_goes_to_click(argv, monkeypatch):
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        monkeypatch.delenv(key, raising=False)
+    assert cli.parse_plain(argv) is None
+
+
+def test_systemd_activation_goes_to_click(monkeypatch):
+    monkeypatch.setenv("LISTEN_FDNAMES", "x")
+    assert cli.parse_plain(["--listen-socket", "/p", "--mux-socket", "/m"]) is None
