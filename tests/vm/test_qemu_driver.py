@@ -214,6 +214,31 @@ async def test_a_recycled_pid_in_the_pid_file_is_never_signalled(vm_dir):
         bystander.wait()
 
 
+async def test_stop_kills_a_qemu_of_this_sandbox_that_the_pid_file_does_not_name(vm_dir):
+    """A runtime killed while QEMU daemonises leaves a launcher, or a daemon whose pid file is not
+    written yet: stop() finds them by their -pidfile argument (and leaves other sandboxes' alone)."""
+    q = QemuHypervisor(os.path.join(vm_dir, "a"), "x", accel="tcg")
+    other = QemuHypervisor(os.path.join(vm_dir, "b"), "y", accel="tcg")
+    for sb in (q, other):
+        os.makedirs(sb.sandbox_dir)
+    paused = ["qemu-system-x86_64", "-machine", "none", "-S", "-display", "none", "-nodefaults", "-pidfile"]
+    ours = subprocess.Popen([*paused, q.pid_file], start_new_session=True)
+    theirs = subprocess.Popen([*paused, other.pid_file], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(q.pid_file) and os.path.exists(other.pid_file)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        os.unlink(q.pid_file)  # as if QEMU had not written it yet
+        assert q.pid is None
+        await q.stop(timeout=0.2)
+        assert ours.wait(timeout=5) == -9
+        assert theirs.poll() is None
+    finally:
+        for proc in (ours, theirs):
+            proc.kill()
+            proc.wait()
+
+
 # ---------------------------------------------------------- failures at start
 
 
