@@ -55,8 +55,13 @@ def _lines(output: str) -> dict[str, tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def process_report(tmp_path_factory, probe_cache_dir):
-    """`check` with the process hypervisor (the first run may pay the real probe), and the verdict."""
-    config = _config(tmp_path_factory.mktemp("process"), '[runtime]\nhypervisor = "process"\n')
+    """`check` with the process hypervisor (the first run may pay the real probe), and the verdict.
+
+    The guest files are named (the host's kernel), so `check` probes the kernel the verdict here
+    is read for: with none named it would probe the image build's kernel, if this machine has
+    one in the default cache (after `make demo`), and its verdict differs in the TCG timing."""
+    where = tmp_path_factory.mktemp("process")
+    config = _config(where, '[runtime]\nhypervisor = "process"\n[hypervisor.qemu]\n' + _guest_files(where))
     result = _check(probe_cache_dir, config)
     return result, kvm.probe_cached(probe_cache_dir), config
 
