@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -119,6 +120,16 @@ def detect_mode(explicit_channel: bool, pid: int | None = None) -> str:
 
 
 def main(argv=None) -> int:
+    """kata-agent; returns the exit status. The cycle collector is off until the server is up
+    (see _started), and on again whichever way this returns."""
+    gc.disable()
+    try:
+        return _main(argv)
+    finally:
+        gc.enable()
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     explicit = args.channel_fd is not None or args.channel_socket is not None
     mode = detect_mode(explicit)
@@ -235,6 +246,7 @@ async def serve(config, channel, *, ready_fd: int | None = None) -> int:
     bridge = Bridge(sock_path)
     if ready_fd is not None:
         _notify_ready(ready_fd)
+    _started()
     bridge_task = asyncio.ensure_future(bridge.run(channel))
     stop_task = asyncio.ensure_future(stopping.wait())
     rc = 0
@@ -263,6 +275,13 @@ async def serve(config, channel, *, ready_fd: int | None = None) -> int:
         if tmpdir:
             os.rmdir(tmpdir)
     return rc
+
+
+def _started() -> None:
+    """The server is up: the cycle collector, off while the agent imported and started (it made
+    many objects and no garbage), is turned on, with what exists so far frozen out of its scans."""
+    gc.freeze()
+    gc.enable()
 
 
 def _notify_ready(fd: int) -> None:

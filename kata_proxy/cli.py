@@ -18,6 +18,7 @@ line goes to click (:func:`parse`), which reads those flags the same way (the te
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import re
 import sys
@@ -302,13 +303,16 @@ def _parse_reporting(argv: list[str]):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parsed = parse_plain(argv)
-    if parsed is None:
-        parsed = _parse_reporting(argv)
-    if isinstance(parsed, int):
-        return parsed
-    from kata_proxy.proxy import run
-
+    gc.disable()  # while importing (many objects, no garbage): on again before the proxy runs
+    try:
+        parsed = parse_plain(argv)
+        if parsed is None:
+            parsed = _parse_reporting(argv)
+        if isinstance(parsed, int):
+            return parsed
+        from kata_proxy.proxy import run
+    finally:
+        gc.enable()
     return run(parsed)
 
 
