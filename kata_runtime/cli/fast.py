@@ -212,10 +212,25 @@ def kill(g: Globals, container_id: str, signal: str, all_processes: bool) -> Non
 
 
 def delete(g: Globals, container_id: str, force: bool) -> None:
-    """``delete [--force]``."""
+    """``delete [--force]``. Stopping a sandbox needs asyncio (its hypervisor driver is
+    asynchronous): it is imported meanwhile, while the agent removes the container."""
     from kata_runtime import container
 
+    import_in_background("asyncio")
     container.delete(g.store(), container_id, force=force)
+
+
+def import_in_background(*modules: str) -> None:
+    """Import ``modules`` in a daemon thread: the command soon needs them, and mostly waits
+    on the agent before that (a socket read releases the GIL)."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in modules:
+            importlib.import_module(name)
+
+    threading.Thread(target=load, daemon=True).start()
 
 
 def print_state(g: Globals, container_id: str) -> None:
