@@ -1,6 +1,6 @@
 """Container start benchmark: kata-runtime (process sandbox) vs runc, same bundle, same run.
 
-    python -m bench.start_bench [--quick] [--rounds N] [--state-calls N]
+    python -m bench.start_bench [--quick] [--rounds N] [--state-calls N] [--baseline TREE]
 
 Everything real, as a caller (containerd-shim) drives a runtime: subprocesses of the CLI.
 
@@ -14,11 +14,16 @@ Everything real, as a caller (containerd-shim) drives a runtime: subprocesses of
   ``unshare``, shown apart).
 
 kata-runtime and runc run interleaved, round by round, so load on the (shared) machine hits
-both alike; ratios are kata / runc. Modules are byte-compiled first, as an installed package
-is (this machine sets PYTHONDONTWRITEBYTECODE). Targets (issue 12): create+start <= 5x runc
-(stretch 3x), state <= 3x runc. Never asserts. The last line is machine-readable:
+both alike; ratios are kata / runc. ``--baseline TREE`` adds a third runtime, interleaved
+too: kata-runtime from another source tree (another revision, e.g. ``git archive REV | tar
+-x -C TREE``), run with ``PYTHONPATH=TREE:TREE/proto`` so that it and the proxy, shim and
+agent it starts import that tree's modules (ahead of the editable install): before/after
+figures from one run. Modules are byte-compiled first, as an installed package is (this
+machine sets PYTHONDONTWRITEBYTECODE). The load average is printed at the start and the end.
+Targets (issue 12): create+start <= 5x runc (stretch 3x), state <= 3x runc. Never asserts.
+The last line is machine-readable:
 
-    RESULT start_ms=.. runc_start_ms=.. start_ratio=.. delete_ms=.. ... uss_kib=..
+    RESULT start_ms=.. runc_start_ms=.. start_ratio=.. delete_ms=.. ... uss_kib=.. [base_start_ms=..]
 """
 
 from __future__ import annotations
@@ -56,11 +61,13 @@ def make_bundle(path: Path) -> Path:
 
 
 class Runtime:
-    """One runtime's CLI with its own --root (and, for kata-runtime, a configuration)."""
+    """One runtime's CLI with its own --root (and, for kata-runtime, a configuration); ``env``:
+    its environment (None: ours)."""
 
-    def __init__(self, name: str, prefix: list[str]):
+    def __init__(self, name: str, prefix: list[str], env: dict | None = None):
         self.name = name
         self.prefix = prefix
+        self.env = env
 
     def run(self, *args, **kw) -> subprocess.CompletedProcess:
         """Run one command; its stderr goes to a file (never a pipe: after ``create`` the
@@ -68,7 +75,7 @@ class Runtime:
         kw.setdefault("stdin", subprocess.DEVNULL)
         kw.setdefault("stdout", subprocess.DEVNULL)
         with tempfile.TemporaryFile() as err:
-            p = subprocess.run([*self.prefix, *args], stderr=err, timeout=300, **kw)
+            p = subprocess.run([*self.prefix, *args], stderr=err, timeout=300, env=self.env, **kw)
             if p.returncode != 0:
                 err.seek(0)
                 raise RuntimeError(f"{self.name} {' '.join(args)}: exit {p.returncode}: {err.read()[-500:]!r}")
@@ -144,79 +151,125 @@ def p90(values: list[float]) -> float:
     return sorted(values)[max(0, int(len(values) * 0.9 + 0.5) - 1)]
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 rounds, 5 state calls (CI smoke)")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--state-calls", type=int, default=30)
-    args = ap.parse_args(argv)
+    ap.add_argument("--baseline", metavar="TREE", type=Path,
+                    help="also run kata-runtime from this source tree (another revision), interleaved")
+    return ap.parse_args(argv)
+
+
+def compile_tree(tree: Path) -> None:
+    """Byte-compile every package of a source tree (and its generated katapb), as an install would."""
+    for init in sorted(tree.glob("*/__init__.py")) + [tree / "proto" / "katapb" / "__init__.py"]:
+        if init.exists() and init.parent.name not in ("tests", "bench"):
+            compileall.compile_dir(str(init.parent), quiet=1)
+
+
+def runtimes(tmp: Path, config: Path, baseline: Path | None) -> list[Runtime]:
+    """kata-runtime (this tree), kata-runtime from ``baseline`` if given, and runc."""
+    prefix = command("kata-runtime")
+    rts = [Runtime("kata-runtime", [*prefix, "--root", str(tmp / "kata"), "--kata-config", str(config)])]
+    if baseline is not None:
+        path = os.pathsep.join([str(baseline), str(baseline / "proto"), *filter(None, [os.environ.get("PYTHONPATH")])])
+        rts.append(Runtime("baseline", [*prefix, "--root", str(tmp / "base"), "--kata-config", str(config)],
+                           env=dict(os.environ, PYTHONPATH=path)))
+    rts.append(Runtime("runc", ["runc", "--root", str(tmp / "runc")]))
+    return rts
+
+
+def measure_starts(rts: list[Runtime], bundle: Path, tag: str, rounds: int) -> tuple[dict, dict]:
+    """{runtime: [create+start -> first byte]}, {runtime: [delete]} (seconds), round by round,
+    the order rotated each round."""
+    starts = {rt.name: [] for rt in rts}
+    deletes = {rt.name: [] for rt in rts}
+    for i in range(rounds):
+        for rt in rts[i % len(rts):] + rts[:i % len(rts)]:
+            s, d = start_to_first_byte(rt, bundle, f"sb-{tag}-{rt.name[0]}{i}")
+            starts[rt.name].append(s)
+            deletes[rt.name].append(d)
+    return starts, deletes
+
+
+def measure_state(live: list, calls: int) -> dict:
+    """{runtime: (median wall, median CPU)} of ``state`` on a running container, interleaved halves."""
+    state = {}
+    for _ in range(2):
+        for rt, cid in live:
+            state.setdefault(rt.name, []).append(timed_calls(rt, ["state", cid], max(1, calls // 2)))
+    return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in state.items()}
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def report(rounds: int, starts: dict, deletes: dict, state: dict, memory: dict, loads: tuple[str, str]) -> None:
+    """The table (a column per runtime, ratios to runc), memory, and the RESULT line."""
+    names = list(starts)
+    others = [n for n in names if n != "runc"]
+    med = {k: statistics.median(v) for k, v in starts.items()}
+    dmed = {k: statistics.median(v) for k, v in deletes.items()}
+    rows = [("create+start -> first byte, median", med), ("create+start -> first byte, p90",
+                                                         {k: p90(v) for k, v in starts.items()}),
+            ("delete (after exit), median", dmed), ("state, median wall", {k: v[0] for k, v in state.items()}),
+            ("state, median CPU", {k: v[1] for k, v in state.items()})]
+    print(f"container start, {rounds} rounds, interleaved (ms); load average {loads[0]} at the start, {loads[1]} "
+          f"at the end")
+    print(f"{'':42s}" + "".join(f"{n:>14s}" for n in names) + "".join(f"{n + '/runc':>20s}" for n in others))
+    for label, values in rows:
+        print(f"{label:42s}" + "".join(f"{ms(values[n]):>14s}" for n in names)
+              + "".join(f"{values[n] / max(values['runc'], 1e-9):20.2f}" for n in others))
+    total = memory["agent"] + memory["proxy"] + memory["shim"]
+    print()
+    print("host memory of one sandbox, USS (KiB):  "
+          + "  ".join(f"{k} {v}" for k, v in memory.items()) + f"   agent+proxy+shim {total}")
+    k = "kata-runtime"
+    base = (f" base_start_ms={med['baseline'] * 1000:.1f} base_delete_ms={dmed['baseline'] * 1000:.1f} "
+            f"base_state_ms={state['baseline'][0] * 1000:.1f}") if "baseline" in med else ""
+    print(f"RESULT start_ms={med[k] * 1000:.1f} runc_start_ms={med['runc'] * 1000:.1f} "
+          f"start_ratio={med[k] / med['runc']:.2f} delete_ms={dmed[k] * 1000:.1f} "
+          f"runc_delete_ms={dmed['runc'] * 1000:.1f} delete_ratio={dmed[k] / dmed['runc']:.2f} "
+          f"state_ms={state[k][0] * 1000:.1f} runc_state_ms={state['runc'][0] * 1000:.1f} "
+          f"state_ratio={state[k][0] / state['runc'][0]:.2f} uss_kib={total}{base}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     rounds, calls = (2, 5) if args.quick else (args.rounds, args.state_calls)
     reason = process_sandbox()
     if reason:
         print(f"start_bench: {reason}", file=sys.stderr)
         return 2
-
-    for package in ("kata_runtime", "kata_oci", "kata_cgroups", "kata_log", "kata_proxy", "kata_shim", "kata_agent", "yamux"):
-        compileall.compile_dir(str(REPO / package), quiet=1)
+    for tree in filter(None, (REPO, args.baseline)):
+        compile_tree(tree.resolve())
     tmp = Path(tempfile.mkdtemp(prefix="kstb", dir="/tmp"))
     config = tmp / "configuration.toml"
     config.write_text('[runtime]\nhypervisor = "process"\n')
-    kata = Runtime("kata-runtime", [*command("kata-runtime"), "--root", str(tmp / "kata"), "--kata-config", str(config)])
-    runc = Runtime("runc", ["runc", "--root", str(tmp / "runc")])
+    rts = runtimes(tmp, config, args.baseline.resolve() if args.baseline else None)
     bundle = make_bundle(tmp / "bundle")
     tag = uuid.uuid4().hex[:8]
     live = []
+    loads = [load()]
     try:
-        starts = {"kata-runtime": [], "runc": []}
-        deletes = {"kata-runtime": [], "runc": []}
-        for i in range(rounds):
-            for rt in (runc, kata) if i % 2 else (kata, runc):
-                s, d = start_to_first_byte(rt, bundle, f"sb-{tag}-{rt.name[0]}{i}")
-                starts[rt.name].append(s)
-                deletes[rt.name].append(d)
-
+        starts, deletes = measure_starts(rts, bundle, tag, rounds)
         set_process(bundle, args=["sleep", "1000"])
-        for rt in (kata, runc):
+        for rt in rts:
             cid = f"sb-{tag}-{rt.name[0]}-state"
             rt.run("create", "--bundle", str(bundle), cid)
             live.append((rt, cid))
             rt.run("start", cid)
-        state = {}
-        for _ in range(2):  # interleaved halves
-            for rt, cid in live:
-                wall, cpu = timed_calls(rt, ["state", cid], max(1, calls // 2))
-                state.setdefault(rt.name, []).append((wall, cpu))
-        state = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in state.items()}
-        kcid = live[0][1]
+        state = measure_state(live, calls)
+        kata, kcid = live[0]
         memory = sandbox_memory(tmp / "kata", kcid, kata.state(kcid)["pid"])
+        loads.append(load())
     finally:
         for rt, cid in live:
-            subprocess.run([*rt.prefix, "delete", "--force", cid], capture_output=True)
+            subprocess.run([*rt.prefix, "delete", "--force", cid], capture_output=True, env=rt.env)
         shutil.rmtree(tmp, ignore_errors=True)
-
-    med = {k: statistics.median(v) for k, v in starts.items()}
-    dmed = {k: statistics.median(v) for k, v in deletes.items()}
-    start_ratio = med["kata-runtime"] / med["runc"]
-    delete_ratio = dmed["kata-runtime"] / dmed["runc"]
-    state_ratio = state["kata-runtime"][0] / state["runc"][0]
-    total = memory["agent"] + memory["proxy"] + memory["shim"]
-    print(f"container start, {rounds} rounds, interleaved (ms)      kata-runtime       runc    ratio")
-    print(f"create+start -> first byte, median        {ms(med['kata-runtime'])}   {ms(med['runc'])}   {start_ratio:6.2f}")
-    print(f"create+start -> first byte, p90           {ms(p90(starts['kata-runtime']))}   "
-          f"{ms(p90(starts['runc']))}   {p90(starts['kata-runtime']) / p90(starts['runc']):6.2f}")
-    print(f"delete (after exit), median               {ms(dmed['kata-runtime'])}   {ms(dmed['runc'])}   {delete_ratio:6.2f}")
-    print(f"state, median wall                        {ms(state['kata-runtime'][0])}   {ms(state['runc'][0])}   "
-          f"{state_ratio:6.2f}")
-    print(f"state, median CPU                         {ms(state['kata-runtime'][1])}   {ms(state['runc'][1])}   "
-          f"{state['kata-runtime'][1] / max(state['runc'][1], 1e-6):6.2f}")
-    print()
-    print("host memory of one sandbox, USS (KiB):  "
-          + "  ".join(f"{k} {v}" for k, v in memory.items()) + f"   agent+proxy+shim {total}")
-    print(f"RESULT start_ms={med['kata-runtime'] * 1000:.1f} runc_start_ms={med['runc'] * 1000:.1f} "
-          f"start_ratio={start_ratio:.2f} delete_ms={dmed['kata-runtime'] * 1000:.1f} "
-          f"runc_delete_ms={dmed['runc'] * 1000:.1f} delete_ratio={delete_ratio:.2f} "
-          f"state_ms={state['kata-runtime'][0] * 1000:.1f} runc_state_ms={state['runc'][0] * 1000:.1f} "
-          f"state_ratio={state_ratio:.2f} uss_kib={total}")
+    report(rounds, starts, deletes, state, memory, tuple(loads))
     return 0
 
 
