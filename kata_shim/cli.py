@@ -18,8 +18,9 @@ the agent refuses to relay the process.  A failure prints exactly one line
 ``kata-shim: ...`` on stderr.  See kata_shim/README.md.
 
 Start-up imports only the standard library and this package (no grpcio, no
-protobuf runtime): the shim speaks gRPC through its own small HTTP/2 client
-(h2.py, hpack.py, pb.py); README.md has the measurements behind that choice.
+protobuf runtime): the shim speaks gRPC through a small HTTP/2 client (kata_grpc:
+h2.py, hpack.py, client.py; its messages in pb.py); README.md has the measurements
+behind that choice.
 """
 
 import sys
