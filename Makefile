@@ -15,6 +15,8 @@ PROTO_SOURCES := $(wildcard proto/katapb/*.proto)
 test: apt venv check-proto
 	$(PY) -m pytest -q tests
 
+# A busybox container in a VM through kata-runtime (bench/demo.py): the guest image is built once
+# into /var/cache/kata-py/images ($KATA_PY_IMAGE_CACHE elsewhere), then cached.
 demo: apt venv
 	$(PY) -m bench.demo
 

@@ -13,8 +13,9 @@ leaving nothing behind.
 Nothing here imports tests/: the busybox rootfs, the leftover checks and the clean-up are this
 module's own (small) versions. Every child runs in its own session, so a Ctrl-C at the terminal
 reaches only the caller, which then stops its children itself, in order (`Workspace.close`):
-SIGINT to `run` (a create in progress undoes itself), `kata-runtime delete --force`, SIGKILL to
-what is still ours, `delete --force` again; then `leftovers()` must be empty. Every wait is bounded.
+SIGINT to a `run` whose create is not done (it undoes itself), `kata-runtime delete --force`,
+SIGKILL to what is still ours, `delete --force` again; then `leftovers()` must be empty. Every
+wait is bounded.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ CLI_TIMEOUT = 120.0
 #: How long `run` gets to exit after SIGINT / after `delete --force` before SIGKILL.
 INTERRUPT_GRACE = 10.0
 EXIT_GRACE = 30.0
+#: `kata-runtime state` statuses of a container whose create has finished.
+CREATED_STATES = ("created", "running", "paused", "stopped")
 READ_CHUNK = 1 << 20
 BUSYBOX_APPLETS = ("sh", "echo", "cat", "uname", "hostname", "head", "grep", "dd", "sleep", "true")
 ROOTFS_DIRS = ("bin", "proc", "sys", "dev", "tmp", "run", "etc", "root")
@@ -237,8 +240,7 @@ class Workspace:
         self.log = self.dir / "kata-runtime.log"
         self.stderr_path = self.dir / "run.stderr"
         self.cache_dir = cache_dir
-        self.container_ids: list[str] = []
-        self.runs: list[Child] = []
+        self.runs: list[Run] = []
         write_configuration(self.config, cache_dir, accel, qemu)
 
     def argv(self, *args: str) -> list[str]:
@@ -282,12 +284,11 @@ class Workspace:
     def run(self, container_id: str, *extra: str, stdin=subprocess.DEVNULL) -> "Run":
         """`kata-runtime run --bundle <bundle> [extra] ID`, attached; stdout read by a thread,
         stderr to `stderr_path`."""
-        self.container_ids.append(container_id)
         with open(self.stderr_path, "ab") as err:
             child = Child(self.argv("run", "--bundle", str(self.bundle), *extra, container_id),
                           stdin=stdin, stdout=subprocess.PIPE, stderr=err)
-        self.runs.append(child)
-        return Run(child, container_id)
+        self.runs.append(Run(child, container_id))
+        return self.runs[-1]
 
     def log_records(self) -> list[dict]:
         """The runtime's JSON log records so far."""
@@ -312,28 +313,36 @@ class Workspace:
         """Stop every run, delete every container (--force), check each left nothing, remove the
         temp dir. Returns what was left behind (empty: clean). Ctrl-C is ignored meanwhile."""
         with ignoring_interrupts():
-            for child in self.runs:
-                if child.proc.poll() is None:
-                    child.proc.send_signal(signal.SIGINT)  # a create in progress undoes itself
-                    child.wait(INTERRUPT_GRACE)
             left = []
-            for cid in self.container_ids:
-                left += self._remove(cid)
-            for child in self.runs:
-                child.__exit__(None)
+            for run in self.runs:
+                left += self._remove(run)
+                run.child.__exit__(None)
             if not left:
                 shutil.rmtree(self.dir, ignore_errors=True)
             return left
 
-    def _remove(self, container_id: str) -> list[str]:
-        """delete --force, SIGKILL our `run` if it still waits, delete --force again; leftovers."""
-        self._delete(container_id)
-        for child in self.runs:
-            if child.proc.poll() is None and child.wait(EXIT_GRACE) is None:
-                child.signal_group(signal.SIGKILL)
-                child.proc.wait()
-                self._delete(container_id)
-        return wait_clean(container_id, self.root)
+    def _remove(self, run: "Run") -> list[str]:
+        """A `run` still creating gets SIGINT (its create undoes itself); then delete --force (an
+        attached `run` then exits with its shim), SIGKILL to a `run` that still waits and
+        delete --force again. Returns the container's leftovers."""
+        child = run.child
+        if child.proc.poll() is None and not self._created(run.id):
+            child.proc.send_signal(signal.SIGINT)
+            child.wait(INTERRUPT_GRACE)
+        self._delete(run.id)
+        if child.proc.poll() is None and child.wait(EXIT_GRACE) is None:
+            child.signal_group(signal.SIGKILL)
+            child.proc.wait()
+            self._delete(run.id)
+        return wait_clean(run.id, self.root)
+
+    def _created(self, container_id: str) -> bool:
+        """`kata-runtime state` says the container was created (its create has finished)."""
+        with Child(self.argv("state", container_id), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as child:
+            out, _ = child.communicate(CLI_TIMEOUT)
+        with contextlib.suppress(ValueError):
+            return child.returncode == 0 and json.loads(out).get("status") in CREATED_STATES
+        return False
 
     def _delete(self, container_id: str) -> None:
         with Child(self.argv("delete", "--force", container_id), stdout=subprocess.DEVNULL,
