@@ -4,7 +4,8 @@ Layout: ``cli/`` (one small module per command: flags and a thin action) over th
 that owns the work: ``config`` (configuration.toml), ``state`` (the per-container and
 per-sandbox state store), ``sandbox`` / ``container`` (lifecycle), ``agent`` (gRPC client),
 ``proxy`` / ``shim`` (the processes the runtime spawns), ``console`` (ptys and the console
-socket) and ``hypervisor/`` (drivers: ``process`` now, ``qemu`` next).
+socket) and ``hypervisor/`` (drivers: ``qemu``, and ``process`` for tests). What each module owns:
+kata_runtime/README.md.
 """
 
 __version__ = "0.1.0"
