@@ -223,8 +223,13 @@ def _decode_string(data, pos: int) -> tuple[bytes, int]:
 class Decoder:
     """Decodes header blocks; keeps the dynamic table between blocks of one connection."""
 
-    def __init__(self, max_table_size: int = 4096) -> None:
-        self.max_allowed = max_table_size  # what we advertised (SETTINGS_HEADER_TABLE_SIZE)
+    def __init__(self, max_table_size: int = 4096, max_list_size: int | None = None) -> None:
+        """``max_table_size``: what we advertised (SETTINGS_HEADER_TABLE_SIZE), bytes;
+        ``max_list_size``: the largest decoded header list (RFC 9113 section 6.5.2
+        SETTINGS_MAX_HEADER_LIST_SIZE: names + values + 32 per field) before HPACKError
+        (None: no limit)."""
+        self.max_list_size = max_list_size
+        self.max_allowed = max_table_size
         self.max_size = max_table_size     # current limit (the encoder may lower it)
         self.size = 0
         self.dynamic: list[tuple[bytes, bytes]] = []  # newest first
@@ -261,11 +266,19 @@ class Decoder:
         return name, value, pos
 
     def decode(self, block) -> list[tuple[bytes, bytes]]:
+        """The (name, value) list of one header block; HPACKError when it is malformed or
+        decodes to more than ``max_list_size``."""
         headers = []
         pos = 0
         n = len(block)
         seen_field = False
+        limit = self.max_list_size
+        list_size = 0
         while pos < n:
+            if limit is not None and headers:  # the field decoded last time round
+                list_size += 32 + len(headers[-1][0]) + len(headers[-1][1])
+                if list_size > limit:
+                    raise HPACKError(f"header list larger than {limit} bytes")
             byte = block[pos]
             if byte & 0x80:  # indexed field
                 index, pos = decode_int(block, pos, 7)
@@ -288,6 +301,10 @@ class Decoder:
                 name, value, pos = self._literal(block, pos, 4)
                 headers.append((name, value))
                 seen_field = True
+        if limit is not None and headers:
+            list_size += 32 + len(headers[-1][0]) + len(headers[-1][1])
+            if list_size > limit:
+                raise HPACKError(f"header list larger than {limit} bytes")
         return headers
 
 
