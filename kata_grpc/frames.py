@@ -153,6 +153,8 @@ class H2Connection:
         self.send_window = DEFAULT_WINDOW
         self.conn_unacked = 0
         self.closed_reason: str | None = None
+        self.error_code: int | None = None  # of the GOAWAY we sent on a connection error
+        self._size_update = b""  # an HPACK table size update due at the start of our next block
         self._out = bytearray()   # small frames, copied
         self._segments: list = []  # what is ready to go, in order (large payloads by reference)
         # Received bytes not parsed yet live in _in[_rpos:_wpos].  DATA payloads are not kept
@@ -167,6 +169,7 @@ class H2Connection:
         self._dleft = 0     # bytes (payload + padding) of the current DATA frame still to come
         self._dpad = 0      # of which trailing padding
         self._dstream: Stream | None = None  # where the payload goes (None: dropped)
+        self._dsid = 0      # the current DATA frame's stream
         self._dend = False  # the current DATA frame ends its stream
         self._cont: tuple[int, int, bytearray] | None = None  # header block awaiting CONTINUATION
         self._dispatch = {
@@ -199,7 +202,7 @@ class H2Connection:
         """The stream a DATA frame's payload goes to (None: counted, then dropped)."""
         return None
 
-    def _on_data_end(self, stream: Stream | None, end: bool) -> None:
+    def _on_data_end(self, sid: int, stream: Stream | None, end: bool) -> None:
         """A DATA frame's payload is all in (``end``: it had END_STREAM)."""
 
     def _on_reset(self, sid: int, code: int) -> None:
@@ -228,6 +231,9 @@ class H2Connection:
     def _send_headers(self, sid: int, flags: int, block: bytes) -> None:
         """Queue a header block as HEADERS (+ CONTINUATION frames past the peer's max frame
         size; RFC 9113 section 6.10).  ``flags``: END_STREAM or 0."""
+        if self._size_update:
+            block = self._size_update + block
+            self._size_update = b""
         size = self.peer_max_frame
         if len(block) <= size:
             self._out += frame(HEADERS, flags | END_HEADERS, sid, block)
@@ -383,6 +389,7 @@ class H2Connection:
     def _fail(self, code: int, reason: str) -> None:
         """Connection error (RFC 9113 section 5.4.1): queue GOAWAY ``code``, raise H2Error."""
         self.closed_reason = f"HTTP/2 protocol error: {reason}"
+        self.error_code = code
         self._out += frame(GOAWAY, 0, 0, self._last_stream_id().to_bytes(4, "big") + code.to_bytes(4, "big")
                            + reason.encode("utf-8", "replace")[:256])
         raise H2Error(self.closed_reason)
@@ -404,6 +411,7 @@ class H2Connection:
         end = bool(flags & END_STREAM)
         stream = self._data_stream(sid, remaining - pad, end)
         self._dstream = stream
+        self._dsid = sid
         self._dleft = remaining
         self._dpad = pad
         self._dend = end
@@ -415,7 +423,7 @@ class H2Connection:
 
     def _data_done(self) -> None:
         stream, self._dstream = self._dstream, None
-        self._on_data_end(stream, self._dend)
+        self._on_data_end(self._dsid, stream, self._dend)
 
     def _on_frame(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
         if self._cont is not None and ftype != CONTINUATION:
@@ -489,7 +497,10 @@ class H2Connection:
                 if value > 1:
                     self._fail(PROTOCOL_ERROR, "bad ENABLE_PUSH")
             elif key == HEADER_TABLE_SIZE:
-                # for our encoder, which never uses the dynamic table: any size is honoured
+                # Our encoder never adds to its dynamic table (RFC 7541 section 4.2): a size
+                # below the 4096 we started with is acknowledged by a size update to 0.
+                if value < 4096 and self.peer_header_table_size >= 4096:
+                    self._size_update = b"\x20"
                 self.peer_header_table_size = value
             elif key == MAX_HEADER_LIST_SIZE:
                 self.peer_max_header_list = value

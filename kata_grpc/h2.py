@@ -182,7 +182,7 @@ class Connection(H2Connection):
             self._fail(PROTOCOL_ERROR, "DATA before response headers")
         return call
 
-    def _on_data_end(self, call: Call | None, end: bool) -> None:
+    def _on_data_end(self, sid: int, call: Call | None, end: bool) -> None:
         if call is not None and end:
             self._finish(call)
 

@@ -1,0 +1,219 @@
+"""asyncio skin of the unary gRPC server core (:mod:`kata_grpc.server`): no grpcio.
+
+API (what kata-agent uses)::
+
+    handlers = {"/grpc.Health/Check": check, "/grpc.AgentService/ExecProcess": exec_process, ...}
+    async def check(request: bytes) -> bytes        # serialized request in, serialized reply out
+        raise RpcError(NOT_FOUND, "no such process")  # kata_grpc.protocol.RpcError: that status
+
+    await serve_connection(reader, writer, handlers)  # one HTTP/2 connection, until it ends
+    server = await serve_unix(path, handlers)       # every connection to a unix socket
+    await server.close()                              # stop listening, cancel the calls in flight
+
+``serve_connection`` serves one HTTP/2 connection carried by any byte stream of this shape:
+``reader``: ``await read(n) -> bytes`` (up to n bytes; b"" at EOF); ``writer``: ``write(data)``
+(queues, never blocks), ``await drain()``, ``close()``.  An asyncio (StreamReader,
+StreamWriter) pair fits, and so does a yamux Stream as both (``serve_connection(s, s, h)``):
+each yamux stream the host opens is one HTTP/2 connection.  It returns the reason the
+connection ended (str); cancelling it cancels the calls in flight and closes the writer.
+
+Each request runs as its own task: calls on one connection are concurrent (a ReadStdout may
+wait while WriteStdin runs).  A handler's RpcError becomes its status (code, message); a
+client's RST_STREAM (a cancelled call) or a lost connection cancels the task; a grpc-timeout
+cancels it when it expires and answers DEADLINE_EXCEEDED; any other exception is logged and
+answered UNKNOWN with its text.  A path missing from ``handlers`` is answered UNIMPLEMENTED,
+a message over ``max_message`` bytes (64 MiB, as the agent's grpc.aio server) RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from kata_grpc.protocol import DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, RpcError
+from kata_grpc.server import MAX_MESSAGE, ConnectionEnded, RequestReceived, ServerConnection, StreamReset
+
+log = logging.getLogger("kata_grpc.server")
+
+#: bytes asked of ``reader.read`` at a time
+READ_SIZE = 256 << 10
+
+
+class _Served:
+    """One connection being served: the core, the writer, the call tasks."""
+
+    def __init__(self, writer, handlers: dict, max_message: int) -> None:
+        self.conn = ServerConnection(handlers, max_message=max_message)
+        self.writer = writer
+        self.handlers = handlers
+        self.tasks: dict[int, asyncio.Task] = {}
+        self.broken: str | None = None  # the writer failed
+
+    def flush(self) -> None:
+        """Hand everything the core has queued to the writer."""
+        if self.broken is not None:
+            return
+        try:
+            for segment in self.conn.output():
+                self.writer.write(segment)
+        except Exception as e:  # the transport is gone (a reset yamux stream, a closed socket)
+            self.broken = f"write failed: {e!r}"
+
+    def handle(self, events: list) -> ConnectionEnded | None:
+        """Act on the core's events; the ConnectionEnded among them, if any."""
+        ended = None
+        for event in events:
+            if isinstance(event, RequestReceived):
+                task = asyncio.create_task(self.call(event))
+                self.tasks[event.stream_id] = task
+            elif isinstance(event, StreamReset):
+                task = self.tasks.pop(event.stream_id, None)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(event, ConnectionEnded):
+                ended = event
+        return ended
+
+    async def call(self, request: RequestReceived) -> None:
+        """Run one handler and queue its answer."""
+        sid = request.stream_id
+        handler = self.handlers[request.path]
+        try:
+            if request.timeout is None:
+                reply = await handler(request.message)
+            else:
+                timer = asyncio.timeout(request.timeout)
+                try:
+                    async with timer:
+                        reply = await handler(request.message)
+                except TimeoutError:
+                    if not timer.expired():
+                        raise
+                    self.conn.respond_error(sid, DEADLINE_EXCEEDED, "deadline exceeded")
+                    return
+        except asyncio.CancelledError:
+            raise  # the client reset the stream, or the connection is going: nothing to answer
+        except RpcError as e:
+            self.conn.respond_error(sid, e.code, e.message)
+        except Exception as e:
+            log.exception("%s failed", request.path)
+            self.conn.respond_error(sid, UNKNOWN, str(e) or type(e).__name__)
+        else:
+            if isinstance(reply, (bytes, bytearray, memoryview)):
+                self.conn.respond(sid, reply)
+            else:
+                log.error("%s returned %s, not bytes", request.path, type(reply).__name__)
+                self.conn.respond_error(sid, INTERNAL, f"handler returned {type(reply).__name__}, not bytes")
+        finally:
+            if self.tasks.get(sid) is asyncio.current_task():
+                del self.tasks[sid]
+            self.flush()
+
+    async def stop(self) -> None:
+        """Cancel the calls in flight and wait for them."""
+        tasks = list(self.tasks.values())
+        self.tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def serve_connection(reader, writer, handlers: dict, *, max_message: int = MAX_MESSAGE,
+                           read_size: int = READ_SIZE) -> str:
+    """Serve unary gRPC calls on one HTTP/2 connection until it ends (see the module docstring
+    for the shapes of ``reader``, ``writer`` and ``handlers``).  Returns why it ended: the
+    client closed it, it broke HTTP/2 (GOAWAY sent), or the byte stream failed.  Closes
+    ``writer`` in every case, cancelling the calls still running."""
+    served = _Served(writer, handlers, max_message)
+    served.flush()  # our SETTINGS
+    reason = "the client closed the connection"
+    try:
+        while served.broken is None:
+            try:
+                data = await reader.read(read_size)
+            except (OSError, EOFError, asyncio.IncompleteReadError) as e:
+                reason = f"read failed: {e!r}"
+                break
+            except Exception as e:  # a yamux StreamResetError / SessionClosedError
+                reason = f"read failed: {e!r}"
+                break
+            if not data:
+                break
+            ended = served.handle(served.conn.receive(data))
+            served.flush()
+            if ended is not None and not ended.graceful:
+                reason = ended.reason
+                break
+            try:
+                await writer.drain()
+            except Exception as e:
+                served.broken = f"write failed: {e!r}"
+        if served.broken is not None:
+            reason = served.broken
+    finally:
+        await served.stop()
+        served.flush()  # a GOAWAY still queued
+        try:
+            writer.close()
+        except Exception:
+            pass
+    log.debug("connection ended: %s", reason)
+    return reason
+
+
+class UnixServer:
+    """Serving a unix socket (see :func:`serve_unix`); :meth:`close` stops it."""
+
+    def __init__(self, path: str, handlers: dict, max_message: int) -> None:
+        self.path = path
+        self.handlers = handlers
+        self.max_message = max_message
+        self.server: asyncio.AbstractServer | None = None
+        self.connections: set[asyncio.Task] = set()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self.connections.add(task)
+        try:
+            await serve_connection(reader, writer, self.handlers, max_message=self.max_message)
+        except asyncio.CancelledError:
+            pass  # close() stopped it (asyncio's stream callback would log a cancelled task)
+        finally:
+            self.connections.discard(task)
+
+    async def close(self) -> None:
+        """Stop accepting, cancel every connection (and its calls), remove the socket file."""
+        if self.server is not None:
+            self.server.close()
+        tasks = list(self.connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+            self.server = None
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+async def serve_unix(path: str, handlers: dict, *, max_message: int = MAX_MESSAGE) -> UnixServer:
+    """Listen on the unix socket ``path`` (a stale file there is replaced, the socket is
+    created mode 0600 and its directory made) and serve each connection with
+    :func:`serve_connection`.  Raises OSError when it cannot listen (nothing is left behind)."""
+    server = UnixServer(path, handlers, max_message)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    old = os.umask(0o077)
+    try:
+        server.server = await asyncio.start_unix_server(server._connected, path, limit=READ_SIZE)
+    finally:
+        os.umask(old)
+    return server
