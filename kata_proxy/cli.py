@@ -4,7 +4,9 @@ Both spellings are accepted: the project's ``--long-flags`` and the Go kata-prox
 flags (``-listen-socket unix:///p``, ``-mux-socket p``, ``-sandbox id``, ``-log level``,
 ``-agent-logs-socket p``, ``-debug``, ``-version``, also ``-flag=value`` and ``-debug=true``), so
 that kata-proxy can stand in for the Go binary.  :func:`normalise_argv` rewrites the Go spellings
-before click parses them.
+before click parses them, reading them with kata-shim's reader (:class:`kata_log.flags.GoFlags`);
+socket addresses are read as the Go proxy reads them (:func:`kata_log.flags.unix_socket_path`:
+url.Parse, relative paths included).
 
 ``--log VALUE`` is a level name (debug, info, warn, error, fatal, panic: Go's ``-log``) or, when it
 is not a level name, a file to append the log to.  ``--log-level`` and ``--log-file`` say the
@@ -20,9 +22,9 @@ from __future__ import annotations
 import functools
 import gc
 import os
-import re
 import sys
 
+from kata_log.flags import FlagError, GoFlags, parse_bool, unix_socket_path
 from kata_proxy import __version__, exits
 from kata_proxy import log as klog
 
@@ -34,74 +36,44 @@ VALUE_OPTIONS = {
 #: Long options that are booleans; Go accepts ``-flag=true`` / ``-flag=false`` for them.
 BOOL_OPTIONS = {"debug", "version", "help", "no-uvloop"}
 
-_SINGLE_DASH = re.compile(r"^-([A-Za-z][A-Za-z0-9_-]+)(=.*)?$")
-_DOUBLE_DASH = re.compile(r"^--([A-Za-z][A-Za-z0-9_-]*)(=.*)?$")
-_TRUE = {"true", "t", "1", "yes"}
-_FALSE = {"false", "f", "0", "no"}
+
+def _long_name(name: str) -> str:
+    """The click option name of a flag name: ``_`` read as ``-``, ``h`` as ``help``."""
+    return "help" if name == "h" else name.replace("_", "-")
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
-    """Rewrite Go-style single-dash flags into click's ``--long`` form.
+    """Rewrite Go-style flags (read by :class:`kata_log.flags.GoFlags`) into click's ``--long`` form.
 
-    ``-name`` and ``-name=value`` become ``--name`` / ``--name=value`` (any name longer than one
-    letter, so that unknown ones are reported as ``--name``); ``-h`` becomes ``--help``; boolean
-    flags given ``=true`` lose the value and given ``=false`` are dropped.  Values that follow an
-    option needing one are never rewritten, nor is anything after ``--``.
+    ``-name`` and ``-name=value`` become ``--name`` / ``--name=value`` (unknown names too, so that
+    click reports them as ``--name``); ``-h`` becomes ``--help``; boolean flags given ``=true``
+    lose the value and given ``=false`` are dropped.  The value that follows an option needing
+    one is never rewritten, nor is anything after the flags (kept after a ``--``).  Raises
+    FlagError (bad flag syntax, a missing value, a boolean's bad value).
     """
     out: list[str] = []
-    expect_value = False
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if expect_value:
-            out.append(arg)
-            expect_value = False
-            continue
-        if arg == "--":
-            out.append(arg)
-            out.extend(argv[i:])
-            break
-        if arg == "-h":
-            out.append("--help")
-            continue
-        name = value = None
-        match = _SINGLE_DASH.match(arg) or _DOUBLE_DASH.match(arg)
-        if match:
-            name, value = match.group(1), match.group(2)
-        if name is None:
-            out.append(arg)
-            continue
-        name = name.replace("_", "-")
-        if name in BOOL_OPTIONS and value is not None:
-            word = value[1:].lower()
-            if word in _TRUE:
+    scan = GoFlags(argv, lambda name: _long_name(name) in VALUE_OPTIONS)
+    for flag in scan:
+        name = _long_name(flag.name)
+        if name in BOOL_OPTIONS and flag.joined:
+            if parse_bool(name, flag.value):
                 out.append("--" + name)
-            elif word in _FALSE:
-                pass
-            else:
-                out.append(f"--{name}{value}")  # click reports the bad value
-            continue
-        out.append(f"--{name}{value or ''}")
-        if name in VALUE_OPTIONS and value is None:
-            expect_value = True
+        elif flag.joined:
+            out.append(f"--{name}={flag.value}")
+        elif flag.value is None:
+            out.append("--" + name)
+        else:
+            out += ["--" + name, flag.value]
+    if scan.rest:
+        out += ["--", *scan.rest]
     return out
 
 
 def unix_path(address: str) -> str:
-    """``unix:///p`` / ``unix:/p`` / ``unix://p`` / ``/p`` -> ``/p``; ValueError for other schemes
-    and empty paths."""
-    if address.startswith("unix://"):
-        path = address[len("unix://"):]
-    elif address.startswith("unix:"):
-        path = address[len("unix:"):]
-    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", address):
-        raise ValueError(f"{address!r}: only unix:// addresses are supported")
-    else:
-        path = address
-    if not path:
-        raise ValueError("empty path")
-    return path
+    """The socket path of an address (:func:`kata_log.flags.unix_socket_path`): ``unix:///p``,
+    ``unix:/p`` and ``/p`` -> ``/p``; ``unix://rel`` and ``rel`` -> ``rel``.  Raises FlagError
+    (a ValueError) for other schemes and addresses naming no path."""
+    return unix_socket_path(address, "socket")
 
 
 def strip_unix_scheme(address: str, what: str) -> str:
@@ -272,8 +244,11 @@ def parse(argv: list[str]):
     import click
 
     try:
-        result = _command().main(args=normalise_argv(list(argv)), prog_name="kata-proxy",
-                                 standalone_mode=False)
+        args = normalise_argv(list(argv))
+    except FlagError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        result = _command().main(args=args, prog_name="kata-proxy", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     if isinstance(result, _Result):

@@ -5,13 +5,13 @@ Every record becomes one line with these fields, in this order::
     time=2026-11-24T17:25:19.123456Z level=info msg="..." name=kata-proxy pid=42 source=proxy sandbox=ID ...
 
 ``source`` is ``proxy`` for the proxy's own lines, ``agent`` for guest console lines and
-``yamux`` for the multiplexer's.  The line format itself (quoting, timestamps, JSON) is
-:mod:`kata_log`'s, shared with the shim and the agent.  Extra fields are passed with ``extra={"fields": {...}}``
-(see :func:`fields`).
+``yamux`` for the multiplexer's.  Levels, fields and the line format (quoting, timestamps,
+JSON, where a traceback goes) are :mod:`kata_log`'s, shared with the shim and the agent.  Extra
+fields are passed with ``extra=fields(k=v)`` (:func:`kata_log.formatter.fields`).
 
-Lines are queued to a writer thread: a full log pipe never stalls the data path.  When the
-bounded queue is full, records are dropped and counted, and a ``dropped N log lines`` notice
-is written once the writer catches up.
+Lines are queued to a writer thread (the standard library's QueueHandler and QueueListener):
+a full log pipe never stalls the data path.  When the bounded queue is full, records are
+dropped and counted, and a ``dropped N log lines`` warning is written once the writer catches up.
 
 The module is named ``log`` (not ``logging``) so that it can never shadow the standard library.
 """
@@ -19,194 +19,115 @@ The module is named ``log`` (not ``logging``) so that it can never shadow the st
 from __future__ import annotations
 
 import logging
-import os
+import logging.handlers
 import queue
 import sys
 import threading
 import time
 
-from kata_log import format_line, format_logfmt, rfc3339
+from kata_log import formatter, parse_level
+from kata_log.formatter import fields
 
-#: Level names accepted on the command line (logrus spellings plus Python's).
-LEVELS = {
-    "trace": logging.DEBUG,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "fatal": logging.CRITICAL,
-    "panic": logging.CRITICAL,
-    "critical": logging.CRITICAL,
-}
-
-#: The name written in the ``level=`` field (logrus style).
-LEVEL_NAMES = {
-    logging.DEBUG: "debug",
-    logging.INFO: "info",
-    logging.WARNING: "warning",
-    logging.ERROR: "error",
-    logging.CRITICAL: "fatal",
-}
-
-FORMATS = ("text", "logfmt", "json")
+__all__ = ["PROXY_LOGGER", "AGENT_LOGGER", "parse_level", "fields", "LineFormatter", "BackgroundHandler",
+           "LogSetup", "setup"]
 
 PROXY_LOGGER = "kata_proxy"
 AGENT_LOGGER = "kata_proxy.agent"
+#: logger name -> ``source=`` value (tried in order; other loggers: their first name part, ``yamux``)
+SOURCES = {AGENT_LOGGER: "agent", PROXY_LOGGER: "proxy"}
+#: How long closing the handler waits for the writer thread (seconds).
+STOP_TIMEOUT = 2.0
 
 
-def parse_level(name: str) -> int:
-    """Level number for a command-line level name; ValueError when unknown."""
-    try:
-        return LEVELS[name.strip().lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown log level {name!r} (one of: {', '.join(sorted(set(LEVELS)))})"
-        ) from None
-
-
-def level_name(levelno: int) -> str:
-    if levelno in LEVEL_NAMES:
-        return LEVEL_NAMES[levelno]
-    best = logging.DEBUG
-    for number in sorted(LEVEL_NAMES):
-        if number <= levelno:
-            best = number
-    return LEVEL_NAMES[best]
-
-
-def fields(**kw) -> dict:
-    """``extra=`` argument carrying structured fields: ``log.info("x", extra=fields(a=1))``."""
-    return {"fields": kw}
-
-
-# --------------------------------------------------------------------------- formatter
-
-
-def _source(record: logging.LogRecord) -> str:
-    name = record.name
-    if name == AGENT_LOGGER or name.startswith(AGENT_LOGGER + "."):
-        return "agent"
-    if name == PROXY_LOGGER or name.startswith(PROXY_LOGGER + "."):
-        return "proxy"
-    return name.split(".", 1)[0] or "proxy"
-
-
-class LineFormatter(logging.Formatter):
-    """Formats a record as one logfmt (``text``) or JSON line."""
+class LineFormatter(formatter.LineFormatter):
+    """kata_log's line formatter as kata-proxy sets it: ``name=kata-proxy``, ``source`` by logger
+    (:data:`SOURCES`), ``sandbox=ID`` on every line when given.  Raises ValueError for ``fmt``."""
 
     def __init__(self, fmt: str = "text", *, sandbox: str | None = None, name: str = "kata-proxy"):
-        super().__init__()
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown log format {fmt!r} (one of: text, logfmt, json)")
-        self.json = fmt == "json"
-        self.sandbox = sandbox
-        self.name = name
-        self.pid = os.getpid()
-
-    def items(self, record: logging.LogRecord) -> list:
-        msg = record.getMessage()
-        items = [
-            ("time", rfc3339(record.created)),
-            ("level", level_name(record.levelno)),
-            ("msg", msg),
-            ("name", self.name),
-            ("pid", self.pid),
-            ("source", _source(record)),
-        ]
-        if self.sandbox:
-            items.append(("sandbox", self.sandbox))
-        if record.exc_info and record.exc_info[1] is not None:
-            # one line still: the traceback is a (quoted, escaped) field
-            items.append(("traceback", self.formatException(record.exc_info)))
-        extra = getattr(record, "fields", None)
-        if extra:
-            taken = {k for k, _ in items}
-            for key, value in extra.items():
-                if key in taken:
-                    key = "fields." + key
-                items.append((key, value))
-        return items
-
-    def format(self, record: logging.LogRecord) -> str:
-        return format_line(self.items(record), as_json=self.json)
+        super().__init__(fmt, name=name, source=SOURCES, context=[("sandbox", sandbox)] if sandbox else ())
 
 
 # --------------------------------------------------------------------------- handler
 
 
-class BackgroundHandler(logging.Handler):
-    """Queues formatted lines for a writer thread; drops (and counts) when the queue is full."""
+class _LineWriter(logging.StreamHandler):
+    """Writes the queued lines (already formatted); a line the stream refuses is lost, silently:
+    logging must never take the proxy down, nor write about itself on a broken stderr."""
 
-    _STOP = object()
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
-    def __init__(self, stream, *, capacity: int = 4096, close_stream: bool = False):
-        super().__init__()
-        self.stream = stream
-        self.close_stream = close_stream
-        self.queue: queue.Queue = queue.Queue(maxsize=capacity)
-        self.dropped = 0
-        self._dropped_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._writer, name="kata-proxy-log", daemon=True)
-        self._thread.start()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:  # a broken record must never take the proxy down
-            self.handleError(record)
+class _Writer(logging.handlers.QueueListener):
+    """The writer thread: after each line, the dropped-lines notice if lines were dropped."""
+
+    def __init__(self, lines: queue.Queue, handler: logging.Handler, notice):
+        super().__init__(lines, handler)
+        self.notice = notice
+
+    def handle(self, record: logging.LogRecord) -> None:
+        super().handle(record)
+        dropped = self.notice()
+        if dropped is not None:
+            super().handle(dropped)
+
+    def stop(self) -> None:
+        """QueueListener.stop, bounded by :data:`STOP_TIMEOUT`: a writer stuck on its stream is
+        left behind (a daemon thread) rather than holding up the proxy's exit."""
+        if self._thread is None:
             return
         try:
-            self.queue.put_nowait(line)
+            self.queue.put(self._sentinel, timeout=STOP_TIMEOUT)
+        except queue.Full:
+            return
+        self._thread.join(STOP_TIMEOUT)
+        self._thread = None
+
+
+class BackgroundHandler(logging.handlers.QueueHandler):
+    """The stdlib's QueueHandler/QueueListener pair on a bounded queue of ``capacity`` lines.
+
+    Records are formatted on the logging thread and written to ``stream`` by a writer thread, so
+    a full log pipe never stalls the data path: when the queue is full a line is dropped and
+    counted (:attr:`dropped`), and a ``dropped N log lines`` warning follows the next line
+    written.  ``close_stream``: close ``stream`` with the handler.
+    """
+
+    def __init__(self, stream, *, capacity: int = 4096, close_stream: bool = False):
+        super().__init__(queue.Queue(maxsize=capacity))
+        self.stream = stream
+        self.close_stream = close_stream
+        self.dropped = 0
+        self._dropped_lock = threading.Lock()
+        self._writer = _Writer(self.queue, _LineWriter(stream), self.dropped_notice)
+        self._writer.start()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
         except queue.Full:
             with self._dropped_lock:
                 self.dropped += 1
 
-    def _write(self, text: str) -> None:
-        try:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
-
-    def _writer(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is self._STOP:
-                self.queue.task_done()
-                return
-            self._write(item)
-            self.queue.task_done()
-            if self.dropped:
-                with self._dropped_lock:
-                    count, self.dropped = self.dropped, 0
-                if count:
-                    self._write(
-                        format_logfmt(
-                            [
-                                ("time", rfc3339(time.time())),
-                                ("level", "warning"),
-                                ("msg", f"dropped {count} log lines (log output too slow)"),
-                                ("name", "kata-proxy"),
-                                ("pid", os.getpid()),
-                                ("source", "proxy"),
-                            ]
-                        )
-                    )
+    def dropped_notice(self) -> logging.LogRecord | None:
+        """The prepared ``dropped N log lines`` warning for the lines dropped so far (the count
+        starts again), or None when none was."""
+        if not self.dropped:
+            return None
+        with self._dropped_lock:
+            count, self.dropped = self.dropped, 0
+        notice = logging.LogRecord(PROXY_LOGGER, logging.WARNING, __file__, 0,
+                                   "dropped %d log lines (log output too slow)", (count,), None)
+        return self.prepare(notice)
 
     def flush(self, timeout: float = 2.0) -> None:
-        """Wait (bounded) until the queue has been written."""
+        """Wait (at most ``timeout`` seconds) until the queued lines have been written."""
         deadline = time.monotonic() + timeout
         while self.queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            try:
-                self.queue.put(self._STOP, timeout=2.0)
-            except queue.Full:
-                pass
-            self._thread.join(timeout=2.0)
+        self._writer.stop()
         if self.close_stream:
             try:
                 self.stream.close()

@@ -9,18 +9,21 @@ Accepted spellings (every flag takes one or two dashes)::
     -log debug          --log-format json      -debug (= --log debug)
     -version            -h / --help
 
-Boolean flags never consume the next argument (as in Go): ``-terminal false``
-is an error, ``-terminal=false`` is not.  ``-trace`` and ``-agent-logs-socket``
-of the original are accepted and ignored.  Extensions of ours: ``--log-format``,
-``--log-file PATH`` and ``--reconnect-timeout SECONDS``.
+The syntax is Go's flag package's, read by :class:`kata_log.flags.GoFlags` as kata-proxy
+reads its own: boolean flags never consume the next argument (``-terminal false`` is an
+error, ``-terminal=false`` is not).  ``--no-NAME`` (GNU) is ours.  ``-trace`` and
+``-agent-logs-socket`` of the original are accepted and ignored.  Extensions of ours:
+``--log-format``, ``--log-file PATH`` and ``--reconnect-timeout SECONDS``.  Level and format
+names are kata_log's; the agent address is read as the Go shim reads it (url.Parse: see
+:func:`kata_log.flags.unix_socket_path`, relative paths included).
 """
 
 from __future__ import annotations
 
-DEFAULT_RECONNECT_TIMEOUT = 5.0
+from kata_log import parse_format, parse_level
+from kata_log.flags import FlagError, GoFlags, parse_bool, unix_socket_path
 
-LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "panic")
-LOG_FORMATS = ("text", "json")
+DEFAULT_RECONNECT_TIMEOUT = 5.0
 
 USAGE = """\
 usage: kata-shim --agent unix:///PATH/proxy.sock --container ID --exec-id ID [options]
@@ -29,14 +32,14 @@ Relays one process of a Kata container: stdin -> WriteStdin, ReadStdout/ReadStde
 fd 1/2, signals -> SignalProcess, SIGWINCH -> TtyWinResize, exit status <- WaitProcess.
 Flags take one or two dashes (-agent or --agent).
 
-  --agent ADDR            agent (proxy) address: unix:///path, unix:path or /path
+  --agent ADDR            agent (proxy) address: unix:///path, unix://relative/path or a path
   --container ID          container id
   --exec-id ID            process id within the container (the container id for its init)
   --terminal              the process has a terminal: raw mode, window size relayed
   --proxy-exit-code       exit with the process's status (default); --no-proxy-exit-code
                           or -proxy-exit-code=false: exit 0 once the process is done
   --log LEVEL             trace, debug, info, warn (default), error, fatal, panic
-  --log-format FORMAT     text (logfmt, default) or json
+  --log-format FORMAT     text (logfmt, default; also: logfmt) or json
   --log-file PATH         append log lines here (default: syslog when /dev/log exists)
   --reconnect-timeout S   how long to retry a lost agent connection (default 5)
   --debug                 same as --log debug
@@ -48,8 +51,8 @@ Exit status: the process's (128+N when it died of signal N); 2 bad flags;
 """
 
 
-class UsageError(Exception):
-    """Bad command line; the message is one line."""
+#: A bad command line; the message is one line (kata_log's FlagError).
+UsageError = FlagError
 
 
 class Options:
@@ -98,86 +101,60 @@ _FLAGS = {
     "h": ("help", "bool"),
 }
 
-_TRUE = ("1", "t", "T", "true", "TRUE", "True")
-_FALSE = ("0", "f", "F", "false", "FALSE", "False")
-
-
-def _parse_bool(name: str, text: str) -> bool:
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise UsageError(f"invalid boolean value {text!r} for flag -{name}")
-
 
 def socket_path(agent: str) -> str:
-    """The unix socket path of an --agent address (unix:///p, unix://p, unix:p or /p)."""
-    if agent.startswith("unix://"):
-        path = agent[len("unix://"):]
-    elif agent.startswith("unix:"):
-        path = agent[len("unix:"):]
-    elif agent.startswith("/"):
-        path = agent
-    else:
-        scheme = agent.split(":", 1)[0] if ":" in agent else ""
-        what = f"scheme {scheme!r}" if scheme else "address"
-        raise UsageError(f"unsupported agent {what} in {agent!r} (want unix:///path/to/proxy.sock)")
-    if not path:
-        raise UsageError(f"agent address {agent!r} has no socket path")
-    return path
+    """The unix socket path of an --agent address (:func:`kata_log.flags.unix_socket_path`).
+
+    Raises UsageError for another scheme or an address naming no path."""
+    return unix_socket_path(agent, "agent")
+
+
+def _takes_value(name: str) -> bool:
+    return _FLAGS.get(name, ("", ""))[1] == "str"
+
+
+def _flag(name: str, value: str | None) -> tuple[str | None, bool | str]:
+    """(Options attribute, or None for -debug; its value) of one flag as GoFlags read it.
+
+    ``--no-NAME`` is ``-NAME=false`` for a boolean flag.  Raises UsageError."""
+    negated = False
+    if name not in _FLAGS and name.startswith("no-") and _FLAGS.get(name[3:], ("", ""))[1] == "bool":
+        if value is not None:
+            raise UsageError(f"flag -{name} takes no value")
+        name, negated = name[3:], True
+    spec = _FLAGS.get(name)
+    if spec is None:
+        raise UsageError(f"flag provided but not defined: -{name}")
+    attr, kind = spec
+    if kind == "bool":
+        return attr, not negated and (value is None or parse_bool(name, value))
+    return attr, value
 
 
 def parse(argv) -> Options:
     """Parse ``argv`` (without the program name).  Raises UsageError."""
     opts = Options()
     debug = False
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg == "--":
-            if i < len(args):
-                raise UsageError(f"unexpected argument {args[i]!r}")
-            break
-        if not arg.startswith("-") or arg == "-":
-            raise UsageError(f"unexpected argument {arg!r}")
-        body = arg[2:] if arg.startswith("--") else arg[1:]
-        if body.startswith("-") or not body:
-            raise UsageError(f"bad flag syntax: {arg}")
-        name, eq, value = body.partition("=")
-        negated = False
-        if name not in _FLAGS and name.startswith("no-") and _FLAGS.get(name[3:], ("", ""))[1] == "bool":
-            if eq:
-                raise UsageError(f"flag -{name} takes no value")
-            name, negated = name[3:], True
-        spec = _FLAGS.get(name)
-        if spec is None:
-            raise UsageError(f"flag provided but not defined: -{name}")
-        attr, kind = spec
-        if kind == "bool":
-            flag = False if negated else (_parse_bool(name, value) if eq else True)
-            if attr is None:
-                debug = flag
-            else:
-                setattr(opts, attr, flag)
-            continue
-        if not eq:
-            if i >= len(args):
-                raise UsageError(f"flag needs an argument: -{name}")
-            value = args[i]
-            i += 1
-        setattr(opts, attr, value)
+    scan = GoFlags(argv, _takes_value)
+    for flag in scan:
+        attr, value = _flag(flag.name, flag.value)
+        if attr is None:
+            debug = value
+        else:
+            setattr(opts, attr, value)
+    if scan.rest:
+        raise UsageError(f"unexpected argument {scan.rest[0]!r}")
 
     if opts.help or opts.version:
         return opts
     if debug:
         opts.log_level = "debug"
-    opts.log_level = opts.log_level.lower()
-    if opts.log_level not in LOG_LEVELS:
-        raise UsageError(f"unknown log level {opts.log_level!r} (one of: {', '.join(LOG_LEVELS)})")
-    if opts.log_format not in LOG_FORMATS:
-        raise UsageError(f"unknown log format {opts.log_format!r} (text or json)")
+    opts.log_level = opts.log_level.strip().lower()
+    try:
+        parse_level(opts.log_level)
+        parse_format(opts.log_format)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if isinstance(opts.reconnect_timeout, str):
         try:
             opts.reconnect_timeout = float(opts.reconnect_timeout)

@@ -6,9 +6,9 @@ to ``--log-file`` when given, else to syslog through /dev/log when it exists
 fatal error prints on stderr is written by the shim itself, not by this module.
 
 Each line carries ``time level msg name=kata-shim pid source=shim container
-exec-id`` and the record's own fields, in that order; the line format is
-:mod:`kata_log`'s (shared with the proxy and the agent).  Deliberately tiny (no
-``logging``): the shim is one process per container process.
+exec-id`` and the record's own fields, in that order: levels, fields and the line
+format are :mod:`kata_log`'s (shared with the proxy and the agent).  Deliberately
+tiny (no ``logging``): the shim is one process per container process.
 """
 
 from __future__ import annotations
@@ -17,23 +17,31 @@ import os
 import socket
 import time
 
-LEVELS = {"trace": 5, "debug": 10, "info": 20, "warn": 30, "warning": 30,
-          "error": 40, "fatal": 50, "panic": 50}
-_NAMES = {5: "trace", 10: "debug", 20: "info", 30: "warning", 40: "error", 50: "fatal"}
-_SYSLOG_SEVERITY = {5: 7, 10: 7, 20: 6, 30: 4, 40: 3, 50: 2}
+from kata_log import LEVELS, entry, format_line, parse_format
+
+#: level number -> syslog severity (debug 7, info 6, warning 4, error 3, fatal: crit 2)
+_SYSLOG_SEVERITY = {10: 7, 20: 6, 30: 4, 40: 3, 50: 2}
 SYSLOG_PATH = "/dev/log"
 
 
 class Logger:
+    """kata-shim's logger: ``log.info("msg", key=value, ...)`` writes one line at or above ``level``.
+
+    ``level`` and ``fmt`` are kata_log's names (ValueError for an unknown format; an unknown
+    level is ``warn``); ``file`` to append to (OSError when it cannot be opened), else syslog
+    when ``use_syslog`` and /dev/log exists, else nowhere.  Writing never raises.
+    """
+
     def __init__(self, level: str = "warn", fmt: str = "text", *, file: str = "",
                  container: str = "", exec_id: str = "", use_syslog: bool = True) -> None:
-        self.level = LEVELS.get(level, 30)
-        self.json = fmt == "json"
-        self.base = [("name", "kata-shim"), ("pid", os.getpid()), ("source", "shim")]
+        self.level = LEVELS.get(level, LEVELS["warn"])
+        self.json = parse_format(fmt)
+        self.pid = os.getpid()
+        self.context = []
         if container:
-            self.base.append(("container", container))
+            self.context.append(("container", container))
         if exec_id:
-            self.base.append(("exec-id", exec_id))
+            self.context.append(("exec-id", exec_id))
         self.fd = -1
         self.sock = None
         if file:
@@ -51,13 +59,9 @@ class Logger:
         return self.fd >= 0 or self.sock is not None
 
     def line(self, levelno: int, msg: str, fields: dict) -> str:
-        # Imported on the first line written, not at start: at the default level most shims
-        # never write one, and every shim start counts.
-        from kata_log import format_line, rfc3339
-
-        items = [("time", rfc3339(time.time())), ("level", _NAMES.get(levelno, "info")), ("msg", msg)]
-        items += self.base
-        items += fields.items()
+        """One line (no newline) of ``msg`` and ``fields`` at ``levelno``, stamped now."""
+        items = entry(time.time(), levelno, msg, name="kata-shim", pid=self.pid, source="shim",
+                      context=self.context, fields=fields)
         return format_line(items, as_json=self.json)
 
     def log(self, levelno: int, msg: str, fields: dict) -> None:

@@ -7,6 +7,7 @@ import logging
 import click
 import pytest
 
+from kata_log.flags import FlagError
 from kata_proxy import cli, exits
 
 
@@ -30,6 +31,43 @@ from kata_proxy import cli, exits
 ])
 def test_normalise_argv(argv, want):
     assert cli.normalise_argv(argv) == want
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-mux-socket"], "flag needs an argument: -mux-socket"),
+    (["-debug=yes"], "invalid boolean value 'yes' for flag -debug"),
+    (["---debug"], "bad flag syntax: ---debug"),
+])
+def test_go_flag_errors_are_usage_errors(argv, message):
+    with pytest.raises(FlagError, match=message):
+        cli.normalise_argv(argv)
+    with pytest.raises(click.UsageError, match=message):
+        cli.parse(argv)
+
+
+@pytest.mark.parametrize("address", ["unix:///run/p.sock", "unix:/p", "/p", "unix://rel.sock", "rel.sock",
+                                     "unix://rel/p.sock", "unix:///a%20b", "unix:rel", "unix://", "",
+                                     "tcp://h:1", "vsock://3:1024"])
+def test_the_proxy_reads_addresses_as_the_shim_does(address):
+    """One rule (kata_log.flags.unix_socket_path, the Go components' url.Parse) for both."""
+    from kata_shim import flags as shim_flags
+
+    def read(parse):
+        try:
+            return parse(address)
+        except ValueError:
+            return "refused"
+
+    assert read(cli.unix_path) == read(shim_flags.socket_path)
+
+
+def test_relative_socket_paths_are_kept_relative(monkeypatch):
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        monkeypatch.delenv(key, raising=False)
+    argv = ["--listen-socket", "unix://proxy.sock", "--mux-socket", "kata.sock"]
+    plain = cli.parse_plain(argv)
+    assert (plain.listen_socket, plain.mux_socket) == ("proxy.sock", "kata.sock")
+    assert cli.parse(argv) == plain
 
 
 def test_go_spelling_parses_like_long_flags(monkeypatch):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.handlers
+import threading
 
 import pytest
 
@@ -75,18 +77,20 @@ def test_unknown_level():
         klog.parse_level("loud")
 
 
+class _StuckStream(io.StringIO):
+    """A stream whose writes wait until ``gate`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+
+    def write(self, text):
+        self.gate.wait(5)
+        return super().write(text)
+
+
 def test_handler_drops_instead_of_blocking():
-    class Stuck(io.StringIO):
-        def __init__(self):
-            super().__init__()
-            import threading
-            self.gate = threading.Event()
-
-        def write(self, text):
-            self.gate.wait(5)
-            return super().write(text)
-
-    stream = Stuck()
+    stream = _StuckStream()
     handler = klog.BackgroundHandler(stream, capacity=4)
     handler.setFormatter(klog.LineFormatter("text"))
     for i in range(50):  # must return at once although the stream is stuck
@@ -96,6 +100,38 @@ def test_handler_drops_instead_of_blocking():
     handler.flush()
     handler.close()
     assert "dropped" in stream.getvalue()
+
+
+def test_handler_is_the_stdlib_queue_pair_and_the_notice_counts_what_it_dropped():
+    stream = _StuckStream()
+    handler = klog.BackgroundHandler(stream, capacity=4)
+    assert isinstance(handler, logging.handlers.QueueHandler)
+    handler.setFormatter(klog.LineFormatter("json", sandbox="sb"))
+    for i in range(50):
+        handler.emit(record(f"line {i}"))
+    dropped = handler.dropped
+    stream.gate.set()
+    handler.flush()
+    handler.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    notices = [line for line in lines if line["msg"].startswith("dropped")]
+    assert [n["msg"] for n in notices] == [f"dropped {dropped} log lines (log output too slow)"]
+    assert notices[0]["level"] == "warning" and notices[0]["sandbox"] == "sb" and notices[0]["source"] == "proxy"
+    assert len(lines) == 50 - dropped + 1 and handler.dropped == 0
+
+
+def test_closing_twice_and_a_broken_stream_are_quiet(capsys):
+    class Broken(io.StringIO):
+        def write(self, text):
+            raise OSError("EPIPE")
+
+    handler = klog.BackgroundHandler(Broken())
+    handler.setFormatter(klog.LineFormatter("text"))
+    handler.emit(record("lost"))
+    handler.flush()
+    handler.close()
+    handler.close()
+    assert capsys.readouterr().err == ""
 
 
 def test_traceback_stays_on_one_line():

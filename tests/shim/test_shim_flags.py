@@ -59,9 +59,17 @@ def test_log_level_is_case_insensitive():
     ("unix:/run/p.sock", "/run/p.sock"),
     ("/run/p.sock", "/run/p.sock"),
     ("unix://relative.sock", "relative.sock"),
+    ("relative.sock", "relative.sock"),  # as the Go shim's url.Parse: relative to the cwd
+    ("unix://run/p.sock", "run/p.sock"),
 ])
 def test_agent_addresses(agent, path):
     assert flags.socket_path(agent) == path
+
+
+def test_agent_address_naming_no_path_is_a_usage_error():
+    # url.Parse reads "unix:p.sock" as an opaque URL: no Host, no Path (the Go shim refuses it)
+    with pytest.raises(UsageError, match="agent address 'unix:p.sock' has no socket path"):
+        parse(["--agent", "unix:p.sock", "--container", "c", "--exec-id", "e"])
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -73,6 +81,7 @@ def test_agent_addresses(agent, path):
     (BASE + ["--no-terminal=true"], "takes no value"),
     (BASE + ["--log", "loud"], "unknown log level"),
     (BASE + ["--log-format", "xml"], "unknown log format"),
+    (BASE + ["-terminal=yes"], "invalid boolean value 'yes' for flag -terminal"),
     (BASE + ["--reconnect-timeout", "soon"], "invalid --reconnect-timeout"),
     (BASE + ["--reconnect-timeout=-1"], "must be >= 0"),
     (BASE + ["extra"], "unexpected argument 'extra'"),
