@@ -14,7 +14,7 @@ Without a channel flag the channel is the virtio-serial port named
 * otherwise: a developer's run on the host; nothing is mounted (the service's
   reaper makes the agent a child subreaper).
 
-The gRPC server (kata_agent.service) listens on a private unix socket in the
+The gRPC server (kata_agent.server) listens on a private unix socket in the
 state directory; the yamux bridge (kata_agent.bridge) splices each stream the
 host opens onto it. A socket channel ends the agent when the host hangs up,
 with one log line saying so; the virtio port is waited on again instead (PID 1
@@ -149,7 +149,7 @@ def _main(argv) -> int:
             cmdline = init.setup_guest()
         elif mode == "sandbox":
             init.setup_process_sandbox()
-        # else (host): nothing to mount; the service's reaper makes us a child subreaper.
+        # else (host): nothing to mount; the sandbox's reaper makes us a child subreaper.
     except OSError as exc:
         log.critical("system set-up failed: %s", exc)
         return _fail(mode)
@@ -238,7 +238,7 @@ async def serve(config, channel, *, ready_fd: int | None = None) -> int:
         pass
 
     t0 = time.monotonic()
-    from kata_agent.service import start_grpc_server  # imports grpc
+    from kata_agent.server import start_grpc_server  # imports grpc
 
     server, state = await start_grpc_server(sock_path, config)
     log.info("gRPC server listening on %s (%.0f ms)", sock_path, (time.monotonic() - t0) * 1000)
@@ -298,7 +298,7 @@ def _notify_ready(fd: int) -> None:
 
 async def _shutdown(server, state) -> None:
     """Stop serving, then remove every container and unmount storages (bounded)."""
-    from kata_agent.service import stop_grpc_server
+    from kata_agent.server import stop_grpc_server
 
     try:
         await asyncio.wait_for(stop_grpc_server(server, state, grace=1.0), SHUTDOWN_TIMEOUT)

@@ -1,7 +1,8 @@
 """Configuration of kata-agent's service half (gRPC service, containers, processes).
 
 `AgentConfig` is built by the agent's CLI (kata_agent/cli.py) from flags and the
-kernel command line, and handed to `kata_agent.service.start_grpc_server`.
+kernel command line, and handed to `kata_agent.server.start_grpc_server` (the Sandbox of
+kata_agent.sandbox reads it).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ leave the process reparented to the agent, whose Reaper reports its exit.
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import json
 import logging
@@ -105,12 +106,38 @@ class Process:
         return f"process {self.exec_id!r} of container {self.container_id!r}"
 
 
+class ContainerStatus(enum.Enum):
+    """A container's status, in runc's words (``runc state``), plus ``creating``: the id is
+    reserved while CreateContainer runs (such a container is not found by other calls).
+
+    Formats as its value: ``f"{status}"`` is ``"running"``."""
+
+    CREATING = "creating"
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+#: The statuses a container can be in while runc knows it (not creating, not stopped).
+LIVE = frozenset({ContainerStatus.CREATED, ContainerStatus.RUNNING, ContainerStatus.PAUSED})
+
+
 class Container:
+    """One container of the sandbox: runc's id, its bundle and state directory, its status, its
+    init and exec'd processes (by exec id), cgroup paths and the mounts made for it."""
+
     def __init__(self, cid: str, bundle: str, state_dir: str) -> None:
         self.id = cid
         self.bundle = bundle
         self.state_dir = state_dir
-        self.status = "creating"
+        self.status = ContainerStatus.CREATING
         self.init: Process | None = None
         self.processes: dict[str, Process] = {}
         self.cgroup_paths: dict[str, str] = {}
@@ -119,6 +146,7 @@ class Container:
         self.spec: dict = {}
 
     def get_process(self, exec_id: str) -> Process | None:
+        """The process ``exec_id`` names ("" or the init's exec id: the init), else None."""
         if not exec_id or (self.init is not None and exec_id == self.init.exec_id):
             return self.init
         return self.processes.get(exec_id)
@@ -211,5 +239,5 @@ def record_cgroups(container: Container) -> None:
         container.cgroup_paths = cgroups.cgroup_paths(container.init.pid)
 
 
-__all__ = ["Container", "Process", "ProcessLauncher", "RuncError", "write_json",
+__all__ = ["Container", "ContainerStatus", "LIVE", "Process", "ProcessLauncher", "RuncError", "write_json",
            "remove_state_dir", "record_cgroups"]

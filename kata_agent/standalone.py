@@ -37,7 +37,7 @@ def parse(argv):
 
 
 async def amain(args) -> int:
-    from .service import start_grpc_server, stop_grpc_server
+    from .server import start_grpc_server, stop_grpc_server
     cfg = AgentConfig(runc=args.runc, state_dir=args.state_dir, shared_mount=args.shared_mount,
                       stream_buffer_limit=args.buffer_limit, read_chunk=args.read_chunk,
                       log_level=args.log_level,

@@ -19,7 +19,7 @@ from tests.support.agent import AgentClient, AgentServer
 from tests.support.requirements import missing, skip_items
 
 HERE = Path(__file__).parent
-UNIT_MODULES = {"test_agent_units.py"}  # need neither root nor runc
+UNIT_MODULES = {"test_agent_units.py", "test_agent_domain_units.py"}  # need neither root nor runc
 
 
 def missing_requirements() -> str | None:
