@@ -48,3 +48,12 @@ def test_nowhere_to_log_is_fine(monkeypatch, tmp_path):
     lg = shimlog.Logger("debug", "text")
     assert not lg.enabled
     lg.error("dropped silently")
+
+
+def test_levels_and_field_clashes_are_kata_logs(tmp_path):
+    path = tmp_path / "shim.log"
+    lg = shimlog.Logger("trace", "text", file=str(path), container="c")
+    lg.debug("shown at trace", name="mine", container="other")
+    line = path.read_text()
+    assert " level=debug " in line and " name=kata-shim " in line and " container=c " in line
+    assert line.rstrip().endswith("fields.name=mine fields.container=other")
