@@ -5,7 +5,8 @@ Fixtures:
 * ``containerd`` (session): a daemon of our own (tests/support/containerd.py) with the busybox
   image (tests/support/oci_image.py) imported; stopped, and everything it made removed, at the end.
 * ``ctr``: that daemon for one test; every task and container of the namespace is removed after
-  the test (its daemon is started again first if the test killed it).
+  the test (its daemon is started again first if the test killed it), except those in
+  ``containerd.kept`` (a module's shared task, removed by its own fixture).
 * ``own_containerd``: a private daemon for a test that kills containerd or a shim.
 * ``image``: the imported image's name.
 * ``runtime``: parametrized ``runc`` (the host's runc, the reference) and ``kata`` (the venv's
@@ -85,7 +86,7 @@ def ctr(containerd):
     if containerd.popen.poll() is not None:
         sys.stdout.write(f"\n----- containerd died ({containerd.log_path}) -----\n{containerd.log_tail()}\n")
         containerd.launch()
-    containerd.remove_all_containers()
+    containerd.remove_all_containers(keep=containerd.kept)
 
 
 @pytest.fixture

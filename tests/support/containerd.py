@@ -6,6 +6,8 @@
     res, out, err = cd.run_logged(image, "c2", cmd, runtime=str(KATA_RUNTIME))  # every byte, see there
     rc, out, err = run_with_stdin(cd, image, "c3", ["wc", "-c"], b"data")     # stdin and its EOF
     cd.wait_clean(["c1", "c2"])                     # {} once those containers left no trace
+    cd.run_detached(image, "c4", SLEEPER); cd.task_pids("c4")   # ctr run -d; ctr task ps
+    rc, screen = exec_tty(cd, "c4", "t1")           # ctr task exec --tty on a pty (see TTY below)
     cd.stop()                                       # kills what it started, unmounts, removes the dir
 
 Isolation: every path containerd, the shims and the runtime write to is under one short temp dir
@@ -73,6 +75,42 @@ wait $b
 mv "$out.part" "$out"
 mv "$err.part" "$err"
 """
+
+
+#: A container init with three processes (sh and two sleeps) that runs until it is killed.
+SLEEPER = ["sh", "-c", "sleep 1000 & sleep 1000 & wait"]
+
+# ---------------------------------------------------------------- output of an exact size
+PATTERN = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_kata\n"  # 67 bytes
+#: Sizes around powers of two up to 16 MiB (the last buffer before exit is the one lost).
+SIZES = (1, 4095, 4096, 4097, 65535, 65536, 65537, (1 << 20) - 1, 1 << 20, (1 << 20) + 1,
+         (1 << 24) - 1, 1 << 24, (1 << 24) + 1)
+
+
+def expected(size: int) -> bytes:
+    """The first ``size`` bytes of ``yes <PATTERN without newline>``."""
+    return (PATTERN * (size // len(PATTERN) + 1))[:size]
+
+
+def write_size(size: int, stream: str = "out") -> str:
+    """A shell command writing :func:`expected` (``size``) to stdout (``out``) or stderr (``err``)."""
+    return f"yes {PATTERN[:-1].decode()} | head -c {size}" + (" >&2" if stream == "err" else "")
+
+
+# ---------------------------------------------------------------- TTY
+def wait_size(rows: int, cols: int) -> str:
+    """A shell fragment polling until the terminal is ``rows`` x ``cols`` (ctr 1.6 resizes after
+    start, so the first instruction may see 0 0 even with runc), bounded to 5 s."""
+    return (f'i=0; while [ "$(stty size 2>/dev/null)" != "{rows} {cols}" ] && [ $i -lt 100 ]; '
+            'do i=$((i+1)); sleep 0.05; done; ')
+
+
+#: ``ctr run --tty`` on a 33 x 101 pty: reports the size and the tty, reads a line, waits for the
+#: resize to 40 x 120, reports it and exits 7.
+RUN_TTY_SCRIPT = (wait_size(33, 101) + 'echo "size:$(stty size)"; tty; echo ready; read line; '
+                  'echo "got:$line"; ' + wait_size(40, 120) + 'echo "resized:$(stty size)"; exit 7')
+#: ``ctr task exec --tty`` on a 30 x 90 pty: reports the size, reads a line, exits 3.
+EXEC_TTY_SCRIPT = wait_size(30, 90) + 'echo "size:$(stty size)"; echo ready; read line; echo "got:$line"; exit 3'
 
 
 class ContainerdError(RuntimeError):
@@ -224,6 +262,7 @@ class Containerd:
     popen: subprocess.Popen | None = None
     log_path: Path = field(init=False)
     started_cids: set[str] = field(default_factory=set)
+    kept: set[str] = field(default_factory=set)  # ids a per-test clean-up leaves (a module's shared task)
     _created_run_dirs: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -366,6 +405,19 @@ class Containerd:
         """The logging binary of :meth:`run_logged` (written by :meth:`start`)."""
         return self.base / "logger.sh"
 
+    def run_detached(self, image: str, cid: str, cmd: list[str], *, timeout: float = 120.0, **kwargs) -> None:
+        """``ctr run -d`` (no --rm), then wait until the task is RUNNING; ContainerdError if ctr fails."""
+        res = subprocess.run(self.run_argv(image, cid, cmd, rm=False, detach=True, **kwargs), capture_output=True,
+                             timeout=timeout)
+        if res.returncode != 0:
+            raise ContainerdError(f"ctr run -d {cid} -> {res.returncode}: {res.stderr.decode(errors='replace')}")
+        self.wait_task_status(cid, ("RUNNING",), timeout=30)
+
+    def delete(self, cid: str, timeout: float = 60.0) -> None:
+        """``ctr task delete --force`` and ``ctr container delete``; either may be gone already."""
+        self.ctr("task", "delete", "--force", cid, check=False, timeout=timeout)
+        self.ctr("container", "delete", cid, check=False, timeout=timeout)
+
     def exec_argv(self, cid: str, exec_id: str, cmd: list[str], *, tty: bool = False,
                   detach: bool = False) -> list[str]:
         opts = ["--fifo-dir", self.fifo_dir, "--exec-id", exec_id]
@@ -391,6 +443,27 @@ class Containerd:
                 return status
             time.sleep(0.1)
         raise TimeoutError(f"task {cid} is {status}, not {statuses}, after {timeout}s")
+
+    def task_pids(self, cid: str) -> list[int]:
+        """The PID column of ``ctr task ps`` (for kata-runtime: the guest's pids)."""
+        lines = self.ctr("task", "ps", cid, timeout=30).stdout.decode().splitlines()[1:]
+        return [int(line.split()[0]) for line in lines if line.split()]
+
+    def wait_task_pids(self, cid: str, count: int, timeout: float = 15.0) -> list[int]:
+        """:meth:`task_pids` polled until there are ``count`` of them or ``timeout`` seconds passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.task_pids(cid)
+            if len(pids) == count or time.monotonic() > deadline:
+                return pids
+            time.sleep(0.2)
+
+    def shim_of(self, cid: str) -> int:
+        """The containerd-shim process of ``cid``; ContainerdError unless there is exactly one."""
+        shims = [p for p in self.shim_pids() if cid in _cmdline(p)]
+        if len(shims) != 1:
+            raise ContainerdError(f"{len(shims)} shims of {cid}: {shims}")
+        return shims[0]
 
     def shim_pids(self) -> list[int]:
         """containerd-shim processes of this containerd (``-address <our socket>``)."""
@@ -441,15 +514,16 @@ class Containerd:
             time.sleep(0.2)
 
     # -- clean-up
-    def remove_all_containers(self, timeout: float = 30.0) -> None:
-        """Kill and delete every task, then delete every container of our namespace (per test)."""
+    def remove_all_containers(self, timeout: float = 30.0, *, keep: set[str] | frozenset = frozenset()) -> None:
+        """Kill and delete every task, then delete every container of our namespace, except the
+        ids in ``keep`` (per test: :attr:`kept`)."""
         if not self.popen or self.popen.poll() is not None:
             return
-        for cid in self.tasks():
+        for cid in set(self.tasks()) - keep:
             self.ctr("task", "kill", "-a", "-s", "SIGKILL", cid, check=False, timeout=timeout)
-        for cid in self.tasks():
+        for cid in set(self.tasks()) - keep:
             self.ctr("task", "delete", "-f", cid, check=False, timeout=timeout)
-        for cid in self.containers():
+        for cid in set(self.containers()) - keep:
             self.ctr("container", "delete", cid, check=False, timeout=timeout)
 
     def stop(self) -> None:
@@ -508,3 +582,55 @@ def run_with_stdin(cd: Containerd, image: str, cid: str, cmd: list[str], data: b
     finally:
         run.kill()
     return rc, bytes(run.out), bytes(run.err)
+
+
+def pause_resume(cd: Containerd, cid: str, out: bytearray, *, settle: float = 0.3, watch: float = 1.0,
+                 timeout: float = 10.0) -> tuple[str, bool, str, bool]:
+    """``ctr task pause`` of a task whose process keeps appending to ``out``, then ``resume``:
+    (status once paused, whether ``out`` grew during ``watch`` seconds after ``settle`` seconds
+    of pause, status once resumed, whether ``out`` grew within ``timeout`` seconds after)."""
+    cd.ctr("task", "pause", cid, timeout=30)
+    paused = cd.tasks().get(cid, "")
+    time.sleep(settle)
+    frozen = len(out)
+    time.sleep(watch)
+    grew_paused = len(out) != frozen
+    cd.ctr("task", "resume", cid, timeout=30)
+    resumed = cd.tasks().get(cid, "")
+    frozen = len(out)
+    deadline = time.monotonic() + timeout
+    while len(out) == frozen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return paused, grew_paused, resumed, len(out) != frozen
+
+
+def _tty_session(argv: list[str], rows: int, cols: int, typed: bytes, *, resize: tuple[int, int] | None = None,
+                 until: bytes, timeout: float) -> tuple[int, bytes]:
+    """Run ``argv`` on a ``rows`` x ``cols`` pty; once it prints ``ready``: resize it (``resize``),
+    type ``typed`` and a return, read until ``until``; (exit code, screen without carriage returns)."""
+    from tests.support.attach import PtyAttached, set_winsize
+
+    term = PtyAttached.spawn(argv, rows=rows, cols=cols)
+    try:
+        term.expect(b"ready", timeout)
+        if resize:
+            set_winsize(term.master, *resize)
+        term.write(typed + b"\r")
+        term.expect(until, 30)
+        rc = term.wait(30)
+    finally:
+        term.close()
+    return rc, bytes(term.screen).replace(b"\r", b"")
+
+
+def run_tty(cd: Containerd, image: str, cid: str, *, timeout: float = 60.0, **kwargs) -> tuple[int, bytes]:
+    """``ctr run --tty`` of RUN_TTY_SCRIPT on a 33 x 101 pty the test opened, ``hello`` typed, the
+    pty resized to 40 x 120: (exit code, screen). ``timeout`` bounds the start (a VM boots)."""
+    argv = cd.run_argv(image, cid, ["sh", "-c", RUN_TTY_SCRIPT], tty=True, **kwargs)
+    return _tty_session(argv, 33, 101, b"hello", resize=(40, 120), until=b"resized:", timeout=timeout)
+
+
+def exec_tty(cd: Containerd, cid: str, exec_id: str, *, timeout: float = 60.0) -> tuple[int, bytes]:
+    """``ctr task exec --tty`` of EXEC_TTY_SCRIPT on a 30 x 90 pty, ``typed`` typed: (exit code, screen)."""
+    argv = cd.exec_argv(cid, exec_id, ["sh", "-c", EXEC_TTY_SCRIPT], tty=True)
+    return _tty_session(argv, 30, 90, b"typed", until=b"got:", timeout=timeout)
