@@ -1,7 +1,7 @@
 """The command-line vocabulary kata-proxy and kata-shim share with their Go originals.
 
 Flags, as Go's ``flag`` package reads them (``flag.FlagSet.parseOne``, which both Go programs
-use), and GNU's long spellings on top::
+use; it takes one dash or two)::
 
     -name value   -name=value   --name value   --name=value   -bool   -bool=false
 
@@ -69,7 +69,8 @@ class GoFlags:
     ``=``, else the next argument for a flag that takes a value, else None.  Iteration stops at
     the end of the flags; :attr:`rest` then holds the arguments after them (``--`` dropped).
     Raises FlagError ``bad flag syntax: ---x`` and ``flag needs an argument: -name``, in order, as
-    the flags are read.  Go leaves unknown names to the caller, and so does this.
+    the flags are read.  Unknown names are the caller's to refuse (``flag provided but not
+    defined: -x``); refusing each as it comes keeps Go's order of errors.
     """
 
     def __init__(self, argv, takes_value):
@@ -136,7 +137,8 @@ def unix_socket_path(address: str, what: str = "socket") -> str:
     ``/abs/p.sock``; ``unix://rel/p.sock`` and ``rel/p.sock`` are the relative path ``rel/p.sock``
     (relative to the working directory, as in Go); ``unix:/abs`` is ``/abs``.  As url.Parse: the
     scheme's case does not matter, ``?query`` and ``#fragment`` are dropped, ``%XX`` is decoded,
-    and ``unix:rel`` (an opaque URL) names no path.  ``what`` names the flag in errors.
+    and ``unix:rel`` (an opaque URL) names no path.  Unlike url.Parse, a host's ``%XX`` is
+    decoded as a path's (url.Parse refuses most).  ``what`` names the flag in errors.
 
     Raises FlagError ``unsupported {what} scheme 'tcp' in ...`` for a scheme other than unix,
     ``{what} address ... has no socket path`` when it names none (``""``, ``unix://``, ``unix:rel``),

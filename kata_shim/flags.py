@@ -56,6 +56,8 @@ UsageError = FlagError
 
 
 class Options:
+    """The parsed command line: one attribute a flag (``socket_path`` is ``agent``'s path)."""
+
     __slots__ = (
         "agent", "socket_path", "container", "exec_id", "terminal", "proxy_exit_code",
         "log_level", "log_format", "log_file", "reconnect_timeout", "version", "help",
