@@ -62,7 +62,7 @@ class Recipe:
     #: Where pip-installed code goes in the guest: on the suite's default sys.path.
     site_packages: str = "/usr/local/lib/python3.11/dist-packages"
     #: Our packages copied into the guest (the agent and what it imports of ours).
-    agent_packages: tuple[str, ...] = ("kata_agent", "kata_oci", "kata_cgroups", "kata_log", "yamux", "katapb")
+    agent_packages: tuple[str, ...] = ("kata_agent", "kata_grpc", "kata_oci", "kata_cgroups", "kata_log", "yamux", "katapb")
     #: The agent's third-party imports; their requirements are added, pinned to the host's versions.
     agent_distributions: tuple[str, ...] = ("grpcio", "protobuf", "uvloop", "pyroute2")
     #: Kernel modules the initrd loads (dependencies added by `modinfo -F depends`): the virtio
