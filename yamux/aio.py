@@ -17,7 +17,9 @@ What "written" means: :meth:`Stream.write` queues; :meth:`Stream.drain`
 returns once every byte written on the stream has been handed to the
 transport; :meth:`Session.close` is graceful and bounded: it goes on sending
 what the streams already wrote (as the peer's windows allow) for at most
-``Config.close_timeout`` seconds, then flushes and closes the transport.
+``Config.close_timeout`` seconds, then flushes the transport and, on a
+socket, shuts its write side and reads until the peer's EOF before closing
+(the lingering close of :meth:`_TransportIO.close`).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class _SessionProtocol(asyncio.BufferedProtocol):
         self._session._on_data(data)
 
     def eof_received(self):
+        self._session._io.peer_eof = True
         self._session._on_eof()
         return False
 
@@ -125,6 +128,7 @@ class _TransportIO:
         self._write_transport = None
         self._open = 0
         self._abort_handle = None
+        self.peer_eof = False  # the peer shut its write side (EOF read)
         self.done = session._loop.create_future()
 
     def attach(self, transport, writable: bool) -> None:
@@ -146,12 +150,39 @@ class _TransportIO:
             if not self.done.done():
                 self.done.set_result(None)
 
-    def close(self, timeout: float) -> None:
-        for transport in self._transports:
-            if not transport.is_closing():
-                transport.close()
+    def close(self, timeout: float, linger: bool = False) -> None:
+        """Close the transport(s) once what is buffered is written, aborting
+        after ``timeout`` seconds.
+
+        ``linger`` (a clean local end, the peer has not shut its side yet):
+        on a socket, shut our write side only (``shutdown(SHUT_WR)`` once the
+        buffer is written) and go on reading, discarding, until the peer's
+        EOF closes the transport.  A peer that is still writing (a window
+        update for what it is still reading) then never finds our socket
+        closed: hashicorp/yamux ends its session on a write error (EPIPE)
+        without reading the frames still in its socket, so closing at once
+        could lose the end of what we sent.  A character device or pipe
+        (virtio-serial ports: no half-close) is closed at once, as without
+        ``linger``.
+        """
+        if linger and not self.peer_eof and self._can_half_close():
+            self._write_transport.write_eof()  # the peer's EOF then closes it (eof_received)
+        else:
+            for transport in self._transports:
+                if not transport.is_closing():
+                    transport.close()
         if self._open > 0 and self._abort_handle is None:
             self._abort_handle = self._session._loop.call_later(timeout, self._abort)
+
+    def _can_half_close(self) -> bool:
+        transport = self._write_transport
+        return (
+            len(self._transports) == 1
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_extra_info("socket") is not None
+            and transport.can_write_eof()
+        )
 
     def _abort(self) -> None:
         for transport in self._transports:
@@ -167,6 +198,7 @@ class _StreamPairIO:
         self._writer = writer
         self._drain_task: asyncio.Task | None = None
         self._closing = False
+        self.peer_eof = False  # the peer shut its write side (EOF read)
         self.done = session._loop.create_future()
         session._write = self._write
         self._read_task = session._loop.create_task(self._read_loop())
@@ -187,6 +219,7 @@ class _StreamPairIO:
         except Exception as exc:  # transport failure
             session._on_lost(exc)
             return
+        self.peer_eof = True
         session._on_eof()
 
     def _write(self, bufs) -> None:
@@ -212,32 +245,55 @@ class _StreamPairIO:
         self._drain_task = None
         self._session._resume()
 
-    def close(self, timeout: float) -> None:
+    def close(self, timeout: float, linger: bool = False) -> None:
+        """Close the writer (at most ``timeout`` seconds), lingering on a
+        socket as :meth:`_TransportIO.close` does."""
         if self._closing:
             return
         self._closing = True
-        self._session._loop.create_task(self._close(timeout))
+        self._session._loop.create_task(self._close(timeout, linger))
 
-    async def _close(self, timeout: float) -> None:
+    async def _close(self, timeout: float, linger: bool) -> None:
+        loop = self._session._loop
+        deadline = loop.time() + timeout
         current = asyncio.current_task()
         for task in (self._read_task, self._drain_task):
             if task is not None and task is not current and not task.done():
                 task.cancel()
+        writer = self._writer
+        if linger and not self.peer_eof and writer.can_write_eof() and writer.get_extra_info("socket") is not None:
+            await _wait_quietly(self._read_task, current)  # it reads no more: we do
+            try:
+                writer.write_eof()  # shutdown(SHUT_WR) once the buffer is written
+                await asyncio.wait_for(self._discard_until_eof(), timeout)
+            except (OSError, asyncio.TimeoutError):
+                pass
         try:
-            self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), timeout)
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), max(0.0, deadline - loop.time()))
         except Exception:
-            transport = getattr(self._writer, "transport", None)
+            transport = getattr(writer, "transport", None)
             if transport is not None:
                 transport.abort()
         for task in (self._read_task, self._drain_task):
-            if task is not None and task is not current:
-                try:
-                    await task
-                except BaseException:
-                    pass
+            await _wait_quietly(task, current)
         if not self.done.done():
             self.done.set_result(None)
+
+    async def _discard_until_eof(self) -> None:
+        """Read and drop what the peer still sends, until its EOF."""
+        while await self._reader.read(_READ_SIZE):
+            pass
+        self.peer_eof = True
+
+
+async def _wait_quietly(task: asyncio.Task | None, current: asyncio.Task | None) -> None:
+    """Wait for a task we cancelled (or that ended), ignoring its outcome."""
+    if task is not None and task is not current:
+        try:
+            await task
+        except BaseException:
+            pass
 
 
 # ---------------------------------------------------------------------------
@@ -483,7 +539,9 @@ class Session:
         windows allow (the peer must keep reading for that); received data is
         still delivered meanwhile.  Once nothing is left (at once if nothing
         is queued) the session ends: every waiter is woken, the transport is
-        flushed and closed.  At the deadline whatever is still queued is
+        flushed and closed; a socket lingers first (write side shut, read
+        until the peer's EOF) so that a peer still writing is not cut off.
+        At the deadline whatever is still queued is
         dropped (a warning gives the byte count) and the transport is
         aborted.  Streams left open are not FIN'd: the peer sees the session
         end.
@@ -692,7 +750,8 @@ class Session:
                 timeout = self._config.connection_write_timeout
             else:  # close(): the flush shares its deadline
                 timeout = max(0.0, deadline - self._loop.time())
-            self._io.close(timeout)
+            # a clean end lingers until the peer's EOF (see _TransportIO.close)
+            self._io.close(timeout, linger=self._error is None)
 
     def _wake_writers(self) -> None:
         for stream in list(self._blocked_writers):

@@ -21,7 +21,8 @@ class Config:
         peer's EOF, an error) before it is aborted.
     close_timeout: seconds (> 0); the bound of a graceful ``Session.close()``:
         how long it waits for what the streams already wrote (and their FINs)
-        to go out as the peer's windows allow, and for the transport to flush.
+        to go out as the peer's windows allow, for the transport to flush
+        and, on a socket, for the peer's EOF after ours (a lingering close).
         At the deadline what is left is dropped (logged as a warning with the
         byte count), the transport is aborted and ``close()`` returns, so a
         peer that never reads cannot hold it.  The default, 10 s, is

@@ -138,12 +138,22 @@ class RawPeer:
         return hdr, body
 
     async def frames_until_eof(self, timeout=5):
+        """Every frame up to the session's EOF; then the peer closes its end, as
+        hashicorp/yamux does (its receive loop ends the session on EOF)."""
         frames = []
         while True:
             try:
                 frames.append(await self.frame(timeout))
             except (asyncio.IncompleteReadError, ConnectionError):
+                self.close()
                 return frames
+
+    async def close_session(self, session):
+        """``session.close()`` while the peer reads to its EOF and then closes
+        (a clean close lingers until the peer's EOF)."""
+        closing = asyncio.ensure_future(session.close())
+        await self.frames_until_eof()
+        await closing
 
     def close(self):
         self.writer.close()
@@ -292,14 +302,14 @@ async def test_ping_timeout_leaves_the_session_up():
     assert not session.closed
     hdr, _ = await peer.frame()
     assert hdr == Header(0, TYPE_PING, FLAG_SYN, 0, 0)
-    await session.close()
+    await peer.close_session(session)
 
 
 async def test_ping_is_answered_with_the_same_opaque():
     session, peer = await RawPeer.with_session(client=False)
     peer.send(encode_header(TYPE_PING, FLAG_SYN, 0, 0xDEADBEEF))
     assert await peer.frame() == (Header(0, TYPE_PING, FLAG_ACK, 0, 0xDEADBEEF), b"")
-    await session.close()
+    await peer.close_session(session)
 
 
 async def test_keepalive_timeout_closes_the_session():
@@ -349,7 +359,7 @@ async def test_syn_after_local_go_away_gets_rst():
     assert await peer.frame() == (Header(0, TYPE_GO_AWAY, 0, 0, 0), b"")
     peer.send(wu(FLAG_SYN, 1))
     assert await peer.frame() == (Header(0, TYPE_WINDOW_UPDATE, FLAG_RST, 1, 0), b"")
-    await session.close()
+    await peer.close_session(session)
 
 
 async def test_peer_go_away_one_ends_the_session_with_protocol_error():
@@ -364,6 +374,39 @@ async def test_peer_go_away_one_ends_the_session_with_protocol_error():
 
 
 # ---------------------------------------------------------------- closing and errors
+
+
+@pytest.mark.parametrize("transport", ["socket", "streams"])
+async def test_clean_close_lingers_until_the_peers_eof(transport):
+    """A clean close ends with our write side shut (the peer reads EOF) while
+    our socket stays open and read: a peer still writing then (a window
+    update for what it is still reading) is not cut off with EPIPE, which
+    makes hashicorp/yamux end its session without reading the frames still
+    in its socket.  close() returns once the peer has closed its end."""
+    a, b = socket.socketpair()
+    if transport == "socket":
+        session = await Session.from_socket(a, client=True, config=NO_KEEPALIVE)
+    else:
+        ra, wa = await asyncio.open_unix_connection(sock=a)
+        session = Session(ra, wa, client=True, config=NO_KEEPALIVE)
+    peer = RawPeer(*await asyncio.open_unix_connection(sock=b))
+    stream = await session.open_stream()
+    stream.write(b"last words")
+    stream.close()
+    closing = asyncio.ensure_future(session.close())
+    frames = []
+    with pytest.raises(asyncio.IncompleteReadError):
+        while True:
+            frames.append(await peer.frame())
+    assert Header(0, TYPE_GO_AWAY, 0, 0, 0) in [hdr for hdr, _ in frames]
+    assert b"".join(body for _, body in frames) == b"last words"
+    for _ in range(50):  # written after our EOF: the socket must still take them
+        peer.send(wu(0, 1, 1000))
+        await peer.writer.drain()
+    assert not closing.done()  # waits for the peer's EOF
+    peer.close()
+    await asyncio.wait_for(closing, 5)
+    assert session.closed and session.error is None
 
 
 async def test_close_wakes_every_waiter():
@@ -462,7 +505,7 @@ async def test_unknown_stream_frames_do_not_hurt():
     peer.send(data(99, b"nobody"), wu(0, 99, 10), wu(FLAG_RST, 99), encode_header(TYPE_PING, FLAG_SYN, 0, 3))
     assert await peer.frame() == (Header(0, TYPE_PING, FLAG_ACK, 0, 3), b"")
     assert not session.closed
-    await session.close()
+    await peer.close_session(session)
 
 
 # ---------------------------------------------------------------- streams
@@ -622,7 +665,7 @@ async def test_keepalive_tolerates_a_peer_busy_sending():
         await stream.read()
         await asyncio.sleep(0.01)
     assert not session.closed
-    await session.close()
+    await peer.close_session(session)
 
 
 async def test_concurrent_bulk_both_directions_does_not_deadlock():
@@ -747,7 +790,7 @@ async def test_drain_within_the_window_returns_without_waiting_and_the_flush_kee
         hdr, body = await peer.frame()
         bodies[hdr.stream_id] = bodies.get(hdr.stream_id, b"") + body
     assert bodies == {1: b"o" * 2000, 3: b"s" * 2000}
-    await session.close()
+    await peer.close_session(session)
 
 
 @pytest.mark.parametrize("drained", [True, False], ids=["drain", "no-drain"])

@@ -9,6 +9,7 @@
 //
 //	server -listen SOCK [-window N] [-backlog N] [-bufsize N] [-no-accept] [-goaway-after N]
 //	       [-hangup] [-ping N [-ping-every D]] [-sink [-read-delay D]]
+//	       [-conn-read-size N -conn-read-delay D]
 //	    yamux server role. Prints READY once listening, then serves every
 //	    connection as a session. Default: echo every accepted stream, Close
 //	    after reading EOF. -no-accept never calls Accept (a full backlog makes
@@ -19,6 +20,10 @@
 //	    -sink reads every accepted stream to its end instead of echoing it
 //	    (reads of -bufsize bytes, -read-delay apart), checks the bytes
 //	    against the pattern of stream (id-1)/2 and prints one SINK line.
+//	    -conn-read-size/-conn-read-delay make yamux's receive loop lag: each
+//	    read of the connection takes at most N bytes and waits D first, so
+//	    frames stay in the socket while the streams' readers go on and send
+//	    window updates (the race of a peer that closes its socket too soon).
 //	    Lines: READY, GOAWAY, HANGUP, PING rtt_us=X, STREAM_RESET id=N,
 //	    SINK id=N bytes=B pattern=ok|bad end=EOF|"error", SESSION_END
 //
@@ -140,7 +145,8 @@ func main() {
 
 type serverOpts struct {
 	window, backlog, goawayAfter, pings, bufsize int
-	pingEvery, readDelay                         time.Duration
+	pingEvery, readDelay, connReadDelay          time.Duration
+	connReadSize                                 int
 	noAccept, hangup, sink                       bool
 }
 
@@ -158,6 +164,8 @@ func runServer(args []string) error {
 	fs.IntVar(&o.bufsize, "bufsize", 256*1024, "echo read buffer (bounds the echo's frame size)")
 	fs.BoolVar(&o.sink, "sink", false, "read and check every stream to its end, echo nothing")
 	fs.DurationVar(&o.readDelay, "read-delay", 0, "-sink: pause between reads")
+	fs.IntVar(&o.connReadSize, "conn-read-size", 0, "read the connection at most N bytes at a time (0: no limit)")
+	fs.DurationVar(&o.connReadDelay, "conn-read-delay", 0, "pause before each read of the connection")
 	fs.Parse(args)
 	if *listen == "" {
 		return errors.New("server: -listen is required")
@@ -177,7 +185,28 @@ func runServer(args []string) error {
 	}
 }
 
+// slowConn is a net.Conn whose reads are small and late: yamux's receive
+// loop then lags behind what the peer has already written.
+type slowConn struct {
+	net.Conn
+	size  int
+	delay time.Duration
+}
+
+func (c *slowConn) Read(p []byte) (int, error) {
+	if c.delay > 0 {
+		time.Sleep(c.delay)
+	}
+	if c.size > 0 && len(p) > c.size {
+		p = p[:c.size]
+	}
+	return c.Conn.Read(p)
+}
+
 func serveConn(conn net.Conn, o serverOpts) {
+	if o.connReadSize > 0 || o.connReadDelay > 0 {
+		conn = &slowConn{Conn: conn, size: o.connReadSize, delay: o.connReadDelay}
+	}
 	sess, err := yamux.Server(conn, newConfig(o.window, o.backlog))
 	if err != nil {
 		log.Printf("server: %v", err)
