@@ -55,8 +55,11 @@ class _Served:
         if self.broken is not None:
             return
         try:
-            for segment in self.conn.output():
-                self.writer.write(segment)
+            segments = self.conn.output()
+            if len(segments) == 1:
+                self.writer.write(segments[0])
+            elif segments:
+                self.writer.writelines(segments)  # one writev on uvloop
         except Exception as e:  # the transport is gone (a reset yamux stream, a closed socket)
             self.broken = f"write failed: {e!r}"
 

@@ -92,16 +92,19 @@ def settings_payload(pairs) -> bytes:
 class Stream:
     """What both sides keep of one stream: the bytes still to send and the received message.
 
-    ``pending``: memoryview of the DATA payload not sent yet; ``end_block``: a header block
+    ``head`` then ``pending`` (a memoryview, sent by reference): the DATA payload not sent yet
+    (``head``: a few bytes sent first, a gRPC message prefix, so that the message itself needs
+    no copy); ``end_block``: a header block
     (trailers) to send after it with END_STREAM, or None (the last DATA frame ends the
     stream); received DATA lands in ``body[:body_len]`` (``body`` may be a buffer reused
     call after call)."""
 
-    __slots__ = ("stream_id", "pending", "send_window", "end_block", "body", "body_len", "done",
+    __slots__ = ("stream_id", "head", "pending", "send_window", "end_block", "body", "body_len", "done",
                  "recv_unacked")
 
     def __init__(self, stream_id: int, send_window: int, body: bytearray | None = None) -> None:
         self.stream_id = stream_id
+        self.head = b""
         self.pending = memoryview(b"")
         self.send_window = send_window
         self.end_block: bytes | None = None
@@ -247,16 +250,24 @@ class H2Connection:
         """Cut the sending streams' bytes into DATA frames as far as the windows allow."""
         still = []
         for stream in self.sending:
-            while stream.pending:
-                n = min(len(stream.pending), stream.send_window, self.send_window, self.peer_max_frame)
+            sid = stream.stream_id.to_bytes(4, "big")
+            while stream.pending or stream.head:
+                head = stream.head
+                total = len(head) + len(stream.pending)
+                n = min(total, stream.send_window, self.send_window, self.peer_max_frame)
                 if n <= 0:
                     break
-                chunk = stream.pending[:n]
-                stream.pending = stream.pending[n:]
-                flags = 0 if stream.pending or stream.end_block is not None else END_STREAM
+                flags = 0 if n < total or stream.end_block is not None else END_STREAM
                 self._out += bytes((n >> 16 & 0xFF, n >> 8 & 0xFF, n & 0xFF, DATA, flags))
-                self._out += stream.stream_id.to_bytes(4, "big")
-                if n >= 4096:  # by reference: no copy of bulk payloads
+                self._out += sid
+                rest = n
+                if head:
+                    self._out += head[:n]
+                    stream.head = head[n:]
+                    rest = max(0, n - len(head))
+                chunk = stream.pending[:rest]
+                stream.pending = stream.pending[rest:]
+                if rest >= 4096:  # by reference: no copy of bulk payloads
                     self._segments.append(bytes(self._out))
                     self._out.clear()
                     self._segments.append(chunk)
@@ -266,7 +277,7 @@ class H2Connection:
                 self.send_window -= n
             if stream.done:
                 continue
-            if stream.pending:
+            if stream.pending or stream.head:
                 still.append(stream)
                 continue
             if stream.end_block is not None:

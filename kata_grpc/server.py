@@ -40,7 +40,7 @@ from kata_grpc.frames import (END_STREAM, MAX_CONCURRENT_STREAMS, NO_ERROR, PROT
                               REFUSED_STREAM, RST_STREAM, STREAM_CLOSED, GOAWAY, H2Connection, H2Error,
                               Stream, frame)
 from kata_grpc.protocol import (INTERNAL, OK, PREFIX_LEN, RESOURCE_EXHAUSTED, UNIMPLEMENTED,
-                                grpc_message, message_length, parse_timeout, percent_encode)
+                                message_length, parse_timeout, percent_encode)
 
 #: the largest request or response message, bytes (as kata-agent's grpc.aio server had it)
 MAX_MESSAGE = 64 << 20
@@ -153,8 +153,9 @@ class ServerConnection(H2Connection):
 
     def respond(self, stream_id: int, message) -> bool:
         """Queue the OK answer to ``stream_id``: HEADERS (:status 200, content-type
-        application/grpc), ``message`` (bytes-like, serialized) as one gRPC message in DATA
-        frames within the client's windows, trailers (grpc-status 0).  A message over
+        application/grpc), ``message`` (bytes-like, serialized; sent by reference, so keep it
+        unchanged until it is out) as one gRPC message in DATA frames within the client's
+        windows, trailers (grpc-status 0).  A message over
         ``max_message`` is answered RESOURCE_EXHAUSTED instead.  Returns False (nothing queued)
         when the stream is gone (reset, or already answered)."""
         stream = self._answerable(stream_id)
@@ -165,7 +166,8 @@ class ServerConnection(H2Connection):
                                       f"response message of {len(message)} bytes (limit {self.max_message})")
         stream.answered = True
         self._send_headers(stream_id, 0, _RESPONSE_HEADERS)
-        stream.pending = memoryview(grpc_message(message))
+        stream.head = b"\x00" + len(message).to_bytes(4, "big")  # the gRPC message prefix
+        stream.pending = memoryview(message)
         stream.end_block = _TRAILERS_OK
         self.sending.append(stream)
         self._flush_data()
@@ -372,6 +374,7 @@ class ServerConnection(H2Connection):
     def _drop(self, stream: ServerStream, code: int) -> None:
         """Forget ``stream`` (reset); tell the skin when its request was being handled."""
         stream.done = True
+        stream.head = b""
         stream.pending = memoryview(b"")
         stream.body = bytearray()
         self.streams.pop(stream.stream_id, None)
