@@ -1,11 +1,10 @@
 """The yamux side of kata-agent: channel -> yamux SERVER session -> gRPC.
 
-Every stream the host (kata-proxy, the yamux client) opens is one gRPC
-connection: the bridge connects a unix socket to the agent's gRPC server (a
-private socket in the agent's state directory) and splices the two byte
-streams. grpc.aio cannot serve an arbitrary byte stream, so a private socket is
-the simplest correct glue; one local connect(2) per stream costs microseconds
-and streams are long-lived (one per shim and one for the runtime).
+Every stream the host (kata-proxy, the yamux client) opens is one HTTP/2
+connection of unary gRPC calls, served on the stream itself by kata_grpc
+(``serve_connection(stream, stream, handlers)``, handlers from kata_agent.service):
+no private socket, no splice. Streams are long-lived (one per shim and one for the
+runtime), and the calls on one stream are served concurrently.
 
 Keepalive is off, as in Kata 1.x (the proxy pings at 1 Hz as a heartbeat and
 ignores failures; the session answers its pings).
@@ -15,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 from kata_agent.channel import Channel, Transport
 
 log = logging.getLogger("kata_agent.bridge")
 
-# After the session ends, live splices get this long to notice before they are cancelled.
+# After the session ends, live connections get this long to notice before they are cancelled.
 DRAIN_TIMEOUT = 2.0
 
 
@@ -49,15 +47,11 @@ async def open_session(transport: Transport, config=None):
 
 
 class Bridge:
-    """Serve yamux streams by splicing each to the unix socket `target`.
+    """Serve gRPC on each yamux stream of the host's sessions with ``handlers`` (path ->
+    ``async (request bytes) -> response bytes``, kata_agent.service.handlers)."""
 
-    `ready` (optional) is awaited before the first connect, so the session can
-    start answering the host while the gRPC server is still coming up.
-    """
-
-    def __init__(self, target: str, *, ready: asyncio.Event | None = None, config=None):
-        self.target = target
-        self.ready = ready
+    def __init__(self, handlers: dict, *, config=None):
+        self.handlers = handlers
         self.config = config
         self.session = None
         self.streams_served = 0
@@ -105,27 +99,17 @@ class Bridge:
         return "the host hung up" if error is None else f"session ended: {error}"
 
     async def _serve_stream(self, stream) -> None:
-        from yamux import splice
+        """One HTTP/2 connection on ``stream``, until the host closes it or it breaks."""
+        from kata_grpc.aio import serve_connection
 
         self.streams_served += 1
-        if self.ready is not None and not self.ready.is_set():
-            await self.ready.wait()
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, self.target)
-        except OSError as exc:
-            sock.close()
-            log.error("stream: cannot reach the gRPC server at %s: %s", self.target, exc)
-            stream.reset()
-            return
-        try:
-            await splice(stream, sock)
+            reason = await serve_connection(stream, stream, self.handlers)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one stream failing must not take the bridge down
-            log.debug("stream %s: splice ended with %r", getattr(stream, "id", "?"), exc)
+            reason = repr(exc)
+        log.debug("stream %s: %s", getattr(stream, "id", "?"), reason)
 
     async def _drain(self) -> None:
         if not self._tasks:

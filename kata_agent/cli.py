@@ -14,14 +14,14 @@ Without a channel flag the channel is the virtio-serial port named
 * otherwise: a developer's run on the host; nothing is mounted (the service's
   reaper makes the agent a child subreaper).
 
-The gRPC server (kata_agent.server) listens on a private unix socket in the
-state directory; the yamux bridge (kata_agent.bridge) splices each stream the
-host opens onto it. A socket channel ends the agent when the host hangs up,
+Each yamux stream the host opens is one HTTP/2 connection, served on the stream
+itself by kata_grpc (kata_agent.bridge, kata_agent.server): no grpcio, no private
+socket. A socket channel ends the agent when the host hangs up,
 with one log line saying so; the virtio port is waited on again instead (PID 1
 of a VM must not exit).
 
-grpc is imported only once the system is set up and the channel found (it
-takes ~1.5 s in a TCG guest); nothing before that needs it.
+protobuf and the service are imported only once the system is set up and the
+channel found; nothing before that needs them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import time
 
 from kata_log import format_line, rfc3339
@@ -41,7 +40,6 @@ from kata_log import format_line, rfc3339
 log = logging.getLogger("kata_agent")
 
 SANDBOX_STATE_DIR = "/run/kata-containers/agent"
-GRPC_SOCKET_NAME = "agent.sock"
 SHUTDOWN_TIMEOUT = 4.0
 LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
@@ -99,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--channel-socket", metavar="PATH", help="listen on this unix socket and accept one connection")
     p.add_argument("--shared-dir", metavar="PATH",
                    help="process sandbox: host directory bind-mounted where CreateSandbox asks for the 9p share")
-    p.add_argument("--state-dir", metavar="DIR", help="agent state (runc root, consoles, gRPC socket)")
+    p.add_argument("--state-dir", metavar="DIR", help="agent state (runc root, consoles, containers)")
     p.add_argument("--cgroup-parent", metavar="NAME",
                    help="cgroup (below the agent's own) that holds the containers' cgroups (default: kata)")
     p.add_argument("--log", metavar="LEVEL", help="debug, info, warn, error (default: agent.log= on the kernel "
@@ -212,17 +210,9 @@ def _fail(mode: str) -> int:
     return 1
 
 
-def grpc_socket_path(state_dir: str) -> tuple[str, str | None]:
-    """The private gRPC socket, and a temp dir to remove if the state dir's path is too long."""
-    path = os.path.join(state_dir, GRPC_SOCKET_NAME)
-    if len(os.fsencode(path)) <= 100:
-        return path, None
-    tmp = tempfile.mkdtemp(prefix="kata-agent-")
-    return os.path.join(tmp, GRPC_SOCKET_NAME), tmp
-
-
 async def serve(config, channel, *, ready_fd: int | None = None) -> int:
-    """Run the gRPC server and the bridge until the channel is gone or SIGTERM."""
+    """Start the sandbox and serve gRPC on the channel's yamux streams until the channel is gone
+    or SIGTERM/SIGINT; returns the exit status (1 when the channel failed)."""
     from kata_agent.bridge import Bridge
 
     loop = asyncio.get_running_loop()
@@ -230,51 +220,40 @@ async def serve(config, channel, *, ready_fd: int | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
-    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-    sock_path, tmpdir = grpc_socket_path(config.state_dir)
-    try:
-        os.unlink(sock_path)
-    except FileNotFoundError:
-        pass
-
     t0 = time.monotonic()
-    from kata_agent.server import start_grpc_server  # imports grpc
+    from kata_agent.server import start_service  # protobuf, katapb and kata_grpc: no grpcio
 
-    server, state = await start_grpc_server(sock_path, config)
-    log.info("gRPC server listening on %s (%.0f ms)", sock_path, (time.monotonic() - t0) * 1000)
-
-    bridge = Bridge(sock_path)
+    sandbox, table = start_service(config)
+    log.info("gRPC service ready (%.0f ms)", (time.monotonic() - t0) * 1000)
     if ready_fd is not None:
         _notify_ready(ready_fd)
     _started()
+    try:
+        return await _serve_until_done(Bridge(table), channel, stopping)
+    finally:
+        channel.close()
+        await _shutdown(sandbox)
+
+
+async def _serve_until_done(bridge, channel, stopping: asyncio.Event) -> int:
+    """Run the bridge until the channel ends (0; 1 if it failed) or ``stopping`` is set (0)."""
     bridge_task = asyncio.ensure_future(bridge.run(channel))
     stop_task = asyncio.ensure_future(stopping.wait())
-    rc = 0
     try:
         await asyncio.wait({bridge_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        if bridge_task.done():
-            exc = bridge_task.exception()
-            if exc is None:
-                log.warning("channel closed: %s; exiting", bridge_task.result())
-            else:
-                log.error("channel failed: %s; exiting", exc)
-                rc = 1
-        else:
+        if not bridge_task.done():
             log.info("signal received: shutting down")
             bridge_task.cancel()  # serve_session closes the session on its way out
             await asyncio.wait({bridge_task}, timeout=3)
+            return 0
+        exc = bridge_task.exception()
+        if exc is not None:
+            log.error("channel failed: %s; exiting", exc)
+            return 1
+        log.warning("channel closed: %s; exiting", bridge_task.result())
+        return 0
     finally:
         stop_task.cancel()
-        channel.close()
-        await _shutdown(server, state)
-        for p in (sock_path,):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-        if tmpdir:
-            os.rmdir(tmpdir)
-    return rc
 
 
 def _started() -> None:
@@ -296,12 +275,10 @@ def _notify_ready(fd: int) -> None:
             pass
 
 
-async def _shutdown(server, state) -> None:
-    """Stop serving, then remove every container and unmount storages (bounded)."""
-    from kata_agent.server import stop_grpc_server
-
+async def _shutdown(sandbox) -> None:
+    """Remove every container and unmount storages (bounded by SHUTDOWN_TIMEOUT)."""
     try:
-        await asyncio.wait_for(stop_grpc_server(server, state, grace=1.0), SHUTDOWN_TIMEOUT)
+        await asyncio.wait_for(sandbox.shutdown(), SHUTDOWN_TIMEOUT)
     except asyncio.TimeoutError:
         log.warning("shutdown: containers not removed within %gs", SHUTDOWN_TIMEOUT)
     except Exception as exc:

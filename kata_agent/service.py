@@ -1,9 +1,9 @@
 """kata-agent's gRPC services, agent.proto's grpc.AgentService and grpc.Health, as calls of the
 sandbox (kata_agent.sandbox): requests in, responses out, SandboxError as a gRPC status.
 
-No transport here, and no grpc import: :func:`handlers` gives each method as a coroutine
-``(request bytes) -> response bytes`` that raises :class:`RpcStatus` (a gRPC status code and
-message) for anything but OK; kata_agent.server serves them.
+No transport here (grpcio is not imported at all): :func:`handlers` gives each method as a
+coroutine ``(request bytes) -> response bytes`` that raises kata_grpc's RpcError (a gRPC status
+code and message) for anything but OK, the shape kata_grpc.aio serves (kata_agent.server).
 
     handlers(sandbox)["/grpc.Health/Check"](b"")  ->  b"\\x08\\x01"   (SERVING)
 
@@ -41,7 +41,6 @@ Wire semantics worth knowing (they match the Kata 1.x Go agent and kata-shim):
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -49,6 +48,8 @@ from google.protobuf import empty_pb2, json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
+from kata_grpc import protocol as status
+from kata_grpc.protocol import RpcError
 from katapb import agent_pb2, health_pb2
 
 from .sandbox import Fault, Sandbox, SandboxError, as_sandbox_error
@@ -62,44 +63,20 @@ HEALTH_SERVICE = "grpc.Health"
 _EMPTY = empty_pb2.Empty()
 _QUIET = {"ReadStdout", "ReadStderr", "WriteStdin"}  # too many to log one by one
 
-#: A served method: request bytes -> response bytes; raises RpcStatus.
+#: A served method: request bytes -> response bytes; raises kata_grpc's RpcError.
 Handler = Callable[[bytes], Awaitable[bytes]]
-
-
-class StatusCode(enum.IntEnum):
-    """gRPC status codes (grpc's doc/statuscodes.md), the ones this service answers with."""
-
-    OK = 0
-    INVALID_ARGUMENT = 3
-    DEADLINE_EXCEEDED = 4
-    NOT_FOUND = 5
-    ALREADY_EXISTS = 6
-    FAILED_PRECONDITION = 9
-    OUT_OF_RANGE = 11
-    UNIMPLEMENTED = 12
-    INTERNAL = 13
-    UNAVAILABLE = 14
-
-
-class RpcStatus(Exception):
-    """A call ends with gRPC status ``code`` (a StatusCode, not OK) and ``message``."""
-
-    def __init__(self, code: StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 #: Each Fault of the sandbox as the gRPC status the Kata 1.x clients expect.
 FAULT_STATUS = {
-    Fault.NOT_FOUND: StatusCode.NOT_FOUND,
-    Fault.INVALID: StatusCode.INVALID_ARGUMENT,
-    Fault.EXISTS: StatusCode.ALREADY_EXISTS,
-    Fault.WRONG_STATE: StatusCode.FAILED_PRECONDITION,
-    Fault.TIMED_OUT: StatusCode.DEADLINE_EXCEEDED,
-    Fault.UNAVAILABLE: StatusCode.UNAVAILABLE,
-    Fault.EOF: StatusCode.OUT_OF_RANGE,
-    Fault.INTERNAL: StatusCode.INTERNAL,
+    Fault.NOT_FOUND: status.NOT_FOUND,
+    Fault.INVALID: status.INVALID_ARGUMENT,
+    Fault.EXISTS: status.ALREADY_EXISTS,
+    Fault.WRONG_STATE: status.FAILED_PRECONDITION,
+    Fault.TIMED_OUT: status.DEADLINE_EXCEEDED,
+    Fault.UNAVAILABLE: status.UNAVAILABLE,
+    Fault.EOF: status.OUT_OF_RANGE,
+    Fault.INTERNAL: status.INTERNAL,
 }
 
 
@@ -108,25 +85,25 @@ def _brief(request) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
-def status_of(name: str, exc: Exception) -> RpcStatus:
+def status_of(name: str, exc: Exception) -> RpcError:
     """The gRPC status a failed call of method ``name`` answers: a SandboxError's (or a domain
     error's) by FAULT_STATUS, INTERNAL with the cause for anything else (logged with its
     traceback). Every status but the end of an output stream is logged at info."""
     err = as_sandbox_error(exc)
     if err is None:
         log.error("%s failed", name, exc_info=exc)
-        status = RpcStatus(StatusCode.INTERNAL, f"{name}: {type(exc).__name__}: {exc}")
+        answer = RpcError(status.INTERNAL, f"{name}: {type(exc).__name__}: {exc}")
     elif err.fault is Fault.EOF:
-        return RpcStatus(StatusCode.OUT_OF_RANGE, EOF_DETAILS)
+        return RpcError(status.OUT_OF_RANGE, EOF_DETAILS)
     else:
-        status = RpcStatus(FAULT_STATUS[err.fault], err.message)
-    log.info("%s -> %s: %s", name, status.code.name, status.message)
-    return status
+        answer = RpcError(FAULT_STATUS[err.fault], err.message)
+    log.info("%s -> %s: %s", name, answer.name, answer.message)
+    return answer
 
 
 def unary(name: str, method: Callable, request_class) -> Handler:
     """Method ``name``'s Handler: parse the request, await ``method(request)``, serialize its
-    response; failures become RpcStatus (:func:`status_of`)."""
+    response; failures become RpcError (:func:`status_of`)."""
     parse = request_class.FromString
     quiet = name in _QUIET
 
@@ -134,7 +111,7 @@ def unary(name: str, method: Callable, request_class) -> Handler:
         try:
             request = parse(data)
         except DecodeError as e:
-            raise RpcStatus(StatusCode.INTERNAL, f"grpc: error unmarshalling {name} request: {e}") from None
+            raise RpcError(status.INTERNAL, f"grpc: error unmarshalling {name} request: {e}") from None
         if not quiet and log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", name, _brief(request))
         try:
@@ -152,7 +129,7 @@ def unary(name: str, method: Callable, request_class) -> Handler:
 def unimplemented(service: str, name: str) -> Handler:
     """A Handler answering UNIMPLEMENTED, naming the method."""
     async def handle(data: bytes) -> bytes:
-        raise RpcStatus(StatusCode.UNIMPLEMENTED, f"{service.rsplit('.', 1)[-1]}.{name} is not "
+        raise RpcError(status.UNIMPLEMENTED, f"{service.rsplit('.', 1)[-1]}.{name} is not "
                                                   "implemented by kata-py's agent")
     return handle
 
@@ -372,5 +349,5 @@ def _neighbor_from_pb(n):
                     flags=n.flags)
 
 
-__all__ = ["AgentService", "HealthService", "handlers", "Handler", "RpcStatus", "StatusCode", "FAULT_STATUS",
+__all__ = ["AgentService", "HealthService", "handlers", "Handler", "FAULT_STATUS",
            "EOF_DETAILS", "API_VERSION"]

@@ -76,7 +76,7 @@ async def main():
         out["removed"] = await fault_of(sb.wait_process("c1", ""))
     finally:
         await sb.shutdown()
-    out["grpc"] = sorted(m for m in sys.modules if m.split(".")[0] == "grpc" or m.endswith("_grpc"))
+    out["grpc"] = sorted(m for m in sys.modules if m.split(".")[0] == "grpc" or m.endswith("_pb2_grpc"))
 
 
 asyncio.run(main())

@@ -1,8 +1,8 @@
 """The agent's yamux bridge in one process: a yamux client session (the proxy's role) against
-kata_agent.bridge over a socketpair / listening channel, with an echo server as the target."""
+kata_agent.bridge over a socketpair / listening channel; each stream is one HTTP/2 connection
+of gRPC calls, made here with kata_grpc's client core (kata_grpc.h2) on the yamux stream."""
 
 import asyncio
-import inspect
 import os
 import socket
 
@@ -10,55 +10,75 @@ import pytest
 
 from kata_agent import channel as ch
 from kata_agent.bridge import Bridge, open_session, session_config
+from kata_agent.config import AgentConfig
+from kata_agent.sandbox import Sandbox
+from kata_agent.service import handlers
+from kata_grpc import h2
+from kata_grpc.client import header_block
+from kata_grpc.protocol import NOT_FOUND, RpcError
+from katapb import health_pb2
 
 yamux = pytest.importorskip("yamux")
 
 
-async def echo_server(path):
-    async def handle(reader, writer):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.write_eof()
-        await writer.drain()
-        writer.close()
-
-    return await asyncio.start_unix_server(handle, path)
+async def echo(request: bytes) -> bytes:
+    return request
 
 
-async def echo_roundtrip(session, payload: bytes) -> bytes:
-    stream = await session.open_stream()
-    async def send():
-        for i in range(0, len(payload), 100_000):
-            stream.write(payload[i:i + 100_000])
-            await stream.drain()
-        res = stream.write_eof()
-        if inspect.isawaitable(res):
-            await res
-    sender = asyncio.ensure_future(send())
-    got = await stream.read_until_eof()
-    await sender
-    return got
+async def not_found(request: bytes) -> bytes:
+    raise RpcError(NOT_FOUND, f"nothing named {request.decode()}")
 
 
-@pytest.fixture
-async def echo(tmp_path):
-    path = str(tmp_path / "grpc.sock")
-    server = await echo_server(path)
-    yield path
-    server.close()
-    await server.wait_closed()
+HANDLERS = {"/test.Echo/Echo": echo, "/test.Echo/Missing": not_found}
 
 
-async def test_bridge_splices_concurrent_streams_and_answers_pings(echo):
+class StreamClient:
+    """Unary gRPC calls, one at a time, on one yamux stream (kata_grpc.h2's sans-IO client)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.conn = h2.Connection()
+
+    @classmethod
+    async def open(cls, session) -> "StreamClient":
+        return cls(await session.open_stream())
+
+    async def call(self, path: str, message: bytes) -> bytes:
+        call = self.conn.request(header_block(path), message)
+        while True:
+            for segment in self.conn.output():
+                self.stream.write(segment)
+            await self.stream.drain()
+            if call.done:
+                return bytes(call.result())
+            data = await self.stream.read(1 << 16)
+            if not data:
+                raise EOFError("the agent closed the stream")
+            self.conn.receive(data)
+
+
+async def sessions():
     a, b = socket.socketpair()
     agent_side = await yamux.Session.from_socket(a, client=False, config=session_config())
     host_side = await yamux.Session.from_socket(b, client=True, config=yamux.Config(enable_keepalive=False))
-    bridge = Bridge(echo)
+    return agent_side, host_side
+
+
+async def echo_calls(session, payloads) -> list[bytes]:
+    client = await StreamClient.open(session)
+    got = [await client.call("/test.Echo/Echo", p) for p in payloads]
+    client.stream.close()
+    return got
+
+
+async def test_bridge_serves_grpc_on_concurrent_streams_and_answers_pings():
+    agent_side, host_side = await sessions()
+    bridge = Bridge(HANDLERS)
     serving = asyncio.ensure_future(bridge.serve_session(agent_side))
 
-    payloads = [os.urandom(n) for n in (0, 1, 1000, 300_000, 2 << 20, 3 << 20, 17, 65536)]
-    results = await asyncio.wait_for(asyncio.gather(*(echo_roundtrip(host_side, p) for p in payloads)), 60)
+    payloads = [[os.urandom(n) for n in sizes]
+                for sizes in ((0, 1), (1000, 300_000), (2 << 20,), (3 << 20, 17), (65536,), (5, 6, 7))]
+    results = await asyncio.wait_for(asyncio.gather(*(echo_calls(host_side, p) for p in payloads)), 60)
     assert results == payloads
     assert bridge.streams_served == len(payloads)
     assert await host_side.ping() < 5  # keepalive is off on both ends, but pings are answered
@@ -69,53 +89,52 @@ async def test_bridge_splices_concurrent_streams_and_answers_pings(echo):
     assert agent_side.closed
 
 
-async def test_stream_is_reset_when_the_grpc_server_is_unreachable(tmp_path, echo):
-    a, b = socket.socketpair()
-    agent_side = await yamux.Session.from_socket(a, client=False, config=session_config())
-    host_side = await yamux.Session.from_socket(b, client=True, config=yamux.Config(enable_keepalive=False))
-    bridge = Bridge(str(tmp_path / "nobody-listens.sock"))
+async def test_a_status_and_the_service_handlers_on_a_stream(tmp_path):
+    agent_side, host_side = await sessions()
+    sandbox = Sandbox(AgentConfig(state_dir=str(tmp_path), shared_mount=str(tmp_path / "shared"),
+                                  manage_system=False))
+    bridge = Bridge({**HANDLERS, **handlers(sandbox)})
     serving = asyncio.ensure_future(bridge.serve_session(agent_side))
-    stream = await host_side.open_stream()
-    stream.write(b"PRI * HTTP/2.0\r\n")
-    with pytest.raises(yamux.StreamResetError):
-        await asyncio.wait_for(stream.read_until_eof(), 10)
-    # the session survives one bad stream
-    bridge.target = echo
-    assert await echo_roundtrip(host_side, b"still here") == b"still here"
+    client = await StreamClient.open(host_side)
+    with pytest.raises(RpcError) as info:
+        await client.call("/test.Echo/Missing", b"x")
+    assert (info.value.code, info.value.message) == (NOT_FOUND, "nothing named x")
+    reply = await client.call("/grpc.Health/Check", health_pb2.CheckRequest().SerializeToString())
+    assert health_pb2.HealthCheckResponse.FromString(reply).status == health_pb2.HealthCheckResponse.SERVING
     await host_side.close()
     await asyncio.wait_for(serving, 10)
 
 
-async def test_streams_wait_for_the_server_to_be_ready(echo):
-    a, b = socket.socketpair()
-    agent_side = await yamux.Session.from_socket(a, client=False, config=session_config())
-    host_side = await yamux.Session.from_socket(b, client=True, config=yamux.Config(enable_keepalive=False))
-    ready = asyncio.Event()
-    bridge = Bridge(echo, ready=ready)
+async def test_a_stream_that_is_not_http2_ends_and_the_session_serves_on():
+    agent_side, host_side = await sessions()
+    bridge = Bridge(HANDLERS)
     serving = asyncio.ensure_future(bridge.serve_session(agent_side))
-    pending = asyncio.ensure_future(echo_roundtrip(host_side, b"early"))
-    await asyncio.sleep(0.2)
-    assert not pending.done()
-    ready.set()
-    assert await asyncio.wait_for(pending, 10) == b"early"
+    bad = await host_side.open_stream()
+    bad.write(b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n")
+    await bad.drain()
+    try:
+        await asyncio.wait_for(bad.read_until_eof(), 10)  # the server's SETTINGS and GOAWAY, then the end
+    except yamux.StreamResetError:
+        pass
+    assert await echo_calls(host_side, [b"still here"]) == [b"still here"]
     await host_side.close()
     await asyncio.wait_for(serving, 10)
 
 
-async def test_run_ends_with_a_socket_channel(tmp_path, echo):
+async def test_run_ends_with_a_socket_channel(tmp_path):
     path = str(tmp_path / "kata.sock")
     channel = ch.open_channel(socket_path=path)  # listens like QEMU's chardev server
-    bridge = Bridge(echo)
+    bridge = Bridge(HANDLERS)
     running = asyncio.ensure_future(bridge.run(channel))
     host_side = await yamux.Session.connect_unix(path, client=True, config=yamux.Config(enable_keepalive=False))
-    assert await echo_roundtrip(host_side, b"x" * 100_000) == b"x" * 100_000
+    assert await echo_calls(host_side, [b"x" * 100_000]) == [b"x" * 100_000]
     await host_side.close()
     reason = await asyncio.wait_for(running, 10)
     assert reason.startswith("the host hung up (unix socket ")
     assert not os.path.exists(path)
 
 
-async def test_open_session_on_a_device_fd_closes_our_copy(echo):
+async def test_open_session_on_a_device_fd_closes_our_copy():
     """A character device channel (a raw pty pair stands in for /dev/vportNpM)."""
     import tty
 
@@ -128,10 +147,10 @@ async def test_open_session_on_a_device_fd_closes_our_copy(echo):
         os.fstat(master)
     host_side = await yamux.Session.from_fd(slave, client=True, config=yamux.Config(enable_keepalive=False))
     os.close(slave)
-    bridge = Bridge(echo)
+    bridge = Bridge(HANDLERS)
     serving = asyncio.ensure_future(bridge.serve_session(agent_side))
     payload = os.urandom(200_000)
-    assert await asyncio.wait_for(echo_roundtrip(host_side, payload), 30) == payload
+    assert await asyncio.wait_for(echo_calls(host_side, [payload]), 30) == [payload]
     await host_side.close()
     await agent_side.close()
     await asyncio.wait_for(serving, 10)
