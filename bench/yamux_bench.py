@@ -574,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trips", type=int, default=None, help="64-byte round trips; default 10000, quick 500")
     parser.add_argument("--serve", nargs=2, metavar=("raw|yamux", "SOCK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from yamux import tune_malloc
+
+    tune_malloc()  # as kata-proxy and kata-agent do at their entry points
     if args.serve:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(serve(*args.serve))

@@ -10,6 +10,10 @@ import sys
 
 gc.disable()
 
+from yamux import tune_malloc  # noqa: E402
+
+tune_malloc()  # bulk transfers over the agent's yamux channel (yamux._malloc; YAMUX_MALLOC_TUNING=0 skips it)
+
 from kata_agent.cli import main  # noqa: E402
 
 sys.exit(main())

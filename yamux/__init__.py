@@ -4,8 +4,10 @@
 asyncio transports.  See the docstrings of :class:`Session`, :class:`Stream`
 and :func:`splice`.
 
-The first Session tunes glibc's malloc for bulk transfers (once per process,
-see ``yamux._malloc``); set ``YAMUX_MALLOC_TUNING=0`` to prevent it.
+:func:`tune_malloc` tunes glibc's malloc for bulk transfers (once per
+process, see ``yamux._malloc``; ``YAMUX_MALLOC_TUNING=0`` prevents it).  A
+library does not change its process's allocator: the programs call it at
+their entry points (kata-proxy, kata-agent, the benchmarks).
 """
 
 from ._malloc import tune_malloc

@@ -31,7 +31,6 @@ import socket
 import stat
 import time
 
-from ._malloc import tune_malloc
 from .config import Config
 from .core import (
     ConnectionTerminated,
@@ -381,7 +380,6 @@ class Session:
         return self
 
     def _setup(self, client: bool, config: Config | None) -> None:
-        tune_malloc()  # once per process; see yamux._malloc (YAMUX_MALLOC_TUNING=0 to skip)
         self._loop = asyncio.get_running_loop()
         self._config = config = config or Config()
         self._conn = Connection(client=client, config=config)

@@ -5,6 +5,8 @@ import contextlib
 import inspect
 import os
 import socket
+import subprocess
+import sys
 import tty
 
 import pytest
@@ -1085,3 +1087,21 @@ def test_malloc_tuning_happens_once():
 
     yamux.tune_malloc()
     assert yamux.tune_malloc() is False
+
+
+def test_a_session_leaves_the_allocator_alone():
+    """The library does not tune its process's malloc; the programs do (kata-proxy,
+    kata-agent: their __main__), so a fresh process with a session is untuned."""
+    code = (
+        "import asyncio, socket, yamux, yamux._malloc as m\n"
+        "async def main():\n"
+        "    a, b = socket.socketpair()\n"
+        "    session = await yamux.Session.from_socket(a, client=True, config=yamux.Config(enable_keepalive=False))\n"
+        "    await session.open_stream()\n"
+        "    b.close()\n"
+        "    await session.wait_closed()\n"
+        "asyncio.run(main())\n"
+        "print(m._done)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
