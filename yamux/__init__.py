@@ -16,6 +16,7 @@ from .config import Config
 from .core import Connection
 from .errors import (
     GoAwayError,
+    KeepAliveTimeoutError,
     ProtocolError,
     SessionClosedError,
     StreamClosedError,
@@ -28,6 +29,7 @@ __all__ = [
     "Config",
     "Connection",
     "GoAwayError",
+    "KeepAliveTimeoutError",
     "ProtocolError",
     "Session",
     "SessionClosedError",

@@ -46,6 +46,7 @@ from .core import (
     StreamState,
 )
 from .errors import (
+    KeepAliveTimeoutError,
     ProtocolError,
     SessionClosedError,
     StreamResetError,
@@ -803,7 +804,7 @@ class Session:
         if unsent:
             lost = f"; {unsent} bytes written on {sum(1 for st in streams if st.unsent)} streams were never sent"
         if error is not None:
-            level = logging.WARNING if isinstance(error, ProtocolError) or "keepalive" in str(error) else logging.INFO
+            level = logging.WARNING if isinstance(error, (ProtocolError, KeepAliveTimeoutError)) else logging.INFO
             logger.log(level, "yamux %s session ended (%d live streams): %s%s", role, len(streams), error, lost)
         elif unsent:
             logger.warning(
@@ -841,7 +842,7 @@ class Session:
                 if self._rx_chunks != seen:
                     continue  # the peer is sending: alive, its pong is queued behind data
                 timeout = self._config.connection_write_timeout
-                self._abort(SessionClosedError(f"keepalive failed: no reply to a ping within {timeout} s"))
+                self._abort(KeepAliveTimeoutError(f"keepalive failed: no reply to a ping within {timeout} s"))
                 return
             except SessionClosedError:
                 return

@@ -5,6 +5,7 @@ Hierarchy::
     YamuxError
     ├── SessionClosedError (also a ConnectionError)   the session has ended
     │   ├── ProtocolError                            ... because the peer broke the protocol
+    │   ├── KeepAliveTimeoutError                    ... because a keepalive ping got no reply
     │   └── GoAwayError                              the peer refuses new streams (Go Away 0)
     ├── StreamResetError (also a ConnectionResetError) the stream was reset (RST)
     ├── StreamClosedError                            write after write_eof()/close()
@@ -33,6 +34,12 @@ class ProtocolError(SessionClosedError):
     The message says what was wrong (bad version or type, window overrun,
     duplicate SYN, a second FIN, ...).
     """
+
+
+class KeepAliveTimeoutError(SessionClosedError):
+    """The session was ended because a keepalive ping got no reply within
+    ``connection_write_timeout`` while nothing else arrived from the peer
+    (hashicorp/yamux's ``ErrKeepAliveTimeout``, session.go ``keepalive``)."""
 
 
 class GoAwayError(SessionClosedError):
