@@ -6,6 +6,8 @@ Everything real, as a caller (containerd-shim) drives a runtime: subprocesses of
 
 - create+start -> first output byte: ``create`` with the container's stdout on a pipe this
   process reads, then ``start``; the clock stops at the first byte of ``echo`` (median, p90).
+  Also the CPU time (rusage: user + system) of the ``create`` and the ``start`` command
+  themselves (median; for kata-runtime the runtime process only, not what it spawned).
 - delete: once the container has exited, ``delete`` (for kata-runtime this also stops the
   sandbox: DestroySandbox, agent, proxy, unmount).
 - state: ``state ID`` of a running container, wall time and CPU time per call (median).
@@ -85,15 +87,25 @@ class Runtime:
         return json.loads(self.run("state", cid, stdout=subprocess.PIPE).stdout)
 
 
-def start_to_first_byte(rt: Runtime, bundle: Path, cid: str) -> tuple[float, float]:
-    """(create+start -> first byte, delete) in seconds, for one container running ``echo hi``."""
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's waited-for children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def start_to_first_byte(rt: Runtime, bundle: Path, cid: str) -> tuple[float, float, float, float]:
+    """(create+start -> first byte, delete, create's CPU, start's CPU) in seconds, for one
+    container running ``echo hi``."""
     r, w = os.pipe()
     try:
+        c0 = children_cpu()
         t0 = time.perf_counter()
         rt.run("create", "--bundle", str(bundle), cid, stdout=w)
+        c1 = children_cpu()
         os.close(w)
         w = -1
         rt.run("start", cid)
+        c2 = children_cpu()
         select.select([r], [], [], 60)
         first = os.read(r, 1)
         t1 = time.perf_counter()
@@ -111,7 +123,7 @@ def start_to_first_byte(rt: Runtime, bundle: Path, cid: str) -> tuple[float, flo
         os.close(r)
         if w >= 0:
             os.close(w)
-    return t1 - t0, t3 - t2
+    return t1 - t0, t3 - t2, c1 - c0, c2 - c1
 
 
 def timed_calls(rt: Runtime, args: list[str], n: int) -> tuple[float, float]:
@@ -180,17 +192,19 @@ def runtimes(tmp: Path, config: Path, baseline: Path | None) -> list[Runtime]:
     return rts
 
 
-def measure_starts(rts: list[Runtime], bundle: Path, tag: str, rounds: int) -> tuple[dict, dict]:
-    """{runtime: [create+start -> first byte]}, {runtime: [delete]} (seconds), round by round,
-    the order rotated each round."""
+def measure_starts(rts: list[Runtime], bundle: Path, tag: str, rounds: int) -> tuple[dict, dict, dict]:
+    """{runtime: [create+start -> first byte]}, {runtime: [delete]}, {runtime: [(create CPU,
+    start CPU)]} (seconds), round by round, the order rotated each round."""
     starts = {rt.name: [] for rt in rts}
     deletes = {rt.name: [] for rt in rts}
+    cpus = {rt.name: [] for rt in rts}
     for i in range(rounds):
         for rt in rts[i % len(rts):] + rts[:i % len(rts)]:
-            s, d = start_to_first_byte(rt, bundle, f"sb-{tag}-{rt.name[0]}{i}")
+            s, d, create_cpu, start_cpu = start_to_first_byte(rt, bundle, f"sb-{tag}-{rt.name[0]}{i}")
             starts[rt.name].append(s)
             deletes[rt.name].append(d)
-    return starts, deletes
+            cpus[rt.name].append((create_cpu, start_cpu))
+    return starts, deletes, cpus
 
 
 def measure_state(live: list, calls: int) -> dict:
@@ -206,7 +220,8 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def report(rounds: int, starts: dict, deletes: dict, state: dict, memory: dict, loads: tuple[str, str]) -> None:
+def report(rounds: int, starts: dict, deletes: dict, cpus: dict, state: dict, memory: dict,
+           loads: tuple[str, str]) -> None:
     """The table (a column per runtime, ratios to runc), memory, and the RESULT line."""
     names = list(starts)
     others = [n for n in names if n != "runc"]
@@ -214,6 +229,8 @@ def report(rounds: int, starts: dict, deletes: dict, state: dict, memory: dict, 
     dmed = {k: statistics.median(v) for k, v in deletes.items()}
     rows = [("create+start -> first byte, median", med), ("create+start -> first byte, p90",
                                                          {k: p90(v) for k, v in starts.items()}),
+            ("create CPU, median", {k: statistics.median(c for c, _ in v) for k, v in cpus.items()}),
+            ("start CPU, median", {k: statistics.median(c for _, c in v) for k, v in cpus.items()}),
             ("delete (after exit), median", dmed), ("state, median wall", {k: v[0] for k, v in state.items()}),
             ("state, median CPU", {k: v[1] for k, v in state.items()})]
     print(f"container start, {rounds} rounds, interleaved (ms); load average {loads[0]} at the start, {loads[1]} "
@@ -254,7 +271,7 @@ def main(argv=None) -> int:
     live = []
     loads = [load()]
     try:
-        starts, deletes = measure_starts(rts, bundle, tag, rounds)
+        starts, deletes, cpus = measure_starts(rts, bundle, tag, rounds)
         set_process(bundle, args=["sleep", "1000"])
         for rt in rts:
             cid = f"sb-{tag}-{rt.name[0]}-state"
@@ -269,7 +286,7 @@ def main(argv=None) -> int:
         for rt, cid in live:
             subprocess.run([*rt.prefix, "delete", "--force", cid], capture_output=True, env=rt.env)
         shutil.rmtree(tmp, ignore_errors=True)
-    report(rounds, starts, deletes, state, memory, tuple(loads))
+    report(rounds, starts, deletes, cpus, state, memory, tuple(loads))
     return 0
 
 
