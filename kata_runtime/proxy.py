@@ -120,23 +120,38 @@ def _environ(notify_address: str) -> dict:
 
 def _wait_ready(child, notify: socket.socket, timeout: float, log_path: str, abort=None) -> None:
     """Until READY=1 arrives on ``notify``; ProxyError when ``child`` (its subprocess.Popen) exits,
-    ``timeout`` passes or ``abort`` is set."""
-    notify.settimeout(0.05)
+    ``timeout`` passes or ``abort`` (a threading.Event, looked at every 50 ms) is set. Woken by
+    the datagram or the child's exit (a pidfd; every 50 ms where there is none), not a poll."""
+    import select
+
+    exited = _pidfd(child.pid)
+    tick = 0.05 if abort is not None or exited is None else None
     deadline = time.monotonic() + timeout
-    while True:
-        if abort is not None and abort.is_set():
-            raise ProxyError("kata-proxy start abandoned (the sandbox did not start)")
-        try:
-            message = notify.recv(4096)
-        except TimeoutError:
-            message = b""
-        if b"READY=1" in message.split(b"\n"):
-            return
-        status = child.poll()
-        if status is not None:
-            raise ProxyError(f"kata-proxy exited with status {status} before it was ready: {log_tail(log_path)}")
-        if time.monotonic() >= deadline:
-            raise ProxyError(f"kata-proxy not ready after {timeout:g}s: {log_tail(log_path)}")
+    try:
+        while True:
+            if abort is not None and abort.is_set():
+                raise ProxyError("kata-proxy start abandoned (the sandbox did not start)")
+            left = deadline - time.monotonic()
+            ready = select.select([notify] + ([exited] if exited is not None else []), [], [],
+                                  max(0.0, min(left, tick) if tick else left))[0]
+            if notify in ready and b"READY=1" in notify.recv(4096).split(b"\n"):
+                return
+            status = child.poll()
+            if status is not None:
+                raise ProxyError(f"kata-proxy exited with status {status} before it was ready: {log_tail(log_path)}")
+            if left <= 0:
+                raise ProxyError(f"kata-proxy not ready after {timeout:g}s: {log_tail(log_path)}")
+    finally:
+        if exited is not None:
+            os.close(exited)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (readable once it exits), or None where the kernel has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def log_tail(path: str, lines: int = 3) -> str:

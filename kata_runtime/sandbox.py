@@ -92,6 +92,13 @@ def _import_agent_client() -> None:
     from kata_runtime import agent  # noqa: F401
 
 
+def _run(coroutine):
+    """asyncio.run(coroutine), asyncio imported only now (a driver's stop)."""
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
 async def _grpc_result(call):
     """Await a grpc future (``stub.Method.future(...)``) without a thread: its result, or its
     grpc.RpcError. The caller cancels the call when it stops waiting."""
@@ -353,14 +360,13 @@ class Sandbox:
 
         ``save()`` is called after each process is recorded, so that a runtime killed
         half-way leaves records ``delete --force`` can clean up from."""
-        import asyncio  # here, not at import: commands that only talk to the agent never need it
-        import threading
-
-        # The runtime mostly waits while the guest boots: import the agent client meanwhile.
-        threading.Thread(target=_import_agent_client, daemon=True).start()
         self._connect_pod_network(undo, save)
         try:
-            asyncio.run(self._boot(undo, log, save))
+            guest = self.driver()
+            if hasattr(guest, "spawn"):
+                self._boot_spawned(guest, undo, log, save)
+            else:
+                self._boot_in_loop(guest, undo, log, save)
         finally:
             if self.pod_network is not None:
                 self.pod_network.close_fds()  # the hypervisor holds its own copies
@@ -376,6 +382,55 @@ class Sandbox:
             except Exception as e:
                 raise StepError("creating the sandbox in the agent (CreateSandbox)", e) from None
         self.data["status"] = "running"
+
+    def _boot_in_loop(self, guest, undo: Undo, log, save) -> None:
+        """`_boot` in an event loop (a driver whose guest boots: QEMU), the agent client
+        imported in a thread meanwhile."""
+        import asyncio  # here, not at import: commands that only talk to the agent never need it
+        import threading
+
+        threading.Thread(target=_import_agent_client, daemon=True).start()
+        asyncio.run(self._boot(guest, undo, log, save))
+
+    def _boot_spawned(self, guest, undo: Undo, log, save) -> None:
+        """A driver that spawns its guest and then waits for it without an event loop (``spawn``,
+        ``wait_spawned``: the process sandbox): the agent first (its start is the longest),
+        kata-proxy beside it, the agent client imported while both start, then each one's
+        readiness (woken by its ready pipe or notify socket). No asyncio. Raises StepError."""
+        hv = self.data["hypervisor"]
+        try:
+            guest.spawn()
+        except Exception as e:
+            raise StepError(f"starting the sandbox's {hv['kind']} hypervisor", e) from None
+        undo.push("stop the hypervisor", lambda: _run(self.driver().stop()))
+        hv["process"] = procs.record(guest.pid)
+        save()
+        proxy = self._spawn_proxy(guest, undo, save)
+        _import_agent_client()
+        try:
+            guest.wait_spawned()
+        except Exception as e:
+            proxy.stop()
+            raise StepError(f"starting the sandbox's {hv['kind']} hypervisor", e) from None
+        log.debug("hypervisor started", sandbox=self.id, pid=guest.pid)
+        try:
+            proxy.wait_ready(kproxy.READY_TIMEOUT)
+        except Exception as e:
+            raise StepError("starting kata-proxy", e) from None
+        log.debug("kata-proxy started", sandbox=self.id, pid=proxy.record["pid"])
+
+    def _spawn_proxy(self, guest, undo: Undo, save) -> "kproxy.Starting":
+        """Spawn kata-proxy (not waited for) and record it. Raises StepError."""
+        try:
+            proxy = kproxy.Starting(self.data["proxy"]["settings"], self.id, self.channel_socket,
+                                    self.proxy_socket, self.proxy_log,
+                                    agent_logs_socket=getattr(guest, "console_socket_path", None))
+        except Exception as e:
+            raise StepError("starting kata-proxy", e) from None
+        undo.push("stop kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"]))
+        self.data["proxy"]["process"] = proxy.record
+        save()
+        return proxy
 
     def _connect_pod_network(self, undo: Undo, save) -> None:
         """The spec's network namespace (``data["network"]``, kata_runtime.network.plan): scan it and,
@@ -394,7 +449,7 @@ class Sandbox:
         finally:
             save()
 
-    async def _boot(self, undo: Undo, log, save) -> None:
+    async def _boot(self, guest, undo: Undo, log, save) -> None:
         """kata-proxy and the hypervisor started together (the proxy retries the channel
         socket until the guest listens), then the driver's wait for the agent. One event
         loop: a driver may keep loop-bound state between start() and wait_ready()."""
@@ -402,16 +457,7 @@ class Sandbox:
         import threading
 
         hv = self.data["hypervisor"]
-        guest = self.driver()
-        try:
-            proxy = kproxy.Starting(self.data["proxy"]["settings"], self.id, self.channel_socket,
-                                    self.proxy_socket, self.proxy_log,
-                                    agent_logs_socket=getattr(guest, "console_socket_path", None))
-        except Exception as e:
-            raise StepError("starting kata-proxy", e) from None
-        undo.push("stop kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"]))
-        self.data["proxy"]["process"] = proxy.record
-        save()
+        proxy = self._spawn_proxy(guest, undo, save)
         abort = threading.Event()
         proxy_ready = asyncio.ensure_future(asyncio.to_thread(proxy.wait_ready, kproxy.READY_TIMEOUT, abort))
         try:
@@ -420,7 +466,7 @@ class Sandbox:
             abort.set()
             await asyncio.gather(proxy_ready, return_exceptions=True)
             raise StepError(f"starting the sandbox's {hv['kind']} hypervisor", e) from None
-        undo.push("stop the hypervisor", lambda: asyncio.run(self.driver().stop()))
+        undo.push("stop the hypervisor", lambda: _run(self.driver().stop()))
         hv["process"] = procs.record(guest.pid)
         save()
         log.debug("hypervisor started", sandbox=self.id, pid=guest.pid)
@@ -461,11 +507,9 @@ class Sandbox:
     def stop(self, log, *, force: bool) -> None:
         """DestroySandbox (if the agent answers), stop the hypervisor and kata-proxy, unmount,
         remove the runtime directory. ``force``: go on past a failing step (logged); else raise."""
-        import asyncio
-
         steps = [
             ("destroying the sandbox in the agent (DestroySandbox)", self._destroy_in_agent),
-            ("stopping the hypervisor", lambda: asyncio.run(self.driver().stop())),
+            ("stopping the hypervisor", lambda: _run(self.driver().stop())),
             ("disconnecting the pod network", self._disconnect_pod_network),
             ("stopping kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"])),
             (f"unmounting {self.shared_dir}", lambda: mounts.unmount(self.shared_dir)),

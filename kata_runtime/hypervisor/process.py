@@ -36,7 +36,10 @@ process in it, containers included; killing unshare kills the agent
 
 `start()` returns once the agent reports ready (``--ready-fd``: its gRPC
 server is up and it waits for the host on the channel), or raises
-HypervisorError with the console's last lines if it died or timed out.
+HypervisorError with the console's last lines if it died or timed out. The
+same in two synchronous halves, for a runtime that starts kata-proxy between
+them without an event loop: `spawn()` (returns at once) and `wait_spawned()`
+(wakes on the ready pipe: READY=1, or its end when the agent dies).
 
 `stop()`: SIGTERM to the agent (unshare blocks SIGTERM itself), wait up to
 `timeout`, then SIGKILL to unshare (and so to the agent); then the socket and
@@ -48,11 +51,10 @@ helpers that remove a killed sandbox's leftover cgroups are kata_cgroups, below 
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -100,6 +102,9 @@ class ProcessSandbox(Hypervisor):
         self.env = env
         self.agent_args = list(agent_args)
         self._proc: subprocess.Popen | None = None
+        #: Read end of the agent's ready pipe between spawn() and the READY=1 (or its end).
+        self._ready_r: int | None = None
+        self._ready_got = b""
         #: The pod's network namespace the agent joins (kata_runtime.network), or None.
         self.netns: str | None = None
 
@@ -169,6 +174,8 @@ class ProcessSandbox(Hypervisor):
         env = dict(os.environ if self.env is None else self.env)
         # The agent runs with cwd "/"; make sure `-m kata_agent` still finds the
         # project when it is used from a source tree rather than installed.
+        import importlib.util
+
         spec = importlib.util.find_spec("kata_agent")
         if spec is not None and spec.origin:
             root = os.path.dirname(os.path.dirname(os.path.abspath(spec.origin)))
@@ -179,6 +186,13 @@ class ProcessSandbox(Hypervisor):
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        self.spawn()
+        await self._wait_ready()
+
+    def spawn(self) -> None:
+        """Spawn unshare and the agent, and return at once (``wait_spawned`` or ``start`` waits for
+        READY=1). On return the channel socket listens and the pid file is written. Raises
+        HypervisorError (unshare missing, the socket path too long, already running) or OSError."""
         if self.pid is not None:
             raise HypervisorError(f"sandbox {self.sandbox_id} is already running (pid {self.pid})")
         unshare = shutil.which(self.unshare)
@@ -212,12 +226,85 @@ class ProcessSandbox(Hypervisor):
         finally:
             listener.close()  # the agent holds the only copies now
             os.close(ready_w)
+        self._ready_r, self._ready_got = ready_r, b""
+        os.set_blocking(ready_r, False)
         write_atomic(self.pid_file, f"{self._proc.pid}\n")
         log.debug("process sandbox %s: unshare pid %d", self.sandbox_id, self._proc.pid)
+
+    def wait_spawned(self) -> None:
+        """After `spawn`: block until the agent's READY=1 (a select on its ready pipe, no polling),
+        at most ``ready_timeout`` seconds. Raises HypervisorError (with the console's last lines)
+        after killing the sandbox when the agent exits, closes the pipe or times out."""
+        deadline = time.monotonic() + self.ready_timeout
+        while not self._ready_seen():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail_start(None)
+            select.select([self._ready_r], [], [], left)
+
+    async def _wait_ready(self) -> None:
+        """`wait_spawned` for an event loop: woken by the ready pipe (loop.add_reader)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.ready_timeout
+        while not self._ready_seen():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail_start(None)
+            readable = loop.create_future()
+            loop.add_reader(self._ready_r, lambda: readable.done() or readable.set_result(None))
+            try:
+                await asyncio.wait_for(readable, left)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(self._ready_r)
+
+    def _ready_seen(self) -> bool:
+        """Read what the ready pipe has (non-blocking): True at READY=1 (the pipe is closed then),
+        False while nothing more came; its end before READY=1 fails the start."""
         try:
-            await self._wait_ready(ready_r)
-        finally:
-            os.close(ready_r)
+            chunk = os.read(self._ready_r, 64)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            self._fail_start(b"")
+        self._ready_got += chunk
+        if b"READY=1" not in self._ready_got:
+            return False
+        self._close_ready()
+        return True
+
+    def _close_ready(self) -> None:
+        if self._ready_r is not None:
+            os.close(self._ready_r)
+            self._ready_r = None
+
+    def _fail_start(self, chunk: bytes | None) -> None:
+        """Kill what `spawn` started (unshare, and so the agent) and raise HypervisorError saying why:
+        ``chunk`` b"" the pipe ended, None the wait timed out."""
+        self._close_ready()
+        rc = self._proc.poll()
+        why = f"exited with status {rc}" if rc is not None else (
+            "closed its ready pipe" if chunk == b"" else f"not ready after {self.ready_timeout:g}s")
+        self._kill_now()
+        raise HypervisorError(f"process sandbox {self.sandbox_id}: the agent {why} at start: "
+                              f"{self._console_tail() or 'no output'} (console: {self.console_log_path})")
+
+    def _kill_now(self, timeout: float = 5.0) -> None:
+        """SIGKILL the agent and unshare (a failed start: nothing to ask nicely), reap unshare,
+        then `_cleanup`."""
+        agent = self.agent_pid()
+        if self._proc.poll() is None:
+            kill_pid(self._proc.pid, signal.SIGKILL)  # --kill-child: the agent follows
+        if agent is not None:
+            kill_pid(agent, signal.SIGKILL)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("process sandbox %s: pid %d survived SIGKILL", self.sandbox_id, self._proc.pid)
+        self._cleanup()
 
     def _listen(self) -> socket.socket:
         path = self.channel_socket_path
@@ -233,29 +320,6 @@ class ProcessSandbox(Hypervisor):
             sock.close()
             raise HypervisorError(f"cannot listen on {path}: {exc.strerror}") from exc
         return sock
-
-    async def _wait_ready(self, ready_r: int) -> None:
-        """Wait for the agent's READY=1 (gRPC up, channel open); a dead agent closes the pipe."""
-        os.set_blocking(ready_r, False)
-        deadline = time.monotonic() + self.ready_timeout
-        got = b""
-        while True:
-            try:
-                chunk = os.read(ready_r, 64)
-            except BlockingIOError:
-                chunk = None
-            if chunk:
-                got += chunk
-                if b"READY=1" in got:
-                    return
-            elif chunk == b"" or time.monotonic() >= deadline:
-                rc = self._proc.poll()
-                why = f"exited with status {rc}" if rc is not None else (
-                    "closed its ready pipe" if chunk == b"" else f"not ready after {self.ready_timeout:g}s")
-                await self.stop(timeout=1.0)
-                raise HypervisorError(f"process sandbox {self.sandbox_id}: the agent {why} at start: "
-                                      f"{self._console_tail() or 'no output'} (console: {self.console_log_path})")
-            await asyncio.sleep(POLL_INTERVAL)
 
     async def stop(self, timeout: float = 5.0) -> None:
         pid = self.pid
