@@ -49,10 +49,8 @@ from .errors import (
     KeepAliveTimeoutError,
     ProtocolError,
     SessionClosedError,
-    StreamResetError,
     YamuxError,
     YamuxTimeoutError,
-    copy_error,
 )
 from .frame import GO_AWAY_NORMAL
 
@@ -584,9 +582,7 @@ class Session:
     # ------------------------------------------------------------ internals
 
     def _closed_exc(self) -> BaseException:
-        if self._error is None:
-            return SessionClosedError("session closed")
-        return copy_error(self._error)
+        return self._conn.closed_error()
 
     async def _wait(self, waiters: list) -> None:
         fut = self._loop.create_future()
@@ -609,11 +605,12 @@ class Session:
         self._rx_chunks += 1
         conn = self._conn
         events = conn.receive_data(data)
-        if conn._direct:
-            self._forward(conn.take_direct())
+        direct = conn.take_direct()
+        if direct:
+            self._forward(direct)
         if events:
             self._handle_events(events)
-        if conn._control or conn._ready or conn._events or self._closed or self._blocked_writers:
+        if conn.wants_flush or self._closed or self._blocked_writers:
             self._flush()
 
     def _get_buffer(self, sizehint: int) -> memoryview:
@@ -628,11 +625,12 @@ class Session:
         self._rx_chunks += 1
         conn = self._conn
         events = conn.receive_data(self._rbuf[:nbytes], transient=True)
-        if conn._direct:
-            self._forward(conn.take_direct(), True)
+        direct = conn.take_direct()
+        if direct:
+            self._forward(direct, True)
         if events:
             self._handle_events(events)
-        if conn._control or conn._ready or conn._events or self._closed or self._blocked_writers:
+        if conn.wants_flush or self._closed or self._blocked_writers:
             self._flush()
 
     @staticmethod
@@ -704,7 +702,7 @@ class Session:
         """Write what the core has to send (control first, data unless paused)."""
         self._flush_scheduled = False
         conn = self._conn
-        if conn._events:
+        if conn.has_events:
             self._handle_events(conn.take_events())
         if not self._io_closed:
             while True:
@@ -715,11 +713,11 @@ class Session:
                     except Exception as exc:  # the transport went away under us
                         self._on_lost(exc)
                         break
-                if self._paused or not conn._ready or self._io_closed:
+                if self._paused or not conn.has_pending_data or self._io_closed:
                     break
             if self._committed:
                 self._flush_committed()
-            if conn._events:
+            if conn.has_events:
                 self._handle_events(conn.take_events())
             if self._closed and not self._io_closed:
                 self._close_io()
@@ -936,20 +934,13 @@ class Stream:
         :class:`SessionClosedError` (or its :class:`ProtocolError` subclass) if
         the session ended before the peer's FIN."""
         st = self._st
+        conn = self._conn
         while True:
-            if st.recv_len:
-                if n == 0:
-                    return b""
-                data = self._conn.read(st, n)
-                if self._conn._control:
+            data = conn.next_read(st, n)  # the core decides: data, EOF (b''), wait (None) or raise
+            if data is not None:
+                if conn.has_control:  # a window update to send
                     self._session._schedule_flush()
                 return data
-            if st.reset:
-                raise self._reset_error()
-            if st.remote_fin or st.read_closed or n == 0:
-                return b""
-            if self._session._closed:
-                raise self._session._closed_exc()
             await self._wait_readable()
 
     async def readexactly(self, n: int) -> bytes:
@@ -959,7 +950,7 @@ class Stream:
         st = self._st
         if st.recv_len >= n:
             data = self._conn.read(st, n)
-            if self._conn._control:
+            if self._conn.has_control:
                 self._session._schedule_flush()
             return data
         chunks = []
@@ -1001,27 +992,17 @@ class Stream:
         waits for that).  Raises :class:`StreamResetError` after a RST,
         :class:`StreamClosedError` after ``write_eof()``/``close()``, and
         :class:`SessionClosedError` once the session is closing or over."""
-        st = self._st
-        if st.reset:
-            raise self._reset_error()
         session = self._session
-        if session._closed:
-            raise session._closed_exc()
+        # the first write of a loop iteration may go out at once (latency);
+        # later ones are coalesced into one write at the end of the iteration
         if session._flush_scheduled:
-            # not the first write of this loop iteration: coalesced into one
-            # write at the end of the iteration
-            self._conn.send_data(st, data)
+            self._conn.write(self._st, data, transport_ready=False)
             return
-        # the first write of a loop iteration goes out at once (latency)
-        if session._paused:
-            self._conn.send_data(st, data)
+        out = self._conn.write(self._st, data, transport_ready=not session._paused)
+        if out is not None:
+            session._send(out)
         else:
-            out = self._conn.send_data_now(st, data)
-            if out is not None:
-                session._send(out)
-                session._schedule_flush()
-                return
-        session._flush()
+            session._flush()
         session._schedule_flush()
 
     def writelines(self, data) -> None:
@@ -1056,17 +1037,11 @@ class Stream:
         """
         st = self._st
         session = self._session
+        conn = self._conn
         while True:
-            if st.reset:
-                raise self._reset_error()
-            queued = st.send_len
-            if not queued:
-                if st.unsent:  # the session ended before all of it went out
-                    raise session._closed_exc()
+            if conn.all_sent(st):  # raises if it never will be
                 return
-            if session._closed:  # (the core empties the queues at the end: not reached)
-                raise session._closed_exc()
-            if queued <= st.send_window and not session._paused:
+            if st.send_len <= st.send_window and not session._paused:
                 # nothing waits for the peer: the flush of this iteration hands it over
                 session._committed[st] = None
                 session._schedule_flush()
@@ -1128,10 +1103,6 @@ class Stream:
         await asyncio.shield(self._closed_waiter)
 
     # ------------------------------------------------------------ wake-ups
-
-    def _reset_error(self) -> StreamResetError:
-        who = "the peer" if self._st.reset_by_peer else "us"
-        return StreamResetError(f"stream {self.id} was reset by {who}")
 
     def _readable(self) -> None:
         sink = self._sink
@@ -1196,7 +1167,7 @@ class _Splice(asyncio.Protocol):
         _set_send_buffer(transport, self.session._config.socket_send_buffer)
         self.transport = transport
         self.stream._sink = self
-        self.st.direct = True  # the session hands us payload as it arrives (forward)
+        self.conn.set_direct(self.st, True)  # the session hands us payload as it arrives (forward)
         self.stream_readable()
 
     def data_received(self, data) -> None:
@@ -1206,13 +1177,11 @@ class _Splice(asyncio.Protocol):
         session = self.session
         st = self.st
         try:
-            if session._paused:
-                self.conn.send_data(st, data)
-            else:
-                out = self.conn.send_data_now(st, data)
-                if out is not None:
-                    session._send(out)
-                    return
+            out = self.conn.write(st, data, transport_ready=not session._paused)
+            if out is not None:
+                session._send(out)
+                return
+            if not session._paused:
                 session._flush()
         except SessionClosedError:
             if self.conn.closing and not self.conn.closed:
@@ -1249,12 +1218,12 @@ class _Splice(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.st.direct = False  # payload waits in the stream's buffer (its window closes)
+        self.conn.set_direct(self.st, False)  # payload waits in the stream's buffer (its window closes)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if not self.finished:
-            self.st.direct = True
+            self.conn.set_direct(self.st, True)
         self.stream_readable()
 
     def forward(self, payload) -> None:
@@ -1340,13 +1309,13 @@ class _Splice(asyncio.Protocol):
         conn = self.conn
         if st.recv_len:
             self.transport.writelines(conn.take_received(st))
-            if conn._control:
+            if conn.has_control:
                 self.session._schedule_flush()
         if st.reset:
             self.fail()
             return
-        if st.remote_fin:
-            if not st.recv_len and not self.down_done:
+        if conn.remote_ended(st):  # FIN, all taken: half-close the socket
+            if not self.down_done:
                 self.down_done = True
                 if self.transport.can_write_eof():
                     self.transport.write_eof()
@@ -1370,7 +1339,7 @@ class _Splice(asyncio.Protocol):
 
     def finish(self) -> None:
         self.finished = True
-        self.st.direct = False
+        self.conn.set_direct(self.st, False)
         stream = self.stream
         stream._sink = None
         stream._writable_cb = None

@@ -41,6 +41,7 @@ from .errors import (
     StreamClosedError,
     StreamResetError,
     YamuxError,
+    copy_error,
 )
 from .frame import (
     FLAG_ACK,
@@ -401,7 +402,26 @@ class Connection:
 
     @property
     def has_events(self) -> bool:
+        """Events are waiting for :meth:`take_events`."""
         return bool(self._events)
+
+    @property
+    def has_control(self) -> bool:
+        """Control frames (window updates, ACKs, pings, ...) wait to be sent:
+        the I/O layer should flush soon (after a :meth:`read`, for instance)."""
+        return bool(self._control)
+
+    @property
+    def wants_flush(self) -> bool:
+        """Something for the I/O layer to do after input: control frames or
+        sendable data to write, or events to handle."""
+        return bool(self._control or self._ready or self._events)
+
+    def set_direct(self, st: StreamState, direct: bool) -> None:
+        """Mark ``st`` direct (its payload is handed out by :meth:`take_direct`
+        as it arrives, while nothing is buffered) or not (payload is buffered
+        for :meth:`read`, and the peer's window closes when nobody reads)."""
+        st.direct = direct
 
     def _parse(self, data: bytes) -> None:
         n = len(data)
@@ -649,7 +669,7 @@ class Connection:
         after :meth:`end_stream`/:meth:`close_stream`, and
         :class:`SessionClosedError` once the session is closing or closed."""
         if st.reset:
-            raise StreamResetError(f"stream {st.stream_id} was reset")
+            raise self.reset_error(st)
         if st.fin_pending or st.fin_sent:
             raise StreamClosedError(f"stream {st.stream_id}: write after write_eof()/close()")
         if self._no_writes:
@@ -675,7 +695,7 @@ class Connection:
         returned.  Only for a caller that writes the result at once.
         """
         if st.reset:
-            raise StreamResetError(f"stream {st.stream_id} was reset")
+            raise self.reset_error(st)
         if st.fin_pending or st.fin_sent:
             raise StreamClosedError(f"stream {st.stream_id}: write after write_eof()/close()")
         if self._no_writes:
@@ -738,6 +758,65 @@ class Connection:
         self._free(st)
         if self.closing and not self.closed:
             self._end_if_drained()
+
+    def next_read(self, st: StreamState, max_bytes: int = -1) -> bytes | None:
+        """What a reader of ``st`` gets now: up to ``max_bytes`` buffered bytes
+        (all if < 0); ``b''`` at EOF (the peer's FIN after the buffered data,
+        after our own :meth:`close_stream`, or ``max_bytes == 0``); None when
+        the reader must wait for a :class:`DataReceived`, :class:`StreamEnded`,
+        :class:`StreamReset` or :class:`ConnectionTerminated` event.
+
+        Raises :class:`StreamResetError` after a RST, and the session's error
+        (:meth:`closed_error`) once the session ended before the peer's FIN.
+        Buffered bytes are still returned after a RST-free end.
+        """
+        if st.recv_len:
+            if max_bytes == 0:
+                return b""
+            return self.read(st, max_bytes)
+        if st.reset:
+            raise self.reset_error(st)
+        if st.remote_fin or st.read_closed or max_bytes == 0:
+            return b""
+        if self.closed:
+            raise self.closed_error()
+        return None
+
+    def write(self, st: StreamState, data, *, transport_ready: bool) -> list | None:
+        """Write ``data`` on ``st``: :meth:`send_data_now` when the transport
+        takes data now (``transport_ready``: not paused, and no flush of
+        coalesced writes pending), so a lone write goes out at once as one
+        frame (the buffers to write are returned); else :meth:`send_data`
+        (queued, None returned).  Raises as :meth:`send_data`, and the
+        session's error once it has ended."""
+        if st.reset:
+            raise self.reset_error(st)
+        if self.closed:
+            raise self.closed_error()
+        if transport_ready:
+            return self.send_data_now(st, data)
+        self.send_data(st, data)
+        return None
+
+    def all_sent(self, st: StreamState) -> bool:
+        """True once everything written on ``st`` was cut into frames (handed
+        out by :meth:`take_output`).  Raises :class:`StreamResetError` after a
+        RST, and the session's error if it ended with some of it unsent."""
+        if st.reset:
+            raise self.reset_error(st)
+        if not st.send_len:
+            if st.unsent:
+                raise self.closed_error()
+            return True
+        if self.closed:  # (the queues are emptied at the end: not reached)
+            raise self.closed_error()
+        return False
+
+    @staticmethod
+    def remote_ended(st: StreamState) -> bool:
+        """The peer's FIN arrived and every byte before it was taken: a relay
+        (``splice``) half-closes its other side now."""
+        return st.remote_fin and not st.recv_len
 
     def read(self, st: StreamState, max_bytes: int = -1) -> bytes:
         """Take up to ``max_bytes`` (all if < 0) buffered bytes; b'' if none."""
@@ -905,10 +984,24 @@ class Connection:
                 return
         self._terminate(None)
 
-    def _writes_refused(self) -> SessionClosedError:
+    def _writes_refused(self) -> BaseException:
         if self.closed:
-            return SessionClosedError("session closed")
+            return self.closed_error()
         return SessionClosedError("session is closing: no new writes")
+
+    def closed_error(self) -> BaseException:
+        """The exception for an operation on the ended session: a fresh copy of
+        what ended it (:attr:`error`), or :class:`SessionClosedError` after a
+        clean end."""
+        if self.error is None:
+            return SessionClosedError("session closed")
+        return copy_error(self.error)
+
+    @staticmethod
+    def reset_error(st: StreamState) -> StreamResetError:
+        """The exception for an operation on a reset stream (says who reset it)."""
+        who = "the peer" if st.reset_by_peer else "us"
+        return StreamResetError(f"stream {st.stream_id} was reset by {who}")
 
     def close(self) -> list:
         """End the session locally now: Go Away(0) (unless one was sent) and a

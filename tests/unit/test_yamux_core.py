@@ -857,3 +857,67 @@ def test_memory_stays_within_windows_when_nobody_reads():
     server.receive_data(data)
     assert not server.closed
     assert server.buffered_bytes() <= 4 * INITIAL_WINDOW and len(server.streams) == 4
+
+
+# ---------------------------------------------------------------- the I/O layer's entry points
+
+
+def test_next_read_decides_data_eof_wait_or_error():
+    p = Pair()
+    st, peer = p.open_accepted()
+    assert p.server.next_read(peer) is None  # nothing yet: wait
+    p.client.send_data(st, b"hello")
+    p.pump()
+    assert p.server.next_read(peer, 0) == b""
+    assert p.server.next_read(peer, 2) == b"he" and p.server.next_read(peer) == b"llo"
+    p.client.end_stream(st)
+    p.pump()
+    assert p.server.next_read(peer) == b""  # the peer's FIN: EOF
+    st2, peer2 = p.open_accepted()
+    p.client.reset_stream(st2)
+    p.pump()
+    with pytest.raises(StreamResetError, match="by the peer"):
+        p.server.next_read(peer2)
+    with pytest.raises(StreamResetError, match="by us"):
+        p.client.next_read(st2)
+    st3, peer3 = p.open_accepted()
+    p.server.receive_data(raw(TYPE_PING, FLAG_SYN | FLAG_ACK, 0, 1))  # a protocol error ends it
+    with pytest.raises(ProtocolError):
+        p.server.next_read(peer3)
+
+
+def test_write_cuts_a_frame_now_only_when_the_transport_is_ready():
+    p = Pair()
+    st, _ = p.open_accepted()
+    assert p.client.write(st, b"later", transport_ready=False) is None
+    assert st.send_len == 5 and not p.client.all_sent(st)
+    p.client.take_output()
+    assert p.client.all_sent(st)
+    out = p.client.write(st, b"now", transport_ready=True)
+    assert [(hdr.type, body) for hdr, body in frames_of(out)] == [(TYPE_DATA, b"now")]
+    p.client.reset_stream(st)
+    with pytest.raises(StreamResetError):
+        p.client.write(st, b"x", transport_ready=True)
+    with pytest.raises(StreamResetError):
+        p.client.all_sent(st)
+
+
+def test_all_sent_raises_once_the_session_dropped_what_was_written():
+    p = Pair()
+    st, _ = p.open_accepted()
+    p.client.send_data(st, b"x" * (INITIAL_WINDOW + 1))
+    p.client.take_output()  # the window lets all but one byte out
+    p.client.close()
+    with pytest.raises(SessionClosedError):
+        p.client.all_sent(st)
+
+
+def test_remote_ended_once_the_fin_and_everything_before_it_were_taken():
+    p = Pair()
+    st, peer = p.open_accepted()
+    p.client.send_data(st, b"tail")
+    p.client.end_stream(st)
+    p.pump()
+    assert peer.remote_fin and not p.server.remote_ended(peer)  # "tail" is still buffered
+    p.server.take_received(peer)
+    assert p.server.remote_ended(peer)
