@@ -250,7 +250,6 @@ class H2Connection:
         """Cut the sending streams' bytes into DATA frames as far as the windows allow."""
         still = []
         for stream in self.sending:
-            sid = stream.stream_id.to_bytes(4, "big")
             while stream.pending or stream.head:
                 head = stream.head
                 total = len(head) + len(stream.pending)
@@ -259,7 +258,7 @@ class H2Connection:
                     break
                 flags = 0 if n < total or stream.end_block is not None else END_STREAM
                 self._out += bytes((n >> 16 & 0xFF, n >> 8 & 0xFF, n & 0xFF, DATA, flags))
-                self._out += sid
+                self._out += stream.stream_id.to_bytes(4, "big")
                 rest = n
                 if head:
                     self._out += head[:n]
