@@ -8,7 +8,7 @@ API (what kata-agent uses)::
 
     await serve_connection(reader, writer, handlers)  # one HTTP/2 connection, until it ends
     server = await serve_unix(path, handlers)       # every connection to a unix socket
-    await server.close()                              # stop listening, cancel the calls in flight
+    await server.close(grace=1.0)                     # GOAWAY, calls in flight get 1 s, then cancel
 
 ``serve_connection`` serves one HTTP/2 connection carried by any byte stream of this shape:
 ``reader``: ``await read(n) -> bytes`` (up to n bytes; b"" at EOF); ``writer``: ``write(data)``
@@ -129,7 +129,11 @@ async def serve_connection(reader, writer, handlers: dict, *, max_message: int =
     for the shapes of ``reader``, ``writer`` and ``handlers``).  Returns why it ended: the
     client closed it, it broke HTTP/2 (GOAWAY sent), or the byte stream failed.  Closes
     ``writer`` in every case, cancelling the calls still running."""
-    served = _Served(writer, handlers, max_message)
+    return await _serve(_Served(writer, handlers, max_message), reader, read_size)
+
+
+async def _serve(served: _Served, reader, read_size: int = READ_SIZE) -> str:
+    writer = served.writer
     served.flush()  # our SETTINGS
     reason = "the client closed the connection"
     try:
@@ -174,22 +178,32 @@ class UnixServer:
         self.handlers = handlers
         self.max_message = max_message
         self.server: asyncio.AbstractServer | None = None
-        self.connections: set[asyncio.Task] = set()
+        self.connections: dict[asyncio.Task, _Served] = {}
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        self.connections.add(task)
+        served = self.connections[task] = _Served(writer, self.handlers, self.max_message)
         try:
-            await serve_connection(reader, writer, self.handlers, max_message=self.max_message)
+            await _serve(served, reader)
         except asyncio.CancelledError:
             pass  # close() stopped it (asyncio's stream callback would log a cancelled task)
         finally:
-            self.connections.discard(task)
+            self.connections.pop(task, None)
 
-    async def close(self) -> None:
-        """Stop accepting, cancel every connection (and its calls), remove the socket file."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting and remove the socket file; with ``grace`` (seconds), first send
+        GOAWAY on every connection (no new call is accepted) and let the calls already running
+        finish for up to that long; then cancel every connection and what still runs."""
         if self.server is not None:
             self.server.close()
+        if grace > 0:
+            running = []
+            for served in self.connections.values():
+                served.conn.close()
+                served.flush()
+                running += served.tasks.values()
+            if running:
+                await asyncio.wait(running, timeout=grace)
         tasks = list(self.connections)
         for task in tasks:
             task.cancel()

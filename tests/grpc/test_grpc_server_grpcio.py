@@ -168,3 +168,25 @@ async def test_oversize_request_is_refused(tmp_path):
             assert (await stub.WriteStdin(agent_pb2.WriteStreamRequest(data=bytes(range(256))))).len == 256
     finally:
         await server.close()
+
+
+async def test_graceful_close_lets_running_calls_finish(tmp_path):
+    agent = Agent()
+    path = str(tmp_path / "g.sock")
+    server = await serve_unix(path, agent.handlers())
+    channel = grpc.aio.insecure_channel("unix:" + path)
+    try:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        running = asyncio.ensure_future(stub.ReadStdout(agent_pb2.ReadStreamRequest(container_id="g", exec_id="wait",
+                                                                                    len=256)))
+        await agent.started.setdefault("g", asyncio.Event()).wait()
+        closing = asyncio.ensure_future(server.close(grace=60))
+        await asyncio.sleep(0.1)
+        assert not closing.done()  # waiting for the call in flight
+        agent.release.set()
+        assert (await running).data == bytes(range(256))
+        await closing
+        assert agent.cancelled == [] and not (tmp_path / "g.sock").exists()
+    finally:
+        await channel.close()
+        await server.close()
