@@ -251,7 +251,7 @@ def test_vm_exec_killed(ctr, vm_task):
         after = ctr.wait_task_pids(cid, 3)
     finally:
         sleeper.kill()
-        _exec(ctr, cid, "k1-clean", "pkill -9 -f 'sleep 2001'; true")  # a survivor would skew later counts
+        _exec(ctr, cid, "k1-clean", "pkill -9 -f 'sleep 200[1]'; true")  # a survivor would skew later counts
     assert sorted(after) == sorted(before), (before, after)
 
 
