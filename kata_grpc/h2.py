@@ -13,6 +13,11 @@ A call is one stream: HEADERS with the method's fixed header block, then the
 request as one length-prefixed gRPC message with END_STREAM.  The reply is
 complete when the server ends the stream; :meth:`Call.result` gives the
 response message or raises :class:`RpcError` with the gRPC status.
+
+The frame layer (parsing, dispatch by frame type, the connection-level frames, windows) is
+:mod:`kata_grpc.frames`, shared with the server core; the gRPC level (status codes, framing,
+grpc-message) is :mod:`kata_grpc.protocol`.  Their names stay importable from here, where
+kata-shim and kata-runtime import them.
 """
 
 from __future__ import annotations
