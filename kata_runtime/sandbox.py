@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import os
 
-from kata_runtime import mounts, procs
-from kata_runtime import proxy as kproxy
+from kata_runtime import procs
 from kata_runtime.errors import KataError, StepError
 
 VM_ROOT = "/run/vc/vm"
@@ -81,6 +80,7 @@ def sandbox_shm_storage(size: int):
     from katapb import agent_pb2
 
     from kata_oci import GUEST_SANDBOX_SHM
+    from kata_runtime import mounts
 
     return agent_pb2.Storage(driver="ephemeral", source="shm", fstype="tmpfs",
                              options=[*mounts.SHM_OPTIONS, f"size={size}"], mount_point=GUEST_SANDBOX_SHM)
@@ -240,6 +240,8 @@ class Sandbox:
     # ------------------------------------------------------------- create
     def prepare(self, undo: Undo) -> None:
         """Make the runtime directory and its shared dir; refuses one that already exists."""
+        from kata_runtime import mounts
+
         os.makedirs(os.path.dirname(self.vm_dir), mode=0o755, exist_ok=True)
         try:
             os.mkdir(self.vm_dir, 0o750)
@@ -251,6 +253,8 @@ class Sandbox:
 
     def share_rootfs(self, container_id: str, rootfs: str, undo: Undo) -> None:
         """Bind-mount a bundle's rootfs to ``<shared>/<id>/rootfs`` (before the guest starts)."""
+        from kata_runtime import mounts
+
         target = self.rootfs_mount(container_id)
         os.makedirs(target, mode=0o755)
         undo.push(f"remove {os.path.dirname(target)}", lambda: mounts.remove_tree(os.path.dirname(target)))
@@ -279,7 +283,7 @@ class Sandbox:
         rootfs (in the process sandbox's agent namespace too) and remove ``<shared>/<id>``."""
         from kata_oci import guest_rootfs
 
-        from kata_runtime import nsmount
+        from kata_runtime import mounts, nsmount
 
         pid = self._private_mounts_pid(required=False)
         if pid is not None:
@@ -302,6 +306,8 @@ class Sandbox:
     def share_mounts(self, shares: list[dict], undo: Undo) -> None:
         """Bind-mount each kata_runtime.mounts.plan_shares entry's host source into the shared dir
         (kata_runtime.mounts.share), before the guest starts. ``undo`` gets the reverse steps."""
+        from kata_runtime import mounts
+
         for entry in shares:
             path = mounts.share(entry, self.shared_dir)
             undo.push(f"unmount {path}", lambda path=path: mounts.unshare(path))
@@ -330,7 +336,7 @@ class Sandbox:
         Every entry is tried; the first failure is raised after (MountError / OSError)."""
         from kata_oci import guest_shared_path
 
-        from kata_runtime import nsmount
+        from kata_runtime import mounts, nsmount
 
         pid = self._private_mounts_pid(required=False) if shares else None
         failed = None
@@ -397,6 +403,8 @@ class Sandbox:
         ``wait_spawned``: the process sandbox): the agent first (its start is the longest),
         kata-proxy beside it, the agent client imported while both start, then each one's
         readiness (woken by its ready pipe or notify socket). No asyncio. Raises StepError."""
+        from kata_runtime import proxy as kproxy
+
         hv = self.data["hypervisor"]
         try:
             guest.spawn()
@@ -419,8 +427,11 @@ class Sandbox:
             raise StepError("starting kata-proxy", e) from None
         log.debug("kata-proxy started", sandbox=self.id, pid=proxy.record["pid"])
 
-    def _spawn_proxy(self, guest, undo: Undo, save) -> "kproxy.Starting":
-        """Spawn kata-proxy (not waited for) and record it. Raises StepError."""
+    def _spawn_proxy(self, guest, undo: Undo, save):
+        """Spawn kata-proxy (not waited for) and record it; its kata_runtime.proxy.Starting.
+        Raises StepError."""
+        from kata_runtime import proxy as kproxy
+
         try:
             proxy = kproxy.Starting(self.data["proxy"]["settings"], self.id, self.channel_socket,
                                     self.proxy_socket, self.proxy_log,
@@ -455,6 +466,8 @@ class Sandbox:
         loop: a driver may keep loop-bound state between start() and wait_ready()."""
         import asyncio
         import threading
+
+        from kata_runtime import proxy as kproxy
 
         hv = self.data["hypervisor"]
         proxy = self._spawn_proxy(guest, undo, save)
@@ -507,6 +520,9 @@ class Sandbox:
     def stop(self, log, *, force: bool) -> None:
         """DestroySandbox (if the agent answers), stop the hypervisor and kata-proxy, unmount,
         remove the runtime directory. ``force``: go on past a failing step (logged); else raise."""
+        from kata_runtime import mounts
+        from kata_runtime import proxy as kproxy
+
         steps = [
             ("destroying the sandbox in the agent (DestroySandbox)", self._destroy_in_agent),
             ("stopping the hypervisor", lambda: _run(self.driver().stop())),
