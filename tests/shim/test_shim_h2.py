@@ -284,3 +284,27 @@ def test_large_non_data_frame_grows_the_input_buffer():
     feed_via_buffers(c, frame(HEADERS, END_HEADERS, 1, big) + frame(DATA, 0, 1, h2.grpc_message(b"ok"))
                      + trailers(1), 1 << 20)
     assert bytes(call.result()) == b"ok" and dict(call.headers)[b"x-big"] == b"v" * 5000
+
+
+def test_long_request_header_block_goes_out_with_continuation():
+    c = Connection()
+    c.data_to_send()
+    block = h2.request_headers(b"/grpc.AgentService/" + b"X" * 40000)
+    c.request(block, b"")
+    frames = parse_frames(c.data_to_send())
+    heads = [f for f in frames if f[0] in (HEADERS, CONTINUATION)]
+    assert [f[0] for f in heads] == [HEADERS, CONTINUATION, CONTINUATION]
+    assert [f[1] & END_HEADERS for f in heads] == [0, 0, END_HEADERS]
+    assert all(len(f[3]) <= h2.DEFAULT_MAX_FRAME for f in heads)
+    assert b"".join(f[3] for f in heads) == block
+
+
+def test_a_smaller_header_table_is_acknowledged_in_the_next_block():
+    c = Connection()
+    c.data_to_send()
+    c.receive(frame(SETTINGS, 0, 0, h2.HEADER_TABLE_SIZE.to_bytes(2, "big") + (0).to_bytes(4, "big")))
+    c.request(BLOCK, b"")
+    c.request(BLOCK, b"")
+    heads = [f[3] for f in parse_frames(c.data_to_send()) if f[0] == HEADERS]
+    assert heads == [b"\x20" + BLOCK, BLOCK]  # a size update to 0, once (RFC 7541 section 4.2)
+    assert dict(hpack.Decoder(0).decode(heads[0]))[b":path"] == b"/grpc.AgentService/WaitProcess"
