@@ -299,7 +299,10 @@ class ServerConnection(H2Connection):
                         return self._refuse(stream, INTERNAL, str(e))
                 elif name == b"grpc-encoding" and value != b"identity":
                     return self._refuse(stream, UNIMPLEMENTED, f"grpc-encoding {value.decode('latin-1')} not supported")
-                elif name.lower() != name or name in (b"connection", b"transfer-encoding"):
+                elif name == b"te" and value != b"trailers":
+                    return self._malformed(stream, "te other than trailers")
+                elif name.lower() != name or name in (b"connection", b"transfer-encoding", b"keep-alive",
+                                                      b"upgrade", b"proxy-connection"):
                     return self._malformed(stream, f"header {name!r} not allowed in HTTP/2")
         if method != b"POST" or not stream.path:
             return self._malformed(stream, "request without POST or :path")

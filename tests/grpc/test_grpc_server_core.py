@@ -256,6 +256,14 @@ def test_header_level_answers(extra, expect):
     assert block[b"grpc-status"] == expect.encode()
 
 
+@pytest.mark.parametrize("extra", [[(b"te", b"gzip")], [(b"Upper", b"x")], [(b"connection", b"close")]])
+def test_connection_specific_or_uppercase_headers_are_malformed(extra):
+    conn = started()
+    assert conn.receive(frame(HEADERS, END_HEADERS | END_STREAM, 1, request_block(extra=extra))) == []
+    assert parse_frames(conn.data_to_send()) == [(RST_STREAM, 0, 1, (1).to_bytes(4, "big"))]
+    assert conn.receive(call(3)) != []  # only that stream is refused
+
+
 def test_malformed_request_headers_reset_the_stream():
     conn = started()
     no_path = b"\x83\x86" + hpack.encode_plain([(b"content-type", b"application/grpc")])
