@@ -39,6 +39,7 @@ from .core import (
     GoAwayReceived,
     OpenSlotAvailable,
     PingAcked,
+    PingTimedOut,
     StreamClosed,
     StreamEnded,
     StreamOpened,
@@ -196,6 +197,7 @@ class _StreamPairIO:
         self._writer = writer
         self._drain_task: asyncio.Task | None = None
         self._closing = False
+        self.close_task: asyncio.Task | None = None
         self.peer_eof = False  # the peer shut its write side (EOF read)
         self.done = session._loop.create_future()
         session._write = self._write
@@ -249,9 +251,10 @@ class _StreamPairIO:
         if self._closing:
             return
         self._closing = True
-        self._session._loop.create_task(self._close(timeout, linger))
+        self.close_task = self._session._loop.create_task(self._close(timeout, linger))
 
     async def _close(self, timeout: float, linger: bool) -> None:
+        """Cancelling it aborts the transport and raises CancelledError."""
         loop = self._session._loop
         deadline = loop.time() + timeout
         current = asyncio.current_task()
@@ -259,24 +262,32 @@ class _StreamPairIO:
             if task is not None and task is not current and not task.done():
                 task.cancel()
         writer = self._writer
-        if linger and not self.peer_eof and writer.can_write_eof() and writer.get_extra_info("socket") is not None:
-            await _wait_quietly(self._read_task, current)  # it reads no more: we do
-            try:
-                writer.write_eof()  # shutdown(SHUT_WR) once the buffer is written
-                await asyncio.wait_for(self._discard_until_eof(), timeout)
-            except (OSError, asyncio.TimeoutError):
-                pass
         try:
-            writer.close()
-            await asyncio.wait_for(writer.wait_closed(), max(0.0, deadline - loop.time()))
-        except Exception:
-            transport = getattr(writer, "transport", None)
-            if transport is not None:
-                transport.abort()
-        for task in (self._read_task, self._drain_task):
-            await _wait_quietly(task, current)
-        if not self.done.done():
-            self.done.set_result(None)
+            if linger and not self.peer_eof and writer.can_write_eof() and writer.get_extra_info("socket") is not None:
+                await _wait_ended(self._read_task, current)  # it reads no more: we do
+                try:
+                    writer.write_eof()  # shutdown(SHUT_WR) once the buffer is written
+                    await asyncio.wait_for(self._discard_until_eof(), timeout)
+                except (OSError, asyncio.TimeoutError):
+                    pass
+            try:
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), max(0.0, deadline - loop.time()))
+            except Exception:  # (not a cancel) the transport failed or did not flush in time
+                self._abort()
+            for task in (self._read_task, self._drain_task):
+                await _wait_ended(task, current)
+        except asyncio.CancelledError:
+            self._abort()
+            raise
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def _abort(self) -> None:
+        transport = getattr(self._writer, "transport", None)
+        if transport is not None:
+            transport.abort()
 
     async def _discard_until_eof(self) -> None:
         """Read and drop what the peer still sends, until its EOF."""
@@ -285,13 +296,12 @@ class _StreamPairIO:
         self.peer_eof = True
 
 
-async def _wait_quietly(task: asyncio.Task | None, current: asyncio.Task | None) -> None:
-    """Wait for a task we cancelled (or that ended), ignoring its outcome."""
-    if task is not None and task is not current:
-        try:
-            await task
-        except BaseException:
-            pass
+async def _wait_ended(task: asyncio.Task | None, current: asyncio.Task | None) -> None:
+    """Wait until a task we cancelled (or that ended by itself) is done.  Its
+    own outcome is not ours (it handles its errors); a cancel of the caller
+    is raised here as usual."""
+    if task is not None and task is not current and not task.done():
+        await asyncio.wait([task])
 
 
 # ---------------------------------------------------------------------------
@@ -393,16 +403,16 @@ class Session:
         self._open_waiters: list = []
         self._pings: dict = {}
         self._blocked_writers: set = set()
-        self._rx_chunks = 0
         self._rbuf: memoryview | None = None  # read buffer of the buffered protocol
-        self._keepalive_task: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the core's timers (get_timer)
+        self._timer_at = 0.0
         self._close_timer: asyncio.TimerHandle | None = None  # bound of a graceful close()
         self._close_deadline: float | None = None  # loop time; also bounds the transport's flush
         self._committed: dict = {}  # streams whose drain() returned before the flush: hand them over
 
     def _start(self) -> None:
-        if self._config.enable_keepalive and not self._closed:
-            self._keepalive_task = self._loop.create_task(self._keepalive())
+        self._conn.start_keepalive(self._loop.time())
+        self._arm_timer()
 
     # ------------------------------------------------------------ properties
 
@@ -502,17 +512,15 @@ class Session:
         :class:`YamuxTimeoutError` after ``connection_write_timeout``."""
         if self._closed:
             raise self._closed_exc()
-        opaque = self._conn.ping()
+        opaque = self._conn.ping(self._loop.time())  # the core times it out (PingTimedOut)
         fut = self._loop.create_future()
         self._pings[opaque] = fut
-        timeout = self._config.connection_write_timeout
-        timer = self._loop.call_later(timeout, _expire, fut, f"no ping reply within {timeout} s")
+        self._arm_timer()
         start = time.perf_counter()
         self._flush()
         try:
             await fut
         finally:
-            timer.cancel()
             self._pings.pop(opaque, None)
         return time.perf_counter() - start
 
@@ -571,15 +579,32 @@ class Session:
 
     async def wait_closed(self) -> None:
         """Wait until the session has ended and its transport is closed."""
-        await asyncio.shield(self._io.done)
-        task = self._keepalive_task
-        if task is not None and task is not asyncio.current_task():
-            try:
-                await task
-            except BaseException:
-                pass
+        await asyncio.shield(self._io.done)  # cancelling the caller raises CancelledError here
 
     # ------------------------------------------------------------ internals
+
+    def _arm_timer(self) -> None:
+        """One loop timer at the core's next deadline (get_timer); none when
+        the core has none.  Called wherever a deadline may have come nearer."""
+        when = self._conn.get_timer()
+        handle = self._timer
+        if handle is not None:
+            if when is not None and when >= self._timer_at:
+                return  # fires first; then re-armed
+            handle.cancel()
+            self._timer = None
+        if when is not None:
+            self._timer_at = when
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        # a loop may fire a timer a little early (uvloop: millisecond ticks)
+        events = self._conn.handle_timer(max(self._loop.time(), self._timer_at))
+        if events:
+            self._handle_events(events)
+        self._flush()
+        self._arm_timer()
 
     def _closed_exc(self) -> BaseException:
         return self._conn.closed_error()
@@ -602,7 +627,6 @@ class Session:
                 fut.set_result(None)
 
     def _on_data(self, data) -> None:
-        self._rx_chunks += 1
         conn = self._conn
         events = conn.receive_data(data)
         direct = conn.take_direct()
@@ -622,7 +646,6 @@ class Session:
     def _on_buffer(self, nbytes: int) -> None:
         """``nbytes`` arrived in the read buffer, which is reused for the next read:
         the core copies what it keeps, spliced payload is written out (or copied) now."""
-        self._rx_chunks += 1
         conn = self._conn
         events = conn.receive_data(self._rbuf[:nbytes], transient=True)
         direct = conn.take_direct()
@@ -784,6 +807,11 @@ class Session:
                 fut = self._pings.pop(event.opaque, None)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
+            elif kind is PingTimedOut:
+                fut = self._pings.pop(event.opaque, None)
+                if fut is not None and not fut.done():
+                    timeout = self._config.connection_write_timeout
+                    fut.set_exception(YamuxTimeoutError(f"no ping reply within {timeout} s"))
             elif kind is GoAwayReceived:
                 self._wake_all(self._open_waiters)
             elif kind is ConnectionTerminated:
@@ -819,32 +847,7 @@ class Session:
         self._pings.clear()
         for stream in list(self._blocked_writers):
             stream._writable()
-        task = self._keepalive_task
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-
-    def _abort(self, error: BaseException) -> None:
-        """End the session with ``error`` without a Go Away (like Go's keepalive failure)."""
-        if not self._closed:
-            self._handle_events(self._conn.abort(error))
-            self._flush()
-
-    async def _keepalive(self) -> None:
-        interval = self._config.keepalive_interval
-        while not self._closed:
-            await asyncio.sleep(interval)
-            seen = self._rx_chunks
-            try:
-                await self.ping()
-            except YamuxTimeoutError:
-                if self._rx_chunks != seen:
-                    continue  # the peer is sending: alive, its pong is queued behind data
-                timeout = self._config.connection_write_timeout
-                self._abort(KeepAliveTimeoutError(f"keepalive failed: no reply to a ping within {timeout} s"))
-                return
-            except SessionClosedError:
-                return
-
+        self._arm_timer()  # no timers run after the end: cancels it
 
 def _set_send_buffer(transport, size: int) -> None:
     """SO_SNDBUF on a socket transport (pipes and serial ports have none)."""
@@ -862,11 +865,6 @@ def _set_send_buffer(transport, size: int) -> None:
 
 def _write_nowhere(bufs) -> None:  # before a transport is attached
     raise SessionClosedError("session has no transport")
-
-
-def _expire(fut: asyncio.Future, message: str) -> None:
-    if not fut.done():
-        fut.set_exception(YamuxTimeoutError(message))
 
 
 # ---------------------------------------------------------------------------
@@ -888,7 +886,6 @@ class Stream:
         self._closed_waiter: asyncio.Future | None = None
         self._sink = None  # splice: gets stream_readable() instead of waking a reader
         self._writable_cb = None  # splice: called when the send queue has room again
-        self._close_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ properties
 
@@ -1068,19 +1065,12 @@ class Stream:
         """FIN (if not sent yet) and stop reading: later reads return b'' and
         data still arriving is dropped.  The stream is freed when both FINs
         have been seen."""
-        st = self._st
-        self._conn.close_stream(st)
+        session = self._session
+        # the core resets it if the peer's FIN has not come within stream_close_timeout
+        self._conn.close_stream(self._st, session._loop.time())
         self._readable()
-        self._session._schedule_flush()
-        timeout = self._session._config.stream_close_timeout
-        if timeout and self._close_timer is None and not st.freed and not self._session._closed:
-            self._close_timer = self._session._loop.call_later(timeout, self._close_timed_out)
-
-    def _close_timed_out(self) -> None:
-        """The peer did not FIN within stream_close_timeout of our close(): RST and forget."""
-        self._close_timer = None
-        if not self._st.freed and not self._session._closed:
-            self.reset()
+        session._schedule_flush()
+        session._arm_timer()
 
     def reset(self) -> None:
         """Abort with RST: queued data is dropped and the stream freed at once;
@@ -1124,10 +1114,6 @@ class Stream:
             callback()
 
     def _finished(self) -> None:
-        timer = self._close_timer
-        if timer is not None:
-            self._close_timer = None
-            timer.cancel()
         waiter = self._closed_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -17,6 +17,12 @@ Protocol errors end the session: a Go Away(1) is queued (best effort), the
 connection is marked closed with a :class:`~yamux.errors.ProtocolError`
 saying what was wrong, and a :class:`ConnectionTerminated` event is returned.
 
+Timers follow aioquic's shape: the I/O layer arms one timer for
+:meth:`Connection.get_timer` (a time on the clock it passes as ``now``, in
+seconds) and calls :meth:`Connection.handle_timer` when it fires.  They are
+the keepalive pings, the deadline of each ping, and the close timeout of
+each stream closed with a ``now``.
+
 Ending a session locally is either immediate (:meth:`Connection.close`: what
 is still queued is dropped) or graceful (:meth:`Connection.begin_close`: no
 new streams or writes, but what the streams already wrote, and their FINs,
@@ -39,6 +45,7 @@ from .errors import (
     ProtocolError,
     SessionClosedError,
     StreamClosedError,
+    KeepAliveTimeoutError,
     StreamResetError,
     YamuxError,
     copy_error,
@@ -124,7 +131,8 @@ class StreamEnded(StreamEvent):
 
 
 class StreamReset(StreamEvent):
-    """The peer sent RST."""
+    """The stream was reset: the peer sent RST, or our close of it timed out
+    (``stream_close_timeout``, from :meth:`Connection.handle_timer`)."""
 
     __slots__ = ()
 
@@ -143,6 +151,16 @@ class OpenSlotAvailable(Event):
 
 class PingAcked(Event):
     """A reply to our ping ``opaque`` arrived."""
+
+    __slots__ = ("opaque",)
+
+    def __init__(self, opaque: int) -> None:
+        self.opaque = opaque
+
+
+class PingTimedOut(Event):
+    """No reply to our ping ``opaque`` within ``connection_write_timeout``
+    (from :meth:`Connection.handle_timer`); the session goes on."""
 
     __slots__ = ("opaque",)
 
@@ -312,6 +330,14 @@ class Connection:
         self.closed = False
         self._no_writes = False  # closing or closed: send_data refuses
         self.error: BaseException | None = None
+        # timers (get_timer / handle_timer), times on the caller's clock
+        self._received = 0  # receive_data calls: the keepalive's sign of life
+        self._keepalive_at: float | None = None  # when the next keepalive ping is due
+        self._keepalive_ping: int | None = None  # its opaque while unanswered
+        self._keepalive_sent = 0.0
+        self._keepalive_seen = 0  # _received when it was sent
+        self._ping_deadlines: dict[int, float] = {}  # opaque -> deadline, in order
+        self._close_deadlines: dict[StreamState, float] = {}  # closed streams waiting for the peer's FIN
 
     # ---------------------------------------------------------------- input
 
@@ -328,6 +354,7 @@ class Connection:
         written out or copied before the buffer is reused.
         """
         if not self.closed and data:
+            self._received += 1
             if transient:
                 if type(data) is not memoryview:
                     data = memoryview(data)
@@ -597,7 +624,11 @@ class Connection:
             if flags & FLAG_ACK:
                 raise ProtocolError("Ping frame with both SYN and ACK")
             self._control.append(pack_header(0, TYPE_PING, FLAG_ACK, 0, opaque))
+        elif opaque == self._keepalive_ping:
+            self._keepalive_ping = None
+            self._keepalive_at = self._keepalive_sent + self.config.keepalive_interval
         else:
+            self._ping_deadlines.pop(opaque, None)
             self._events.append(PingAcked(opaque))
 
     def _go_away_frame(self, code: int) -> None:
@@ -734,10 +765,15 @@ class Connection:
         if not st.send_len:
             self._send_fin(st, self._control)
 
-    def close_stream(self, st: StreamState) -> None:
+    def close_stream(self, st: StreamState, now: float | None = None) -> None:
         """FIN (if not yet) and stop reading: buffered and later data is dropped,
-        with the peer's credit returned so it can finish."""
+        with the peer's credit returned so it can finish.  With ``now``
+        (seconds) and a ``stream_close_timeout``, the stream is reset if the
+        peer's FIN has not come by then (see :meth:`handle_timer`)."""
         self.end_stream(st)
+        timeout = self.config.stream_close_timeout
+        if now is not None and timeout and not (st.freed or self.closed) and st not in self._close_deadlines:
+            self._close_deadlines[st] = now + timeout
         if not st.read_closed:
             st.read_closed = True
             dropped = st.recv_len
@@ -909,6 +945,8 @@ class Connection:
         if self.streams.get(st.stream_id) is st:
             del self.streams[st.stream_id]
         self._ready.pop(st, None)
+        if self._close_deadlines:
+            self._close_deadlines.pop(st, None)
         self._release_open_slot(st)
         self._events.append(StreamClosed(st))
 
@@ -921,14 +959,100 @@ class Connection:
 
     # ------------------------------------------------------- session control
 
-    def ping(self) -> int:
-        """Queue a ping; returns its opaque value (a PingAcked event follows)."""
+    def ping(self, now: float | None = None) -> int:
+        """Queue a ping; returns its opaque value (a :class:`PingAcked` event
+        follows).  With ``now`` (seconds), a :class:`PingTimedOut` event
+        comes from :meth:`handle_timer` instead if no reply arrives within
+        ``connection_write_timeout``.  Raises the session's error once it
+        has ended."""
         if self.closed:
-            raise SessionClosedError("session closed")
+            raise self.closed_error()
+        opaque = self._send_ping()
+        if now is not None:
+            self._ping_deadlines[opaque] = now + self.config.connection_write_timeout
+        return opaque
+
+    def _send_ping(self) -> int:
         opaque = self._next_ping
         self._next_ping = (opaque + 1) & MAX_UINT32
         self._control.append(pack_header(0, TYPE_PING, FLAG_SYN, 0, opaque))
         return opaque
+
+    # ---------------------------------------------------------------- timers
+
+    def start_keepalive(self, now: float) -> None:
+        """Start the keepalive (if ``config.enable_keepalive``): a ping every
+        ``keepalive_interval`` seconds from ``now``; one unanswered within
+        ``connection_write_timeout`` while nothing at all arrived from the
+        peer ends the session with :class:`KeepAliveTimeoutError` (no Go
+        Away).  hashicorp/yamux's ``keepalive`` (session.go), which pings
+        ``interval`` after the previous reply; here it is ``interval`` after
+        the previous ping was sent, and a peer busy sending (its reply stuck
+        behind data) is not taken for dead."""
+        if self.config.enable_keepalive and not self.closed and self._keepalive_at is None:
+            self._keepalive_at = now + self.config.keepalive_interval
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must be called next (the clock of the
+        ``now`` values passed in), or None when no timer is running."""
+        if self.closed:
+            return None
+        when = self._keepalive_at
+        if self._keepalive_ping is not None:
+            when = self._keepalive_sent + self.config.connection_write_timeout
+        for deadlines in (self._ping_deadlines, self._close_deadlines):
+            if deadlines:  # all share one timeout: the first is the earliest
+                first = next(iter(deadlines.values()))
+                if when is None or first < when:
+                    when = first
+        return when
+
+    def handle_timer(self, now: float) -> list:
+        """Run what is due at ``now``; returns the events: :class:`PingTimedOut`
+        for a ping without reply, :class:`StreamReset` (then
+        :class:`StreamClosed`) for a closed stream the peer did not FIN within
+        ``stream_close_timeout`` (RST sent, as hashicorp's
+        ``closeTimeout``), :class:`ConnectionTerminated` with
+        :class:`KeepAliveTimeoutError` on keepalive failure.  Calling it early
+        does nothing."""
+        if self.closed:
+            return self.take_events()
+        deadlines = self._ping_deadlines
+        while deadlines:
+            opaque, deadline = next(iter(deadlines.items()))
+            if deadline > now:
+                break
+            del deadlines[opaque]
+            self._events.append(PingTimedOut(opaque))
+        closing = self._close_deadlines
+        while closing:
+            st, deadline = next(iter(closing.items()))
+            if deadline > now:
+                break
+            del closing[st]
+            if not st.freed:
+                self._events.append(StreamReset(st))
+                self.reset_stream(st)
+        if not self.closed:
+            self._keepalive_timer(now)
+        return self.take_events()
+
+    def _keepalive_timer(self, now: float) -> None:
+        interval = self.config.keepalive_interval
+        if self._keepalive_ping is not None:
+            timeout = self.config.connection_write_timeout
+            if now < self._keepalive_sent + timeout:
+                return
+            self._keepalive_ping = None
+            if self._received == self._keepalive_seen:
+                self._terminate(KeepAliveTimeoutError(f"keepalive failed: no reply to a ping within {timeout} s"))
+                return
+            self._keepalive_at = now + interval  # the peer is sending: alive, its reply is behind data
+        if self._keepalive_at is not None and now >= self._keepalive_at:
+            self._keepalive_at = None
+            self._keepalive_ping = self._send_ping()
+            self._keepalive_sent = now
+            self._keepalive_seen = self._received
 
     def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
         """Send Go Away.  0: refuse new inbound streams from now on (existing
@@ -1032,6 +1156,9 @@ class Connection:
         self.closed = True
         self._no_writes = True
         self.error = error
+        self._keepalive_at = self._keepalive_ping = None
+        self._ping_deadlines.clear()
+        self._close_deadlines.clear()
         live = list(self.streams.values())
         self.streams.clear()
         self._ready.clear()

@@ -412,6 +412,45 @@ async def test_clean_close_lingers_until_the_peers_eof(transport):
     assert session.closed and session.error is None
 
 
+async def test_cancelling_wait_closed_raises_cancelled_error():
+    """wait_closed() lets a cancel through (the close itself goes on)."""
+    a, b = socket.socketpair()
+    ra, wa = await asyncio.open_unix_connection(sock=a)
+    session = Session(ra, wa, client=True, config=NO_KEEPALIVE)
+    peer = RawPeer(*await asyncio.open_unix_connection(sock=b))
+    closing = asyncio.ensure_future(session.close())  # lingers: the peer has not closed
+    waiter = asyncio.ensure_future(session.wait_closed())
+    await peer.frame()  # Go Away: the close has begun
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not closing.done()
+    await peer.frames_until_eof()  # then the peer closes
+    await asyncio.wait_for(closing, 5)
+
+
+async def test_cancelling_the_stream_pair_close_aborts_the_transport_and_raises():
+    """The close of a (StreamReader, StreamWriter) session, cancelled while it
+    lingers, raises CancelledError, aborts the transport and still ends the
+    session's wait_closed()."""
+    a, b = socket.socketpair()
+    ra, wa = await asyncio.open_unix_connection(sock=a)
+    session = Session(ra, wa, client=True, config=Config(enable_keepalive=False, close_timeout=30))
+    peer = RawPeer(*await asyncio.open_unix_connection(sock=b))
+    closing = asyncio.ensure_future(session.close())
+    with pytest.raises(asyncio.IncompleteReadError):
+        while True:
+            await peer.frame()  # our EOF came: the close lingers for the peer's
+    task = session._io.close_task
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert wa.transport.is_closing()
+    await asyncio.wait_for(closing, 5)
+    assert session.closed
+    peer.close()
+
+
 async def test_close_wakes_every_waiter():
     # the peer never ACKs nor reads: the graceful close gives up after close_timeout
     config = Config(enable_keepalive=False, accept_backlog=1, close_timeout=0.05)

@@ -2,7 +2,15 @@
 
 import pytest
 
-from yamux import Config, GoAwayError, ProtocolError, SessionClosedError, StreamClosedError, StreamResetError
+from yamux import (
+    Config,
+    GoAwayError,
+    KeepAliveTimeoutError,
+    ProtocolError,
+    SessionClosedError,
+    StreamClosedError,
+    StreamResetError,
+)
 from yamux.core import (
     MAX_DATA_FRAME,
     Connection,
@@ -11,6 +19,7 @@ from yamux.core import (
     GoAwayReceived,
     OpenSlotAvailable,
     PingAcked,
+    PingTimedOut,
     StreamClosed,
     StreamEnded,
     StreamOpened,
@@ -921,3 +930,93 @@ def test_remote_ended_once_the_fin_and_everything_before_it_were_taken():
     assert peer.remote_fin and not p.server.remote_ended(peer)  # "tail" is still buffered
     p.server.take_received(peer)
     assert p.server.remote_ended(peer)
+
+
+# ---------------------------------------------------------------- timers, on a virtual clock
+
+
+def ping_ack(opaque):
+    return raw(TYPE_PING, FLAG_ACK, 0, opaque)
+
+
+def test_keepalive_pings_every_interval_and_a_reply_keeps_it_going():
+    conn = Connection(client=True, config=Config(keepalive_interval=30, connection_write_timeout=10))
+    assert conn.get_timer() is None  # not started
+    conn.start_keepalive(100.0)
+    assert conn.get_timer() == 130.0
+    assert conn.handle_timer(129.0) == [] and conn.take_output() == []  # early: nothing
+    conn.handle_timer(130.0)
+    (hdr,) = headers_of(conn.take_output())
+    assert (hdr.type, hdr.flags) == (TYPE_PING, FLAG_SYN)
+    assert conn.get_timer() == 140.0  # the reply's deadline
+    assert conn.receive_data(ping_ack(hdr.length)) == []  # the keepalive's own: no event
+    assert conn.get_timer() == 160.0  # the next ping, an interval after this one
+    conn.handle_timer(160.0)
+    assert [h.type for h in headers_of(conn.take_output())] == [TYPE_PING]
+    assert not conn.closed
+
+
+def test_keepalive_without_reply_or_traffic_ends_the_session_without_go_away():
+    conn = Connection(client=True, config=Config(keepalive_interval=30, connection_write_timeout=10))
+    conn.start_keepalive(0.0)
+    conn.handle_timer(30.0)
+    conn.take_output()
+    events = conn.handle_timer(40.0)
+    assert kinds(events) == [ConnectionTerminated]
+    assert isinstance(events[0].error, KeepAliveTimeoutError) and conn.closed
+    assert conn.take_output() == []  # like Go: no Go Away
+    assert conn.get_timer() is None
+
+
+def test_keepalive_takes_a_peer_busy_sending_for_alive():
+    conn = Connection(client=True, config=Config(keepalive_interval=30, connection_write_timeout=10))
+    conn.start_keepalive(0.0)
+    conn.handle_timer(30.0)
+    conn.take_output()
+    conn.receive_data(raw(TYPE_WINDOW_UPDATE, 0, 99, 1))  # traffic, but not the reply
+    assert conn.handle_timer(40.0) == [] and not conn.closed
+    assert conn.get_timer() == 70.0
+
+
+def test_keepalive_disabled_runs_no_timer():
+    conn = Connection(client=True, config=Config(enable_keepalive=False))
+    conn.start_keepalive(0.0)
+    assert conn.get_timer() is None
+
+
+def test_a_ping_times_out_on_its_deadline_and_the_session_goes_on():
+    conn = Connection(client=True, config=Config(enable_keepalive=False, connection_write_timeout=10))
+    late = conn.ping(5.0)
+    answered = conn.ping(6.0)
+    assert conn.get_timer() == 15.0
+    assert kinds(conn.receive_data(ping_ack(answered))) == [PingAcked]
+    assert conn.handle_timer(14.9) == []
+    events = conn.handle_timer(15.0)
+    assert kinds(events) == [PingTimedOut] and events[0].opaque == late
+    assert conn.get_timer() is None and not conn.closed
+
+
+def test_a_closed_stream_without_the_peers_fin_is_reset_after_stream_close_timeout():
+    config = Config(enable_keepalive=False, stream_close_timeout=300)
+    p = Pair(config, config)
+    st, peer = p.open_accepted()
+    p.client.close_stream(st, 1000.0)
+    p.pump()
+    assert p.client.get_timer() == 1300.0
+    events = p.client.handle_timer(1300.0)
+    assert kinds(events) == [StreamReset, StreamClosed] and st.reset and st.freed
+    assert not st.reset_by_peer
+    p.pump()
+    assert peer.reset and peer.reset_by_peer  # the RST went out
+    assert p.client.get_timer() is None
+
+
+def test_the_close_timer_ends_with_the_peers_fin():
+    config = Config(enable_keepalive=False, stream_close_timeout=300)
+    p = Pair(config, config)
+    st, peer = p.open_accepted()
+    p.client.close_stream(st, 0.0)
+    p.server.end_stream(peer)
+    p.pump()
+    assert st.freed and not st.reset
+    assert p.client.get_timer() is None
