@@ -68,3 +68,77 @@ def test_server_core_never_raises(wire, step):
     assert all(isinstance(e, (RequestReceived, StreamReset, ConnectionEnded)) for e in events)
     ended = [e for e in events if isinstance(e, ConnectionEnded)]
     assert len(ended) <= 1
+
+
+def valid_wire() -> bytes:
+    """A client's opening and two calls, headers Huffman-coded through the dynamic table
+    (the hpack library's encoder)."""
+    import hpack as hpack_lib
+
+    enc = hpack_lib.Encoder()
+    out = PREFACE + frame(4, 0, 0, b"\0\4\0\1\0\0")
+    for sid in (1, 3):
+        block = enc.encode([(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/a"),
+                            (b":authority", b"x"), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+                            (b"grpc-timeout", b"5S")])
+        out += frame(1, 4, sid, block) + frame(0, 1, sid, grpc_message(b"\x0a\x03abc"))
+    return out
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=4))
+def test_server_core_survives_corrupted_calls(flips):
+    data = bytearray(valid_wire())
+    for pos, value in flips:
+        data[len(PREFACE) + pos % (len(data) - len(PREFACE))] = value
+    conn = ServerConnection({"/a"})
+    events = conn.receive(bytes(data))
+    conn.data_to_send()
+    for e in events:
+        if isinstance(e, RequestReceived):
+            conn.respond(e.stream_id, e.message)
+    conn.data_to_send()
+    assert sum(isinstance(e, ConnectionEnded) for e in events) <= 1
+
+
+def test_the_uncorrupted_calls_are_delivered():
+    events = ServerConnection({"/a"}).receive(valid_wire())
+    assert [(e.stream_id, e.message, e.timeout) for e in events] == [(1, b"\x0a\x03abc", 5.0), (3, b"\x0a\x03abc", 5.0)]
+
+
+def valid_reply() -> bytes:
+    """A server's opening and the answer to call 1 (Huffman, dynamic table: the hpack library)."""
+    import hpack as hpack_lib
+
+    enc = hpack_lib.Encoder()
+    return (frame(4, 0, 0, b"\0\5\0\0\x40\0") + frame(1, 4, 1, enc.encode([(b":status", b"200"),
+                                                                        (b"content-type", b"application/grpc")]))
+            + frame(0, 8, 1, b"\2" + grpc_message(b"reply") + b"\0\0")
+            + frame(1, 5, 1, enc.encode([(b"grpc-status", b"0"), (b"grpc-message", b"ok")])))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=4), st.integers(1, 40))
+def test_client_core_fails_only_with_h2error_or_rpcerror(flips, step):
+    data = bytearray(valid_reply())
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    conn = h2.Connection()
+    call = conn.request(h2.request_headers(b"/a"), b"req")
+    try:
+        for i in range(0, len(data), step):
+            conn.receive(bytes(data[i:i + step]))
+    except h2.H2Error:
+        return
+    if call.done:
+        try:
+            call.result()
+        except RpcError:
+            pass
+
+
+def test_the_uncorrupted_reply_is_read():
+    conn = h2.Connection()
+    call = conn.request(h2.request_headers(b"/a"), b"req")
+    conn.receive(valid_reply())
+    assert bytes(call.result()) == b"reply" and call.status() == (0, "ok")
