@@ -204,14 +204,87 @@ class _Stop(Exception):
 # --------------------------------------------------------------------------
 
 
+class StreamPhase:
+    """The states of a stream: hashicorp/yamux's (stream.go, ``streamInit`` ...
+    ``streamReset``), as small ints (compared on the hot path).
+
+    ::
+
+        INIT -> SYN_SENT (we opened it) | SYN_RECEIVED (the peer's SYN)
+        SYN_SENT | SYN_RECEIVED -> ESTABLISHED (the ACK: received, or ours sent on accept)
+        SYN_* | ESTABLISHED -> LOCAL_CLOSE (our write side closed) | REMOTE_CLOSE (the peer's FIN)
+        LOCAL_CLOSE + the peer's FIN, REMOTE_CLOSE + our close -> CLOSED
+        any -> RESET (RST sent or received)
+
+    As in hashicorp/yamux, our close moves to LOCAL_CLOSE at once; here its
+    FIN may still wait behind queued data (``StreamState.fin_sent`` says when
+    it went out), and the stream is forgotten once CLOSED with its FIN sent.
+    Every change goes through :func:`advance`.
+    """
+
+    INIT = 0
+    SYN_SENT = 1
+    SYN_RECEIVED = 2
+    ESTABLISHED = 3
+    LOCAL_CLOSE = 4
+    REMOTE_CLOSE = 5
+    CLOSED = 6
+    RESET = 7
+
+    NAMES = ("init", "syn-sent", "syn-received", "established", "local-close", "remote-close", "closed", "reset")
+
+
+# What happens to a stream (the inputs of the state machine).
+OPEN, SYN, ACK, LOCAL_FIN, REMOTE_FIN, RST = "open", "syn", "ack", "local-fin", "remote-fin", "rst"
+
+_P = StreamPhase
+_TRANSITIONS = {
+    (_P.INIT, OPEN): _P.SYN_SENT,
+    (_P.INIT, SYN): _P.SYN_RECEIVED,
+    (_P.SYN_SENT, ACK): _P.ESTABLISHED,
+    (_P.SYN_RECEIVED, ACK): _P.ESTABLISHED,
+    (_P.SYN_SENT, LOCAL_FIN): _P.LOCAL_CLOSE,
+    (_P.SYN_RECEIVED, LOCAL_FIN): _P.LOCAL_CLOSE,
+    (_P.ESTABLISHED, LOCAL_FIN): _P.LOCAL_CLOSE,
+    (_P.REMOTE_CLOSE, LOCAL_FIN): _P.CLOSED,
+    (_P.SYN_SENT, REMOTE_FIN): _P.REMOTE_CLOSE,
+    (_P.SYN_RECEIVED, REMOTE_FIN): _P.REMOTE_CLOSE,
+    (_P.ESTABLISHED, REMOTE_FIN): _P.REMOTE_CLOSE,
+    (_P.LOCAL_CLOSE, REMOTE_FIN): _P.CLOSED,
+}
+#: Phases in which the peer may still send data (no FIN or RST from it yet).
+_PEER_OPEN = frozenset((_P.SYN_SENT, _P.SYN_RECEIVED, _P.ESTABLISHED, _P.LOCAL_CLOSE))
+#: Phases after our close (write side shut), before any RST.
+_LOCALLY_CLOSED = frozenset((_P.LOCAL_CLOSE, _P.CLOSED))
+#: Phases after the peer's FIN, before any RST.
+_REMOTELY_CLOSED = frozenset((_P.REMOTE_CLOSE, _P.CLOSED))
+_RESET = _P.RESET
+
+
+def advance(st: StreamState, event: str) -> None:
+    """Move ``st`` to its next phase on ``event`` (one of OPEN, SYN, ACK,
+    LOCAL_FIN, REMOTE_FIN, RST): the one place a stream's phase changes.
+    An event that changes nothing in the current phase (a late ACK, an ACK
+    in LOCAL_CLOSE, anything after RESET but RST) leaves it, as hashicorp's
+    ``processFlags`` does."""
+    if event == RST:
+        st.phase = _RESET
+        return
+    phase = _TRANSITIONS.get((st.phase, event))
+    if phase is not None:
+        st.phase = phase
+
+
 class StreamState:
     """One stream's state.  Attributes are read by the I/O layer; change them
-    only through :class:`Connection` methods."""
+    only through :class:`Connection` methods.  ``phase`` is a
+    :class:`StreamPhase`; ``reset``, ``remote_fin``, ``acked`` and
+    ``fin_pending`` are read-only views of it."""
 
     __slots__ = (
         "stream_id",
         "outbound",  # we opened it
-        "acked",  # outbound: the peer's ACK arrived; inbound: we sent our ACK
+        "phase",  # StreamPhase
         "accepted",  # inbound: handed to the application
         "counts_unacked",  # holds one of our un-ACKed open slots
         "recv_window",  # credit the peer still has
@@ -222,22 +295,19 @@ class StreamState:
         "send_window",
         "send_buf",
         "send_len",
-        "fin_pending",  # the application closed its write side
-        "fin_sent",
-        "remote_fin",
-        "reset",
+        "fin_sent",  # our FIN went out (after the queued data)
         "reset_by_peer",
         "read_closed",  # the application called close(): discard what arrives
         "unsent",  # bytes written but dropped unsent when the session ended
         "direct",  # hand payload out as it arrives (take_direct) while nothing is buffered
-        "freed",
+        "freed",  # forgotten by the session (CLOSED with our FIN sent, or RESET)
         "user",  # slot for the I/O layer's stream object
     )
 
     def __init__(self, stream_id: int, outbound: bool, recv_window: int) -> None:
         self.stream_id = stream_id
         self.outbound = outbound
-        self.acked = False
+        self.phase = StreamPhase.INIT
         self.accepted = outbound
         self.counts_unacked = False
         self.recv_window = recv_window
@@ -248,10 +318,7 @@ class StreamState:
         self.send_window = INITIAL_WINDOW
         self.send_buf: deque = deque()
         self.send_len = 0
-        self.fin_pending = False
         self.fin_sent = False
-        self.remote_fin = False
-        self.reset = False
         self.reset_by_peer = False
         self.read_closed = False
         self.unsent = 0
@@ -261,26 +328,33 @@ class StreamState:
 
     @property
     def state(self) -> str:
-        """A readable name for the state (for logs and tests)."""
-        if self.reset:
-            return "reset"
-        local = self.fin_pending or self.fin_sent
-        if local and self.remote_fin:
-            return "closed"
-        if local:
-            return "local-close"
-        if self.remote_fin:
-            return "remote-close"
-        if self.outbound and not self.acked:
-            return "syn-sent"
-        if not self.outbound and not self.acked:
-            return "syn-received"
-        return "established"
+        """The phase's name (for logs and tests): "syn-sent", "established", ..."""
+        return StreamPhase.NAMES[self.phase]
+
+    @property
+    def reset(self) -> bool:
+        """RST sent or received."""
+        return self.phase == _RESET
+
+    @property
+    def remote_fin(self) -> bool:
+        """The peer's FIN arrived (and no RST)."""
+        return self.phase in _REMOTELY_CLOSED
+
+    @property
+    def acked(self) -> bool:
+        """The opening handshake is over (ESTABLISHED or later)."""
+        return self.phase >= StreamPhase.ESTABLISHED
+
+    @property
+    def fin_pending(self) -> bool:
+        """Our write side is closed and its FIN still waits behind queued data."""
+        return self.phase in _LOCALLY_CLOSED and not self.fin_sent
 
     @property
     def at_eof(self) -> bool:
         """Nothing buffered and nothing more will arrive (peer FIN or local close)."""
-        return not self.recv_len and (self.remote_fin or self.read_closed)
+        return not self.recv_len and (self.phase in _REMOTELY_CLOSED or self.read_closed)
 
     def __repr__(self) -> str:
         return (
@@ -368,7 +442,7 @@ class Connection:
                 if length == n - HEADER_SIZE and not (version or ftype or flags):
                     st = self.streams.get(sid)
                     if (st is not None and st.direct and not st.recv_len and length <= st.recv_window
-                            and not (st.reset or st.remote_fin or st.read_closed)):
+                            and st.phase in _PEER_OPEN and not st.read_closed):
                         st.recv_window -= length
                         if transient or length <= _SMALL:
                             payload = data[HEADER_SIZE:]
@@ -491,7 +565,7 @@ class Connection:
 
     def _data_frame(self, flags: int, sid: int, length: int, data: bytes, pos: int, n: int) -> int:
         st = self._stream_flags(flags, sid) if flags else self.streams.get(sid)
-        if st is not None and (st.reset or (st.remote_fin and not flags & FLAG_FIN)):
+        if st is not None and st.phase not in _PEER_OPEN and not (flags & FLAG_FIN and st.phase in _REMOTELY_CLOSED):
             st = None  # reset, or data after the peer's FIN: discard
         if st is not None:
             if length > st.recv_window:
@@ -516,7 +590,7 @@ class Connection:
         st = self._body_stream
         if not self._body_left:
             self._body_stream = None
-        if st is not None and not st.reset:
+        if st is not None and st.phase != _RESET:
             self._append(st, data, 0, take, n)
         return take
 
@@ -567,7 +641,7 @@ class Connection:
 
     def _window_update_frame(self, flags: int, sid: int, delta: int) -> None:
         st = self._stream_flags(flags, sid) if flags else self.streams.get(sid)
-        if st is None or st.reset or not delta:
+        if st is None or st.phase == _RESET or not delta:
             return
         st.send_window += delta
         if st.send_len and not self.closed:
@@ -582,18 +656,19 @@ class Connection:
             st = self.streams.get(sid)
         if st is None:
             return None
-        if flags & FLAG_ACK and st.outbound and not st.acked:
-            st.acked = True
+        if flags & FLAG_ACK and st.outbound:
+            advance(st, ACK)
             self._release_open_slot(st)
         if flags & FLAG_FIN:
-            if st.remote_fin:
+            if st.phase in _REMOTELY_CLOSED:
                 raise ProtocolError(f"stream {sid}: FIN received after the peer had already sent FIN")
-            st.remote_fin = True
-            self._events.append(StreamEnded(st))
-            if st.fin_sent:
-                self._free(st)
-        if flags & FLAG_RST and not st.reset:
-            st.reset = True
+            if st.phase != _RESET:
+                advance(st, REMOTE_FIN)
+                self._events.append(StreamEnded(st))
+                if st.fin_sent:
+                    self._free(st)
+        if flags & FLAG_RST and st.phase != _RESET:
+            advance(st, RST)
             st.reset_by_peer = True
             self._drop_buffers(st)
             self._events.append(StreamReset(st))
@@ -614,6 +689,7 @@ class Connection:
             self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
             return None
         st = StreamState(sid, outbound=False, recv_window=INITIAL_WINDOW)
+        advance(st, SYN)
         self.streams[sid] = st
         self._accept_queue.append(st)
         self._events.append(StreamOpened(st))
@@ -666,6 +742,7 @@ class Connection:
             raise YamuxError("stream ids exhausted")
         self._next_id = sid + 2
         st = StreamState(sid, outbound=True, recv_window=self.max_window)
+        advance(st, OPEN)
         st.counts_unacked = True
         self._unacked_opens += 1
         self.streams[sid] = st
@@ -683,8 +760,8 @@ class Connection:
             return None
         st = self._accept_queue.popleft()
         st.accepted = True
-        if not st.reset and not self.closed:
-            st.acked = True
+        if st.phase != _RESET and not self.closed:
+            advance(st, ACK)
             st.recv_window += self._extra_window
             self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_ACK, st.stream_id, self._extra_window))
         return st
@@ -699,9 +776,9 @@ class Connection:
         Raises :class:`StreamResetError` after a RST, :class:`StreamClosedError`
         after :meth:`end_stream`/:meth:`close_stream`, and
         :class:`SessionClosedError` once the session is closing or closed."""
-        if st.reset:
+        if st.phase == _RESET:
             raise self.reset_error(st)
-        if st.fin_pending or st.fin_sent:
+        if st.phase in _LOCALLY_CLOSED:
             raise StreamClosedError(f"stream {st.stream_id}: write after write_eof()/close()")
         if self._no_writes:
             raise self._writes_refused()
@@ -725,9 +802,9 @@ class Connection:
         Otherwise ``data`` is queued as by :meth:`send_data` and None is
         returned.  Only for a caller that writes the result at once.
         """
-        if st.reset:
+        if st.phase == _RESET:
             raise self.reset_error(st)
-        if st.fin_pending or st.fin_sent:
+        if st.phase in _LOCALLY_CLOSED:
             raise StreamClosedError(f"stream {st.stream_id}: write after write_eof()/close()")
         if self._no_writes:
             raise self._writes_refused()
@@ -759,9 +836,9 @@ class Connection:
 
     def end_stream(self, st: StreamState) -> None:
         """Half-close: FIN after the queued data.  Idempotent (never two FINs)."""
-        if st.fin_pending or st.fin_sent or st.reset or self.closed:
+        if st.phase in _LOCALLY_CLOSED or st.phase == _RESET or self.closed:
             return
-        st.fin_pending = True
+        advance(st, LOCAL_FIN)
         if not st.send_len:
             self._send_fin(st, self._control)
 
@@ -785,9 +862,9 @@ class Connection:
 
     def reset_stream(self, st: StreamState) -> None:
         """Abort the stream: RST, drop its buffers, forget it at once."""
-        if st.reset or st.freed:
+        if st.phase == _RESET or st.freed:
             return
-        st.reset = True
+        advance(st, RST)
         self._drop_buffers(st)
         if not self.closed:
             self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_RST, st.stream_id, 0))
@@ -810,9 +887,9 @@ class Connection:
             if max_bytes == 0:
                 return b""
             return self.read(st, max_bytes)
-        if st.reset:
+        if st.phase == _RESET:
             raise self.reset_error(st)
-        if st.remote_fin or st.read_closed or max_bytes == 0:
+        if st.phase in _REMOTELY_CLOSED or st.read_closed or max_bytes == 0:
             return b""
         if self.closed:
             raise self.closed_error()
@@ -825,7 +902,7 @@ class Connection:
         frame (the buffers to write are returned); else :meth:`send_data`
         (queued, None returned).  Raises as :meth:`send_data`, and the
         session's error once it has ended."""
-        if st.reset:
+        if st.phase == _RESET:
             raise self.reset_error(st)
         if self.closed:
             raise self.closed_error()
@@ -838,7 +915,7 @@ class Connection:
         """True once everything written on ``st`` was cut into frames (handed
         out by :meth:`take_output`).  Raises :class:`StreamResetError` after a
         RST, and the session's error if it ended with some of it unsent."""
-        if st.reset:
+        if st.phase == _RESET:
             raise self.reset_error(st)
         if not st.send_len:
             if st.unsent:
@@ -852,7 +929,7 @@ class Connection:
     def remote_ended(st: StreamState) -> bool:
         """The peer's FIN arrived and every byte before it was taken: a relay
         (``splice``) half-closes its other side now."""
-        return st.remote_fin and not st.recv_len
+        return st.phase in _REMOTELY_CLOSED and not st.recv_len
 
     def read(self, st: StreamState, max_bytes: int = -1) -> bytes:
         """Take up to ``max_bytes`` (all if < 0) buffered bytes; b'' if none."""
@@ -918,7 +995,7 @@ class Connection:
     def _consume(self, st: StreamState, nbytes: int) -> None:
         """The application took ``nbytes``: advertise them once >= half the window."""
         consumed = st.consumed + nbytes
-        if consumed >= self._update_threshold and not (st.remote_fin or st.reset or st.freed or self.closed):
+        if consumed >= self._update_threshold and st.phase in _PEER_OPEN and not (st.freed or self.closed):
             self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, 0, st.stream_id, consumed))
             st.recv_window += consumed
             consumed = 0
@@ -927,7 +1004,7 @@ class Connection:
     def _send_fin(self, st: StreamState, out: list) -> None:
         out.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_FIN, st.stream_id, 0))
         st.fin_sent = True
-        if st.remote_fin:
+        if st.phase == StreamPhase.CLOSED:
             self._free(st)
 
     def _drop_buffers(self, st: StreamState) -> None:
@@ -1104,7 +1181,7 @@ class Connection:
     def _end_if_drained(self) -> None:
         """Closing: end the session once no stream has data or a FIN left to send."""
         for st in self.streams.values():
-            if st.send_len or (st.fin_pending and not st.fin_sent):
+            if st.send_len or st.fin_pending:
                 return
         self._terminate(None)
 
@@ -1220,7 +1297,7 @@ class Connection:
             if st.send_len:
                 if st.send_window:
                     ready[st] = None
-            elif st.fin_pending and not st.fin_sent:
+            elif st.phase in _LOCALLY_CLOSED and not st.fin_sent:
                 self._send_fin(st, out)
 
     def take_stream_output(self, st: StreamState) -> list:
@@ -1235,7 +1312,7 @@ class Connection:
         window stay queued."""
         out = self._control
         self._control = []
-        if st.send_len and st.send_window and not (self.closed or st.reset):
+        if st.send_len and st.send_window and not (self.closed or st.phase == _RESET):
             while st.send_len and st.send_window:
                 size = st.send_window
                 if size > MAX_DATA_FRAME:
@@ -1247,7 +1324,7 @@ class Connection:
                 st.send_window -= size
                 st.send_len -= size
             self._ready.pop(st, None)  # empty, or no window left
-            if not st.send_len and st.fin_pending and not st.fin_sent:
+            if not st.send_len and st.fin_pending:
                 self._send_fin(st, out)
             if self.closing:
                 self._end_if_drained()

@@ -13,6 +13,7 @@ from yamux import (
 )
 from yamux.core import (
     MAX_DATA_FRAME,
+    REMOTE_FIN,
     Connection,
     ConnectionTerminated,
     DataReceived,
@@ -23,7 +24,9 @@ from yamux.core import (
     StreamClosed,
     StreamEnded,
     StreamOpened,
+    StreamPhase,
     StreamReset,
+    advance,
 )
 from yamux.frame import (
     FLAG_ACK,
@@ -1020,3 +1023,45 @@ def test_the_close_timer_ends_with_the_peers_fin():
     p.pump()
     assert st.freed and not st.reset
     assert p.client.get_timer() is None
+
+
+# ---------------------------------------------------------------- stream phases (hashicorp's states)
+
+
+def test_stream_phases_follow_hashicorps_state_machine():
+    P = StreamPhase
+    p = Pair()
+    st = p.client.open_stream()
+    assert st.phase == P.SYN_SENT
+    p.pump()
+    peer = p.server.accept()
+    assert peer.phase == P.ESTABLISHED  # our ACK is sent on accept
+    p.pump()
+    assert st.phase == P.ESTABLISHED
+    p.client.end_stream(st)
+    assert st.phase == P.LOCAL_CLOSE
+    p.pump()
+    assert peer.phase == P.REMOTE_CLOSE
+    p.server.end_stream(peer)
+    assert peer.phase == P.CLOSED
+    p.pump()
+    assert st.phase == P.CLOSED and st.freed and peer.freed
+    # a close before the ACK, then the ACK: LOCAL_CLOSE stays (hashicorp's processFlags)
+    early = p.client.open_stream()
+    p.client.end_stream(early)
+    p.pump()
+    p.server.accept()
+    p.pump()
+    assert early.phase == P.LOCAL_CLOSE
+    # RST from any phase, nothing after it
+    doomed = p.client.open_stream()
+    p.client.reset_stream(doomed)
+    assert doomed.phase == P.RESET and doomed.state == "reset"
+    advance(doomed, REMOTE_FIN)
+    assert doomed.phase == P.RESET
+
+
+def test_stream_phase_names_are_the_readable_states():
+    assert StreamPhase.NAMES[StreamPhase.SYN_RECEIVED] == "syn-received"
+    st = Connection(client=False).receive_data(raw(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))[0].stream
+    assert st.phase == StreamPhase.SYN_RECEIVED and st.state == "syn-received" and not st.acked
