@@ -58,8 +58,6 @@ log = logging.getLogger("kata_agent.service")
 
 API_VERSION = "0.0.1"
 EOF_DETAILS = "EOF"
-AGENT_SERVICE = "grpc.AgentService"
-HEALTH_SERVICE = "grpc.Health"
 _EMPTY = empty_pb2.Empty()
 _QUIET = {"ReadStdout", "ReadStderr", "WriteStdin"}  # too many to log one by one
 

@@ -1,8 +1,9 @@
-"""Serve the agent's gRPC service alone on a unix socket.
+"""Serve the agent's gRPC service alone on a unix socket (kata_grpc's server, as on the
+yamux streams of the real agent: same handlers, no grpcio).
 
 For tests, benchmarks and debugging on a host: no channel, no yamux, no PID-1
 duties (the real entry point is kata_agent/cli.py). Nothing machine-wide is
-touched unless --manage-system is given.
+touched unless --manage-system is given. Prints "ready" once it serves.
 
     python -m kata_agent.standalone --socket /tmp/a.sock --state-dir /tmp/st \\
         --shared-mount /tmp/shared
