@@ -87,8 +87,11 @@ def sandbox_shm_storage(size: int):
 
 
 def _import_agent_client() -> None:
+    """What the first agent call needs (katapb's agent messages, kata_grpc's client), imported
+    while the guest starts."""
     from katapb import agent_pb2  # noqa: F401
 
+    from kata_grpc import client  # noqa: F401
     from kata_runtime import agent  # noqa: F401
 
 
