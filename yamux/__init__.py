@@ -1,8 +1,10 @@
 """asyncio yamux, wire-compatible with hashicorp/yamux.
 
-``yamux.core`` is the sans-IO protocol engine; ``yamux.aio`` runs it over
-asyncio transports.  See the docstrings of :class:`Session`, :class:`Stream`
-and :func:`splice`.
+``yamux.core`` is the sans-IO protocol engine (frames, stream phases,
+windows, timers); the asyncio skin runs it: ``yamux.session``
+(:class:`Session`), ``yamux.stream`` (:class:`Stream`), ``yamux.transport``
+(the transport adapters) and ``yamux.splice`` (:func:`splice`, the fast
+path to a socket); ``yamux.aio`` gathers the three public names.
 
 :func:`tune_malloc` tunes glibc's malloc for bulk transfers (once per
 process, see ``yamux._malloc``; ``YAMUX_MALLOC_TUNING=0`` prevents it).  A
@@ -11,7 +13,9 @@ their entry points (kata-proxy, kata-agent, the benchmarks).
 """
 
 from ._malloc import tune_malloc
-from .aio import Session, Stream, splice
+from .session import Session
+from .splice import splice
+from .stream import Stream
 from .config import Config
 from .core import Connection
 from .errors import (
