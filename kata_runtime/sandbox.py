@@ -413,7 +413,7 @@ class Sandbox:
             guest.spawn()
         except Exception as e:
             raise StepError(f"starting the sandbox's {hv['kind']} hypervisor", e) from None
-        undo.push("stop the hypervisor", lambda: _run(self.driver().stop()))
+        undo.push("stop the hypervisor", self._stop_guest)
         hv["process"] = procs.record(guest.pid)
         save()
         proxy = self._spawn_proxy(guest, undo, save)
@@ -528,7 +528,7 @@ class Sandbox:
 
         steps = [
             ("destroying the sandbox in the agent (DestroySandbox)", self._destroy_in_agent),
-            ("stopping the hypervisor", lambda: _run(self.driver().stop())),
+            ("stopping the hypervisor", self._stop_guest),
             ("disconnecting the pod network", self._disconnect_pod_network),
             ("stopping kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"])),
             (f"unmounting {self.shared_dir}", lambda: mounts.unmount(self.shared_dir)),
@@ -542,6 +542,16 @@ class Sandbox:
                     raise StepError(what, e) from None
                 log.warning(f"delete --force: {what}: {e}")
         self.data["status"] = "stopped"
+
+    def _stop_guest(self) -> None:
+        """The driver's stop: without an event loop where it has one (``stop_now``: the process
+        sandbox), else its coroutine in asyncio.run."""
+        guest = self.driver()
+        stop_now = getattr(guest, "stop_now", None)
+        if stop_now is not None:
+            stop_now()
+        else:
+            _run(guest.stop())
 
     def _disconnect_pod_network(self) -> None:
         if self.data.get("network"):

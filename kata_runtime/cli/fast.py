@@ -212,11 +212,10 @@ def kill(g: Globals, container_id: str, signal: str, all_processes: bool) -> Non
 
 
 def delete(g: Globals, container_id: str, force: bool) -> None:
-    """``delete [--force]``. Stopping a sandbox needs asyncio (its hypervisor driver is
-    asynchronous): it is imported meanwhile, while the agent removes the container."""
+    """``delete [--force]`` (the process sandbox stops without asyncio; a VM's driver imports it
+    when it stops the guest)."""
     from kata_runtime import container
 
-    import_in_background("asyncio")
     container.delete(g.store(), container_id, force=force)
 
 
