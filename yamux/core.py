@@ -373,6 +373,12 @@ class Connection:
 
     ``closing`` is True once :meth:`begin_close` was called, ``closed`` once
     the session has ended (``error`` then says why, None for a clean end).
+
+    Read-only for the I/O layer (its hot path tests them for truth instead of
+    calling :attr:`wants_flush` and friends): ``control``, the control frames
+    waiting to be sent; ``ready``, the streams with data and send window;
+    ``events``, the events not taken yet (:meth:`take_events`); ``direct``,
+    the payloads of direct streams not taken yet (:meth:`take_direct`).
     """
 
     def __init__(self, *, client: bool, config: Config | None = None) -> None:
@@ -388,10 +394,10 @@ class Connection:
         self.streams: dict[int, StreamState] = {}
         self._accept_queue: deque[StreamState] = deque()
         self._unacked_opens = 0
-        self._control: list = []
-        self._ready: dict[StreamState, None] = {}  # streams with sendable data, in turn
-        self._direct: list = []  # [stream, payload, stream, payload, ...] for take_direct()
-        self._events: list = []
+        self.control: list = []
+        self.ready: dict[StreamState, None] = {}  # streams with sendable data, in turn
+        self.direct: list = []  # [stream, payload, stream, payload, ...] for take_direct()
+        self.events: list = []
         self._partial = b""  # an incomplete header
         self._transient = False  # receive_data(transient=True) is running
         self._body_left = 0  # Data body bytes still to come
@@ -448,7 +454,7 @@ class Connection:
                             payload = data[HEADER_SIZE:]
                         else:
                             payload = memoryview(data)[HEADER_SIZE:]
-                        self._direct += (st, payload)
+                        self.direct += (st, payload)
                         self._consume(st, length)
                         return self.take_events()
             self._transient = transient
@@ -478,9 +484,9 @@ class Connection:
         return self.take_events()
 
     def take_events(self) -> list:
-        events = self._events
+        events = self.events
         if events:
-            self._events = []
+            self.events = []
         return events
 
     def take_direct(self) -> list:
@@ -496,27 +502,27 @@ class Connection:
         events it returned: a FIN or RST event of the same stream comes after
         its payload.
         """
-        direct = self._direct
+        direct = self.direct
         if direct:
-            self._direct = []
+            self.direct = []
         return direct
 
     @property
     def has_events(self) -> bool:
         """Events are waiting for :meth:`take_events`."""
-        return bool(self._events)
+        return bool(self.events)
 
     @property
     def has_control(self) -> bool:
         """Control frames (window updates, ACKs, pings, ...) wait to be sent:
         the I/O layer should flush soon (after a :meth:`read`, for instance)."""
-        return bool(self._control)
+        return bool(self.control)
 
     @property
     def wants_flush(self) -> bool:
         """Something for the I/O layer to do after input: control frames or
         sendable data to write, or events to handle."""
-        return bool(self._control or self._ready or self._events)
+        return bool(self.control or self.ready or self.events)
 
     def set_direct(self, st: StreamState, direct: bool) -> None:
         """Mark ``st`` direct (its payload is handed out by :meth:`take_direct`
@@ -605,7 +611,7 @@ class Connection:
                 chunk = data[pos : pos + take]  # bytes: a small copy; transient: a view
             else:
                 chunk = memoryview(data)[pos : pos + take]
-            self._direct += (st, chunk)
+            self.direct += (st, chunk)
             self._consume(st, take)
             return
         buf = st.recv_buf
@@ -627,7 +633,7 @@ class Connection:
             st.recv_len += take
         else:
             st.recv_len = take
-            self._events.append(DataReceived(st))
+            self.events.append(DataReceived(st))
 
     @staticmethod
     def _compact(st: StreamState) -> None:
@@ -645,7 +651,7 @@ class Connection:
             return
         st.send_window += delta
         if st.send_len and not self.closed:
-            self._ready[st] = None
+            self.ready[st] = None
 
     def _stream_flags(self, flags: int, sid: int) -> StreamState | None:
         """Apply SYN/ACK/FIN/RST of a stream frame.  Returns the stream, or None
@@ -664,14 +670,14 @@ class Connection:
                 raise ProtocolError(f"stream {sid}: FIN received after the peer had already sent FIN")
             if st.phase != _RESET:
                 advance(st, REMOTE_FIN)
-                self._events.append(StreamEnded(st))
+                self.events.append(StreamEnded(st))
                 if st.fin_sent:
                     self._free(st)
         if flags & FLAG_RST and st.phase != _RESET:
             advance(st, RST)
             st.reset_by_peer = True
             self._drop_buffers(st)
-            self._events.append(StreamReset(st))
+            self.events.append(StreamReset(st))
             self._free(st)
         return st
 
@@ -686,29 +692,29 @@ class Connection:
         if sid in self.streams:
             raise ProtocolError(f"duplicate SYN for live stream {sid}")
         if self.local_go_away or len(self._accept_queue) >= self._backlog:
-            self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
+            self.control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
             return None
         st = StreamState(sid, outbound=False, recv_window=INITIAL_WINDOW)
         advance(st, SYN)
         self.streams[sid] = st
         self._accept_queue.append(st)
-        self._events.append(StreamOpened(st))
+        self.events.append(StreamOpened(st))
         return st
 
     def _ping_frame(self, flags: int, opaque: int) -> None:
         if flags & FLAG_SYN:
             if flags & FLAG_ACK:
                 raise ProtocolError("Ping frame with both SYN and ACK")
-            self._control.append(pack_header(0, TYPE_PING, FLAG_ACK, 0, opaque))
+            self.control.append(pack_header(0, TYPE_PING, FLAG_ACK, 0, opaque))
         elif opaque == self._keepalive_ping:
             self._keepalive_ping = None
             self._keepalive_at = self._keepalive_sent + self.config.keepalive_interval
         else:
             self._ping_deadlines.pop(opaque, None)
-            self._events.append(PingAcked(opaque))
+            self.events.append(PingAcked(opaque))
 
     def _go_away_frame(self, code: int) -> None:
-        self._events.append(GoAwayReceived(code))
+        self.events.append(GoAwayReceived(code))
         if code == GO_AWAY_NORMAL:
             self.remote_go_away = True
             return
@@ -746,7 +752,7 @@ class Connection:
         st.counts_unacked = True
         self._unacked_opens += 1
         self.streams[sid] = st
-        self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_SYN, sid, self._extra_window))
+        self.control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_SYN, sid, self._extra_window))
         return st
 
     def accept(self) -> StreamState | None:
@@ -763,7 +769,7 @@ class Connection:
         if st.phase != _RESET and not self.closed:
             advance(st, ACK)
             st.recv_window += self._extra_window
-            self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_ACK, st.stream_id, self._extra_window))
+            self.control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_ACK, st.stream_id, self._extra_window))
         return st
 
     @property
@@ -791,7 +797,7 @@ class Connection:
         st.send_buf.append(data)
         st.send_len += size
         if st.send_window:
-            self._ready[st] = None
+            self.ready[st] = None
 
     def send_data_now(self, st: StreamState, data) -> list | None:
         """Like :meth:`send_data`, with a fast path for a write that can go out
@@ -802,37 +808,7 @@ class Connection:
         Otherwise ``data`` is queued as by :meth:`send_data` and None is
         returned.  Only for a caller that writes the result at once.
         """
-        if st.phase == _RESET:
-            raise self.reset_error(st)
-        if st.phase in _LOCALLY_CLOSED:
-            raise StreamClosedError(f"stream {st.stream_id}: write after write_eof()/close()")
-        if self._no_writes:
-            raise self._writes_refused()
-        size = len(data)
-        if not size:
-            return None
-        if type(data) is not bytes:
-            data = bytes(data)
-            size = len(data)
-        if st.send_len or size > st.send_window or size > MAX_DATA_FRAME:
-            st.send_buf.append(data)
-            st.send_len += size
-            if st.send_window:
-                self._ready[st] = None
-            return None
-        st.send_window -= size
-        header = pack_header(0, TYPE_DATA, 0, st.stream_id, size)
-        out = self._control
-        if out:
-            self._control = []
-        else:
-            out = []
-        if size <= _SMALL:
-            out.append(header + data)
-        else:
-            out.append(header)
-            out.append(data)
-        return out
+        return self.write(st, data, transport_ready=True)
 
     def end_stream(self, st: StreamState) -> None:
         """Half-close: FIN after the queued data.  Idempotent (never two FINs)."""
@@ -840,7 +816,7 @@ class Connection:
             return
         advance(st, LOCAL_FIN)
         if not st.send_len:
-            self._send_fin(st, self._control)
+            self._send_fin(st, self.control)
 
     def close_stream(self, st: StreamState, now: float | None = None) -> None:
         """FIN (if not yet) and stop reading: buffered and later data is dropped,
@@ -867,7 +843,7 @@ class Connection:
         advance(st, RST)
         self._drop_buffers(st)
         if not self.closed:
-            self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_RST, st.stream_id, 0))
+            self.control.append(pack_header(0, TYPE_WINDOW_UPDATE, FLAG_RST, st.stream_id, 0))
         self._free(st)
         if self.closing and not self.closed:
             self._end_if_drained()
@@ -896,20 +872,52 @@ class Connection:
         return None
 
     def write(self, st: StreamState, data, *, transport_ready: bool) -> list | None:
-        """Write ``data`` on ``st``: :meth:`send_data_now` when the transport
-        takes data now (``transport_ready``: not paused, and no flush of
-        coalesced writes pending), so a lone write goes out at once as one
-        frame (the buffers to write are returned); else :meth:`send_data`
-        (queued, None returned).  Raises as :meth:`send_data`, and the
-        session's error once it has ended."""
+        """Write ``data`` on ``st`` (bytes are kept, other buffers copied).
+
+        ``transport_ready`` (the transport takes data now: not paused, and no
+        flush of coalesced writes pending): if the stream has nothing queued
+        and its send window takes all of ``data`` (up to ``MAX_DATA_FRAME``),
+        the Data frame is cut now and returned, after any queued control
+        frames, as the buffers to write at once.  Otherwise ``data`` is queued
+        (as by :meth:`send_data`) and None is returned.
+
+        Raises :class:`StreamResetError` after a RST, the session's error once
+        it has ended (:meth:`closed_error`), :class:`StreamClosedError` after
+        :meth:`end_stream`/:meth:`close_stream`, :class:`SessionClosedError`
+        once the session is closing."""
         if st.phase == _RESET:
             raise self.reset_error(st)
-        if self.closed:
+        if self._no_writes and self.closed:
             raise self.closed_error()
-        if transport_ready:
-            return self.send_data_now(st, data)
-        self.send_data(st, data)
-        return None
+        if st.phase in _LOCALLY_CLOSED:
+            raise StreamClosedError(f"stream {st.stream_id}: write after write_eof()/close()")
+        if self._no_writes:
+            raise self._writes_refused()
+        size = len(data)
+        if not size:
+            return None
+        if type(data) is not bytes:
+            data = bytes(data)
+            size = len(data)
+        if not transport_ready or st.send_len or size > st.send_window or size > MAX_DATA_FRAME:
+            st.send_buf.append(data)
+            st.send_len += size
+            if st.send_window:
+                self.ready[st] = None
+            return None
+        st.send_window -= size
+        header = pack_header(0, TYPE_DATA, 0, st.stream_id, size)
+        out = self.control
+        if out:
+            self.control = []
+        else:
+            out = []
+        if size <= _SMALL:
+            out.append(header + data)
+        else:
+            out.append(header)
+            out.append(data)
+        return out
 
     def all_sent(self, st: StreamState) -> bool:
         """True once everything written on ``st`` was cut into frames (handed
@@ -996,7 +1004,7 @@ class Connection:
         """The application took ``nbytes``: advertise them once >= half the window."""
         consumed = st.consumed + nbytes
         if consumed >= self._update_threshold and st.phase in _PEER_OPEN and not (st.freed or self.closed):
-            self._control.append(pack_header(0, TYPE_WINDOW_UPDATE, 0, st.stream_id, consumed))
+            self.control.append(pack_header(0, TYPE_WINDOW_UPDATE, 0, st.stream_id, consumed))
             st.recv_window += consumed
             consumed = 0
         st.consumed = consumed
@@ -1013,7 +1021,7 @@ class Connection:
         st.pinned = 0
         st.send_buf.clear()
         st.send_len = 0
-        self._ready.pop(st, None)
+        self.ready.pop(st, None)
 
     def _free(self, st: StreamState) -> None:
         if st.freed:
@@ -1021,18 +1029,18 @@ class Connection:
         st.freed = True
         if self.streams.get(st.stream_id) is st:
             del self.streams[st.stream_id]
-        self._ready.pop(st, None)
+        self.ready.pop(st, None)
         if self._close_deadlines:
             self._close_deadlines.pop(st, None)
         self._release_open_slot(st)
-        self._events.append(StreamClosed(st))
+        self.events.append(StreamClosed(st))
 
     def _release_open_slot(self, st: StreamState) -> None:
         if st.counts_unacked:
             st.counts_unacked = False
             self._unacked_opens -= 1
             if self._unacked_opens == self._backlog - 1:
-                self._events.append(OpenSlotAvailable())
+                self.events.append(OpenSlotAvailable())
 
     # ------------------------------------------------------- session control
 
@@ -1052,7 +1060,7 @@ class Connection:
     def _send_ping(self) -> int:
         opaque = self._next_ping
         self._next_ping = (opaque + 1) & MAX_UINT32
-        self._control.append(pack_header(0, TYPE_PING, FLAG_SYN, 0, opaque))
+        self.control.append(pack_header(0, TYPE_PING, FLAG_SYN, 0, opaque))
         return opaque
 
     # ---------------------------------------------------------------- timers
@@ -1100,7 +1108,7 @@ class Connection:
             if deadline > now:
                 break
             del deadlines[opaque]
-            self._events.append(PingTimedOut(opaque))
+            self.events.append(PingTimedOut(opaque))
         closing = self._close_deadlines
         while closing:
             st, deadline = next(iter(closing.items()))
@@ -1108,7 +1116,7 @@ class Connection:
                 break
             del closing[st]
             if not st.freed:
-                self._events.append(StreamReset(st))
+                self.events.append(StreamReset(st))
                 self.reset_stream(st)
         if not self.closed:
             self._keepalive_timer(now)
@@ -1142,10 +1150,10 @@ class Connection:
             if not self.local_go_away:
                 self.local_go_away = True
                 self.go_away_sent = True
-                self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, code))
+                self.control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, code))
             return
         self.go_away_sent = True
-        self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, code))
+        self.control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, code))
         self._terminate(None)
 
     def begin_close(self) -> list:
@@ -1174,7 +1182,7 @@ class Connection:
             self.local_go_away = True
             if not self.go_away_sent:
                 self.go_away_sent = True
-                self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL))
+                self.control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL))
             self._end_if_drained()
         return self.take_events()
 
@@ -1212,7 +1220,7 @@ class Connection:
         if not self.closed:
             if not self.go_away_sent:
                 self.go_away_sent = True
-                self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL))
+                self.control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL))
             self._terminate(None)
         return self.take_events()
 
@@ -1224,7 +1232,7 @@ class Connection:
     def _fail(self, error: ProtocolError) -> None:
         if not self.closed:
             self.go_away_sent = True
-            self._control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR))
+            self.control.append(pack_header(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR))
             self._terminate(error)
 
     def _terminate(self, error: BaseException | None) -> None:
@@ -1238,7 +1246,7 @@ class Connection:
         self._close_deadlines.clear()
         live = list(self.streams.values())
         self.streams.clear()
-        self._ready.clear()
+        self.ready.clear()
         self._partial = b""
         self._body_left = 0
         self._body_stream = None
@@ -1250,18 +1258,18 @@ class Connection:
                 st.send_buf.clear()
                 st.send_len = 0
             self._release_open_slot(st)
-        self._events.append(ConnectionTerminated(error, live, unsent))
+        self.events.append(ConnectionTerminated(error, live, unsent))
 
     # --------------------------------------------------------------- output
 
     @property
     def has_output(self) -> bool:
-        return bool(self._control or self._ready)
+        return bool(self.control or self.ready)
 
     @property
     def has_pending_data(self) -> bool:
         """Data frames could be cut now (some stream has data and window)."""
-        return bool(self._ready)
+        return bool(self.ready)
 
     def take_output(self, max_data: int = DEFAULT_OUTPUT_BUDGET) -> list:
         """The next bytes to send, as a list of buffers to write in order.
@@ -1271,16 +1279,16 @@ class Connection:
         ``MAX_DATA_FRAME``) until about ``max_data`` payload bytes.  With
         ``max_data=0`` only control frames are returned.
         """
-        out = self._control
-        self._control = []
-        if self._ready and max_data > 0 and not self.closed:
+        out = self.control
+        self.control = []
+        if self.ready and max_data > 0 and not self.closed:
             self._cut_data_frames(out, max_data)
             if self.closing:
                 self._end_if_drained()
         return out
 
     def _cut_data_frames(self, out: list, budget: int) -> None:
-        ready = self._ready
+        ready = self.ready
         while ready and budget > 0:
             st = next(iter(ready))
             del ready[st]
@@ -1310,8 +1318,8 @@ class Connection:
         the transport now, whatever other streams have queued and however
         full the transport is (``Stream.drain``).  Bytes beyond the send
         window stay queued."""
-        out = self._control
-        self._control = []
+        out = self.control
+        self.control = []
         if st.send_len and st.send_window and not (self.closed or st.phase == _RESET):
             while st.send_len and st.send_window:
                 size = st.send_window
@@ -1323,7 +1331,7 @@ class Connection:
                 self._pop_send(st, size, out)
                 st.send_window -= size
                 st.send_len -= size
-            self._ready.pop(st, None)  # empty, or no window left
+            self.ready.pop(st, None)  # empty, or no window left
             if not st.send_len and st.fin_pending:
                 self._send_fin(st, out)
             if self.closing:

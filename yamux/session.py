@@ -384,12 +384,11 @@ class Session:
     def _on_data(self, data) -> None:
         conn = self._conn
         events = conn.receive_data(data)
-        direct = conn.take_direct()
-        if direct:
-            self._forward(direct)
+        if conn.direct:
+            self._forward(conn.take_direct())
         if events:
             self._handle_events(events)
-        if conn.wants_flush or self._closed or self._blocked_writers:
+        if conn.control or conn.ready or conn.events or self._closed or self._blocked_writers:
             self._flush()
 
     def _get_buffer(self, sizehint: int) -> memoryview:
@@ -403,12 +402,11 @@ class Session:
         the core copies what it keeps, spliced payload is written out (or copied) now."""
         conn = self._conn
         events = conn.receive_data(self._rbuf[:nbytes], transient=True)
-        direct = conn.take_direct()
-        if direct:
-            self._forward(direct, True)
+        if conn.direct:
+            self._forward(conn.take_direct(), True)
         if events:
             self._handle_events(events)
-        if conn.wants_flush or self._closed or self._blocked_writers:
+        if conn.control or conn.ready or conn.events or self._closed or self._blocked_writers:
             self._flush()
 
     @staticmethod
@@ -480,7 +478,7 @@ class Session:
         """Write what the core has to send (control first, data unless paused)."""
         self._flush_scheduled = False
         conn = self._conn
-        if conn.has_events:
+        if conn.events:
             self._handle_events(conn.take_events())
         if not self._io_closed:
             while True:
@@ -491,11 +489,11 @@ class Session:
                     except Exception as exc:  # the transport went away under us
                         self._on_lost(exc)
                         break
-                if self._paused or not conn.has_pending_data or self._io_closed:
+                if self._paused or not conn.ready or self._io_closed:
                     break
             if self._committed:
                 self._flush_committed()
-            if conn.has_events:
+            if conn.events:
                 self._handle_events(conn.take_events())
             if self._closed and not self._io_closed:
                 self._close_io()

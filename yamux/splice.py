@@ -184,7 +184,7 @@ class _Splice(asyncio.Protocol):
         conn = self.conn
         if st.recv_len:
             self.transport.writelines(conn.take_received(st))
-            if conn.has_control:
+            if conn.control:
                 self.session._schedule_flush()
         if st.reset:
             self.fail()

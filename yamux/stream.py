@@ -77,12 +77,16 @@ class Stream:
         st = self._st
         conn = self._conn
         while True:
-            data = conn.next_read(st, n)  # the core decides: data, EOF (b''), wait (None) or raise
-            if data is not None:
-                if conn.has_control:  # a window update to send
-                    self._session._schedule_flush()
-                return data
-            await self._wait_readable()
+            if st.recv_len and n:  # the common case: data is there
+                data = conn.read(st, n)
+            else:
+                data = conn.next_read(st, n)  # the core decides: EOF (b''), wait (None) or raise
+                if data is None:
+                    await self._wait_readable()
+                    continue
+            if conn.control:  # a window update to send
+                self._session._schedule_flush()
+            return data
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes; ``asyncio.IncompleteReadError`` on early EOF."""
@@ -91,7 +95,7 @@ class Stream:
         st = self._st
         if st.recv_len >= n:
             data = self._conn.read(st, n)
-            if self._conn.has_control:
+            if self._conn.control:
                 self._session._schedule_flush()
             return data
         chunks = []
