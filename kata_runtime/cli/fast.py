@@ -219,19 +219,6 @@ def delete(g: Globals, container_id: str, force: bool) -> None:
     container.delete(g.store(), container_id, force=force)
 
 
-def import_in_background(*modules: str) -> None:
-    """Import ``modules`` in a daemon thread: the command soon needs them, and mostly waits
-    on the agent before that (a socket read releases the GIL)."""
-    import importlib
-    import threading
-
-    def load() -> None:
-        for name in modules:
-            importlib.import_module(name)
-
-    threading.Thread(target=load, daemon=True).start()
-
-
 def print_state(g: Globals, container_id: str) -> None:
     """As runc: json.MarshalIndent(state, "", "  "), no newline after it."""
     from kata_runtime.state import Store
