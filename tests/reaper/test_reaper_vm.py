@@ -174,12 +174,16 @@ def test_vm_exec_tty(ctr, vm_task):
     assert rc == 3, screen
 
 
+def _err_size(size: int) -> int:
+    """What the exec of ``size`` writes to stderr: as much, up to MAX_ERR_SIZE; else nothing."""
+    return size if size <= MAX_ERR_SIZE else 0
+
+
 def _exec_sizes(ctr, cid: str, size: int) -> tuple[int, subprocess.CompletedProcess]:
-    """An exec writing ``size`` bytes to stdout and, at once, ``min(size, MAX_ERR_SIZE)`` to
+    """An exec writing ``size`` bytes to stdout and, at the same time, ``_err_size(size)`` to
     stderr, then exiting."""
-    err_size = size if size <= MAX_ERR_SIZE else 0
-    return size, _exec(ctr, cid, f"sz{size}", f"{write_size(err_size, 'err')} & {write_size(size)}; wait",
-                       timeout=EXEC_TIMEOUT)
+    script = f"{write_size(_err_size(size), 'err')} & {write_size(size)}; wait"
+    return size, _exec(ctr, cid, f"sz{size}", script, timeout=EXEC_TIMEOUT)
 
 
 def test_vm_exec_exact_output_sizes(ctr, vm_task):
@@ -191,7 +195,7 @@ def test_vm_exec_exact_output_sizes(ctr, vm_task):
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda size: _exec_sizes(ctr, cid, size), SIZES))
     for size, res in results:
-        err_size = size if size <= MAX_ERR_SIZE else 0
+        err_size = _err_size(size)
         assert res.returncode == 0, (size, res.stderr[-500:])
         assert (len(res.stdout), len(res.stderr)) == (size, err_size), size
         assert res.stdout == expected(size), f"{size}: stdout differs"
