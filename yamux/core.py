@@ -706,12 +706,13 @@ class Connection:
             if flags & FLAG_ACK:
                 raise ProtocolError("Ping frame with both SYN and ACK")
             self.control.append(pack_header(0, TYPE_PING, FLAG_ACK, 0, opaque))
-        elif opaque == self._keepalive_ping:
-            self._keepalive_ping = None
-            self._keepalive_at = self._keepalive_sent + self.config.keepalive_interval
         else:
-            self._ping_deadlines.pop(opaque, None)
-            self.events.append(PingAcked(opaque))
+            if opaque == self._keepalive_ping:  # the next one is due an interval after it was sent
+                self._keepalive_ping = None
+                self._keepalive_at = self._keepalive_sent + self.config.keepalive_interval
+            else:
+                self._ping_deadlines.pop(opaque, None)
+            self.events.append(PingAcked(opaque))  # the timer may be due earlier now: get_timer()
 
     def _go_away_frame(self, code: int) -> None:
         self.events.append(GoAwayReceived(code))

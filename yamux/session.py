@@ -560,6 +560,7 @@ class Session:
                 fut = self._pings.pop(event.opaque, None)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
+                self._arm_timer()  # a keepalive reply brings the next keepalive ping nearer
             elif kind is PingTimedOut:
                 fut = self._pings.pop(event.opaque, None)
                 if fut is not None and not fut.done():
