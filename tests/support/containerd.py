@@ -631,6 +631,6 @@ def run_tty(cd: Containerd, image: str, cid: str, *, timeout: float = 60.0, **kw
 
 
 def exec_tty(cd: Containerd, cid: str, exec_id: str, *, timeout: float = 60.0) -> tuple[int, bytes]:
-    """``ctr task exec --tty`` of EXEC_TTY_SCRIPT on a 30 x 90 pty, ``typed`` typed: (exit code, screen)."""
+    """``ctr task exec --tty`` of EXEC_TTY_SCRIPT on a 30 x 90 pty, ``typed`` entered: (exit code, screen)."""
     argv = cd.exec_argv(cid, exec_id, ["sh", "-c", EXEC_TTY_SCRIPT], tty=True)
     return _tty_session(argv, 30, 90, b"typed", until=b"got:", timeout=timeout)
