@@ -14,7 +14,9 @@ Threads (each with its own agent connection, see client.py):
 * the main thread: every forwarded signal is blocked in all threads and taken
   synchronously with sigwaitinfo(): SIGWINCH -> TtyWinResize, anything else ->
   SignalProcess.  SIGCHLD and SIGPIPE are not forwarded (SIGPIPE stays ignored:
-  a closed reader shows up as EPIPE on write), nor, of course, SIGKILL/SIGSTOP.
+  a closed reader shows up as EPIPE on write), nor, of course, SIGKILL/SIGSTOP:
+  a SIGKILL that ends the shim is forwarded by its kill guard (guard.py), which
+  exit() disarms.
 
 An output stream ends only with EOF (:func:`is_eof`).  Any other error of a
 read is a :class:`Failure`: output may be lost, so the shim says so on stderr
@@ -36,7 +38,7 @@ import time
 
 from kata_grpc import h2
 from kata_grpc.h2 import RpcError
-from kata_shim import exits, pumps, tty
+from kata_shim import exits, guard, pumps, tty
 from kata_shim.client import RECV_SIZE, SMALL_RECV_SIZE, AgentClient, AgentLost
 
 # How much one ReadStdout/ReadStderr asks for (the agent answers with what it has, up to
@@ -81,9 +83,10 @@ class Failure(Exception):
 
 
 class Relay:
-    def __init__(self, opts, log) -> None:
+    def __init__(self, opts, log, guard_fd: int | None = None) -> None:
         self.opts = opts
         self.log = log
+        self.guard_fd = guard_fd  # kata_shim.guard: disarmed by exit(), so only a SIGKILL fires it
         self._exit_lock = _thread.allocate_lock()
         self._tty_saved = None
         self._output_done: list = []
@@ -105,6 +108,7 @@ class Relay:
         stderr nobody reads blocks the write).
         """
         self._exit_lock.acquire()  # never released
+        guard.disarm(self.guard_fd)
         try:
             _thread.start_new_thread(self._exit_after_grace, (status,))
             self._restore_terminal()

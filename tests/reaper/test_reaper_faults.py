@@ -13,29 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.containerd import CGROUP_ROOT, _cmdline, descendants, kill_pids, new_id, wait_gone
+from tests.support.containerd import CGROUP_ROOT, SLEEPER, _cmdline, descendants, kill_pids, new_id, wait_gone
 
-SLEEPER = ["sh", "-c", "sleep 1000 & sleep 1000 & wait"]
 GENERIC_ERROR = re.compile(rb"OCI runtime create failed: (exit status \d+: )?(unknown)?\s*$")
-
-
-def _detached(cd, image, runtime, cid: str) -> None:
-    res = subprocess.run(cd.run_argv(image, cid, SLEEPER, rm=False, detach=True, **runtime.run_kwargs()),
-                         capture_output=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    cd.wait_task_status(cid, ("RUNNING",), timeout=30)
-
-
-def _delete(cd, cid: str) -> None:
-    """Delete the (stopped or vanished) task and the container; both may already be gone."""
-    cd.ctr("task", "delete", "--force", cid, check=False, timeout=60)
-    cd.ctr("container", "delete", cid, check=False, timeout=60)
-
-
-def _shim_of(cd, cid: str) -> int:
-    shims = [p for p in cd.shim_pids() if cid in _cmdline(p)]
-    assert len(shims) == 1, shims
-    return shims[0]
 
 
 @pytest.mark.parametrize("cmd,words", [
@@ -62,15 +42,15 @@ def test_containerd_killed_mid_run(own_containerd, runtime):
     it RUNNING; kill + delete then leave nothing."""
     cd, image = own_containerd
     cid = new_id("cdkill")
-    _detached(cd, image, runtime, cid)
-    shim = _shim_of(cd, cid)
+    cd.run_detached(image, cid, SLEEPER, **runtime.run_kwargs())
+    shim = cd.shim_of(cid)
     cd.kill_daemon(signal.SIGKILL)
     assert wait_gone([shim], 1.0) == [shim], "the shim died with containerd"
     cd.launch()
     assert cd.tasks().get(cid) == "RUNNING"
     cd.ctr("task", "kill", "-s", "SIGKILL", cid, timeout=30)
     cd.wait_task_status(cid, ("STOPPED",), timeout=30)
-    _delete(cd, cid)
+    cd.delete(cid)
     assert cd.wait_clean([cid]) == {}
 
 
@@ -80,13 +60,13 @@ def test_shim_killed_mid_run(own_containerd, runtime):
     former descendants (container, kata-shim, proxy, agent) is alive and nothing is left."""
     cd, image = own_containerd
     cid = new_id("shimkill")
-    _detached(cd, image, runtime, cid)
-    shim = _shim_of(cd, cid)
+    cd.run_detached(image, cid, SLEEPER, **runtime.run_kwargs())
+    shim = cd.shim_of(cid)
     below = descendants([shim])
     assert below, "the shim has no children"
     subprocess.run(["kill", "-KILL", str(shim)], check=True, timeout=10)
     assert wait_gone([shim], 10.0) == []
-    _delete(cd, cid)
+    cd.delete(cid)
     assert wait_gone(below, 20.0) == [], [f"{p} {' '.join(_cmdline(p))[:150]}" for p in below]
     # containerd 1.6 leaves a killed shim's socket file in /run/containerd/s (runc alike): not ours
     assert cd.wait_clean([cid], ignore=("shim_sockets",)) == {}
@@ -100,15 +80,15 @@ def test_everything_killed_then_deleted(own_containerd, kata, paused):
     first, the container's processes are frozen and outlive their agent until delete thaws them."""
     cd, image = own_containerd
     cid = new_id("allkill")
-    _detached(cd, image, kata, cid)
+    cd.run_detached(image, cid, SLEEPER, **kata.run_kwargs())
     if paused:
         cd.ctr("task", "pause", cid, timeout=30)
     inside = [int(p) for p in Path(CGROUP_ROOT, "pids", cd.namespace, cid, "cgroup.procs").read_text().split()]
     assert len(inside) >= 3, inside
-    victims = [_shim_of(cd, cid)] + inside
+    victims = [cd.shim_of(cid)] + inside
     kill_pids(victims)
     assert wait_gone(victims[:1], 10.0) == []
-    _delete(cd, cid)
+    cd.delete(cid)
     assert wait_gone(victims, 20.0) == []
     assert cd.wait_clean([cid], ignore=("shim_sockets",)) == {}
 
@@ -117,7 +97,7 @@ def test_paused_then_deleted(ctr, image, runtime):
     """``ctr task pause``, then ``ctr task delete --force``: the frozen processes still die (they
     must be thawed for SIGKILL to take effect) and nothing is left, the cgroup included."""
     cid = new_id("paused")
-    _detached(ctr, image, runtime, cid)
+    ctr.run_detached(image, cid, SLEEPER, **runtime.run_kwargs())
     ctr.ctr("task", "pause", cid, timeout=30)
     assert ctr.tasks()[cid] == "PAUSED"
     ctr.ctr("task", "delete", "--force", cid, timeout=60)

@@ -12,16 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support.containerd import new_id, run_with_stdin
-
-PATTERN = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_kata\n"  # 67 bytes
-SIZES = (1, 4095, 4096, 4097, 65535, 65536, 65537, (1 << 20) - 1, 1 << 20, (1 << 20) + 1,
-         (1 << 24) - 1, 1 << 24, (1 << 24) + 1)
-
-
-def expected(size: int) -> bytes:
-    """The first ``size`` bytes of ``yes <PATTERN without newline>``."""
-    return (PATTERN * (size // len(PATTERN) + 1))[:size]
+from tests.support.containerd import SIZES, expected, new_id, run_with_stdin, write_size
 
 
 def test_output_and_exit_code(ctr, image, runtime):
@@ -46,8 +37,7 @@ def test_stdin_relayed(ctr, image, runtime):
 
 
 def _run_size(ctr, image, runtime, size: int, stream: str) -> tuple[int, int, bytes, bytes, bytes]:
-    redirect = " >&2" if stream == "err" else ""
-    cmd = ["sh", "-c", f"yes {PATTERN[:-1].decode()} | head -c {size}{redirect}"]
+    cmd = ["sh", "-c", write_size(size, stream)]
     res, out, err = ctr.run_logged(image, new_id(f"sz{size}"), cmd, timeout=180, **runtime.run_kwargs())
     return size, res.returncode, out, err, res.stderr
 

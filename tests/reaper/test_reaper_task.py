@@ -6,63 +6,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.attach import Attached, PtyAttached, set_winsize
-from tests.support.containerd import CGROUP_ROOT, KATA_RUNTIME, _cmdline, new_id
-
-# Polls until the pty has the size ctr gave it (ctr 1.6 resizes after start, so the first
-# instruction may see 0 0 even with runc), then reports it; bounded to 5 s.
-WAIT_SIZE = ('i=0; while [ "$(stty size 2>/dev/null)" != "{rows} {cols}" ] && [ $i -lt 100 ]; '
-             'do i=$((i+1)); sleep 0.05; done; ')
-TTY_SCRIPT = (WAIT_SIZE.format(rows=33, cols=101) + 'echo "size:$(stty size)"; tty; echo ready; read line; '
-              'echo "got:$line"; ' + WAIT_SIZE.format(rows=40, cols=120) + 'echo "resized:$(stty size)"; exit 7')
-SLEEPER = ["sh", "-c", "sleep 1000 & sleep 1000 & wait"]
-
+from tests.support.attach import Attached
+from tests.support.containerd import (CGROUP_ROOT, KATA_RUNTIME, SLEEPER, _cmdline, exec_tty, new_id, pause_resume,
+                                      run_tty)
 
 def _detached(ctr, image, runtime, prefix: str, cmd: list[str]) -> str:
     """``ctr run -d``: a running task (RUNNING), its container id returned."""
     cid = new_id(prefix)
-    res = subprocess.run(ctr.run_argv(image, cid, cmd, rm=False, detach=True, **runtime.run_kwargs()),
-                         capture_output=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    ctr.wait_task_status(cid, ("RUNNING",), timeout=30)
+    ctr.run_detached(image, cid, cmd, **runtime.run_kwargs())
     return cid
-
-
-def _pids(ctr, cid: str) -> list[int]:
-    """The PID column of ``ctr task ps``."""
-    lines = ctr.ctr("task", "ps", cid, timeout=30).stdout.decode().splitlines()[1:]
-    return [int(line.split()[0]) for line in lines if line.split()]
-
-
-def _wait_pids(ctr, cid: str, count: int, timeout: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = _pids(ctr, cid)
-        if len(pids) == count or time.monotonic() > deadline:
-            return pids
-        time.sleep(0.2)
 
 
 def test_run_tty(ctr, image, runtime):
     """``ctr run --tty`` on a pty the test opened: the container sees that pty's size, a typed
     line, a later resize; ctr returns the exit code."""
-    cid = new_id("tty")
-    term = PtyAttached.spawn(ctr.run_argv(image, cid, ["sh", "-c", TTY_SCRIPT], tty=True, **runtime.run_kwargs()),
-                             rows=33, cols=101)
-    try:
-        term.expect(b"ready", 60)
-        set_winsize(term.master, 40, 120)
-        term.write(b"hello\r")
-        term.expect(b"resized:", 30)
-        rc = term.wait(30)
-    finally:
-        term.close()
-    screen = bytes(term.screen).replace(b"\r", b"")
+    rc, screen = run_tty(ctr, image, new_id("tty"), **runtime.run_kwargs())
     assert b"size:33 101\n" in screen
     assert b"/dev/pts/" in screen
     assert b"got:hello\n" in screen
@@ -81,16 +43,7 @@ def test_exec(ctr, image, runtime):
 def test_exec_tty(ctr, image, runtime):
     """``ctr task exec --tty`` on a pty: the exec'd shell has a terminal of that size and reads a line."""
     cid = _detached(ctr, image, runtime, "exectty", SLEEPER)
-    script = WAIT_SIZE.format(rows=30, cols=90) + 'echo "size:$(stty size)"; echo ready; read line; echo "got:$line"; exit 3'
-    term = PtyAttached.spawn(ctr.exec_argv(cid, "t1", ["sh", "-c", script], tty=True), rows=30, cols=90)
-    try:
-        term.expect(b"ready", 60)
-        term.write(b"typed\r")
-        term.expect(b"got:", 30)
-        rc = term.wait(30)
-    finally:
-        term.close()
-    screen = bytes(term.screen).replace(b"\r", b"")
+    rc, screen = exec_tty(ctr, cid, "t1")
     assert b"size:30 90\n" in screen and b"got:typed\n" in screen
     assert rc == 3, screen
 
@@ -112,10 +65,28 @@ def test_kill(ctr, image, runtime, signal, cmd, status):
         run.kill()
 
 
+def test_exec_killed(ctr, image, runtime):
+    """``ctr task kill --exec-id ID -s SIGKILL``: the exec's ``ctr task exec`` returns 137 and its
+    process is gone (``ctr task ps`` back to the init's three). containerd-shim sends that KILL
+    to the pid in the exec's --pid-file itself: for kata-runtime the exec's kata-shim, whose kill
+    guard (kata_shim.guard) forwards it."""
+    cid = _detached(ctr, image, runtime, "execkill", SLEEPER)
+    before = ctr.wait_task_pids(cid, 3)
+    sleeper = Attached.spawn(ctr.exec_argv(cid, "k1", ["sh", "-c", "echo ready; exec sleep 1000"]), stdin=False)
+    try:
+        sleeper.wait_output(b"ready", 60)
+        assert len(ctr.wait_task_pids(cid, 4)) == 4
+        ctr.ctr("task", "kill", "--exec-id", "k1", "-s", "SIGKILL", cid, timeout=30)
+        assert sleeper.wait(30) == 137, bytes(sleeper.err)
+    finally:
+        sleeper.kill()
+    assert sorted(ctr.wait_task_pids(cid, 3)) == sorted(before)
+
+
 def test_kill_all(ctr, image, runtime):
     """``ctr task kill --all -s SIGKILL``: every process of the container, the task ends with 137."""
     cid = _detached(ctr, image, runtime, "killall", SLEEPER)
-    assert len(_wait_pids(ctr, cid, 3)) == 3
+    assert len(ctr.wait_task_pids(cid, 3)) == 3
     ctr.ctr("task", "kill", "--all", "-s", "SIGKILL", cid, timeout=30)
     ctr.wait_task_status(cid, ("STOPPED",), timeout=30)
     res = ctr.ctr("task", "delete", cid, check=False, timeout=30)
@@ -129,18 +100,7 @@ def test_pause_resume(ctr, image, runtime):
     run = Attached.spawn(ctr.run_argv(image, cid, cmd, **runtime.run_kwargs()), stdin=False)
     try:
         run.wait_output(b"\n3\n", 60)
-        ctr.ctr("task", "pause", cid, timeout=30)
-        assert ctr.tasks()[cid] == "PAUSED"
-        time.sleep(0.3)
-        frozen = len(run.out)
-        time.sleep(1.0)
-        assert len(run.out) == frozen, "output while paused"
-        ctr.ctr("task", "resume", cid, timeout=30)
-        assert ctr.tasks()[cid] == "RUNNING"
-        deadline = time.monotonic() + 10
-        while len(run.out) == frozen and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(run.out) > frozen, "no output after resume"
+        assert pause_resume(ctr, cid, run.out) == ("PAUSED", False, "RUNNING", True)
         ctr.ctr("task", "kill", "-s", "SIGKILL", cid, timeout=30)
         assert run.wait(30) == 137
     finally:
@@ -150,7 +110,7 @@ def test_pause_resume(ctr, image, runtime):
 def test_ps(ctr, image, runtime):
     """``ctr task ps``: the container's three processes (sh and two sleeps)."""
     cid = _detached(ctr, image, runtime, "ps", SLEEPER)
-    pids = _wait_pids(ctr, cid, 3)
+    pids = ctr.wait_task_pids(cid, 3)
     assert len(pids) == 3, pids
     if runtime.name == "runc":  # host pids: the init's is the task's
         task_pid = int(ctr.ctr("task", "ls").stdout.decode().split(cid)[1].split()[0])
@@ -191,7 +151,7 @@ def test_metrics(ctr, image, runtime):
     still show the container alone (the agent's view: its three processes). Deleted, nothing of
     the cgroup is left."""
     cid = _detached(ctr, image, runtime, "metrics", SLEEPER)
-    assert len(_wait_pids(ctr, cid, 3)) == 3
+    assert len(ctr.wait_task_pids(cid, 3)) == 3
     metrics, cgroup_pids = _metrics_and_cgroup_pids(ctr, cid)
     assert metrics["memory"]["usage"]["usage"] > 0, metrics
     assert (metrics.get("pids") or {}).get("current") == cgroup_pids, metrics.get("pids")
@@ -204,11 +164,13 @@ def test_metrics(ctr, image, runtime):
         guest = _kata_events_stats(ctr, cid)
         assert guest["pids"]["current"] == 3, guest.get("pids")
         assert 0 < guest["memory"]["usage"]["usage"] < metrics["memory"]["usage"]["usage"]
-        assert len(_pids(ctr, cid)) == 3
+        assert len(ctr.task_pids(cid)) == 3
         # an exec's kata-shim is born there too; the runtime that started it did not stay
         subprocess.run(ctr.exec_argv(cid, "m1", ["sleep", "1000"], detach=True), check=True, timeout=60)
         members = [_cmdline(int(p)) for p in _cgroup_file(ctr, cid, "pids", "cgroup.procs").split()]
-        assert sum(any("kata-shim" in arg for arg in argv[:2]) for argv in members) == 2, members
+        # one kata-shim per process (its kill guard, a fork, has the same command line)
+        shims = {argv[argv.index("--exec-id") + 1] for argv in members if "--exec-id" in argv}
+        assert len(shims) == 2 and cid in shims, members
         assert not any(any("kata-runtime" in arg for arg in argv[:2]) for argv in members), members
     ctr.ctr("task", "kill", "-s", "SIGKILL", cid, timeout=30)
     ctr.wait_task_status(cid, ("STOPPED",), timeout=30)

@@ -271,12 +271,10 @@ def test_vm_exec_kill_status(ctr, vm_task):
     assert rc == 137
 
 
-@pytest.mark.xfail(strict=True, reason="containerd-shim SIGKILLs an exec's kata-shim itself (no runtime call): "
-                   "the guest process lives on until kata-shim forwards a SIGKILL it cannot catch (fix handed over)")
 def test_vm_exec_killed_leaves_no_process(ctr, vm_task):
     """After ``ctr task kill --exec-id ID -s SIGKILL`` the exec's process is gone from the guest:
     ``ctr task ps`` is back to the init's three. The exec's kata-shim, which that KILL ends,
-    cannot forward a signal it cannot catch by itself."""
+    cannot catch it: its kill guard (kata_shim.guard) forwards it."""
     _rc, before, after = _kill_exec(ctr, vm_task.running(), "k2", 2002, ps_after=True)
     assert sorted(after) == sorted(before), (before, after)
 
