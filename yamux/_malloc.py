@@ -1,20 +1,19 @@
 """glibc heap tuning for bulk transfers (process-wide, once, opt-out).
 
-Moving data through yamux allocates and frees many buffers of 64-256 KiB
-(received chunks, joined reads).  With glibc's defaults the top of the heap is
-trimmed and regrown over and over, and every regrowth costs page faults: on
-the project machine 40 000-600 000 minor faults per GiB echoed, doubling the
-CPU time of a bulk transfer.  Raising the mmap threshold above those sizes and
-keeping a few MiB of padding at the heap top removes almost all of them
-(~5 000 faults) without changing the resident size measurably.
+Moving data through yamux allocates and frees many buffers of 64 KiB to
+1 MiB (received chunks, joined reads, 1 MiB payloads of kata-shim and the
+agent).  With glibc's defaults the top of the heap is trimmed and regrown
+over and over, and blocks above the mmap threshold (a 1 MiB payload is 1 MiB
+plus a header) are mapped and unmapped each time: every regrowth and mapping
+costs page faults.  A 4 MiB mmap threshold, 2 MiB
+of padding kept at the heap top and an 8 MiB trim threshold remove almost
+all of them without changing the resident size measurably (the figures, and
+why 4 MiB rather than 1 MiB: bench/RESULTS.md, "glibc malloc tuning" in the
+yamux section).
 
-The threshold is 4 MiB, not 1 MiB: 1 MiB payloads are the common bulk size
-(kata-shim reads and the agent's stdout replies are 1 MiB, and a 1 MiB bytes
-object is 1 MiB plus its header), and with a 1 MiB threshold every one of them
-was a fresh mmap: ~500 000 minor faults and ~1.2 ms of CPU per MiB for a loop
-keeping four 1 MiB blocks alive, against ~1 500 faults and ~0.06 ms with 4 MiB
-(trim threshold 8 MiB, so freeing a few such blocks does not shrink the heap
-each time).
+A library does not change its process's allocator by itself: the programs
+call :func:`tune_malloc` at their entry points (kata-proxy, kata-agent, the
+yamux bench).
 
 Set ``YAMUX_MALLOC_TUNING=0`` in the environment to leave malloc alone.
 """

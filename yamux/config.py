@@ -43,8 +43,8 @@ class Config:
         doubles the value for its bookkeeping and caps it at
         net.core.wmem_max.  With the usual 208 KiB default a 256 KiB Data
         frame never fits: every bulk write is split and waits for the reader,
-        a wake-up of both processes per piece (10-20 % of a relay's CPU per
-        MiB on the project machine).
+        a wake-up of both processes per piece (measured in bench/RESULTS.md,
+        kata-proxy section).
     """
 
     accept_backlog: int = 256
