@@ -735,7 +735,12 @@ class Connection:
         return self._unacked_opens < self._backlog
 
     def open_stream(self) -> StreamState:
-        """Open a stream now: its SYN is queued; data may follow before the ACK."""
+        """Open a stream now: its SYN is queued; data may follow before the ACK.
+
+        Raises :class:`SessionClosedError` once the session is closing or
+        over, :class:`GoAwayError` after the peer's Go Away, and
+        :class:`YamuxError` while ``accept_backlog`` opens are un-ACKed
+        (see :meth:`can_open`) or when the stream ids are exhausted."""
         if self.closed:
             raise SessionClosedError("session closed")
         if self.closing:

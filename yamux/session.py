@@ -81,7 +81,8 @@ class Session:
 
     @classmethod
     async def connect_unix(cls, path, *, client: bool, config: Config | None = None) -> Session:
-        """Connect to a unix socket at ``path`` and run a session over it."""
+        """Connect to a unix socket at ``path`` and run a session over it.
+        Raises ``OSError`` when the connection fails."""
         self = cls._new(client, config)
         await self._loop.create_unix_connection(lambda: _SessionProtocol(self), path)
         self._start()
@@ -89,7 +90,9 @@ class Session:
 
     @classmethod
     async def from_socket(cls, sock: socket.socket, *, client: bool, config: Config | None = None) -> Session:
-        """Run a session over a connected stream socket (the session owns it)."""
+        """Run a session over a connected stream socket (the session owns it:
+        closed with the session).  Raises ``OSError`` if the loop cannot
+        take the socket."""
         self = cls._new(client, config)
         await self._loop.connect_accepted_socket(lambda: _SessionProtocol(self), sock)
         self._start()
@@ -264,7 +267,9 @@ class Session:
 
     async def ping(self) -> float:
         """Round-trip time of one ping, in seconds.  Raises
-        :class:`YamuxTimeoutError` after ``connection_write_timeout``."""
+        :class:`YamuxTimeoutError` after ``connection_write_timeout`` (the
+        session goes on), and the session's error (a
+        :class:`SessionClosedError`) once it has ended."""
         if self._closed:
             raise self._closed_exc()
         opaque = self._conn.ping(self._loop.time())  # the core times it out (PingTimedOut)
