@@ -1,9 +1,5 @@
 import sys
 
-from yamux import tune_malloc
-
-tune_malloc()  # bulk transfers through the proxy (yamux._malloc; YAMUX_MALLOC_TUNING=0 skips it)
-
-from kata_proxy.cli import main  # noqa: E402
+from kata_proxy.cli import main  # tunes malloc for bulk transfers first (yamux.tune_malloc)
 
 sys.exit(main())

@@ -278,6 +278,9 @@ def _parse_reporting(argv: list[str]):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from yamux import tune_malloc
+
+    tune_malloc()  # the console script enters here, not through __main__ (YAMUX_MALLOC_TUNING=0 skips it)
     gc.disable()  # while importing (many objects, no garbage): on again before the proxy runs
     try:
         parsed = parse_plain(argv)

@@ -686,9 +686,9 @@ async def test_py_session_close_is_bounded_when_go_never_reads(go, sockdir):
     stream.close()
     loop = asyncio.get_running_loop()
     start = loop.time()
-    await asyncio.wait_for(session.close(), 10)
+    await asyncio.wait_for(session.close(), 10)  # a close that never gives up fails here
     elapsed = loop.time() - start
-    assert 0.4 <= elapsed < 5, elapsed
+    assert elapsed >= 0.4, elapsed  # it did wait for the window, close_timeout long (not a speed)
     assert session.closed
     with pytest.raises(y.SessionClosedError):
         await stream.drain()  # what was dropped is not reported as sent
