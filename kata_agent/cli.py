@@ -35,54 +35,36 @@ import signal
 import sys
 import time
 
-from kata_log import format_line, rfc3339
+from kata_log import FORMATS, LEVELS
+from kata_log.formatter import LineFormatter
 
 log = logging.getLogger("kata_agent")
 
 SANDBOX_STATE_DIR = "/run/kata-containers/agent"
 SHUTDOWN_TIMEOUT = 4.0
-LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-          "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
-          "critical": logging.CRITICAL, "panic": logging.CRITICAL}
 
 
 # -------------------------------------------------------------------- logging
 
 
-class _Formatter(logging.Formatter):
-    """logrus-style lines (the fields the Go agent printed) or one JSON object per line.
-
-    The line format (quoting, timestamp, JSON) is kata_log's, shared with the proxy and the shim.
-    """
+class _Formatter(LineFormatter):
+    """kata_log's line as the Go agent's logrus logger wrote it: name=kata-agent source=agent,
+    subsystem= the logger name's rest (kata_agent.channel -> channel).  ValueError for ``fmt``."""
 
     def __init__(self, fmt: str):
-        super().__init__()
-        self.json = fmt == "json"
-        self.pid = os.getpid()
-
-    def format(self, record: logging.LogRecord) -> str:
-        level = {"WARNING": "warning", "CRITICAL": "fatal"}.get(record.levelname, record.levelname.lower())
-        msg = record.getMessage()
-        if record.exc_info:
-            msg = f"{msg}\n{self.formatException(record.exc_info)}"
-        sub = record.name.split(".", 1)[1] if "." in record.name else ""
-        fields = [("time", rfc3339(record.created)), ("level", level), ("msg", msg), ("name", "kata-agent"),
-                  ("pid", self.pid), ("source", "agent")]
-        if sub:
-            fields.append(("subsystem", sub))
-        return format_line(fields, as_json=self.json)
+        super().__init__(fmt, name="kata-agent", source="agent", subsystem=True)
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(fmt))
+    handler.setFormatter(_Formatter(fmt if fmt in FORMATS else "text"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level.lower(), logging.INFO))
     if level.lower() not in LEVELS:
         log.warning("unknown log level %r; using info (known: %s)", level, ", ".join(LEVELS))
-    # grpc's own debug lines ("Loaded running loop" per call) drown ours.
-    logging.getLogger("grpc").setLevel(max(root.level, logging.INFO))
+    if fmt not in FORMATS:
+        log.warning("unknown log format %r; using text (known: %s)", fmt, ", ".join(FORMATS))
 
 
 # ------------------------------------------------------------------------ cli

@@ -31,6 +31,22 @@ def test_log_formats():
     assert obj["level"] == "warning" and obj["msg"] == "channel closed: x y" and obj["source"] == "agent"
 
 
+def test_unknown_log_format_falls_back_to_text(capsys):
+    """A bad ``agent.log_format=`` on the guest's kernel command line must not stop the agent:
+    text lines, and one warning naming the known formats."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        cli.setup_logging("info", "yaml")
+        logging.getLogger("kata_agent.channel").warning("after")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err.splitlines()
+    assert "unknown log format 'yaml'; using text (known: " in err[0], err
+    assert err[1].startswith("time=") and 'msg=after' in err[1], err
+
+
 def test_cmdline_config():
     from kata_agent.config import AgentConfig
 
