@@ -208,13 +208,38 @@ class Agent:
         self.call("SignalProcess", signal_process_request(container_id, exec_id, signum))
 
 
-def grpc_channel(proxy_socket: str):
-    """A grpcio channel to the proxy's socket, for what needs grpcio's asynchronous calls (the
-    QEMU boot probe: a Health Check future the boot watchdog can cancel). Imports grpc."""
-    import grpc
+async def check_ready(proxy_socket: str, timeout: float) -> None:
+    """One Health Check through kata-proxy's socket, awaited on the event loop (no thread,
+    no grpcio): returns once the agent answers. The QEMU boot probe: the request waits in
+    the channel until the guest's agent serves it. Cancelling the coroutine (the driver
+    gave up: boot timeout, QEMU died) closes the connection at once, so nothing outlives
+    the boot. ``timeout``: seconds for the whole call. Raises AgentError (the agent's
+    status, DEADLINE_EXCEEDED, or UNAVAILABLE when the connection cannot be made or closes)."""
+    import asyncio
 
-    return grpc.insecure_channel(f"unix:{proxy_socket}", options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE),
-        ("grpc.max_send_message_length", MAX_MESSAGE),
-        ("grpc.enable_retries", 0),
-    ])
+    from kata_grpc import h2
+    from kata_grpc.client import header_block
+
+    try:
+        reader, writer = await asyncio.open_unix_connection(proxy_socket)
+    except OSError as e:
+        raise AgentError("Check", "UNAVAILABLE", f"cannot connect to {proxy_socket}: {e.strerror or e}") from None
+    try:
+        conn = h2.Connection()
+        call = conn.request(header_block("/grpc.Health/Check", b"kata-runtime"), b"")
+        async with asyncio.timeout(timeout):
+            while not call.done:
+                writer.writelines(conn.output())
+                data = await reader.read(64 << 10)
+                if not data:
+                    raise AgentError("Check", "UNAVAILABLE", "connection closed by the agent side")
+                conn.receive(data)
+        call.result()
+    except TimeoutError:
+        raise AgentError("Check", "DEADLINE_EXCEEDED", f"no answer within {timeout:g}s") from None
+    except h2.RpcError as e:
+        raise AgentError("Check", e.name, e.message) from None
+    except (h2.H2Error, OSError) as e:
+        raise AgentError("Check", "UNAVAILABLE", str(e)) from None
+    finally:
+        writer.close()

@@ -102,25 +102,6 @@ def _run(coroutine):
     return asyncio.run(coroutine)
 
 
-async def _grpc_result(call):
-    """Await a grpc future (``stub.Method.future(...)``) without a thread: its result, or its
-    grpc.RpcError. The caller cancels the call when it stops waiting."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def wake(_call) -> None:
-        try:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
-        except RuntimeError:
-            pass  # the loop is closed: nobody waits any more
-
-    call.add_done_callback(wake)
-    await done
-    return call.result()
-
-
 class Undo:
     """Clean-up actions of a command in progress, run newest first if it fails."""
 
@@ -498,26 +479,12 @@ class Sandbox:
         log.debug("agent ready", sandbox=self.id, waited=waited)
 
     async def _probe(self) -> None:
-        """The driver's readiness probe: one Health Check through kata-proxy that waits for the
-        agent (gRPC wait_for_ready). It runs as a gRPC future, not in a thread: when the driver
-        gives up (boot timeout, QEMU died) and cancels this coroutine, the call is cancelled
-        and its channel closed at once, so nothing outlives the boot. Raises AgentError."""
-        import grpc
-        from katapb import health_pb2, health_pb2_grpc
+        """The driver's readiness probe: one Health Check through kata-proxy, answered once the
+        agent serves (kata_runtime.agent.check_ready: on the event loop, no thread; when the
+        driver gives up and cancels it, the connection is closed at once). Raises AgentError."""
+        from kata_runtime.agent import check_ready
 
-        from kata_runtime.agent import AgentError, grpc_channel
-
-        channel = grpc_channel(self.proxy_socket)
-        call = health_pb2_grpc.HealthStub(channel).Check.future(
-            health_pb2.CheckRequest(), timeout=READY_PROBE_TIMEOUT, wait_for_ready=True)
-        try:
-            await _grpc_result(call)
-        except grpc.RpcError as e:
-            code = e.code().name if e.code() is not None else "UNKNOWN"
-            raise AgentError("Check", code, " ".join((e.details() or "").split())) from None
-        finally:
-            call.cancel()
-            channel.close()
+        await check_ready(self.proxy_socket, READY_PROBE_TIMEOUT)
 
     # --------------------------------------------------------------- stop
     def stop(self, log, *, force: bool) -> None:

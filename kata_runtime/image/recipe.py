@@ -9,9 +9,11 @@ Cache key inputs (Kata's osbuilder rebuilds on any of them; we hash them instead
 * the recipe's fields (suite, packages, modules, ...) and the builder's own source
   (kata_runtime/image/*.py: the /init script and every step live there);
 * the agent's code: every ``*.py`` of the packages installed into the guest (kata_agent and what
-  it imports of ours: kata_oci, kata_cgroups, kata_log, yamux, katapb), by relative path and content;
-* the agent's Python dependencies, pinned to the versions installed on the host (grpcio, protobuf,
-  uvloop and their own requirements): the guest runs the same versions as the host's proxy and shim;
+  it imports of ours: kata_grpc, kata_oci, kata_cgroups, kata_log, yamux, katapb), by relative path
+  and content;
+* the agent's Python dependencies, pinned to the versions installed on the host (protobuf, uvloop,
+  pyroute2 and their own requirements; no grpcio: the agent serves gRPC with kata_grpc): the guest
+  runs the same versions as the host's proxy and shim;
 * the kernel: version and a digest of the vmlinuz file (its modules go into the initrd);
 * the busybox binary of the initrd (digest).
 
@@ -64,7 +66,7 @@ class Recipe:
     #: Our packages copied into the guest (the agent and what it imports of ours).
     agent_packages: tuple[str, ...] = ("kata_agent", "kata_grpc", "kata_oci", "kata_cgroups", "kata_log", "yamux", "katapb")
     #: The agent's third-party imports; their requirements are added, pinned to the host's versions.
-    agent_distributions: tuple[str, ...] = ("grpcio", "protobuf", "uvloop", "pyroute2")
+    agent_distributions: tuple[str, ...] = ("protobuf", "uvloop", "pyroute2")
     #: Kernel modules the initrd loads (dependencies added by `modinfo -F depends`): the virtio
     #: transport, virtio_rng (QEMU's virtio-rng: the CRNG is ready before the agent's Python reads
     #: /dev/urandom, which would otherwise wait 1.3-2.8 s under TCG for "crng init done"), the
