@@ -63,7 +63,7 @@ import sys
 import time
 
 from kata_cgroups import remove_cgroup_trees
-from kata_runtime.hypervisor.base import Hypervisor, HypervisorError, poll_until, wait_gone
+from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
 from kata_runtime.procs import cmdline, kill_pid, pid_alive, read_pid_file
 from kata_runtime.state import remove_file, write_atomic
 
@@ -332,25 +332,11 @@ class ProcessSandbox(Hypervisor):
         return sock
 
     async def stop(self, timeout: float = 5.0) -> None:
-        pid = self.pid
-        if pid is None:
-            self._reap()
-            self._cleanup()
-            return
-        agent = self.agent_pid()
-        if agent is not None:
-            kill_pid(agent, signal.SIGTERM)
-        if not await self._wait_exit(pid, timeout):
-            log.warning("process sandbox %s: agent still running %gs after SIGTERM; killing it",
-                        self.sandbox_id, timeout)
-            kill_pid(pid, signal.SIGKILL)  # --kill-child: the agent, and its namespace, follow
-            if agent is not None:
-                kill_pid(agent, signal.SIGKILL)
-            if not await self._wait_exit(pid, 5.0):
-                raise HypervisorError(f"process sandbox {self.sandbox_id}: pid {pid} survived SIGKILL")
-        if agent is not None and not await wait_gone(agent, 5.0, POLL_INTERVAL):
-            raise HypervisorError(f"process sandbox {self.sandbox_id}: agent pid {agent} survived its sandbox")
-        self._cleanup()
+        """The driver interface's stop: :meth:`stop_now` in a thread (its waits are pidfd
+        selects), so a caller's event loop keeps running. Raises HypervisorError."""
+        import asyncio
+
+        await asyncio.to_thread(self.stop_now, timeout)
 
     def stop_now(self, timeout: float = 5.0) -> None:
         """`stop` without an event loop, for the runtime: the same steps and errors, each wait
@@ -391,11 +377,6 @@ class ProcessSandbox(Hypervisor):
                 os.close(fd)
         self._reap()
         return not pid_alive(pid)
-
-    async def _wait_exit(self, pid: int, timeout: float) -> bool:
-        if self._proc is not None and self._proc.pid == pid:
-            return await poll_until(lambda: self._proc.poll() is not None, timeout, POLL_INTERVAL)
-        return await wait_gone(pid, timeout, POLL_INTERVAL)
 
     def _reap(self) -> None:
         if self._proc is not None:
