@@ -15,8 +15,9 @@ Threads (each with its own agent connection, see client.py):
   synchronously with sigwaitinfo(): SIGWINCH -> TtyWinResize, anything else ->
   SignalProcess.  SIGCHLD and SIGPIPE are not forwarded (SIGPIPE stays ignored:
   a closed reader shows up as EPIPE on write), nor, of course, SIGKILL/SIGSTOP:
-  a SIGKILL that ends the shim is forwarded by its kill guard (guard.py), which
-  exit() disarms.
+  the process of a shim killed before it relayed the process's end is killed by
+  the shim's sentinel (sentinel.py), forked by run() before any thread starts and
+  told "done" by exit().
 
 An output stream ends only with EOF (:func:`is_eof`).  Any other error of a
 read is a :class:`Failure`: output may be lost, so the shim says so on stderr
@@ -38,7 +39,7 @@ import time
 
 from kata_grpc import h2
 from kata_grpc.h2 import RpcError
-from kata_shim import exits, guard, pumps, tty
+from kata_shim import exits, pumps, sentinel, tty
 from kata_shim.client import RECV_SIZE, SMALL_RECV_SIZE, AgentClient, AgentLost
 
 # How much one ReadStdout/ReadStderr asks for (the agent answers with what it has, up to
@@ -83,10 +84,17 @@ class Failure(Exception):
 
 
 class Relay:
-    def __init__(self, opts, log, guard_fd: int | None = None) -> None:
+    """One relayed process: ``opts`` (kata_shim.flags.Options), ``log`` (kata_shim.log.Logger).
+
+    ``caller_sentinel_fd``: the write end of a sentinel's pipe the caller already started
+    (same protocol as sentinel.py: one DONE byte at a normal exit); told "done" by exit()
+    too.  run() starts the shim's own sentinel either way.
+    """
+
+    def __init__(self, opts, log, caller_sentinel_fd: int | None = None) -> None:
         self.opts = opts
         self.log = log
-        self.guard_fd = guard_fd  # kata_shim.guard: disarmed by exit(), so only a SIGKILL fires it
+        self.sentinels = [] if caller_sentinel_fd is None else [sentinel.Sentinel(None, caller_sentinel_fd)]
         self._exit_lock = _thread.allocate_lock()
         self._tty_saved = None
         self._output_done: list = []
@@ -108,12 +116,15 @@ class Relay:
         stderr nobody reads blocks the write).
         """
         self._exit_lock.acquire()  # never released
-        guard.disarm(self.guard_fd)
         try:
             _thread.start_new_thread(self._exit_after_grace, (status,))
+            for watcher in self.sentinels:
+                watcher.done()
             self._restore_terminal()
             if message:
                 self._say(message)
+            for watcher in self.sentinels:
+                watcher.reap()
         finally:
             os._exit(status)
 
@@ -254,8 +265,12 @@ class Relay:
             self.log.warning("terminal left as it is: cannot make it raw", error=str(e))
 
     def run(self, waited: set) -> None:
-        """Start the pumps, then relay signals in this (the main) thread forever."""
+        """Start the sentinel (before any thread: it is a fork) and the pumps, then relay
+        signals in this (the main) thread forever."""
         opts = self.opts
+        watcher = sentinel.start(opts, self.log)
+        if watcher is not None:
+            self.sentinels.append(watcher)
         control = self.client("signals")
         try:
             if opts.terminal:
