@@ -116,7 +116,11 @@ def _inherited_fds() -> list:
     """Our descriptors above 2 that an exec would keep (not close-on-exec): those the
     shim's own caller passed down."""
     fds = []
-    for name in os.listdir("/proc/self/fd"):
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: nothing known to close
+        return fds
+    for name in names:
         fd = int(name)
         try:
             if fd > 2 and os.get_inheritable(fd):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.attach import Attached
-from tests.support.containerd import (CGROUP_ROOT, KATA_RUNTIME, SLEEPER, _cmdline, exec_tty, new_id, pause_resume,
-                                      run_tty)
+from tests.support.containerd import (CGROUP_ROOT, KATA_RUNTIME, KATA_VM_ROOT, SLEEPER, _cmdline, all_pids,
+                                      exec_tty, new_id, pause_resume, run_tty, wait_gone)
 
 def _detached(ctr, image, runtime, prefix: str, cmd: list[str]) -> str:
     """``ctr run -d``: a running task (RUNNING), its container id returned."""
@@ -68,19 +68,38 @@ def test_kill(ctr, image, runtime, signal, cmd, status):
 def test_exec_killed(ctr, image, runtime):
     """``ctr task kill --exec-id ID -s SIGKILL``: the exec's ``ctr task exec`` returns 137 and its
     process is gone (``ctr task ps`` back to the init's three). containerd-shim sends that KILL
-    to the pid in the exec's --pid-file itself: for kata-runtime the exec's kata-shim, whose kill
-    guard (kata_shim.guard) forwards it."""
+    to the pid in the exec's --pid-file itself: for kata-runtime the exec's kata-shim, whose
+    sentinel (kata_shim.sentinel) relays it to the agent, then ends (the subreaper reaps it)."""
     cid = _detached(ctr, image, runtime, "execkill", SLEEPER)
     before = ctr.wait_task_pids(cid, 3)
     sleeper = Attached.spawn(ctr.exec_argv(cid, "k1", ["sh", "-c", "echo ready; exec sleep 1000"]), stdin=False)
     try:
         sleeper.wait_output(b"ready", 60)
         assert len(ctr.wait_task_pids(cid, 4)) == 4
+        assert len(_exec_sentinels(cid)) == (runtime.name == "kata")  # one per kata-shim, none with runc
         ctr.ctr("task", "kill", "--exec-id", "k1", "-s", "SIGKILL", cid, timeout=30)
         assert sleeper.wait(30) == 137, bytes(sleeper.err)
     finally:
         sleeper.kill()
     assert sorted(ctr.wait_task_pids(cid, 3)) == sorted(before)
+    assert wait_gone(_exec_sentinels(cid), 15.0) == []
+    if runtime.name == "kata":  # it said so in the shim's log (a guard forked by cli.py may have been first)
+        said = [line for line in Path(KATA_VM_ROOT, cid, "shim.log").read_text().splitlines() if "its sentinel" in line]
+        assert len(said) == 1 and ("outcome=killed" in said[0] or 'outcome="already ended"' in said[0]), said
+
+
+def _exec_sentinels(cid: str) -> list[int]:
+    """The sentinels (kata_shim/sentinel.py: ``kata-sentinel -c ...``, then ``python -m
+    kata_shim.sentinel``) of the kata-shims of ``cid``'s exec'd processes (their --exec-id is
+    containerd's, not the one given to ctr)."""
+    found = []
+    for pid in all_pids():
+        argv = _cmdline(pid)
+        if (argv[:1] == ["kata-sentinel"] or "kata_shim.sentinel" in argv) and "--exec-id" in argv:
+            container, exec_id = argv[argv.index("--container") + 1], argv[argv.index("--exec-id") + 1]
+            if container == cid != exec_id:
+                found.append(pid)
+    return found
 
 
 def test_kill_all(ctr, image, runtime):
