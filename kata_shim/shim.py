@@ -16,8 +16,8 @@ Threads (each with its own agent connection, see client.py):
   SignalProcess.  SIGCHLD and SIGPIPE are not forwarded (SIGPIPE stays ignored:
   a closed reader shows up as EPIPE on write), nor, of course, SIGKILL/SIGSTOP:
   the process of a shim killed before it relayed the process's end is killed by
-  the shim's sentinel (sentinel.py), forked by run() before any thread starts and
-  told "done" by exit().
+  the shim's sentinel (sentinel.py: a shell spawned by run() before any thread
+  starts), told "done" and reaped by exit().
 
 An output stream ends only with EOF (:func:`is_eof`).  Any other error of a
 read is a :class:`Failure`: output may be lost, so the shim says so on stderr
@@ -265,8 +265,8 @@ class Relay:
             self.log.warning("terminal left as it is: cannot make it raw", error=str(e))
 
     def run(self, waited: set) -> None:
-        """Start the sentinel (before any thread: it is a fork) and the pumps, then relay
-        signals in this (the main) thread forever."""
+        """Start the sentinel (sentinel.py) and the pumps, then relay signals in this (the
+        main) thread forever."""
         opts = self.opts
         watcher = sentinel.start(opts, self.log)
         if watcher is not None:
