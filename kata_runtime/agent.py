@@ -208,13 +208,33 @@ class Agent:
         self.call("SignalProcess", signal_process_request(container_id, exec_id, signum))
 
 
-async def check_ready(proxy_socket: str, timeout: float) -> None:
-    """One Health Check through kata-proxy's socket, awaited on the event loop (no thread,
-    no grpcio): returns once the agent answers. The QEMU boot probe: the request waits in
-    the channel until the guest's agent serves it. Cancelling the coroutine (the driver
-    gave up: boot timeout, QEMU died) closes the connection at once, so nothing outlives
-    the boot. ``timeout``: seconds for the whole call. Raises AgentError (the agent's
-    status, DEADLINE_EXCEEDED, or UNAVAILABLE when the connection cannot be made or closes)."""
+async def check_ready(proxy_socket: str, timeout: float, retry_interval: float = 0.05) -> None:
+    """Health Check through kata-proxy's socket until the agent answers, on the event loop (no
+    thread, no grpcio): the QEMU boot probe. As grpcio's ``wait_for_ready``: a connection that
+    cannot be made or closes before the answer (kata-proxy still connecting, or its session
+    to the guest gone) is tried again every ``retry_interval`` seconds, so the driver, which
+    watches QEMU meanwhile, is the one to say why a boot failed. Cancelling the coroutine (the
+    driver gave up) closes the connection at once. ``timeout``: seconds in all. Raises
+    AgentError: the agent's own status, or DEADLINE_EXCEEDED naming the last failure."""
+    import asyncio
+
+    last = "no answer"
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    return await _check_once(proxy_socket)
+                except AgentError as e:
+                    if not e.unreachable:
+                        raise
+                    last = e.details
+                await asyncio.sleep(retry_interval)
+    except TimeoutError:
+        raise AgentError("Check", "DEADLINE_EXCEEDED", f"no answer within {timeout:g}s ({last})") from None
+
+
+async def _check_once(proxy_socket: str) -> None:
+    """One Health Check on a new connection. AgentError: the agent's status, or UNAVAILABLE."""
     import asyncio
 
     from kata_grpc import h2
@@ -227,16 +247,13 @@ async def check_ready(proxy_socket: str, timeout: float) -> None:
     try:
         conn = h2.Connection()
         call = conn.request(header_block("/grpc.Health/Check", b"kata-runtime"), b"")
-        async with asyncio.timeout(timeout):
-            while not call.done:
-                writer.writelines(conn.output())
-                data = await reader.read(64 << 10)
-                if not data:
-                    raise AgentError("Check", "UNAVAILABLE", "connection closed by the agent side")
-                conn.receive(data)
+        while not call.done:
+            writer.writelines(conn.output())
+            data = await reader.read(64 << 10)
+            if not data:
+                raise AgentError("Check", "UNAVAILABLE", "connection closed by the agent side")
+            conn.receive(data)
         call.result()
-    except TimeoutError:
-        raise AgentError("Check", "DEADLINE_EXCEEDED", f"no answer within {timeout:g}s") from None
     except h2.RpcError as e:
         raise AgentError("Check", e.name, e.message) from None
     except (h2.H2Error, OSError) as e:

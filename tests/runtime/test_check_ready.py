@@ -89,25 +89,45 @@ async def test_no_answer_within_the_timeout(tmp_path):
         await server.close(grace=0)
 
 
-async def test_no_proxy_socket(tmp_path):
+async def test_no_proxy_socket_yet_is_waited_for(tmp_path):
+    """As grpcio's wait_for_ready: a socket that cannot be connected to is tried again, until
+    the deadline, which names the last failure."""
     with pytest.raises(AgentError) as err:
-        await check_ready(str(tmp_path / "missing.sock"), 30)
-    assert err.value.code == "UNAVAILABLE" and err.value.unreachable
+        await check_ready(str(tmp_path / "missing.sock"), 0.3)
+    assert err.value.code == "DEADLINE_EXCEEDED" and "cannot connect" in err.value.details
+
+    path = tmp_path / "late.sock"
+
+    async def check(request: bytes) -> bytes:
+        return b""
+
+    probe = asyncio.create_task(check_ready(str(path), 30))
+    await asyncio.sleep(0.3)
+    server = await serve_unix(str(path), {CHECK: check})
+    try:
+        await asyncio.wait_for(probe, 30)
+    finally:
+        await server.close(grace=0)
 
 
-async def test_a_peer_that_hangs_up(tmp_path):
-    """A proxy whose agent side went away closes the stream: UNAVAILABLE, not a hang."""
+async def test_a_peer_that_hangs_up_is_tried_again(tmp_path):
+    """kata-proxy closes a client's stream when its session to the guest ends (QEMU died):
+    the probe tries again rather than failing, so the driver, which watches QEMU, says why."""
     path = str(tmp_path / "proxy.sock")
+    connections = 0
 
     async def hang_up(reader, writer):
+        nonlocal connections
+        connections += 1
         await reader.read(1)
         writer.close()
 
     server = await asyncio.start_unix_server(hang_up, path)
     try:
         with pytest.raises(AgentError) as err:
-            await check_ready(path, 30)
-        assert err.value.code == "UNAVAILABLE" and "closed" in err.value.details
+            await check_ready(path, 0.5, retry_interval=0.05)
+        assert err.value.code == "DEADLINE_EXCEEDED" and "closed by the agent side" in err.value.details
+        assert connections > 1
     finally:
         server.close()
 
