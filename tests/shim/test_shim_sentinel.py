@@ -189,3 +189,34 @@ async def test_shim_on_a_terminal_ends_cleanly(agent, end, tmp_path):
         os.close(master)
         if slave >= 0:
             os.close(slave)
+
+
+def test_the_kill_path_gets_the_shims_flags(tmp_path):
+    # The kill path is a new interpreter: it must reach the same proxy, about the same process,
+    # and log where (and as) the shim does.
+    from kata_shim import flags
+    from kata_shim.sentinel import kill_command
+
+    log = str(tmp_path / "shim.log")
+    opts = flags.parse(["-agent", "unix:///run/vc/sbs/sb/proxy.sock", "-container", "c1", "-exec-id", "e1",
+                        "-terminal", "-debug", "--log-format", "json", "--log-file", log,
+                        "--reconnect-timeout", "2.5"])
+    argv = kill_command(opts)
+    assert argv[1:3] == ["-m", "kata_shim.sentinel"]
+    again = flags.parse(argv[3:])
+    for name in ("agent", "socket_path", "container", "exec_id", "log_level", "log_format", "log_file",
+                 "reconnect_timeout"):
+        assert getattr(again, name) == getattr(opts, name), name
+    assert again.socket_path == "/run/vc/sbs/sb/proxy.sock" and again.log_level == "debug"
+
+
+def test_the_kill_path_with_the_proxy_gone_says_so(tmp_path):
+    # A sandbox going away removes the proxy's socket: nobody is left to tell, one line says so.
+    from kata_shim.sentinel import main
+
+    log = tmp_path / "shim.log"
+    assert main(["--agent", f"unix://{tmp_path}/gone.sock", "--container", "c1", "--exec-id", "e1",
+                 "--log-file", str(log)]) == 0
+    (line,) = log.read_text().splitlines()
+    assert "sent by its sentinel" in line and 'outcome="not sent: cannot connect' in line, line
+    assert "container=c1 exec-id=e1" in line
