@@ -55,9 +55,7 @@ def main(argv=None) -> int:
         return exits.USAGE
     log.debug("starting", agent=opts.agent, terminal=opts.terminal,
               proxy_exit_code=opts.proxy_exit_code)
-    from kata_shim import guard
-    guard_fd = guard.start(opts.socket_path, opts.container, opts.exec_id)  # before any thread
-    shim.Relay(opts, log, guard_fd).run(waited)  # never returns: the relay ends with os._exit
+    shim.Relay(opts, log).run(waited)  # never returns: the relay ends with os._exit
     return exits.SHIM_FAILURE
 
 

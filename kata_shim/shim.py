@@ -86,15 +86,13 @@ class Failure(Exception):
 class Relay:
     """One relayed process: ``opts`` (kata_shim.flags.Options), ``log`` (kata_shim.log.Logger).
 
-    ``caller_sentinel_fd``: the write end of a sentinel's pipe the caller already started
-    (same protocol as sentinel.py: one DONE byte at a normal exit); told "done" by exit()
-    too.  run() starts the shim's own sentinel either way.
+    run() starts the process's sentinel (sentinel.py) before any thread; exit() tells it "done".
     """
 
-    def __init__(self, opts, log, caller_sentinel_fd: int | None = None) -> None:
+    def __init__(self, opts, log) -> None:
         self.opts = opts
         self.log = log
-        self.sentinels = [] if caller_sentinel_fd is None else [sentinel.Sentinel(None, caller_sentinel_fd)]
+        self.sentinel: sentinel.Sentinel | None = None
         self._exit_lock = _thread.allocate_lock()
         self._tty_saved = None
         self._output_done: list = []
@@ -118,13 +116,13 @@ class Relay:
         self._exit_lock.acquire()  # never released
         try:
             _thread.start_new_thread(self._exit_after_grace, (status,))
-            for watcher in self.sentinels:
-                watcher.done()
+            if self.sentinel is not None:
+                self.sentinel.done()
             self._restore_terminal()
             if message:
                 self._say(message)
-            for watcher in self.sentinels:
-                watcher.reap()
+            if self.sentinel is not None:
+                self.sentinel.reap()
         finally:
             os._exit(status)
 
@@ -268,9 +266,7 @@ class Relay:
         """Start the sentinel (sentinel.py) and the pumps, then relay signals in this (the
         main) thread forever."""
         opts = self.opts
-        watcher = sentinel.start(opts, self.log)
-        if watcher is not None:
-            self.sentinels.append(watcher)
+        self.sentinel = sentinel.start(opts, self.log)
         control = self.client("signals")
         try:
             if opts.terminal:

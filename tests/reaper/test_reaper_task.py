@@ -83,7 +83,7 @@ def test_exec_killed(ctr, image, runtime):
         sleeper.kill()
     assert sorted(ctr.wait_task_pids(cid, 3)) == sorted(before)
     assert wait_gone(_exec_sentinels(cid), 15.0) == []
-    if runtime.name == "kata":  # it said so in the shim's log (a guard forked by cli.py may have been first)
+    if runtime.name == "kata":  # the sentinel said so in the shim's log
         said = [line for line in Path(KATA_VM_ROOT, cid, "shim.log").read_text().splitlines() if "its sentinel" in line]
         assert len(said) == 1 and ("outcome=killed" in said[0] or 'outcome="already ended"' in said[0]), said
 
@@ -187,7 +187,7 @@ def test_metrics(ctr, image, runtime):
         # an exec's kata-shim is born there too; the runtime that started it did not stay
         subprocess.run(ctr.exec_argv(cid, "m1", ["sleep", "1000"], detach=True), check=True, timeout=60)
         members = [_cmdline(int(p)) for p in _cgroup_file(ctr, cid, "pids", "cgroup.procs").split()]
-        # one kata-shim per process (its kill guard, a fork, has the same command line)
+        # one kata-shim per process (its sentinel, kata-sentinel, is no kata-shim)
         shims = {argv[argv.index("--exec-id") + 1] for argv in members if "--exec-id" in argv}
         assert len(shims) == 2 and cid in shims, members
         assert not any(any("kata-runtime" in arg for arg in argv[:2]) for argv in members), members

@@ -274,7 +274,7 @@ def test_vm_exec_kill_status(ctr, vm_task):
 def test_vm_exec_killed_leaves_no_process(ctr, vm_task):
     """After ``ctr task kill --exec-id ID -s SIGKILL`` the exec's process is gone from the guest:
     ``ctr task ps`` is back to the init's three. The exec's kata-shim, which that KILL ends,
-    cannot catch it: its kill guard (kata_shim.guard) forwards it."""
+    cannot catch it: its sentinel (kata_shim.sentinel) kills the process in the guest."""
     _rc, before, after = _kill_exec(ctr, vm_task.running(), "k2", 2002, ps_after=True)
     assert sorted(after) == sorted(before), (before, after)
 

@@ -107,8 +107,8 @@ async def test_sigkill_of_the_shim_kills_its_process(peer, which, tmp_path):
 
 
 def said_once(log: str) -> None:
-    """The shim's log has the sentinel's one line, and it reached the agent (a guard forked by
-    the caller, kata_shim/guard.py, may have killed the process first: "already ended")."""
+    """The shim's log has the sentinel's one line, and it reached the agent ("already ended":
+    the process ended by itself between the shim's death and the sentinel's call)."""
     lines = [line for line in open(log, "rb") if SENTINEL_LINE in line]
     assert len(lines) == 1, lines
     assert b"outcome=killed" in lines[0] or b'outcome="already ended"' in lines[0], lines
