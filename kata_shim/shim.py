@@ -105,8 +105,14 @@ class Relay:
 
     # ------------------------------------------------------------------ exit
 
-    def exit(self, status: int, message: str | None = None) -> None:
+    def exit(self, status: int, message: str | None = None, *, process_done: bool = False) -> None:
         """Restore the terminal, print ``message`` (a failure), exit with ``status``.
+
+        ``process_done``: the relay ended because the process did (its output drained, its
+        status waited for); the sentinel is told so and reaped.  Any other end (the shim gives
+        up: output lost, the agent gone, a bug) leaves the sentinel armed: once the shim is
+        gone it kills the process, which nobody relays any more (the reaper has its status
+        from us; an exec would otherwise live on unseen).
 
         The first caller wins; later callers block until the process ends.  Never raises,
         never returns, and ends the process within EXIT_GRACE_S whatever the terminal or
@@ -114,15 +120,16 @@ class Relay:
         stderr nobody reads blocks the write).
         """
         self._exit_lock.acquire()  # never released
+        watcher = self.sentinel if process_done else None
         try:
             _thread.start_new_thread(self._exit_after_grace, (status,))
-            if self.sentinel is not None:
-                self.sentinel.done()
+            if watcher is not None:
+                watcher.done()
             self._restore_terminal()
             if message:
                 self._say(message)
-            if self.sentinel is not None:
-                self.sentinel.reap()
+            if watcher is not None:
+                watcher.reap()
         finally:
             os._exit(status)
 
@@ -239,7 +246,7 @@ class Relay:
                           f"{self.opts.container}: {e}") from None
         client.close()
         self.log.info("process done", status=status)
-        self.exit((status & 0xFF) if self.opts.proxy_exit_code else 0)
+        self.exit((status & 0xFF) if self.opts.proxy_exit_code else 0, process_done=True)
 
     # ---------------------------------------------------------------- signals
 

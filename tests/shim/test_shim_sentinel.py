@@ -1,6 +1,6 @@
 """The shim's sentinel (kata_shim/sentinel.py): a SIGKILL of kata-shim still ends its process.
 
-    test -SIGKILL-> kata-shim   (its sentinel, a fork, sees the pipe close without "done")
+    test -SIGKILL-> kata-shim   (its sentinel, a shell it spawned, sees the pipe close without "done")
                     sentinel -> kata-proxy -> kata-agent: SignalProcess(SIGKILL)
 
 containerd-shim-runc-v2 SIGKILLs an exec's kata-shim itself (tests/reaper: test_exec_killed),
@@ -220,3 +220,53 @@ def test_the_kill_path_with_the_proxy_gone_says_so(tmp_path):
     (line,) = log.read_text().splitlines()
     assert "sent by its sentinel" in line and 'outcome="not sent: cannot connect' in line, line
     assert "container=c1 exec-id=e1" in line
+
+
+# ------------------------------------------------- which ends of the shim arm the sentinel
+
+_EXIT_CHILD = """
+import sys
+from kata_shim import flags, shim
+from kata_shim.log import Logger
+opts = flags.parse(["--agent", sys.argv[1], "--container", "c", "--exec-id", "e", "--reconnect-timeout", "5"])
+relay = shim.Relay(opts, Logger("debug", file=sys.argv[2]))
+relay.sentinel = shim.sentinel.start(opts, relay.log)
+if sys.argv[3] == "done":
+    relay.exit(0, process_done=True)
+relay.exit(222, "kata-shim: gave up relaying")
+"""
+
+
+@pytest.mark.parametrize("end", ["done", "gave-up"])
+async def test_a_shim_that_gives_up_leaves_its_sentinel_armed(tmp_path, end):
+    """A shim that ends because its process did (output drained, status waited for) disarms and
+    reaps its sentinel; one that gives up (output lost, the agent gone, a bug: exit 222) leaves
+    it armed, so the process nobody relays any more is killed, not left running unseen. The
+    "agent" is kata_grpc's real server on a unix socket, recording SignalProcess."""
+    import asyncio
+    import sys
+
+    from kata_grpc.aio import serve_unix
+    from katapb import agent_pb2
+
+    signalled = asyncio.Queue()
+
+    async def signal_process(request: bytes) -> bytes:
+        signalled.put_nowait(agent_pb2.SignalProcessRequest.FromString(request))
+        return b""
+
+    sock, log = str(tmp_path / "proxy.sock"), str(tmp_path / "shim.log")
+    server = await serve_unix(sock, {"/grpc.AgentService/SignalProcess": signal_process})
+    try:
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", _EXIT_CHILD, sock, log, end)
+        status = await asyncio.wait_for(child.wait(), 60)
+        if end == "done":
+            assert status == 0
+            # exit() reaped the sentinel before the shim ended: nothing is left to signal
+            assert signalled.empty() and SENTINEL_LINE not in open(log, "rb").read()
+        else:
+            assert status == 222
+            got = await asyncio.wait_for(signalled.get(), 60)
+            assert (got.container_id, got.exec_id, got.signal) == ("c", "e", signal.SIGKILL)
+    finally:
+        await server.close(grace=0)
