@@ -5,6 +5,7 @@ Below both kata_runtime and kata_agent: imports only the standard library and ka
 sends the container's spec to the agent as ``katapb.oci_pb2.Spec``:
 
     spec = load_bundle_config(bundle)                 # dict, validated
+    check_spec(spec)                                  # every value typed, without protobuf
     pb = container_spec(spec, container_id)           # oci_pb2.Spec, Root.Path in the guest
 
 The agent goes the other way, ``message_to_oci(pb)`` (then kata_agent/spec.py fits the
@@ -15,6 +16,7 @@ from kata_oci.spec import (
     GUEST_SANDBOX_SHM,
     GUEST_SHARED_DIR,
     SpecError,
+    check_spec,
     container_spec,
     guest_rootfs,
     guest_shared_path,
@@ -30,6 +32,7 @@ __all__ = [
     "GUEST_SANDBOX_SHM",
     "GUEST_SHARED_DIR",
     "SpecError",
+    "check_spec",
     "container_spec",
     "guest_rootfs",
     "guest_shared_path",

@@ -20,6 +20,8 @@ import json
 import os
 import re
 
+from kata_oci.schema import field_kind, is_repeated
+
 #: Where the agent mounts the 9p share "kataShared" (CreateSandbox's Storage mount point).
 GUEST_SHARED_DIR = "/run/kata-containers/shared/containers/"
 #: The sandbox's shared memory in the guest: a tmpfs the agent mounts from CreateSandbox's
@@ -33,12 +35,12 @@ _SPECIAL = {
     ("LinuxHugepageLimit", "Pagesize"): "pageSize",
 }
 
-#: (low, high) of each integer type of oci.proto, by FieldDescriptor.TYPE_* name.
+#: (low, high) of each integer kind of oci.proto (kata_oci.schema's names).
 _INT_RANGES = {
-    "TYPE_UINT32": (0, (1 << 32) - 1),
-    "TYPE_INT32": (-(1 << 31), (1 << 31) - 1),
-    "TYPE_UINT64": (0, (1 << 64) - 1),
-    "TYPE_INT64": (-(1 << 63), (1 << 63) - 1),
+    "uint32": (0, (1 << 32) - 1),
+    "int32": (-(1 << 31), (1 << 31) - 1),
+    "uint64": (0, (1 << 64) - 1),
+    "int64": (-(1 << 63), (1 << 63) - 1),
 }
 
 
@@ -133,6 +135,57 @@ def guest_shared_path(name: str) -> str:
     return f"{GUEST_SHARED_DIR}{name}"
 
 
+# ------------------------------------------------------------------ checks (no protobuf)
+
+
+def check_spec(spec: dict) -> None:
+    """Check every config.json value oci.proto carries for its type and range, as
+    :func:`container_spec` would, without loading protobuf (kata_oci.schema's table).
+
+    Raises the SpecError container_spec would raise (``process.user.uid: expected an
+    integer``); a spec that passes is one container_spec translates."""
+    check_message(spec, "Spec", "")
+
+
+def check_message(data, message: str, where: str) -> None:
+    """Check the OCI JSON object ``data`` against oci.proto message ``message`` (its name);
+    ``where`` is its JSON path ("" for the top level). Raises SpecError."""
+    from kata_oci.schema_table import SCHEMA
+
+    if not isinstance(data, dict):
+        raise SpecError(f"config.json: {where or 'the spec'} must be an object")
+    for key, kind, repeated, ref in SCHEMA[message]:
+        value = data.get(key)
+        if value is not None:
+            _check_value(value, key, kind, repeated, ref, f"{where}.{key}" if where else key)
+
+
+def _check_value(value, key: str, kind: str, repeated: bool, ref, place: str) -> None:
+    if kind == "map":
+        if not isinstance(value, dict):
+            raise SpecError(f"config.json: {place}: expected an object")
+        for k, v in value.items():
+            _check_one(v, key, *_map_value(ref), f"{place}.{k}")
+    elif repeated:
+        if not isinstance(value, list):
+            raise SpecError(f"config.json: {place}: expected a list")
+        for i, item in enumerate(value):
+            _check_one(item, key, kind, ref, f"{place}[{i}]")
+    else:
+        _check_one(value, key, kind, ref, place)
+
+
+def _map_value(ref: str) -> tuple[str, str | None]:
+    return ("message", ref[len("message:"):]) if ref.startswith("message:") else (ref, None)
+
+
+def _check_one(value, key: str, kind: str, ref, place: str) -> None:
+    if kind == "message":
+        check_message(value, ref, place)
+    else:
+        _scalar(kind, key, value, place)
+
+
 # ------------------------------------------------------------------ messages
 
 
@@ -200,7 +253,7 @@ def message_to_oci(msg) -> dict:
                 out[key] = {k: message_to_oci(v) for k, v in value.items()}
             else:
                 out[key] = dict(value)
-        elif _is_repeated(field):
+        elif is_repeated(field):
             if field.message_type is not None:
                 out[key] = [message_to_oci(v) for v in value]
             else:
@@ -215,7 +268,7 @@ def message_to_oci(msg) -> dict:
 def _set_field(msg, field, value, place: str) -> None:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         _set_map(getattr(msg, field.name), field.message_type, value, place)
-    elif _is_repeated(field):
+    elif is_repeated(field):
         if not isinstance(value, list):
             raise SpecError(f"config.json: {place}: expected a list")
         target = getattr(msg, field.name)
@@ -223,11 +276,11 @@ def _set_field(msg, field, value, place: str) -> None:
             if field.message_type is not None:
                 message_from_dict(item, target.add(), f"{place}[{i}]")
             else:
-                target.append(_scalar(field, item, f"{place}[{i}]"))
+                target.append(_scalar(field_kind(field), field.name, item, f"{place}[{i}]"))
     elif field.message_type is not None:
         message_from_dict(value, getattr(msg, field.name), place)
     else:
-        setattr(msg, field.name, _scalar(field, value, place))
+        setattr(msg, field.name, _scalar(field_kind(field), field.name, value, place))
 
 
 def _set_map(target, entry_type, value, place: str) -> None:
@@ -238,27 +291,21 @@ def _set_map(target, entry_type, value, place: str) -> None:
         if vfield.message_type is not None:
             message_from_dict(v, target[k], f"{place}.{k}")
         else:
-            target[k] = _scalar(vfield, v, f"{place}.{k}")
+            target[k] = _scalar(field_kind(vfield), vfield.name, v, f"{place}.{k}")
 
 
-def _is_repeated(field) -> bool:
-    rep = getattr(field, "is_repeated", None)
-    if rep is not None:
-        return rep
-    return field.label == field.LABEL_REPEATED
-
-
-def _scalar(field, value, place: str):
-    kind = field.type
-    if kind == field.TYPE_STRING:
+def _scalar(kind: str, name: str, value, place: str):
+    """A JSON value checked (and converted) for a field of ``kind`` (kata_oci.schema's names);
+    ``name`` is the field's proto or JSON name. Raises SpecError naming ``place``."""
+    if kind == "string":
         if not isinstance(value, str):
             raise SpecError(f"config.json: {place}: expected a string")
         return value
-    if kind == field.TYPE_BOOL:
+    if kind == "bool":
         if not isinstance(value, bool):
             raise SpecError(f"config.json: {place}: expected true or false")
         return value
-    if kind == field.TYPE_BYTES:
+    if kind == "bytes":
         if not isinstance(value, str):
             raise SpecError(f"config.json: {place}: expected a string")
         return value.encode()
@@ -267,17 +314,10 @@ def _scalar(field, value, place: str):
             value = int(value)
         else:
             raise SpecError(f"config.json: {place}: expected an integer")
-    lo, hi = _int_range(field)
-    if field.name == "OOMScoreAdj" and -1000 <= value < 0:
+    if name in ("OOMScoreAdj", "oomScoreAdj") and -1000 <= value < 0:
         # oci.proto carries the signed oomScoreAdj as uint32: the agent unwraps it.
         return value + (1 << 32)
+    lo, hi = _INT_RANGES[kind]
     if not lo <= value <= hi:
         raise SpecError(f"config.json: {place}: {value} is out of range")
     return value
-
-
-def _int_range(field) -> tuple[int, int]:
-    for name, bounds in _INT_RANGES.items():
-        if getattr(field, name) == field.type:
-            return bounds
-    return -(1 << 63), (1 << 64) - 1

@@ -111,7 +111,7 @@ def create(store, config, container_id: str, bundle: str, *, pid_file: str | Non
     Raises InvalidArgument / AlreadyExists / NotFound (the named sandbox) / StepError; on
     failure nothing is left behind (a joined sandbox keeps running, without the container).
     """
-    from kata_oci import SpecError, container_spec, load_bundle_config
+    from kata_oci import SpecError, check_spec, load_bundle_config
     from kata_oci.spec import rootfs_path
     from kata_runtime.mounts import plan_shares
     from kata_runtime.pod import pod_role
@@ -121,7 +121,7 @@ def create(store, config, container_id: str, bundle: str, *, pid_file: str | Non
     bundle = os.path.abspath(bundle)
     try:
         spec = load_bundle_config(bundle)
-        container_spec(spec, container_id)  # its types checked before anything is made
+        check_spec(spec)  # its types checked before anything is made (no protobuf: built after the spawn)
         shares = plan_shares(spec, container_id, bundle)
     except SpecError as e:
         raise InvalidArgument(str(e)) from None

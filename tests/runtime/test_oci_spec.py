@@ -5,11 +5,18 @@ sent to the agent and turned back into JSON there must be the spec the bundle ho
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, strategies as st
 
 from kata_agent.spec import message_to_oci, oci_name as agent_oci_name
-from kata_oci import SpecError, container_spec, guest_rootfs, load_bundle_config, oci_name, process_spec, resources_spec
+from kata_oci import (SpecError, check_spec, container_spec, guest_rootfs, load_bundle_config, oci_name,
+                      process_spec, resources_spec)
+from kata_oci.schema import render, schema_from_descriptors
 from katapb import oci_pb2
 from tests.support.oci import make_bundle
 
@@ -126,3 +133,43 @@ def test_any_process_json_is_translated_or_refused_with_a_spec_error(process):
         assert "\n" not in str(e)
         return
     assert list(pb.Args) == process["args"]
+
+
+def _outcome(fn, *args):
+    try:
+        fn(*args)
+    except SpecError as e:
+        return str(e)
+    return None
+
+
+@given(st.dictionaries(st.sampled_from(["terminal", "env", "user", "rlimits", "capabilities", "consoleSize",
+                                        "oomScoreAdj", "noNewPrivileges", "x-extension"]),
+                       json_values, max_size=6),
+       st.dictionaries(st.sampled_from(["sysctl", "uidMappings", "resources", "cgroupsPath", "namespaces"]),
+                       json_values, max_size=3))
+def test_check_spec_refuses_exactly_what_container_spec_refuses(process, linux):
+    spec = {"ociVersion": "1.0.2", "process": {"args": ["true"], "cwd": "/", **process},
+            "root": {"path": "rootfs"}, "linux": linux, "annotations": {"a": "1"}}
+    assert _outcome(check_spec, spec) == _outcome(container_spec, spec, "c")
+
+
+def test_check_spec_passes_a_full_bundle(tmp_path):
+    check_spec(bundle_config(tmp_path))
+
+
+def test_schema_table_is_generated_from_oci_proto():
+    """kata_oci/schema_table.py is ``python -m kata_oci.schema``'s output for today's oci.proto."""
+    import kata_oci.schema_table as table
+
+    with open(table.__file__) as f:
+        assert f.read() == render(schema_from_descriptors(oci_pb2.Spec.DESCRIPTOR))
+
+
+def test_check_spec_loads_no_protobuf(tmp_path):
+    spec = bundle_config(tmp_path)
+    code = ("import json, sys; from kata_oci import check_spec; check_spec(json.loads(sys.stdin.read())); "
+            "print(sorted(m for m in sys.modules if m.startswith(('google', 'katapb'))))")
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec), capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.stdout.strip() == "[]"
