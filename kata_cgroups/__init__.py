@@ -13,11 +13,16 @@ CgroupStats; ``remove_container_cgroups`` and ``remove_cgroup_trees`` clean up.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
-log = logging.getLogger("kata_cgroups")
+
+def _log():
+    """This package's logger; logging is imported only when something is logged (a create
+    imports kata_cgroups before the agent's spawn, where logging costs ~6 ms)."""
+    import logging
+
+    return logging.getLogger("kata_cgroups")
 
 UNIFIED = ""  # key of the v2 hierarchy in the paths dict
 
@@ -66,7 +71,7 @@ def cgroup_paths(pid: int) -> dict[str, str]:
         with open(f"/proc/{pid}/cgroup") as f:
             lines = f.read().splitlines()
     except OSError as e:
-        log.debug("cannot read cgroups of %d: %s", pid, e)
+        _log().debug("cannot read cgroups of %d: %s", pid, e)
         return out
     for line in lines:
         parts = line.split(":", 2)

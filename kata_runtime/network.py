@@ -42,15 +42,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import ipaddress
-import logging
 import os
 import struct
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 
 from kata_runtime.errors import InvalidArgument, KataError
-
-log = logging.getLogger("kata_runtime.network")
 
 MODELS = ("tcfilter", "none")
 DEFAULT_MODEL = "tcfilter"
@@ -208,28 +204,57 @@ def open_tap(name: str) -> int:
 # ------------------------------------------------------------------ endpoints
 
 
-@dataclass
+def _log():
+    """This module's logger; logging is imported only when something is logged (not on a
+    create without a pod network: it is ~6 ms before the agent's spawn)."""
+    import logging
+
+    return logging.getLogger("kata_runtime.network")
+
+
 class Endpoint:
     """One pod interface as found in the namespace (JSON-able: recorded in sandbox.json).
 
+    ``mtu`` in bytes; ``index``: its ifindex in the namespace; ``raw_flags``: its IFF_NOARP bit;
     ``addresses``: ["10.0.0.2/24", ...]; ``routes``: [{"dest": "10.0.0.0/24" or "", "gateway",
     "source", "scope"}]; ``neighbors``: [{"ip", "lladdr", "state", "flags"}]; ``tap``: the
-    tcfilter tap's name ("" when none)."""
+    tcfilter tap's name ("" when none). A plain class, not a dataclass: dataclasses (with inspect)
+    would cost every create ~5 ms before the agent's spawn."""
 
-    name: str
-    mac: str
-    mtu: int
-    kind: str
-    index: int
-    raw_flags: int = 0
-    addresses: list[str] = field(default_factory=list)
-    routes: list[dict] = field(default_factory=list)
-    neighbors: list[dict] = field(default_factory=list)
-    tap: str = ""
+    FIELDS = ("name", "mac", "mtu", "kind", "index", "raw_flags", "addresses", "routes", "neighbors", "tap")
+
+    def __init__(self, name: str, mac: str, mtu: int, kind: str, index: int, raw_flags: int = 0,
+                 addresses: list[str] | None = None, routes: list[dict] | None = None,
+                 neighbors: list[dict] | None = None, tap: str = ""):
+        self.name, self.mac, self.mtu, self.kind, self.index = name, mac, mtu, kind, index
+        self.raw_flags = raw_flags
+        self.addresses = list(addresses or [])
+        self.routes = list(routes or [])
+        self.neighbors = list(neighbors or [])
+        self.tap = tap
 
     @classmethod
     def from_record(cls, record: dict) -> "Endpoint":
+        """The endpoint :meth:`record` wrote. TypeError for an unknown key."""
         return cls(**record)
+
+    def record(self) -> dict:
+        """Its sandbox.json record: every field, lists copied (as dataclasses.asdict did)."""
+        return {name: _copied(getattr(self, name)) for name in self.FIELDS}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Endpoint) and self.record() == other.record()
+
+    def __repr__(self) -> str:
+        return f"Endpoint({', '.join(f'{n}={getattr(self, n)!r}' for n in self.FIELDS)})"
+
+
+def _copied(value):
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    return value
 
 
 def _guest_address(text: str) -> bool:
@@ -274,7 +299,7 @@ def scan(ipr) -> list[Endpoint]:
         if link.get("ifname") == "lo":
             continue
         if kind not in ENDPOINT_KINDS:
-            log.info("pod network: link %s (kind %r) is not an endpoint; skipped", link.get("ifname"), kind)
+            _log().info("pod network: link %s (kind %r) is not an endpoint; skipped", link.get("ifname"), kind)
             continue
         found.append(_scan_link(ipr, link))
     return found
@@ -330,7 +355,7 @@ def tap_endpoint(path: str, ipr, ep: Endpoint, n: int) -> int:
         _del_ingress(ipr, ep.index)
         os.close(fd)
         raise NetworkError(f"network namespace {path}: tc redirect {ep.name} <-> {ep.tap}: {_reason(e)}") from None
-    log.info("pod network %s: %s (%s) <-> %s", path, ep.name, ep.mac, ep.tap)
+    _log().info("pod network %s: %s (%s) <-> %s", path, ep.name, ep.mac, ep.tap)
     return fd
 
 
@@ -376,15 +401,15 @@ class PodNetwork:
         with netlink(self.path) as ipr:
             endpoints = scan(ipr)
             if not endpoints:
-                log.warning("pod network %s: no endpoint (veth) in it; the guest gets no network", self.path)
-            self.record["endpoints"] = [asdict(e) for e in endpoints]
+                _log().warning("pod network %s: no endpoint (veth) in it; the guest gets no network", self.path)
+            self.record["endpoints"] = [e.record() for e in endpoints]
             if not (taps and self.model == "tcfilter"):
                 return
             try:
                 for n, ep in enumerate(endpoints):
                     fd = tap_endpoint(self.path, ipr, ep, n)
                     self.nics.append((fd, ep.mac, NETDEV_ID.format(n)))
-                    self.record["endpoints"][n] = asdict(ep)
+                    self.record["endpoints"][n] = ep.record()
             except BaseException:
                 self.close_fds()
                 _untap(ipr, endpoints)
