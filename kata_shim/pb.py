@@ -1,8 +1,8 @@
 """Protobuf wire format of the few agent messages the shim uses.
 
 The shim encodes its requests and decodes the replies by hand (kata_grpc.pb) instead of
-importing the generated ``katapb`` modules: the protobuf runtime costs about
-6 MiB of private memory and 20 ms of start-up per shim, and these messages are
+importing the generated ``katapb`` modules: the protobuf runtime would cost every shim
+private memory and start-up (bench/RESULTS.md, "kata-shim"), and these messages are
 tiny.  The field numbers are those of proto/katapb/agent.proto (Kata 1.x):
 
   WriteStreamRequest   container_id=1 exec_id=2 data=3     -> WriteStreamResponse len=1 (uint32)

@@ -17,11 +17,11 @@ shell's ``read`` sees EOF and the shell execs ``python -m kata_shim.sentinel`` w
 shim's flags, which sends SignalProcess(SIGKILL) for the shim's process through the same
 proxy socket (NOT_FOUND: the process had already ended), logs one line to the shim's log
 and exits.  It is then reparented to the caller's subreaper (containerd-shim) or init,
-which reaps it.  Only that rare path pays for an interpreter (~40 ms, a few MiB, briefly).
+which reaps it.  Only that rare path pays for an interpreter start.
 
 Why a shell and not a fork of the shim: a forked interpreter keeps every page the shim
-writes after the fork (libpython's data, the heaps: 1.75 MiB USS measured, gc.freeze()
-or not), a waiting dash keeps ~0.2 MiB.
+writes after the fork (libpython's data, the heaps; gc.freeze() does not help), a waiting
+dash almost nothing (bench/RESULTS.md, "kata-shim's sentinel").
 
 What the sentinel holds: the pipe on fd 0, /dev/null on fds 1 and 2, nothing else of the
 shim's (every other fd is close-on-exec or closed by a spawn action), so the caller's
