@@ -34,7 +34,10 @@ class RuncError(Exception):
     for a timeout) and ``message`` (runc's own error text for this call)."""
 
     def __init__(self, command: str, code: int, message: str) -> None:
-        super().__init__(f"runc {command} failed (exit {code}): {message}")
+        # runc 1.1 starts its own message with "runc create failed: ": said once, not twice
+        own = f"runc {command} failed: "
+        text = message[len(own):] if message.startswith(own) else message
+        super().__init__(f"runc {command} failed (exit {code}): {text}")
         self.command = command
         self.code = code
         self.message = message

@@ -513,9 +513,17 @@ def delete(store, container_id: str, force: bool = False) -> None:
 
     Without ``force`` the container must be stopped or created, as with runc (runc's
     message otherwise). With it, a running, paused, half-made or broken container is
-    removed too."""
+    removed too, and an id that names no container is no error (runc 1.1's delete.go:
+    ContainerNotExists with --force returns nil; containerd-shim runs ``delete --force``
+    after a ``delete`` that may already have removed it). NotFound without ``force``."""
     log = current_log()
-    with Opened(store, container_id, need_state=not force) as c:
+    try:
+        opened = Opened(store, container_id, need_state=not force)
+    except NotFound:
+        if force:
+            return
+        raise
+    with opened as c:
         status = c.status
         if status not in ("stopped", "created") and not force:  # runc deletes a created one too
             raise WrongState(f"cannot delete container {container_id} that is not stopped: {status}")

@@ -29,6 +29,8 @@ object {"config", "hypervisor", "default_hypervisor", "accel", "capable", "items
 
 from __future__ import annotations
 
+import os
+
 import click
 
 #: cgroup v1 controllers runc needs for the process sandbox's containers (pause needs freezer).
@@ -36,8 +38,8 @@ CGROUP_V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "devices", "freezer
 
 #: Why the packaged configuration.toml selects its [runtime] hypervisor (kata_runtime.config.SCHEMA).
 DEFAULT_WHY = {
-    "process": ("NO VM isolation: every test tier that leaves the configuration out (the containerd "
-                "tier) must stay fast on 2 cores; set [runtime] hypervisor = \"qemu\" for a VM per sandbox"),
+    "process": ("NO VM isolation (tests and development); set [runtime] hypervisor = \"qemu\" in a "
+                "configuration.toml (--kata-config, /etc/kata-containers/) for a VM per sandbox"),
     "qemu": "every sandbox gets its own guest kernel (KVM where a guest boots, else TCG)",
 }
 
@@ -232,22 +234,27 @@ def summary(items, hypervisor: str, accel: str, verdict) -> tuple[bool, str]:
     return True, f'System is capable of running kata-py with hypervisor "{hypervisor}"{how}'
 
 
-def default_line() -> str:
-    """Which hypervisor the packaged configuration.toml selects, and why (`DEFAULT_WHY`)."""
-    from kata_runtime.config import SCHEMA
+def default_line(config_path: str) -> str | None:
+    """Which hypervisor the packaged configuration.toml selects, and why (`DEFAULT_WHY`), when
+    that file is the one in use (``config_path``); None when a configuration of the user's is."""
+    from kata_runtime.config import PACKAGED, SCHEMA
+    if os.path.abspath(config_path) != PACKAGED:
+        return None
     default = SCHEMA["runtime"]["hypervisor"][0]
     return f'default: the packaged configuration.toml selects hypervisor "{default}": {DEFAULT_WHY[default]}'
 
 
-def render_text(items, verdict, closing: str, header: str, verbose: bool) -> str:
-    """The text report: header, one line per item, KVM details when verbose, the default, closing line."""
+def render_text(items, verdict, closing: str, header: str, verbose: bool, config_path: str) -> str:
+    """The text report: header, one line per item, KVM details when verbose, the packaged
+    default when it is in use, closing line."""
     lines = [header]
     width = max(len(i.name) for i in items)
     for item in items:
         lines.append(f"{item.status:<5} {item.name:<{width}}  {item.detail}")
     if verbose:
         lines += ["", "KVM probe:"] + [f"  {line}" for line in kvm_details(verdict)]
-    lines += [default_line(), closing]
+    default = default_line(config_path)
+    lines += ([default] if default else []) + [closing]
     return "\n".join(lines) + "\n"
 
 
@@ -295,5 +302,5 @@ def command(ctx: click.Context, verbose: bool, as_json: bool, refresh: bool) -> 
                                "kvm": verdict.to_dict()}, indent=1))
     else:
         header = f'kata-runtime check: {config.path}: hypervisor "{config.hypervisor}", accel {accel}'
-        click.echo(render_text(items, verdict, closing, header, verbose), nl=False)
+        click.echo(render_text(items, verdict, closing, header, verbose, config.path), nl=False)
     ctx.exit(0 if capable else 1)

@@ -427,3 +427,14 @@ def test_each_runc_call_reports_only_its_own_errors(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["start of one failed", "pause of two failed",
                                        "exec of three failed", "[]"]
+
+
+def test_runc_error_says_runc_create_failed_once():
+    """runc 1.1 begins its own message with "runc create failed: " (seen through the CLI as
+    "runc create failed (exit 1): runc create failed: unable to start ...")."""
+    from kata_agent.runc import RuncError
+
+    err = RuncError("create", 1, 'runc create failed: unable to start container process: exec: "/x": stat /x: no such file')
+    assert str(err) == 'runc create failed (exit 1): unable to start container process: exec: "/x": stat /x: no such file'
+    assert err.message.startswith("runc create failed: ")  # the raw text stays for callers that match it
+    assert str(RuncError("start", 1, "container not created")) == "runc start failed (exit 1): container not created"

@@ -252,10 +252,13 @@ def test_qemu_without_guest_files_uses_the_image_build_or_says_to_make_one(tmp_p
 
 
 def test_check_says_which_hypervisor_is_the_default_and_why(tmp_path):
-    from kata_runtime.config import SCHEMA
+    """Only when the packaged default is the configuration in use; a user's own says nothing of it."""
+    from kata_runtime.config import PACKAGED, SCHEMA
 
+    own = _check(str(tmp_path / "root"), _config(tmp_path, '[runtime]\nhypervisor = "process"\n'))
+    assert not any(line.startswith("default:") for line in own.stdout.splitlines()), own.stdout
     default = SCHEMA["runtime"]["hypervisor"][0]
-    result = _check(str(tmp_path / "root"), _config(tmp_path, '[runtime]\nhypervisor = "process"\n'))
+    result = _check(str(tmp_path / "root"), PACKAGED)
     line = result.stdout.splitlines()[-2]
     assert line.startswith(f'default: the packaged configuration.toml selects hypervisor "{default}": ')
     assert line.endswith(check_cli.DEFAULT_WHY[default])

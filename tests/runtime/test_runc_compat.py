@@ -81,6 +81,8 @@ def observe(cli, tmp_path, cid: str) -> dict:
     seen["delete"] = cli.run("delete", cid).returncode
     seen["state gone"] = cli.run("state", cid).returncode
     seen["delete gone"] = cli.run("delete", cid).returncode
+    seen["delete --force gone"] = cli.run("delete", "--force", cid).returncode  # 0: runc's delete.go
+    seen["delete --force invalid id"] = cli.run("delete", "--force", "bad/id").returncode
     seen["kill gone"] = cli.run("kill", cid).returncode
     seen["invalid id"] = cli.create("bad/id", bundle).returncode
     cli.ids.remove("bad/id")
