@@ -242,6 +242,23 @@ class Workspace:
         self.cache_dir = cache_dir
         self.runs: list[Run] = []
         write_configuration(self.config, cache_dir, accel, qemu)
+        self._share_probe_verdict(into_workspace=True)
+
+    def _share_probe_verdict(self, into_workspace: bool) -> None:
+        """The KVM probe's verdict is cached under --root (kata_runtime.kvm, keyed by the host
+        kernel, QEMU and guest kernel); this workspace's --root is new each time, so the verdict
+        is carried between it and the default root (/run/kata-py: until reboot, as a user's own
+        runs keep it), and a second demo does not probe again. Missing files are no error."""
+        from kata_runtime.kvm import CACHE_FILE, DEFAULT_CACHE_DIR
+
+        shared, ours = Path(DEFAULT_CACHE_DIR, CACHE_FILE), self.root / CACHE_FILE
+        source, target = (shared, ours) if into_workspace else (ours, shared)
+        try:
+            data = source.read_bytes()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        except OSError:
+            pass
 
     def argv(self, *args: str) -> list[str]:
         """kata-runtime with this workspace's --root, configuration and (JSON, debug) log."""
@@ -272,6 +289,7 @@ class Workspace:
         "capable". The probe's verdict is cached in --root, so `run` then reuses it."""
         with Child(self.argv("check", "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
             out, err = child.communicate(CHECK_TIMEOUT)
+        self._share_probe_verdict(into_workspace=False)
         try:
             report = json.loads(out)
         except ValueError:
