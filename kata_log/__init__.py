@@ -28,8 +28,6 @@ modules (``time``; ``json`` only once a JSON line is asked for), because every k
 start loads it.
 """
 
-from __future__ import annotations
-
 import time
 
 __all__ = ["LEVELS", "LEVEL_NAMES", "FORMATS", "parse_level", "level_name", "parse_format", "entry",

@@ -19,7 +19,6 @@ Errors are :class:`FlagError`, one line each, worded as Go's flag package words 
 library only, no ``re``: kata-shim imports this module on every start.
 """
 
-from __future__ import annotations
 
 __all__ = ["FlagError", "Flag", "GoFlags", "parse_bool", "unix_socket_path"]
 

@@ -56,9 +56,11 @@ def test_the_image_has_python_runc_and_the_agent_with_its_dependencies(guest_ima
     for path in ("/usr/bin/python3", "/usr/sbin/runc", "/usr/bin/ps"):
         assert debugfs(img, f"stat {path}").returncode == 0 and b"not found" not in debugfs(img, f"stat {path}").stderr
     site = guest_ls(img, SITE)
-    for name in ("kata_agent", "kata_log", "yamux", "katapb", "grpc", "google", "uvloop"):
+    for name in ("kata_agent", "kata_grpc", "kata_log", "yamux", "katapb", "google", "uvloop"):
         assert name in site, site
-    assert any(n.startswith("grpcio-") and n.endswith(".dist-info") for n in site)
+    assert any(n.startswith("protobuf-") and n.endswith(".dist-info") for n in site)
+    # the agent serves gRPC with kata_grpc: no grpcio in the guest
+    assert "grpc" not in site and not any(n.startswith("grpcio-") for n in site), site
     # our packages are copied as they are in this checkout
     for pkg in ("kata_agent", "yamux"):
         src = package_dir(pkg)
