@@ -10,6 +10,7 @@ from kata_grpc.frames import (ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, 
                               PRIORITY, RST_STREAM, SETTINGS, WINDOW_UPDATE, frame, settings_payload)
 from kata_grpc.protocol import grpc_message
 from kata_grpc.server import ConnectionEnded, RequestReceived, ServerConnection, StreamReset
+from tests.support.h2_frames import parse_frames
 
 CHECK = "/grpc.Health/Check"
 PATHS = {CHECK, "/grpc.AgentService/ReadStdout"}
@@ -19,16 +20,6 @@ def request_block(path=CHECK, extra=()):
     return b"\x83\x86" + hpack.encode_plain([(b":path", path.encode()), (b":authority", b"x"),
                                              (b"content-type", b"application/grpc"), (b"te", b"trailers"),
                                              *extra])
-
-
-def parse_frames(data: bytes):
-    """(type, flags, stream, payload) of every frame."""
-    out = []
-    while data:
-        n = int.from_bytes(data[:3], "big")
-        out.append((data[3], data[4], int.from_bytes(data[5:9], "big"), data[9:9 + n]))
-        data = data[9 + n:]
-    return out
 
 
 def settings(**values):

@@ -7,20 +7,9 @@ import pytest
 from kata_grpc import h2, hpack
 from kata_grpc.h2 import (ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PADDED, PING,
                           RST_STREAM, SETTINGS, WINDOW_UPDATE, Connection, H2Error, RpcError, frame)
+from tests.support.h2_frames import parse_frames
 
 BLOCK = h2.request_headers(b"/grpc.AgentService/WaitProcess")
-
-
-def parse_frames(data: bytes):
-    """(type, flags, stream, payload) of every frame (after the preface, if present)."""
-    if data.startswith(h2.PREFACE):
-        data = data[len(h2.PREFACE):]
-    out = []
-    while data:
-        n = int.from_bytes(data[:3], "big")
-        out.append((data[3], data[4], int.from_bytes(data[5:9], "big"), data[9:9 + n]))
-        data = data[9 + n:]
-    return out
 
 
 def ok_headers(sid, end_headers=True):
