@@ -137,7 +137,7 @@ class Guest:
         initrd = build_initrd(self.dir, version)
         self.shared.mkdir()
         subprocess.run([
-            "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "1024", "-smp", "2",
+            "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "1024", "-smp", "1",
             "-display", "none", "-no-reboot",
             "-kernel", path, "-initrd", str(initrd),
             "-append", "console=hvc0 quiet panic=-1 agent.log=debug",
