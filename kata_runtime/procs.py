@@ -97,18 +97,43 @@ def signal_process(rec: dict | None, sig: int) -> bool:
     return True
 
 
+def pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (readable once the process has exited; the caller closes it), or
+    None: no such process, or a kernel without pidfd_open (Linux < 5.3)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``pid`` to end (a zombie counts); True if it has.
+    Woken by the process's exit through a pidfd; a POLL_INTERVAL poll where there is none."""
+    fd = pidfd(pid)
+    if fd is not None:
+        import select
+
+        try:
+            select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+        return not pid_alive(pid)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+    return True
+
+
 def wait_gone(rec: dict | None, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for the recorded process to end; True if it did.
 
     Reaps it when it is our child (so a zombie of ours does not linger)."""
-    deadline = time.monotonic() + timeout
-    while alive(rec):
-        _reap(int(rec["pid"]))
-        if time.monotonic() >= deadline:
-            return not alive(rec)
-        time.sleep(POLL_INTERVAL)
+    if alive(rec):
+        wait_exit(int(rec["pid"]), timeout)
     _reap(int(rec["pid"]) if rec and rec.get("pid") else 0)
-    return True
+    return not alive(rec)
 
 
 def _reap(pid: int) -> None:
@@ -121,10 +146,35 @@ def _reap(pid: int) -> None:
 
 
 def terminate(rec: dict | None, timeout: float = 5.0, sig: int = signal.SIGTERM) -> bool:
-    """``sig`` (SIGTERM), wait ``timeout``, then SIGKILL; True once the process is gone."""
-    if not signal_process(rec, sig):
+    """``sig`` (SIGTERM), wait ``timeout``, then SIGKILL; True once the process is gone.
+
+    Where the kernel has pidfds the signals go through one opened while the record matched,
+    so a pid recycled meanwhile is never signalled, and each wait is woken by the exit."""
+    fd = pidfd(int(rec["pid"])) if alive(rec) else None
+    if fd is None or not alive(rec):  # no pidfd here, or it ended (or was replaced) meanwhile
+        if fd is not None:
+            os.close(fd)
+        if not signal_process(rec, sig):
+            return True
+        if wait_gone(rec, timeout):
+            return True
+        signal_process(rec, signal.SIGKILL)
+        return wait_gone(rec, 5.0)
+    try:
+        gone = _signal_and_wait(fd, sig, timeout) or _signal_and_wait(fd, signal.SIGKILL, 5.0)
+    finally:
+        os.close(fd)
+    _reap(int(rec["pid"]))
+    return gone
+
+
+def _signal_and_wait(fd: int, sig: int, timeout: float) -> bool:
+    """Send ``sig`` through the pidfd ``fd`` and wait up to ``timeout`` seconds for the process
+    to end; True once it has (a process already gone counts)."""
+    import select
+
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
         return True
-    if wait_gone(rec, timeout):
-        return True
-    signal_process(rec, signal.SIGKILL)
-    return wait_gone(rec, 5.0)
+    return bool(select.select([fd], [], [], timeout)[0])

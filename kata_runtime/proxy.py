@@ -105,40 +105,10 @@ def start(settings: dict, sandbox_id: str, mux_socket: str, listen_socket: str, 
 
 
 def stop(rec: dict | None, timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM, wait up to ``timeout`` seconds, SIGKILL (only the recorded process: signalled
-    through a pidfd opened while its record matched; woken by its exit, not a poll). Raises
-    ProxyError if it survives."""
-    import signal
-
-    fd = _pidfd(int(rec["pid"])) if procs.alive(rec) else None
-    if fd is None or not procs.alive(rec):  # no pidfd here, or the process ended (or was replaced) meanwhile
-        if fd is not None:
-            os.close(fd)
-        if not procs.terminate(rec, timeout):
-            raise ProxyError(f"kata-proxy pid {rec['pid']} survived SIGKILL")
-        return
-    try:
-        if not (_signal_and_wait(fd, signal.SIGTERM, timeout) or _signal_and_wait(fd, signal.SIGKILL, 5.0)):
-            raise ProxyError(f"kata-proxy pid {rec['pid']} survived SIGKILL")
-    finally:
-        os.close(fd)
-    try:
-        os.waitpid(int(rec["pid"]), os.WNOHANG)  # ours when this process started it (a failed create)
-    except ChildProcessError:
-        pass
-
-
-def _signal_and_wait(pidfd: int, sig: int, timeout: float) -> bool:
-    """Send ``sig`` through ``pidfd`` and wait up to ``timeout`` seconds for the process to end;
-    True once it has (a process already gone counts)."""
-    import select
-    import signal
-
-    try:
-        signal.pidfd_send_signal(pidfd, sig)
-    except ProcessLookupError:
-        return True
-    return bool(select.select([pidfd], [], [], timeout)[0])
+    """SIGTERM, wait up to ``timeout`` seconds, SIGKILL (procs.terminate: only the recorded
+    process, through a pidfd, woken by its exit). Raises ProxyError if it survives."""
+    if not procs.terminate(rec, timeout):
+        raise ProxyError(f"kata-proxy pid {rec['pid']} survived SIGKILL")
 
 
 def _environ(notify_address: str) -> dict:
@@ -155,7 +125,7 @@ def _wait_ready(child, notify: socket.socket, timeout: float, log_path: str, abo
     the datagram or the child's exit (a pidfd; every 50 ms where there is none), not a poll."""
     import select
 
-    exited = _pidfd(child.pid)
+    exited = procs.pidfd(child.pid)
     tick = 0.05 if abort is not None or exited is None else None
     deadline = time.monotonic() + timeout
     try:
@@ -175,14 +145,6 @@ def _wait_ready(child, notify: socket.socket, timeout: float, log_path: str, abo
     finally:
         if exited is not None:
             os.close(exited)
-
-
-def _pidfd(pid: int) -> int | None:
-    """A pidfd of ``pid`` (readable once it exits), or None where the kernel has none."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
 
 
 def log_tail(path: str, lines: int = 3) -> str:

@@ -64,25 +64,14 @@ import time
 
 from kata_cgroups import remove_cgroup_trees
 from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
-from kata_runtime.procs import cmdline, kill_pid, pid_alive, read_pid_file
+from kata_runtime.procs import cmdline, kill_pid, read_pid_file, wait_exit
 from kata_runtime.state import remove_file, write_atomic
 
 log = logging.getLogger("kata_runtime.hypervisor.process")
 
 AGENT_STATE_DIR = "/run/kata-containers/agent"
 READY_TIMEOUT = 60.0
-POLL_INTERVAL = 0.01
 UNIX_PATH_MAX = 107
-
-
-def poll_until_sync(done, timeout: float) -> bool:
-    """Call ``done()`` every POLL_INTERVAL seconds until it is true (True) or ``timeout`` passes (False)."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL_INTERVAL)
-    return True
 
 
 class ProcessSandbox(Hypervisor):
@@ -364,19 +353,9 @@ class ProcessSandbox(Hypervisor):
     def _exited(self, pid: int, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for ``pid`` to end (a zombie counts); True if it has.
         Our own unshare child is reaped."""
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            fd = None
-        except (AttributeError, OSError):
-            return poll_until_sync(lambda: not pid_alive(pid), timeout)
-        if fd is not None:
-            try:
-                select.select([fd], [], [], timeout)
-            finally:
-                os.close(fd)
+        gone = wait_exit(pid, timeout)
         self._reap()
-        return not pid_alive(pid)
+        return gone
 
     def _reap(self) -> None:
         if self._proc is not None:
