@@ -52,10 +52,9 @@ RETRY_PAUSE_S = 0.05
 
 
 class Sentinel:
-    """The shim's handle on its sentinel: ``pid`` (None: not our child) and ``fd``, the
-    pipe's write end."""
+    """The shim's handle on its sentinel: ``pid`` (our child) and ``fd``, the pipe's write end."""
 
-    def __init__(self, pid: int | None, fd: int) -> None:
+    def __init__(self, pid: int, fd: int) -> None:
         self.pid = pid
         self.fd = fd
 
@@ -72,8 +71,6 @@ class Sentinel:
 
     def reap(self) -> None:
         """Wait for the sentinel to exit (it does at once after :meth:`done`).  Never raises."""
-        if self.pid is None:
-            return
         try:
             os.waitpid(self.pid, 0)
         except OSError:  # ChildProcessError: already reaped
