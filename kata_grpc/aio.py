@@ -17,10 +17,14 @@ StreamWriter) pair fits, and so does a yamux Stream as both (``serve_connection(
 each yamux stream the host opens is one HTTP/2 connection.  It returns the reason the
 connection ended (str); cancelling it cancels the calls in flight and closes the writer.
 
-Each request runs as its own task: calls on one connection are concurrent (a ReadStdout may
-wait while WriteStdin runs).  A handler's RpcError becomes its status (code, message); a
-client's RST_STREAM (a cancelled call) or a lost connection cancels the task; a grpc-timeout
-cancels it when it expires and answers DEADLINE_EXCEEDED; any other exception is logged and
+Each request starts at once, in the loop iteration that received it: a handler that answers
+without waiting (Health Check, a signal) is answered there, with no task, no timer and no
+extra loop iteration; one that waits continues as its own task, so calls on one connection are
+concurrent (a ReadStdout may wait while WriteStdin runs).  A handler's first step therefore
+runs in the connection's task: it must not use ``asyncio.current_task()`` or
+``asyncio.timeout()`` (``asyncio.wait_for`` is fine).  A handler's RpcError becomes its status
+(code, message); a client's RST_STREAM (a cancelled call) or a lost connection cancels the
+task; a grpc-timeout cancels it when it expires and answers DEADLINE_EXCEEDED; any other exception is logged and
 answered UNKNOWN with its text.  A path missing from ``handlers`` is answered UNIMPLEMENTED,
 a message over ``max_message`` bytes (64 MiB, as the agent's grpc.aio server) RESOURCE_EXHAUSTED.
 """
@@ -28,6 +32,7 @@ a message over ``max_message`` bytes (64 MiB, as the agent's grpc.aio server) RE
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import logging
 import os
 
@@ -40,14 +45,61 @@ log = logging.getLogger("kata_grpc.server")
 READ_SIZE = 256 << 10
 
 
+class _Continued(collections.abc.Coroutine):
+    """A coroutine whose first step already ran (it yielded ``waiting_on``: the future it waits
+    for, or None for a bare yield), in the shape a Task runs: the Task's first ``send`` gets
+    ``waiting_on``, every later ``send``/``throw`` goes to the coroutine itself.  This is how a
+    call starts "eagerly" (Python 3.12's eager tasks do the same inside asyncio)."""
+
+    __slots__ = ("coro", "waiting_on")
+
+    def __init__(self, coro, waiting_on) -> None:
+        self.coro = coro
+        self.waiting_on = waiting_on
+
+    def send(self, value):
+        waiting_on = self.waiting_on
+        if waiting_on is not _HANDED_OVER:
+            self.waiting_on = _HANDED_OVER
+            return waiting_on
+        return self.coro.send(value)
+
+    def throw(self, typ, val=None, tb=None):
+        self.waiting_on = _HANDED_OVER
+        if val is None and tb is None:
+            return self.coro.throw(typ)
+        return self.coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self.coro.close()
+
+    def __await__(self):
+        raise TypeError("a _Continued coroutine is run by a Task, not awaited")
+
+
+_HANDED_OVER = object()
+
+
 class _Served:
-    """One connection being served: the core, the writer, the call tasks."""
+    """One connection being served: the core, the writer, the calls that wait (as tasks).
+
+    A call starts at once, in the loop iteration that received its request (``start``): a
+    handler that answers without waiting (Health Check and Version, a signal, a state query)
+    is answered right there, with no task, no deadline timer and no further loop iteration.
+    One that waits continues as a task from where it waited, with its deadline (grpc-timeout)
+    counted from then on a loop timer.  So a handler's first step runs in the connection's
+    task: handlers must not use ``asyncio.current_task()`` or ``asyncio.timeout()`` (use
+    ``asyncio.wait_for``, which does not depend on the current task)."""
 
     def __init__(self, writer, handlers: dict, max_message: int) -> None:
+        self.loop = asyncio.get_running_loop()
         self.conn = ServerConnection(handlers, max_message=max_message)
         self.writer = writer
         self.handlers = handlers
         self.tasks: dict[int, asyncio.Task] = {}
+        self.deadlines: dict[int, asyncio.TimerHandle] = {}
+        self.expired: set[int] = set()
+        self.starting = False  # inside handle(): the caller flushes once after every start
         self.broken: str | None = None  # the writer failed
 
     def flush(self) -> None:
@@ -64,39 +116,54 @@ class _Served:
             self.broken = f"write failed: {e!r}"
 
     def handle(self, events: list) -> ConnectionEnded | None:
-        """Act on the core's events; the ConnectionEnded among them, if any."""
+        """Act on the core's events; the ConnectionEnded among them, if any.  The caller
+        flushes afterwards (the answers of calls that ended at once go out in one write)."""
         ended = None
-        for event in events:
-            if isinstance(event, RequestReceived):
-                task = asyncio.create_task(self.call(event))
-                self.tasks[event.stream_id] = task
-            elif isinstance(event, StreamReset):
-                task = self.tasks.pop(event.stream_id, None)
-                if task is not None:
-                    task.cancel()
-            elif isinstance(event, ConnectionEnded):
-                ended = event
+        self.starting = True
+        try:
+            for event in events:
+                if isinstance(event, RequestReceived):
+                    self.start(event)
+                elif isinstance(event, StreamReset):
+                    task = self.tasks.get(event.stream_id)
+                    if task is not None:
+                        task.cancel()
+                elif isinstance(event, ConnectionEnded):
+                    ended = event
+        finally:
+            self.starting = False
         return ended
+
+    def start(self, request: RequestReceived) -> None:
+        """Run the call's first step now; if it waits, continue it as a task (with its deadline)."""
+        coro = self.call(request)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return  # answered (or failed) without waiting
+        sid = request.stream_id
+        self.tasks[sid] = self.loop.create_task(_Continued(coro, waiting_on))
+        if request.timeout is not None:
+            self.deadlines[sid] = self.loop.call_later(request.timeout, self._expire, sid)
+
+    def _expire(self, sid: int) -> None:
+        """The call's grpc-timeout passed: cancel it; it answers DEADLINE_EXCEEDED."""
+        self.deadlines.pop(sid, None)
+        task = self.tasks.get(sid)
+        if task is not None:
+            self.expired.add(sid)
+            task.cancel()
 
     async def call(self, request: RequestReceived) -> None:
         """Run one handler and queue its answer."""
         sid = request.stream_id
         handler = self.handlers[request.path]
         try:
-            if request.timeout is None:
-                reply = await handler(request.message)
-            else:
-                timer = asyncio.timeout(request.timeout)
-                try:
-                    async with timer:
-                        reply = await handler(request.message)
-                except TimeoutError:
-                    if not timer.expired():
-                        raise
-                    self.conn.respond_error(sid, DEADLINE_EXCEEDED, "deadline exceeded")
-                    return
+            reply = await handler(request.message)
         except asyncio.CancelledError:
-            raise  # the client reset the stream, or the connection is going: nothing to answer
+            if sid not in self.expired:
+                raise  # the client reset the stream, or the connection is going: nothing to answer
+            self.conn.respond_error(sid, DEADLINE_EXCEEDED, "deadline exceeded")
         except RpcError as e:
             self.conn.respond_error(sid, e.code, e.message)
         except Exception as e:
@@ -109,9 +176,13 @@ class _Served:
                 log.error("%s returned %s, not bytes", request.path, type(reply).__name__)
                 self.conn.respond_error(sid, INTERNAL, f"handler returned {type(reply).__name__}, not bytes")
         finally:
-            if self.tasks.get(sid) is asyncio.current_task():
-                del self.tasks[sid]
-            self.flush()
+            self.tasks.pop(sid, None)
+            timer = self.deadlines.pop(sid, None)
+            if timer is not None:
+                timer.cancel()
+            self.expired.discard(sid)
+            if not self.starting:
+                self.flush()
 
     async def stop(self) -> None:
         """Cancel the calls in flight and wait for them."""

@@ -220,6 +220,9 @@ def _decode_string(data, pos: int) -> tuple[bytes, int]:
     return (huffman_decode(raw) if huffman else raw), end
 
 
+_STATIC_SIZE = len(STATIC_TABLE)
+
+
 class Decoder:
     """Decodes header blocks; keeps the dynamic table between blocks of one connection."""
 
@@ -281,8 +284,16 @@ class Decoder:
                     raise HPACKError(f"header list larger than {limit} bytes")
             byte = block[pos]
             if byte & 0x80:  # indexed field
-                index, pos = decode_int(block, pos, 7)
-                headers.append(self._lookup(index))
+                if byte != 0xFF:  # the index fits the 7-bit prefix: no continuation bytes
+                    index = byte & 0x7F
+                    pos += 1
+                else:
+                    index, pos = decode_int(block, pos, 7)
+                entry = index - _STATIC_SIZE - 1  # the dynamic table's entry, newest first
+                if 0 <= entry < len(self.dynamic):
+                    headers.append(self.dynamic[entry])
+                else:
+                    headers.append(STATIC_TABLE[index - 1] if 0 < index <= _STATIC_SIZE else self._lookup(index))
                 seen_field = True
             elif byte & 0x40:  # literal with incremental indexing
                 name, value, pos = self._literal(block, pos, 6)
