@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
-import json
 import logging
 import os
-import shutil
-import tempfile
 
 import kata_cgroups as cgroups
 
@@ -162,6 +159,8 @@ class ProcessLauncher:
         self.sock_dir = os.path.join(config.state_dir, "c")
         os.makedirs(self.sock_dir, exist_ok=True)
         if len(self.sock_dir) > 80:  # sun_path is 108 bytes
+            import tempfile  # imported here, not on the agent's start path
+
             self.sock_dir = tempfile.mkdtemp(prefix="kata-agent-c")
 
     async def launch(self, container: Container, proc: Process, runc_args: list[str],
@@ -224,10 +223,14 @@ class ProcessLauncher:
 
 
 def remove_state_dir(path: str) -> None:
+    import shutil  # imported here, not on the agent's start path
+
     shutil.rmtree(path, ignore_errors=True)
 
 
 def write_json(path: str, data: dict) -> None:
+    import json  # imported here, not on the agent's start path
+
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
-import tempfile
 
 from .reaper import Reaper
 
@@ -47,6 +45,8 @@ def log_errors(text: str, limit: int = 3) -> str:
     """The messages of the last ``limit`` error/fatal entries of a runc
     ``--log-format json`` log, joined by "; " (a message repeated back to back
     is given once). "" when there is none."""
+    import json  # imported here, not on the agent's start path
+
     msgs: list[str] = []
     for line in text.splitlines():
         try:
@@ -64,6 +64,8 @@ def log_errors(text: str, limit: int = 3) -> str:
 def call_log(directory: str):
     """A fresh, empty, nameless file for one runc call's log: yields its fd
     (close-on-exec; the spawn passes it as fd 3). Closed, and so gone, on exit."""
+    import tempfile  # imported here, not on the agent's start path
+
     f = tempfile.TemporaryFile(dir=directory)
     try:
         yield f.fileno()
@@ -132,6 +134,8 @@ class Runc:
 
     # -- subcommands ----------------------------------------------------
     async def state(self, cid: str) -> dict:
+        import json
+
         return json.loads(await self.run("state", cid))
 
     async def start(self, cid: str) -> None:
@@ -152,8 +156,12 @@ class Runc:
         await self.run("resume", cid)
 
     async def update(self, cid: str, resources: dict) -> None:
+        import json
+
         await self.run("update", "--resources", "-", cid, input=json.dumps(resources).encode())
 
     async def ps_pids(self, cid: str) -> list[int]:
+        import json
+
         out = await self.run("ps", "--format", "json", cid)
         return json.loads(out or b"[]") or []

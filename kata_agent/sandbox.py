@@ -31,8 +31,6 @@ import contextlib
 import ctypes
 import dataclasses
 import enum
-import glob
-import json
 import logging
 import os
 import re
@@ -466,6 +464,8 @@ class Sandbox:
             raise SandboxError(Fault.INVALID, f"format {fmt!r} is invalid: use 'table' or 'json'")
         pids = await self.runc.ps_pids(c.id)
         if fmt == "json":
+            import json  # imported here, not on the agent's start path
+
             return json.dumps(pids).encode()
         args = list(args) or ["-ef"]
         try:
@@ -642,6 +642,8 @@ class Sandbox:
         if not self.config.machine_managed:
             log.info("OnlineCPUMem: nothing to do (not a VM)")
             return 0
+        import glob  # imported here, not on the agent's start path
+
         onlined = 0
         for path in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/online")):
             if nb_cpus and onlined >= nb_cpus:

@@ -44,7 +44,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from google.protobuf import empty_pb2, json_format
+from google.protobuf import empty_pb2
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
@@ -182,6 +182,8 @@ class AgentService:
     async def StatsContainer(self, request):
         stats = self.sandbox.stats(request.container_id)
         resp = agent_pb2.StatsContainerResponse()
+        from google.protobuf import json_format  # only here: not on the agent's start path
+
         json_format.ParseDict(stats, resp.cgroup_stats, ignore_unknown_fields=True)
         return resp
 

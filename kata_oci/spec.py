@@ -16,7 +16,6 @@ content) are ignored, as runc ignores unknown fields. A value of the wrong type 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -91,6 +90,8 @@ def load_bundle_config(bundle: str) -> dict:
         raise SpecError(f"bundle {bundle}: config.json: no such file") from None
     except OSError as e:
         raise SpecError(f"bundle {bundle}: config.json: {e.strerror}") from None
+    import json  # not at import: kata-agent imports this module on its start path
+
     try:
         spec = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:

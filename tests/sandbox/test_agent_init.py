@@ -47,6 +47,42 @@ def test_unknown_log_format_falls_back_to_text(capsys):
     assert err[1].startswith("time=") and 'msg=after' in err[1], err
 
 
+def test_arguments_with_and_without_argparse():
+    """A VM's PID 1 has no arguments: the defaults come without importing argparse (a fresh
+    interpreter shows it); with arguments argparse parses into the same Args, and every flag
+    the parser knows has its default there."""
+    code = ("import sys; from kata_agent.cli import parse_args; a = parse_args([]); "
+            "print('argparse' in sys.modules, a.sysfs_root, a.dev_root, a.channel_fd, a.log_format)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "/sys", "/dev", "None", "None"]
+    dests = {a.dest for a in cli.build_parser()._actions if a.dest != "help"}
+    assert all(hasattr(cli.Args, d) for d in dests), dests - set(vars(cli.Args))
+    args = cli.parse_args(["--channel-fd", "3", "--log-format", "json", "--state-dir", "/x"])
+    assert (args.channel_fd, args.log_format, args.state_dir, args.sysfs_root) == (3, "json", "/x", "/sys")
+    for bad in (["--channel-fd", "3", "--channel-socket", "/s"], ["--channel-fd", "x"], ["--ready-fd"],
+                ["--nope", "1"], ["--log-format", "yaml"]):
+        with pytest.raises(SystemExit) as e:
+            cli.parse_args(bad)
+        assert e.value.code == 2, bad
+
+
+@pytest.mark.parametrize("argv", [
+    ["--channel-fd", "3", "--ready-fd", "4", "--shared-dir", "/run/s", "--state-dir", "/run/a", "--log", "debug",
+     "--log-format", "json"],
+    ["--channel-socket", "/tmp/a.sock", "--cgroup-parent", "kata"],
+    ["--channel-fd=3"], ["--log", "-1"], ["--channel-fd", "3", "--log-format", "text"], ["--log", "info", "--log", "debug"],
+])
+def test_plain_command_lines_read_as_argparse_reads_them(argv):
+    """The process sandbox's plain command line is read without argparse; it, and everything
+    the plain reader hands on, ends as argparse reads it."""
+    import argparse
+
+    expected = cli.build_parser().parse_args(argv, namespace=argparse.Namespace(**{
+        k: v for k, v in vars(cli.Args).items() if not k.startswith("_")}))
+    got = cli.parse_args(argv)
+    assert {k: getattr(got, k) for k in vars(expected)} == vars(expected)
+
+
 def test_cmdline_config():
     from kata_agent.config import AgentConfig
 
