@@ -67,6 +67,21 @@ class Link:
         self.client.receive(self.writer.take())
 
 
+def hanging():
+    """A handler that waits until cancelled, and the list its cancellations are recorded in."""
+    cancelled = []
+
+    async def hang(request: bytes) -> bytes:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return b""
+
+    return cancelled, hang
+
+
 async def test_handlers_that_do_not_wait_are_answered_at_once_in_one_write():
     async def check(request: bytes) -> bytes:
         return b"SERVING:" + request
@@ -111,15 +126,7 @@ async def test_a_waiting_handler_continues_as_a_task_with_what_it_waited_for():
 
 
 async def test_the_deadline_of_a_waiting_call_answers_deadline_exceeded():
-    cancelled = []
-
-    async def hang(request: bytes) -> bytes:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-        return b""
+    cancelled, hang = hanging()
 
     link = Link({"/x/Hang": hang})
     call = link.call("/x/Hang", timeout=b"20m")
@@ -135,15 +142,7 @@ async def test_the_deadline_of_a_waiting_call_answers_deadline_exceeded():
 
 @pytest.mark.parametrize("after_first_task_step", [False, True])
 async def test_stopping_cancels_a_waiting_call_before_or_after_its_task_ran(after_first_task_step):
-    cancelled = []
-
-    async def hang(request: bytes) -> bytes:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-        return b""
+    cancelled, hang = hanging()
 
     link = Link({"/x/Hang": hang})
     link.call("/x/Hang", timeout=b"10S")
