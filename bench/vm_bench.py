@@ -1,7 +1,7 @@
 """VM sandbox benchmark: kata-runtime with `hypervisor = "qemu"`, one boot, figures beside the Go anchors.
 
     python -m bench.vm_bench [--quick] [--cache-dir DIR] [--accel auto|kvm|tcg] [--mib N] [--checks N]
-                             [--entropy-source PATH]
+                             [--kernel-params WORDS] [--entropy-source PATH]
 
 Everything real, driven as a user drives it (bench/vm_tools.py: the CLI in a temp dir, left clean
 even on Ctrl-C). ONE sandbox is booted; its container runs
@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     parser.add_argument("--mib", type=int, help="MiB of container stdout (default 32; --quick 1)")
     parser.add_argument("--checks", type=int, help="Check calls timed (default 1000; --quick 50)")
+    parser.add_argument("--kernel-params", metavar="WORDS",
+                        help="[hypervisor.qemu] kernel_params: extra guest kernel parameters (e.g. norandmaps "
+                             "for layout-stable A/B runs)")
     parser.add_argument("--entropy-source", metavar="PATH",
                         help='[hypervisor.qemu] entropy_source ("" = no virtio-rng; default: the runtime\'s)')
     args = parser.parse_args(argv)
@@ -306,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     figures, ws, left = None, None, []
     try:
         qemu = {} if args.entropy_source is None else {"entropy_source": args.entropy_source}
+        if args.kernel_params:
+            qemu["kernel_params"] = args.kernel_params
         ws = Workspace("kata-vm-bench-", args.cache_dir, accel=args.accel, qemu=qemu)
         figures = measure(ws, args)
     except KeyboardInterrupt:
