@@ -24,8 +24,8 @@ concurrent (a ReadStdout may wait while WriteStdin runs).  A handler's first ste
 runs in the connection's task: it must not use ``asyncio.current_task()`` or
 ``asyncio.timeout()`` (``asyncio.wait_for`` is fine).  A handler's RpcError becomes its status
 (code, message); a client's RST_STREAM (a cancelled call) or a lost connection cancels the
-task; a grpc-timeout cancels it when it expires and answers DEADLINE_EXCEEDED; any other exception is logged and
-answered UNKNOWN with its text.  A path missing from ``handlers`` is answered UNIMPLEMENTED,
+task; a grpc-timeout cancels it when it expires and answers DEADLINE_EXCEEDED; any other
+exception is logged and answered UNKNOWN with its text.  A path missing from ``handlers`` is answered UNIMPLEMENTED,
 a message over ``max_message`` bytes (64 MiB, as the agent's grpc.aio server) RESOURCE_EXHAUSTED.
 """
 
@@ -81,15 +81,8 @@ _HANDED_OVER = object()
 
 
 class _Served:
-    """One connection being served: the core, the writer, the calls that wait (as tasks).
-
-    A call starts at once, in the loop iteration that received its request (``start``): a
-    handler that answers without waiting (Health Check and Version, a signal, a state query)
-    is answered right there, with no task, no deadline timer and no further loop iteration.
-    One that waits continues as a task from where it waited, with its deadline (grpc-timeout)
-    counted from then on a loop timer.  So a handler's first step runs in the connection's
-    task: handlers must not use ``asyncio.current_task()`` or ``asyncio.timeout()`` (use
-    ``asyncio.wait_for``, which does not depend on the current task)."""
+    """One connection being served: the core, the writer, the calls that wait (as tasks), and
+    their deadline timers.  How a call starts and continues: the module docstring and ``start``."""
 
     def __init__(self, writer, handlers: dict, max_message: int) -> None:
         self.loop = asyncio.get_running_loop()
@@ -135,7 +128,8 @@ class _Served:
         return ended
 
     def start(self, request: RequestReceived) -> None:
-        """Run the call's first step now; if it waits, continue it as a task (with its deadline)."""
+        """Run the call's first step now; if it waits, continue it as a task, with its deadline
+        (grpc-timeout) counted from then on a loop timer."""
         coro = self.call(request)
         try:
             waiting_on = coro.send(None)

@@ -238,14 +238,14 @@ class Decoder:
         self.dynamic: list[tuple[bytes, bytes]] = []  # newest first
 
     def _lookup(self, index: int) -> tuple[bytes, bytes]:
+        entry = index - _STATIC_SIZE - 1  # the dynamic table's entry, newest first
+        if entry >= 0:  # first: a gRPC client's repeated request headers are dynamic entries
+            if entry >= len(self.dynamic):
+                raise HPACKError("header index out of range")
+            return self.dynamic[entry]
         if index <= 0:
             raise HPACKError("header index 0")
-        if index <= len(STATIC_TABLE):
-            return STATIC_TABLE[index - 1]
-        index -= len(STATIC_TABLE) + 1
-        if index >= len(self.dynamic):
-            raise HPACKError("header index out of range")
-        return self.dynamic[index]
+        return STATIC_TABLE[index - 1]
 
     def _evict(self) -> None:
         while self.size > self.max_size and self.dynamic:
@@ -289,11 +289,7 @@ class Decoder:
                     pos += 1
                 else:
                     index, pos = decode_int(block, pos, 7)
-                entry = index - _STATIC_SIZE - 1  # the dynamic table's entry, newest first
-                if 0 <= entry < len(self.dynamic):
-                    headers.append(self.dynamic[entry])
-                else:
-                    headers.append(STATIC_TABLE[index - 1] if 0 < index <= _STATIC_SIZE else self._lookup(index))
+                headers.append(self._lookup(index))
                 seen_field = True
             elif byte & 0x40:  # literal with incremental indexing
                 name, value, pos = self._literal(block, pos, 6)

@@ -260,3 +260,19 @@ def test_hpack_never_indexed_and_sensitive_fields():
     encoder = hpack_lib.Encoder()
     headers = [hpack_lib.NeverIndexedHeaderTuple(b"authorization", b"secret"), (b"x", b"y")]
     assert hpack.Decoder().decode(encoder.encode(headers)) == [(b"authorization", b"secret"), (b"x", b"y")]
+
+
+@pytest.mark.parametrize("block, error", [
+    (b"\x80", "header index 0"),                 # indexed field 0
+    (b"\xbe", "header index out of range"),      # 62: the first dynamic entry, and the table is empty
+    (b"\xff\x80\x01", "header index out of range"),  # 255 in the 7-bit prefix's continuation form
+])
+def test_bad_indexes_are_errors(block, error):
+    with pytest.raises(hpack.HPACKError, match=error):
+        hpack.Decoder().decode(block)
+
+
+def test_indexes_reach_the_static_and_the_dynamic_table():
+    decoder = hpack.Decoder()
+    assert decoder.decode(b"\x40" + hpack.encode_plain(((b"x-a", b"1"),))[1:]) == [(b"x-a", b"1")]
+    assert decoder.decode(b"\x82\xbe\x84") == [(b":method", b"GET"), (b"x-a", b"1"), (b":path", b"/")]
