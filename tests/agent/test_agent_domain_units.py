@@ -5,8 +5,6 @@ statuses, the sysfs helpers. Needs neither root nor runc."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -21,7 +19,7 @@ from kata_grpc import protocol as status
 from kata_grpc.protocol import RpcError
 from kata_agent.spec import SpecError
 from katapb import agent_pb2, health_pb2
-from tests.support.processes import REPO
+from tests.support.processes import python_prints
 
 
 @pytest.fixture
@@ -48,8 +46,7 @@ async def araises_fault(fault: Fault, coro) -> str:
 def test_the_domain_loads_without_grpc():
     code = ("import sys, kata_agent.sandbox, kata_agent.container\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'grpc' or m.endswith('_pb2_grpc')))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO), check=True)
-    assert p.stdout.strip() == "[]"
+    assert python_prints(code) == "[]"
 
 
 def test_container_status_reads_as_runc_says_it():

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from tests.network.conftest import NEIGHBOR_IP, REPO, netns_python
+from tests.support.processes import python_prints
 
 SCRIPT = """
 import json
@@ -117,8 +118,7 @@ out["no_ip"] = err(n.add_arp_neighbors, [n.Neighbor(n.IPAddress(), "eth0", "02:a
 def test_pyroute2_is_not_imported_until_a_network_call():
     code = ("import sys, kata_agent.network, kata_agent.service; "
             "print('pyroute2' in sys.modules)")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO), check=True)
-    assert p.stdout.strip() == "False"
+    assert python_prints(code) == "False"
 
 
 # --------------------------------------------------------------- through gRPC

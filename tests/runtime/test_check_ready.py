@@ -4,8 +4,6 @@ against kata_grpc's real server on a unix socket."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import pytest
 
@@ -13,6 +11,7 @@ from kata_grpc.aio import serve_unix
 from kata_grpc.protocol import NOT_FOUND, RpcError
 from kata_runtime.agent import AgentError, check_ready
 from katapb import health_pb2
+from tests.support.processes import python_prints
 
 CHECK = "/grpc.Health/Check"
 
@@ -140,5 +139,4 @@ def test_the_probe_does_not_import_grpcio():
             "except AgentError:\n"
             "    pass\n"
             "print('grpc' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert python_prints(code) == "False"

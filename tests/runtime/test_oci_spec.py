@@ -6,9 +6,6 @@ sent to the agent and turned back into JSON there must be the spec the bundle ho
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, strategies as st
@@ -19,6 +16,7 @@ from kata_oci import (SpecError, check_spec, container_spec, guest_rootfs, load_
 from kata_oci.schema import render, schema_from_descriptors
 from katapb import oci_pb2
 from tests.support.oci import make_bundle
+from tests.support.processes import python_prints
 
 
 def all_fields():
@@ -170,6 +168,4 @@ def test_check_spec_loads_no_protobuf(tmp_path):
     spec = bundle_config(tmp_path)
     code = ("import json, sys; from kata_oci import check_spec; check_spec(json.loads(sys.stdin.read())); "
             "print(sorted(m for m in sys.modules if m.startswith(('google', 'katapb'))))")
-    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec), capture_output=True, text=True,
-                         check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert out.stdout.strip() == "[]"
+    assert python_prints(code, stdin=json.dumps(spec)) == "[]"

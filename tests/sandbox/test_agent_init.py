@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kata_agent import cli
+from tests.support.processes import python_prints
 from tests.support.requirements import requires
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,8 +54,7 @@ def test_arguments_with_and_without_argparse():
     the parser knows has its default there."""
     code = ("import sys; from kata_agent.cli import parse_args; a = parse_args([]); "
             "print('argparse' in sys.modules, a.sysfs_root, a.dev_root, a.channel_fd, a.log_format)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "/sys", "/dev", "None", "None"]
+    assert python_prints(code).split() == ["False", "/sys", "/dev", "None", "None"]
     dests = {a.dest for a in cli.build_parser()._actions if a.dest != "help"}
     assert all(hasattr(cli.Args, d) for d in dests), dests - set(vars(cli.Args))
     args = cli.parse_args(["--channel-fd", "3", "--log-format", "json", "--state-dir", "/x"])

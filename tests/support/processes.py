@@ -26,6 +26,13 @@ _MODULES = {"kata-proxy": "kata_proxy", "kata-shim": "kata_shim", "kata-runtime"
             "kata-agent": "kata_agent"}
 
 
+def python_prints(code: str, *, stdin: str | None = None) -> str:
+    """What a fresh interpreter (this one's, in the repository) prints running ``code``, stripped:
+    how the tests see which modules a start path imports. CalledProcessError if it fails."""
+    return subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, text=True,
+                          cwd=str(REPO), check=True).stdout.strip()
+
+
 def command(script: str) -> list[str]:
     """How a kata-py component is run: the ``script`` installed beside this interpreter (the
     venv's bin/), else ``python -m <module>`` (the runtime's own rule)."""
