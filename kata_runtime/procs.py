@@ -4,13 +4,13 @@ A record is ``{"pid": int, "start": int}`` where ``start`` is the process's star
 (/proc/<pid>/stat field 22, clock ticks since boot). A pid whose start time differs was
 recycled and is never trusted or signalled. Zombies count as dead: a detached process's
 parent (the caller's subreaper) may not have reaped it yet. Standard library only, no
-subprocess: ``state`` and ``list`` use this on their fast path.
+subprocess, and ``signal`` only where a signal is sent (it imports enum): ``state`` and ``list``
+use this on their fast path.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 POLL_INTERVAL = 0.01
@@ -145,11 +145,14 @@ def _reap(pid: int) -> None:
         pass
 
 
-def terminate(rec: dict | None, timeout: float = 5.0, sig: int = signal.SIGTERM) -> bool:
-    """``sig`` (SIGTERM), wait ``timeout``, then SIGKILL; True once the process is gone.
+def terminate(rec: dict | None, timeout: float = 5.0, sig: int | None = None) -> bool:
+    """``sig`` (default SIGTERM), wait ``timeout``, then SIGKILL; True once the process is gone.
 
     Where the kernel has pidfds the signals go through one opened while the record matched,
     so a pid recycled meanwhile is never signalled, and each wait is woken by the exit."""
+    import signal
+
+    sig = signal.SIGTERM if sig is None else sig
     fd = pidfd(int(rec["pid"])) if alive(rec) else None
     if fd is None or not alive(rec):  # no pidfd here, or it ended (or was replaced) meanwhile
         if fd is not None:
@@ -172,6 +175,7 @@ def _signal_and_wait(fd: int, sig: int, timeout: float) -> bool:
     """Send ``sig`` through the pidfd ``fd`` and wait up to ``timeout`` seconds for the process
     to end; True once it has (a process already gone counts)."""
     import select
+    import signal
 
     try:
         signal.pidfd_send_signal(fd, sig)

@@ -12,16 +12,16 @@ queue up, as with runc. Lock order: a container before its sandbox.
 A directory is reserved with mkdir (atomic: the second ``create`` of one id gets
 "container with id exists"); its state file is written when the command succeeds, so a
 directory without one is a create in progress (or one that crashed: ``delete --force``
-removes it). Standard library only: ``state`` and ``list`` import this and nothing heavier.
+removes it). ``state`` and ``list`` import this: the standard library's builtins and C codecs
+only (kata_runtime.cjson for the JSON, no ``json``, ``re`` or ``enum``).
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import re
 
+from kata_runtime import cjson
 from kata_runtime.errors import AlreadyExists, InvalidArgument, KataError, NotFound, container_not_found
 
 CONTAINERS = "containers"
@@ -29,14 +29,15 @@ SANDBOXES = "sandboxes"
 CONTAINER_FILE = "state.json"
 SANDBOX_FILE = "sandbox.json"
 
-# runc's libcontainer rule (idRegex `^[\w+-\.]+$`, and not "." or ".."); 1024 as the agent's limit.
-_ID_RE = re.compile(r"^[\w+.-]+$", re.ASCII)
+# runc's libcontainer rule (idRegex `^[\w+-\.]+$`: ASCII letters, digits and _ + - ., and not "."
+# or ".."); 1024 as the agent's limit. A set, not a regular expression: `state` must not import re.
+ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+.-")
 MAX_ID_LENGTH = 1024
 
 
 def check_id(value: str, what: str = "container") -> str:
     """Return ``value`` if it is a valid id (runc's rule), else raise InvalidArgument."""
-    if not value or not _ID_RE.match(value) or value in (".", "..") or len(value) > MAX_ID_LENGTH:
+    if not value or not ID_CHARACTERS.issuperset(value) or value in (".", "..") or len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(f"invalid {what} ID format: {value!r} (use letters, digits and _ + - .)")
     return value
 
@@ -201,7 +202,7 @@ def read_json(path: str) -> dict:
     except NotADirectoryError:
         raise NotFound(f"{path} does not exist") from None
     try:
-        value = json.loads(data)
+        value = cjson.loads(data)
     except ValueError as e:
         raise KataError(f"state file {path} is corrupt: {e}") from None
     if not isinstance(value, dict):
@@ -211,7 +212,7 @@ def read_json(path: str) -> dict:
 
 def write_json_atomic(path: str, data: dict) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file in the same directory and rename(2)."""
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    write_atomic(path, cjson.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def write_atomic(path: str, text: str) -> None:

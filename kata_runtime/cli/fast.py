@@ -17,7 +17,6 @@ Each command's action is a function here (named after it); its click command in
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -221,10 +220,11 @@ def delete(g: Globals, container_id: str, force: bool) -> None:
 
 def print_state(g: Globals, container_id: str) -> None:
     """As runc: json.MarshalIndent(state, "", "  "), no newline after it."""
+    from kata_runtime import cjson
     from kata_runtime.state import Store
     from kata_runtime.status import state
 
-    sys.stdout.write(json.dumps(state(Store(g.root), container_id), indent=2))
+    sys.stdout.write(cjson.dumps(state(Store(g.root), container_id), indent=2))
     sys.stdout.flush()
 
 
@@ -245,6 +245,7 @@ def tabwriter(rows, minwidth: int = 12, padding: int = 3) -> str:
 
 def print_list(g: Globals, fmt: str, quiet: bool) -> None:
     """runc's list output: ids (quiet), a JSON array (null when empty) or the table."""
+    from kata_runtime import cjson
     from kata_runtime.state import Store
     from kata_runtime.status import list_states
 
@@ -252,7 +253,7 @@ def print_list(g: Globals, fmt: str, quiet: bool) -> None:
     if quiet:
         out = "".join(s["id"] + "\n" for s in states)
     elif fmt == "json":
-        out = json.dumps(states or None, separators=(",", ":")) + "\n"  # runc: a nil slice is null
+        out = cjson.dumps(states or None, separators=(",", ":")) + "\n"  # runc: a nil slice is null
     else:
         rows = [HEADER] + [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"])
                            for s in states]

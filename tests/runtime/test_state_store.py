@@ -18,7 +18,8 @@ def test_valid_ids(good):
     assert check_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a b", "a\nb", "é", "x" * 1025, "a:b"])
+# "abc\n": the regular expression this rule once was (`^...$`) let a trailing newline through.
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a b", "a\nb", "abc\n", "\nabc", "é", "٣", "x" * 1025, "a:b"])
 def test_invalid_ids(bad):
     with pytest.raises(InvalidArgument, match="invalid container ID format"):
         check_id(bad)
