@@ -1,7 +1,8 @@
 """VM sandbox benchmark: kata-runtime with `hypervisor = "qemu"`, one boot, figures beside the Go anchors.
 
     python -m bench.vm_bench [--quick] [--cache-dir DIR] [--accel auto|kvm|tcg] [--mib N] [--checks N]
-                             [--kernel-params WORDS] [--entropy-source PATH]
+                             [--kernel-params WORDS] [--entropy-source PATH] [--firmware PATH]
+                             [--guest-dir DIR]
 
 Everything real, driven as a user drives it (bench/vm_tools.py: the CLI in a temp dir, left clean
 even on Ctrl-C). ONE sandbox is booted; its container runs
@@ -68,6 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kernel-params", metavar="WORDS",
                         help="[hypervisor.qemu] kernel_params: extra guest kernel parameters (e.g. norandmaps "
                              "for layout-stable A/B runs)")
+    parser.add_argument("--guest-dir", metavar="DIR",
+                        help="boot the vmlinux, initrd.img and rootfs.img of this image build (e.g. an older "
+                             "one in the cache, for a before/after comparison) instead of this tree's")
+    parser.add_argument("--firmware", metavar="PATH",
+                        help="[hypervisor.qemu] firmware (default: the runtime's, qboot where QEMU ships it)")
     parser.add_argument("--entropy-source", metavar="PATH",
                         help='[hypervisor.qemu] entropy_source ("" = no virtio-rng; default: the runtime\'s)')
     args = parser.parse_args(argv)
@@ -311,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         qemu = {} if args.entropy_source is None else {"entropy_source": args.entropy_source}
         if args.kernel_params:
             qemu["kernel_params"] = args.kernel_params
+        if args.firmware:
+            qemu["firmware"] = args.firmware
+        if args.guest_dir:
+            qemu.update({key: os.path.join(args.guest_dir, name) for key, name in
+                         (("kernel", "vmlinux"), ("initrd", "initrd.img"), ("image", "rootfs.img"))})
         ws = Workspace("kata-vm-bench-", args.cache_dir, accel=args.accel, qemu=qemu)
         figures = measure(ws, args)
     except KeyboardInterrupt:

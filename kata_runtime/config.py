@@ -96,6 +96,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "accel": ("auto", _one_of("auto", "kvm", "tcg")),
         "boot_timeout": (120.0, _seconds),
         "entropy_source": ("/dev/urandom", _path),
+        "firmware": ("", _path),
         "image_cache_dir": ("/var/cache/kata-py/images", _path),
         "shared_fs": ("virtio-9p", _one_of("virtio-9p")),
         "enable_debug": (False, _bool),

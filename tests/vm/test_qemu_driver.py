@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kata_runtime.hypervisor.base import HypervisorError
-from kata_runtime.hypervisor.qemu import KATA_AMD64_KERNEL_PARAMS, QemuHypervisor
+from kata_runtime.hypervisor.qemu import DEFAULT_PATH, KATA_AMD64_KERNEL_PARAMS, QemuHypervisor, default_firmware
 from tests.support.processes import processes_mentioning
 
 BOOT_TIMEOUT = 240.0  # TCG on a loaded 2-core CI machine
@@ -87,6 +87,38 @@ def test_command_line_has_a_virtio_rng_from_the_entropy_source(tmp_path):
     assert arg_after(q.command_line(), "-object") == ["rng-random,id=rng0,filename=/dev/hw,,rng"]
     argv = QemuHypervisor.from_config(tmp_path / "sb", "x", {"entropy_source": ""}).command_line()
     assert "-object" not in argv and not any(d.startswith("virtio-rng") for d in arg_after(argv, "-device"))
+
+
+def test_firmware_is_qboot_where_qemu_ships_it(tmp_path, monkeypatch):
+    """`firmware` unset: qboot.rom from the data dir of the configured QEMU (<prefix>/share/qemu,
+    the binary's symlinks resolved), else "" (QEMU's default, SeaBIOS); a configured path is kept.
+    The result goes on the command line as -bios, and nothing does when it is ""."""
+    prefix = tmp_path / "opt"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "qemu-system-x86_64").write_text("#!/bin/sh\n")
+    (prefix / "bin" / "qemu-system-x86_64").chmod(0o755)
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "qemu").symlink_to(prefix / "bin" / "qemu-system-x86_64")
+    assert default_firmware(str(tmp_path / "links" / "qemu")) == ""
+    (prefix / "share" / "qemu").mkdir(parents=True)
+    (prefix / "share" / "qemu" / "qboot.rom").write_bytes(b"rom")
+    qboot = str(prefix / "share" / "qemu" / "qboot.rom")
+    assert default_firmware(str(tmp_path / "links" / "qemu")) == qboot
+    monkeypatch.setenv("PATH", str(tmp_path / "links"))
+    assert default_firmware("qemu") == qboot
+
+    from kata_runtime.hypervisor import qemu as qemu_module
+
+    monkeypatch.setattr(qemu_module, "guest_files", lambda settings: {})
+    monkeypatch.setattr(qemu_module, "resolve_accel", lambda settings, cache, warn: "tcg")
+    resolve = lambda **s: QemuHypervisor.resolve_settings(s, probe_cache_dir=None, warn=print)["firmware"]
+    assert resolve(path=str(tmp_path / "links" / "qemu")) == qboot
+    assert resolve(path=str(tmp_path / "links" / "qemu"), firmware="/fw/bios.bin") == "/fw/bios.bin"
+    assert resolve(path=str(tmp_path / "nowhere" / "qemu")) == ""
+
+    argv = QemuHypervisor.from_config(tmp_path / "sb", "x", {"firmware": qboot}).command_line()
+    assert arg_after(argv, "-bios") == [qboot] and argv.index("-bios") < argv.index("-kernel")
+    assert "-bios" not in QemuHypervisor.from_config(tmp_path / "sb", "x", {"firmware": ""}).command_line()
 
 
 def test_command_line_debug_and_odd_paths(tmp_path):
@@ -190,7 +222,7 @@ def test_resolve_settings_records_concrete_files_and_accel(tmp_path, monkeypatch
     settings = {"kernel": "", "initrd": "", "image": "", "image_cache_dir": str(tmp_path), "accel": "auto",
                 "default_vcpus": 2}
     resolved = QemuHypervisor.resolve_settings(settings, probe_cache_dir=None, warn=warnings.append)
-    assert resolved == {**settings, **built, "accel": "kvm"} and warnings == []
+    assert resolved == {**settings, **built, "accel": "kvm", "firmware": default_firmware(DEFAULT_PATH)} and warnings == []
     assert settings["accel"] == "auto"  # the configuration itself is not changed
     q = QemuHypervisor.from_config(tmp_path / "sb", "sb", resolved)
     assert (q.kernel, q.initrd, q.image, q.accel, q.vcpus) == (built["kernel"], built["initrd"], built["image"],
