@@ -208,3 +208,20 @@ def test_env_reports_configuration_and_versions(tmp_path, as_json):
     assert report["Config"]["runtime"]["hypervisor"] == "process" == report["Hypervisor"]["Type"]
     assert report["Proxy"]["Version"].startswith("kata-proxy version")
     assert report["Shim"]["Version"].startswith("kata-shim version")
+
+
+def test_env_reports_the_firmware_a_qemu_sandbox_boots_with(tmp_path):
+    from kata_runtime.hypervisor.qemu import default_firmware
+
+    config = tmp_path / "c.toml"
+    config.write_text('[runtime]\nhypervisor = "qemu"\n')
+    p = subprocess.run([sys.executable, "-m", "kata_runtime", "--kata-config", str(config), "env", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    hypervisor = json.loads(p.stdout)["Hypervisor"]
+    assert hypervisor["Type"] == "qemu"
+    assert hypervisor["Firmware"] == (default_firmware("/usr/bin/qemu-system-x86_64") or "QEMU's default (SeaBIOS)")
+    config.write_text('[runtime]\nhypervisor = "qemu"\n[hypervisor.qemu]\nfirmware = "/fw/bios.bin"\n')
+    p = subprocess.run([sys.executable, "-m", "kata_runtime", "--kata-config", str(config), "env", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert json.loads(p.stdout)["Hypervisor"]["Firmware"] == "/fw/bios.bin"
