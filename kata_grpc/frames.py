@@ -330,10 +330,23 @@ class H2Connection:
 
     def receive_bytes(self, data) -> None:
         """Process received bytes (the copying API).  Raises H2Error on a connection error,
-        and on any call once the connection failed."""
+        and on any call once the connection failed.
+
+        With nothing buffered (the usual case: a chunk of whole frames, a request), the
+        frames are parsed in ``data`` itself and only an incomplete last frame is copied in."""
         view = memoryview(data)
         if not len(view) and self.closed_reason is not None:
             raise H2Error(self.closed_reason)
+        if self._rpos == self._wpos and not self._dleft and len(view) and self.closed_reason is None:
+            self._rpos = self._wpos = 0
+            pos = self._parse_frames(view, 0, len(view))
+            rest = len(view) - pos
+            if rest:
+                if rest > len(self._in):
+                    self._in.extend(bytes(rest - len(self._in)))
+                self._in[:rest] = view[pos:]
+                self._wpos = rest
+            return
         while len(view):
             room = self.get_buffer()
             n = min(len(room), len(view))
@@ -343,58 +356,59 @@ class H2Connection:
             self.buffer_updated(n)
 
     def _parse(self) -> None:
-        buf = self._in
-        pos, end = self._rpos, self._wpos
-        try:
-            if self._preface_due:
-                if end - pos < len(PREFACE):
-                    if bytes(buf[pos:end]) != PREFACE[:end - pos]:
-                        self._fail(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                    return
-                if bytes(buf[pos:pos + len(PREFACE)]) != PREFACE:
+        self._rpos = self._parse_frames(self._in, self._rpos, self._wpos)
+
+    def _parse_frames(self, buf, pos: int, end: int) -> int:
+        """Process the frames in ``buf[pos:end]``; the position of the first byte not consumed
+        (an incomplete frame).  On H2Error (raised by a handler) the connection is over."""
+        if self._preface_due:
+            if end - pos < len(PREFACE):
+                if bytes(buf[pos:end]) != PREFACE[:end - pos]:
                     self._fail(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                pos += len(PREFACE)
-                self._preface_due = False
-            while pos < end:
-                if self._dleft:  # the rest of a DATA frame
-                    take = min(end - pos, self._dleft)
-                    useful = min(take, self._dleft - self._dpad)
-                    if useful > 0 and self._dstream is not None:
-                        with memoryview(buf) as view:
-                            self._dstream.append(view[pos:pos + useful])
-                    pos += take
-                    self._dleft -= take
-                    if not self._dleft:
-                        self._data_done()
-                    continue
-                if end - pos < 9:
-                    break
-                length = buf[pos] << 16 | buf[pos + 1] << 8 | buf[pos + 2]
-                if length > self.max_frame:
-                    self._fail(FRAME_SIZE_ERROR, f"frame of {length} bytes (limit {self.max_frame})")
-                ftype = buf[pos + 3]
-                flags = buf[pos + 4]
-                sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-                if self._settings_due:
-                    if ftype != SETTINGS or flags & ACK:
-                        self._fail(PROTOCOL_ERROR, "the peer's first frame is not SETTINGS")
-                    self._settings_due = False
-                if ftype == DATA:
-                    padded = flags & PADDED
-                    if padded and end - pos < 10:
-                        break  # wait for the pad length
-                    self._on_data_header(flags, sid, length, buf[pos + 9] if padded else 0)
-                    pos += 10 if padded else 9
-                    if not self._dleft:
-                        self._data_done()
-                    continue
-                if end - pos - 9 < length:
-                    break
-                payload = bytes(buf[pos + 9:pos + 9 + length])
-                pos += 9 + length
-                self._on_frame(ftype, flags, sid, payload)
-        finally:
-            self._rpos = pos
+                return pos
+            if bytes(buf[pos:pos + len(PREFACE)]) != PREFACE:
+                self._fail(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+            pos += len(PREFACE)
+            self._preface_due = False
+        while pos < end:
+            if self._dleft:  # the rest of a DATA frame
+                take = min(end - pos, self._dleft)
+                useful = min(take, self._dleft - self._dpad)
+                if useful > 0 and self._dstream is not None:
+                    with memoryview(buf) as view:
+                        self._dstream.append(view[pos:pos + useful])
+                pos += take
+                self._dleft -= take
+                if not self._dleft:
+                    self._data_done()
+                continue
+            if end - pos < 9:
+                break
+            length = buf[pos] << 16 | buf[pos + 1] << 8 | buf[pos + 2]
+            if length > self.max_frame:
+                self._fail(FRAME_SIZE_ERROR, f"frame of {length} bytes (limit {self.max_frame})")
+            ftype = buf[pos + 3]
+            flags = buf[pos + 4]
+            sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            if self._settings_due:
+                if ftype != SETTINGS or flags & ACK:
+                    self._fail(PROTOCOL_ERROR, "the peer's first frame is not SETTINGS")
+                self._settings_due = False
+            if ftype == DATA:
+                padded = flags & PADDED
+                if padded and end - pos < 10:
+                    break  # wait for the pad length
+                self._on_data_header(flags, sid, length, buf[pos + 9] if padded else 0)
+                pos += 10 if padded else 9
+                if not self._dleft:
+                    self._data_done()
+                continue
+            if end - pos - 9 < length:
+                break
+            payload = bytes(buf[pos + 9:pos + 9 + length])
+            pos += 9 + length
+            self._on_frame(ftype, flags, sid, payload)
+        return pos
 
     def _fail(self, code: int, reason: str) -> None:
         """Connection error (RFC 9113 section 5.4.1): queue GOAWAY ``code``, raise H2Error."""
@@ -540,7 +554,8 @@ class H2Connection:
             stream = self.streams.get(sid)
             if stream is not None:
                 stream.send_window += increment
-        self._flush_data()
+        if self.sending:
+            self._flush_data()
 
     def _on_rst_stream_frame(self, flags: int, sid: int, payload: bytes) -> None:
         if len(payload) != 4 or sid == 0:

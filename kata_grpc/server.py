@@ -36,9 +36,9 @@ table, so any SETTINGS_HEADER_TABLE_SIZE of the client is honoured.
 from __future__ import annotations
 
 from kata_grpc import hpack
-from kata_grpc.frames import (END_STREAM, MAX_CONCURRENT_STREAMS, NO_ERROR, PROTOCOL_ERROR,
-                              REFUSED_STREAM, RST_STREAM, STREAM_CLOSED, GOAWAY, H2Connection, H2Error,
-                              Stream, frame)
+from kata_grpc.frames import (DATA, END_HEADERS, END_STREAM, HEADERS, MAX_CONCURRENT_STREAMS, NO_ERROR,
+                              PROTOCOL_ERROR, REFUSED_STREAM, RST_STREAM, STREAM_CLOSED, GOAWAY, H2Connection,
+                              H2Error, Stream, frame)
 from kata_grpc.protocol import (INTERNAL, OK, PREFIX_LEN, RESOURCE_EXHAUSTED, UNIMPLEMENTED,
                                 message_length, parse_timeout, percent_encode)
 
@@ -51,6 +51,13 @@ MAX_STATUS_MESSAGE = 4 << 10
 
 _RESPONSE_HEADERS = b"\x88" + hpack.encode_plain(((b"content-type", b"application/grpc"),))  # :status 200
 _TRAILERS_OK = hpack.encode_plain(((b"grpc-status", b"0"),))
+#: The first 5 bytes (length, type, flags) of the HEADERS frames of an OK answer; the stream id follows.
+_RESPONSE_HEADERS_HEAD = len(_RESPONSE_HEADERS).to_bytes(3, "big") + bytes((HEADERS, END_HEADERS))
+_TRAILERS_OK_HEAD = len(_TRAILERS_OK).to_bytes(3, "big") + bytes((HEADERS, END_HEADERS | END_STREAM))
+_DATA_NO_FLAGS = bytes((DATA, 0))
+#: An answer up to this size (prefix + message, bytes) that fits the windows goes out as three whole
+#: frames at once (`_queue_small_answer`); a larger one is cut by _flush_data and sent by reference.
+SMALL_ANSWER = 4096
 
 
 class RequestReceived:
@@ -165,12 +172,31 @@ class ServerConnection(H2Connection):
             return self.respond_error(stream_id, RESOURCE_EXHAUSTED,
                                       f"response message of {len(message)} bytes (limit {self.max_message})")
         stream.answered = True
+        if self._queue_small_answer(stream, message):
+            return True
         self._send_headers(stream_id, 0, _RESPONSE_HEADERS)
         stream.head = b"\x00" + len(message).to_bytes(4, "big")  # the gRPC message prefix
         stream.pending = memoryview(message)
         stream.end_block = _TRAILERS_OK
         self.sending.append(stream)
         self._flush_data()
+        return True
+
+    def _queue_small_answer(self, stream: ServerStream, message) -> bool:
+        """Queue HEADERS, one DATA frame with the whole message and the trailers, when the
+        answer is small, fits both windows and one frame, and nothing else waits to be sent
+        (the frames _flush_data would make, without cutting); False otherwise."""
+        n = PREFIX_LEN + len(message)
+        if (n > SMALL_ANSWER or self.sending or self._size_update or n > stream.send_window
+                or n > self.send_window or n > self.peer_max_frame):
+            return False
+        sid = stream.stream_id.to_bytes(4, "big")
+        self._out += b"".join((_RESPONSE_HEADERS_HEAD, sid, _RESPONSE_HEADERS,
+                               n.to_bytes(3, "big"), _DATA_NO_FLAGS, sid, b"\x00", len(message).to_bytes(4, "big"), message,
+                               _TRAILERS_OK_HEAD, sid, _TRAILERS_OK))
+        stream.send_window -= n
+        self.send_window -= n
+        self._sent_all(stream)
         return True
 
     def respond_error(self, stream_id: int, code: int, message: str = "") -> bool:

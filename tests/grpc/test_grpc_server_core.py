@@ -306,3 +306,56 @@ def test_table_size_setting_is_acknowledged_in_the_next_block():
     assert first[3][0] == 0x20  # dynamic table size update to 0
     dec = hpack.Decoder(0)
     assert dict(dec.decode(first[3]))[b":status"] == b"200"
+
+
+def test_a_small_answer_is_three_whole_frames_and_takes_from_both_windows():
+    """An answer that fits one frame and both windows goes out whole (HEADERS, one DATA frame
+    without END_STREAM, trailers with it), as _flush_data would cut it, and counts against the
+    windows; one past SMALL_ANSWER goes through _flush_data and reads back the same."""
+    from kata_grpc.server import SMALL_ANSWER
+
+    conn = started()
+    conn.receive(call(1) + call(3))
+    window, message = conn.send_window, b"\x08\x01" * 10
+    assert conn.respond(1, message)
+    frames = parse_frames(conn.data_to_send())
+    assert [(t, f, s) for t, f, s, _ in frames] == [(HEADERS, END_HEADERS, 1), (DATA, 0, 1),
+                                                    (HEADERS, END_HEADERS | END_STREAM, 1)]
+    headers, body = response(frames, 1)
+    assert headers == [{b":status": b"200", b"content-type": b"application/grpc"}, {b"grpc-status": b"0"}]
+    assert body == grpc_message(message) and conn.send_window == window - len(body)
+    assert 1 not in conn.streams and not conn.respond(1, message)  # done: forgotten, not answerable twice
+    big = bytes(SMALL_ANSWER)
+    assert conn.respond(3, big)
+    headers, body = response(parse_frames(conn.data_to_send()), 3)
+    assert headers[-1] == {b"grpc-status": b"0"} and body == grpc_message(big)
+
+
+def test_a_small_answer_waits_for_the_window_like_any_other():
+    conn = started(client_settings=settings(window=4))  # the client's stream window: 4 bytes
+    conn.receive(call(1))
+    assert conn.respond(1, b"\x08\x01")  # 7 bytes with the prefix: cut, the rest when the window opens
+    frames = parse_frames(conn.data_to_send())
+    assert [(t, len(p)) for t, f, s, p in frames if t == DATA] == [(DATA, 4)]
+    conn.receive(frame(WINDOW_UPDATE, 0, 1, (10).to_bytes(4, "big")))
+    headers, body = response(frames + parse_frames(conn.data_to_send()), 1)
+    assert body == grpc_message(b"\x08\x01") and headers[-1] == {b"grpc-status": b"0"}
+
+
+def test_any_split_of_the_received_bytes_gives_the_same_events():
+    """Bytes arriving in two pieces, cut anywhere: parsed where they lie while nothing is
+    buffered, the unfinished frame kept for the next piece."""
+    wire = PREFACE + settings() + call(1, b"\x0a\x01x") + frame(PING, 0, 0, bytes(8)) + call(3, b"y" * 300)
+
+    def events(pieces):
+        conn = ServerConnection(PATHS)
+        got = []
+        for piece in pieces:
+            got += [(type(e).__name__, getattr(e, "stream_id", None), getattr(e, "message", None))
+                    for e in conn.receive(piece)]
+        return got, parse_frames(conn.data_to_send())
+
+    whole = events([wire])
+    assert [e[:2] for e in whole[0]] == [("RequestReceived", 1), ("RequestReceived", 3)]
+    for cut in range(1, len(wire)):
+        assert events([wire[:cut], wire[cut:]]) == whole, cut
