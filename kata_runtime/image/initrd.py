@@ -6,7 +6,8 @@ Layout (a gzip-compressed cpio newc archive, see kata_runtime.image.cpio)::
 
     init                       the script below (PID 1 until it switch_roots)
     bin/busybox                Debian's busybox-static; bin/<applet> -> busybox for the applets /init uses
-    lib/modules/<name>.ko      decompressed modules, and lib/modules/order: one file name a line,
+    lib/modules/<name>.ko      decompressed modules without their signatures (see
+                               kernel.without_signature), and lib/modules/order: one file name a line,
                                dependencies first (kata_runtime.image.kernel.module_closure)
     dev/console                char 5:1, so the kernel can open the initial console
     proc/ sys/ dev/ newroot/   mount points
@@ -31,7 +32,7 @@ import struct
 
 from kata_runtime.image.cpio import NewcWriter
 from kata_runtime.image.errors import ImageError
-from kata_runtime.image.kernel import Module, module_bytes
+from kata_runtime.image.kernel import Module, module_bytes, without_signature
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 #: The applets /init calls (symlinks in bin/).
@@ -118,7 +119,7 @@ def write_initrd_archive(cpio: NewcWriter, modules: list[Module], busybox: str) 
     names = []
     for module in modules:
         name = f"{module.name}.ko"
-        cpio.add_file(f"{MODULES_DIR}/{name}", module_bytes(module))
+        cpio.add_file(f"{MODULES_DIR}/{name}", without_signature(module_bytes(module), module.name))
         names.append(name)
     cpio.add_file(f"{MODULES_DIR}/order", "".join(f"{n}\n" for n in names).encode())
     cpio.add_file("init", INIT_SCRIPT.encode(), mode=0o755)

@@ -87,6 +87,9 @@ def test_the_initrd_holds_our_init_and_the_kernels_modules(guest_image, tmp_path
     assert {f"{m}.ko" for m in Recipe().modules} <= set(modules)  # every module of the recipe, after its depends
     for m in modules:
         assert f"lib/modules/{m}".encode() in names
+    ext4 = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "lib/modules/ext4.ko"], input=archive, check=True,
+                          capture_output=True).stdout
+    assert ext4.startswith(b"\x7fELF") and not ext4.endswith(b"~Module signature appended~\n")  # see without_signature
 
 
 def test_a_second_build_with_the_same_inputs_is_a_cache_hit(guest_image, guest_inputs, image_cache_dir, figures):

@@ -20,8 +20,8 @@ from kata_runtime.image import build as build_mod
 from kata_runtime.image.cpio import CpioError, NewcWriter
 from kata_runtime.image.ext4 import image_size, make_ext4
 from kata_runtime.image.initrd import INIT_SCRIPT, find_busybox, write_initrd
-from kata_runtime.image.kernel import (Kernel, Module, extract_vmlinux, find_kernel, has_pvh_entry, module_closure,
-                                      run_modinfo)
+from kata_runtime.image.kernel import (MODULE_SIGNATURE_MARKER, Kernel, Module, extract_vmlinux, find_kernel,
+                                      has_pvh_entry, module_bytes, module_closure, run_modinfo, without_signature)
 from kata_runtime.image.recipe import Inputs, pinned_requirements, tree_digest
 from kata_runtime.image.rootfs import mmdebstrap_argv, pip_argv
 from tests.support.requirements import requires
@@ -334,6 +334,41 @@ def test_pip_installs_pinned_wheels_for_the_guests_python_and_glibc(tmp_path):
 # ---------------------------------------------------------------- initrd
 
 
+def signed(elf: bytes, signature: bytes = b"\x30\x82PKCS#7 bytes") -> bytes:
+    """``elf`` as scripts/sign-file leaves it: signature, struct module_signature, marker."""
+    info = bytes([0, 0, 2, 0, 0, 0, 0, 0]) + len(signature).to_bytes(4, "big")  # id_type 2: PKCS#7
+    return elf + signature + info + MODULE_SIGNATURE_MARKER
+
+
+def test_a_module_loses_its_signature_and_nothing_else():
+    elf = b"\x7fELF\x02\x01" + bytes(range(256)) * 4
+    assert without_signature(signed(elf)) == elf
+    assert without_signature(elf) == elf  # unsigned: as is
+    assert without_signature(signed(elf, b"")) == elf
+    for corrupt in (MODULE_SIGNATURE_MARKER, b"\x7fELF" + bytes(8) + (10 ** 6).to_bytes(4, "big") + MODULE_SIGNATURE_MARKER,
+                    b"not an ELF" + bytes(8) + (0).to_bytes(4, "big") + MODULE_SIGNATURE_MARKER):
+        with pytest.raises(ImageError, match="corrupt module"):
+            without_signature(corrupt, "x")
+
+
+@tool("modinfo")
+def test_the_hosts_signed_modules_lose_exactly_their_signature():
+    """Debian's own ext4.ko: an ELF before and after, shorter by the PKCS#7 block, the 12-byte
+    struct and the marker."""
+    try:
+        kernel = find_kernel()
+    except ImageError as exc:
+        pytest.skip(str(exc))
+    module = next(m for m in module_closure(["ext4"], kernel.version) if m.name == "ext4")
+    data = module_bytes(module)
+    if not data.endswith(MODULE_SIGNATURE_MARKER):
+        pytest.skip("this kernel's modules are not signed")
+    stripped = without_signature(data, "ext4")
+    assert stripped.startswith(b"\x7fELF") and not stripped.endswith(MODULE_SIGNATURE_MARKER)
+    signature_length = int.from_bytes(data[-len(MODULE_SIGNATURE_MARKER) - 4:-len(MODULE_SIGNATURE_MARKER)], "big")
+    assert len(data) - len(stripped) == signature_length + 12 + len(MODULE_SIGNATURE_MARKER)
+
+
 @tool("cpio")
 def test_initrd_holds_busybox_modules_in_order_and_our_init(tmp_path):
     busybox = find_busybox()
@@ -341,6 +376,7 @@ def test_initrd_holds_busybox_modules_in_order_and_our_init(tmp_path):
     for name in ("virtio_ring", "virtio", "ext4"):
         (tmp_path / f"{name}.ko").write_bytes(f"ELF {name}".encode())
         mods.append(Module(name, str(tmp_path / f"{name}.ko")))
+    (tmp_path / "ext4.ko").write_bytes(signed(b"\x7fELF ext4"))  # Debian's modules are signed
     xz = tmp_path / "jbd2.ko.xz"
     import lzma
     xz.write_bytes(lzma.compress(b"ELF jbd2"))
@@ -353,6 +389,7 @@ def test_initrd_holds_busybox_modules_in_order_and_our_init(tmp_path):
     extract(archive, root)
     assert (root / "lib/modules/order").read_text().split() == ["virtio_ring.ko", "virtio.ko", "ext4.ko", "jbd2.ko"]
     assert (root / "lib/modules/jbd2.ko").read_bytes() == b"ELF jbd2"  # decompressed
+    assert (root / "lib/modules/ext4.ko").read_bytes() == b"\x7fELF ext4"  # without its signature
     assert (root / "init").read_text() == INIT_SCRIPT and os.access(root / "init", os.X_OK)
     assert (root / "bin/busybox").read_bytes() == Path(busybox).read_bytes()
     assert os.readlink(root / "bin/switch_root") == "busybox"
