@@ -339,7 +339,8 @@ class H2Connection:
             raise H2Error(self.closed_reason)
         if self._rpos == self._wpos and not self._dleft and len(view) and self.closed_reason is None:
             self._rpos = self._wpos = 0
-            pos = self._parse_frames(view, 0, len(view))
+            # bytes index faster than a memoryview (no format to look at)
+            pos = self._parse_frames(data if type(data) in (bytes, bytearray) else view, 0, len(view))
             rest = len(view) - pos
             if rest:
                 if rest > len(self._in):

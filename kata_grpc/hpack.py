@@ -224,7 +224,12 @@ _STATIC_SIZE = len(STATIC_TABLE)
 
 
 class Decoder:
-    """Decodes header blocks; keeps the dynamic table between blocks of one connection."""
+    """Decodes header blocks; keeps the dynamic table between blocks of one connection.
+
+    A gRPC client repeats its request headers call after call as the same few indexed fields
+    (grpcio: nine bytes for a Check), and our answers' blocks are plain literals: a block that
+    left the dynamic table as it was is remembered, and the same bytes against the same table
+    give the same list without decoding again."""
 
     def __init__(self, max_table_size: int = 4096, max_list_size: int | None = None) -> None:
         """``max_table_size``: what we advertised (SETTINGS_HEADER_TABLE_SIZE), bytes;
@@ -236,6 +241,8 @@ class Decoder:
         self.max_size = max_table_size     # current limit (the encoder may lower it)
         self.size = 0
         self.dynamic: list[tuple[bytes, bytes]] = []  # newest first
+        self.generation = 0  # counts the changes to the dynamic table and its size
+        self._last: tuple[bytes, int, int | None, list] | None = None  # block, generation, limit, headers
 
     def _lookup(self, index: int) -> tuple[bytes, bytes]:
         entry = index - _STATIC_SIZE - 1  # the dynamic table's entry, newest first
@@ -253,6 +260,7 @@ class Decoder:
             self.size -= 32 + len(name) + len(value)
 
     def _add(self, name: bytes, value: bytes) -> None:
+        self.generation += 1
         self.dynamic.insert(0, (name, value))
         self.size += 32 + len(name) + len(value)
         self._evict()  # an entry larger than the table empties it (RFC 7541 4.4)
@@ -271,6 +279,18 @@ class Decoder:
     def decode(self, block) -> list[tuple[bytes, bytes]]:
         """The (name, value) list of one header block; HPACKError when it is malformed or
         decodes to more than ``max_list_size``."""
+        last = self._last
+        if (last is not None and last[1] == self.generation and last[2] == self.max_list_size
+                and last[0] == block):
+            return list(last[3])
+        generation = self.generation
+        headers = self._decode(block)
+        if self.generation == generation:
+            self._last = (bytes(block), generation, self.max_list_size, headers)
+            return list(headers)
+        return headers
+
+    def _decode(self, block) -> list[tuple[bytes, bytes]]:
         headers = []
         pos = 0
         n = len(block)
@@ -302,6 +322,7 @@ class Decoder:
                 size, pos = decode_int(block, pos, 5)
                 if size > self.max_allowed:
                     raise HPACKError("table size update above the advertised limit")
+                self.generation += 1
                 self.max_size = size
                 self._evict()
             else:  # literal without indexing (0000) or never indexed (0001)

@@ -256,6 +256,40 @@ def test_hpack_encoder_feeds_our_decoder(blocks):
     assert decoder.size <= decoder.max_size
 
 
+@hyp_settings(max_examples=150, deadline=None)
+@given(blocks=st.lists(st.tuples(st.lists(header, max_size=6), st.integers(1, 3)), min_size=1, max_size=8))
+def test_repeated_blocks_decode_as_the_reference_decoder_does(blocks):
+    """Header lists sent again (as a gRPC client repeats its request headers: the same indexed
+    bytes once they are in the table): our decoder, which remembers a block that left the table
+    unchanged, against the reference decoder, block by block."""
+    encoder, reference, decoder = hpack_lib.Encoder(), hpack_lib.Decoder(), hpack.Decoder(4096)
+    for headers, times in blocks:
+        for _ in range(times):
+            block = encoder.encode(headers)
+            assert decoder.decode(block) == [(bytes(n), bytes(v)) for n, v in reference.decode(block, raw=True)]
+
+
+def test_a_remembered_block_is_decoded_again_once_the_table_changed():
+    decoder = hpack.Decoder(4096)
+    add = lambda name, value: b"\x40" + hpack.encode_plain(((name, value),))[1:]  # literal, incremental indexing
+    assert decoder.decode(add(b"x-a", b"1")) == [(b"x-a", b"1")]
+    assert decoder.decode(b"\xbe") == [(b"x-a", b"1")]  # index 62: the newest entry
+    first = decoder.decode(b"\xbe")
+    first.append((b"mutated", b"by the caller"))  # a caller's change does not reach the next answer
+    assert decoder.decode(b"\xbe") == [(b"x-a", b"1")]
+    decoder.decode(add(b"x-b", b"2"))
+    assert decoder.decode(b"\xbe") == [(b"x-b", b"2")]  # 62 is now the newer entry
+    assert decoder.decode(b"\x3f\xe1\x1f\xbe") == [(b"x-b", b"2")]  # a size update in the block (4096)...
+    decoder.decode(b"\x20")  # ...and to 0: the table is emptied
+    with pytest.raises(hpack.HPACKError, match="out of range"):
+        decoder.decode(b"\xbe")
+    limited = hpack.Decoder(4096, max_list_size=100)
+    assert limited.decode(b"\x82") == [(b":method", b"GET")]
+    limited.max_list_size = 10  # 32 + 7 + 3 bytes is over
+    with pytest.raises(hpack.HPACKError, match="larger than"):
+        limited.decode(b"\x82")
+
+
 def test_hpack_never_indexed_and_sensitive_fields():
     encoder = hpack_lib.Encoder()
     headers = [hpack_lib.NeverIndexedHeaderTuple(b"authorization", b"secret"), (b"x", b"y")]
