@@ -140,6 +140,9 @@ class ServerConnection(H2Connection):
         self.last_client_id = 0     # the highest stream id the client opened
         self.goaway_sent = False
         self.ended = False          # ConnectionEnded was returned
+        # the header list of the last request that passed _open, and its (path, timeout): a
+        # client repeats its headers call after call, so an equal list passes again unread
+        self._accepted: tuple[list, str, float | None] | None = None
         self._events: list = []
 
     # ---------------------------------------------------------------- the API
@@ -302,6 +305,10 @@ class ServerConnection(H2Connection):
     def _open(self, stream: ServerStream, headers: list) -> None:
         """Check a request's header list (RFC 9113 section 8.3.1, PROTOCOL-HTTP2.md)."""
         stream.headers = headers
+        accepted = self._accepted
+        if accepted is not None and accepted[0] == headers:
+            stream.path, stream.timeout = accepted[1], accepted[2]
+            return None
         method = content_type = None
         regular = False
         for name, value in headers:
@@ -340,6 +347,7 @@ class ServerConnection(H2Connection):
             return self._sent_all(stream)
         if self.paths is not None and stream.path not in self.paths:
             return self._refuse(stream, UNIMPLEMENTED, f"method {stream.path} not implemented")
+        self._accepted = (list(headers), stream.path, stream.timeout)  # a copy: the event hands out the list
         return None
 
     def _malformed(self, stream: ServerStream, reason: str) -> None:

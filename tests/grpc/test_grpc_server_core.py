@@ -359,3 +359,20 @@ def test_any_split_of_the_received_bytes_gives_the_same_events():
     assert [e[:2] for e in whole[0]] == [("RequestReceived", 1), ("RequestReceived", 3)]
     for cut in range(1, len(wire)):
         assert events([wire[:cut], wire[cut:]]) == whole, cut
+
+
+def test_a_repeated_header_list_passes_as_the_first_did_and_any_other_is_checked():
+    """The last accepted request's headers are remembered: an equal list is accepted with the
+    same path and timeout; a different one (another path, a bad header) is checked in full, even
+    if a handler changed the list the first request's event carried."""
+    conn = started()
+    timed = request_block(extra=[(b"grpc-timeout", b"5S")])
+    first = conn.receive(frame(HEADERS, END_HEADERS, 1, timed) + frame(DATA, END_STREAM, 1, grpc_message(b"")))
+    first[0].headers.append((b"connection", b"close"))  # what a handler might do with the event's list
+    again = conn.receive(frame(HEADERS, END_HEADERS, 3, timed) + frame(DATA, END_STREAM, 3, grpc_message(b"")))
+    assert [(e.stream_id, e.path, e.timeout) for e in first + again] == [(1, CHECK, 5.0), (3, CHECK, 5.0)]
+    bad = request_block(extra=[(b"grpc-timeout", b"5S"), (b"connection", b"close")])
+    assert conn.receive(frame(HEADERS, END_HEADERS, 5, bad)) == []
+    assert (RST_STREAM, 0, 5, (1).to_bytes(4, "big")) in parse_frames(conn.data_to_send())  # PROTOCOL_ERROR
+    other = conn.receive(call(7, path="/grpc.AgentService/ReadStdout"))
+    assert [(e.stream_id, e.path, e.timeout) for e in other] == [(7, "/grpc.AgentService/ReadStdout", None)]
