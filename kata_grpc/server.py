@@ -306,7 +306,7 @@ class ServerConnection(H2Connection):
         """Check a request's header list (RFC 9113 section 8.3.1, PROTOCOL-HTTP2.md)."""
         stream.headers = headers
         accepted = self._accepted
-        if accepted is not None and accepted[0] == headers:
+        if accepted is not None and accepted[0] == headers and (self.paths is None or accepted[1] in self.paths):
             stream.path, stream.timeout = accepted[1], accepted[2]
             return None
         method = content_type = None

@@ -43,10 +43,11 @@ _scan = _json.make_scanner(_ScannerContext()) if _json is not None else None
 
 
 def loads(text: str | bytes):
-    """The value of the JSON document ``text`` (bytes are UTF-8). Raises ValueError (json's
-    JSONDecodeError is one) when it is not exactly one JSON value with optional whitespace."""
+    """The value of the JSON document ``text`` (bytes are UTF-8, a byte order mark allowed, lone
+    surrogates kept, as json.loads reads UTF-8 bytes). Raises ValueError (json's JSONDecodeError
+    is one) when it is not exactly one JSON value with optional whitespace."""
     if isinstance(text, (bytes, bytearray)):
-        text = text.decode("utf-8")
+        text = text.decode("utf-8-sig", "surrogatepass")
     if _scan is None:  # pragma: no cover
         import json
 
@@ -81,7 +82,8 @@ def _float(value: float) -> str:
 def dumps(value, *, indent: int | None = None, sort_keys: bool = False,
           separators: tuple[str, str] | None = None) -> str:
     """``value`` as JSON text, exactly as ``json.dumps`` with the same arguments (see the module
-    docstring for the types). Raises TypeError for another type, a non-str key or a cycle."""
+    docstring for the types). Raises TypeError for another type or a non-str key, ValueError
+    for a cycle (as json)."""
     if separators is None:
         separators = (", ", ": ") if indent is None else (",", ": ")
     out: list[str] = []

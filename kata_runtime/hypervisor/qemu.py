@@ -476,6 +476,8 @@ def default_firmware(qemu: str) -> str:
     for ``<prefix>/bin/qemu-system-x86_64``, symlinks resolved), or "" (QEMU's own default,
     SeaBIOS) when that QEMU ships none."""
     binary = shutil.which(qemu) or qemu
+    if not os.path.isabs(binary):  # not found: no prefix to look in
+        return ""
     prefix = os.path.dirname(os.path.dirname(os.path.realpath(binary)))
     candidate = os.path.join(prefix, "share", "qemu", QBOOT_ROM)
     return candidate if os.path.isfile(candidate) else ""

@@ -376,3 +376,14 @@ def test_a_repeated_header_list_passes_as_the_first_did_and_any_other_is_checked
     assert (RST_STREAM, 0, 5, (1).to_bytes(4, "big")) in parse_frames(conn.data_to_send())  # PROTOCOL_ERROR
     other = conn.receive(call(7, path="/grpc.AgentService/ReadStdout"))
     assert [(e.stream_id, e.path, e.timeout) for e in other] == [(7, "/grpc.AgentService/ReadStdout", None)]
+
+
+
+def test_a_repeated_header_list_is_refused_once_its_path_is_no_longer_served():
+    paths = {CHECK}
+    conn = started(paths=paths)
+    assert [e.stream_id for e in conn.receive(call(1))] == [1]
+    paths.discard(CHECK)
+    assert conn.receive(call(3)) == []  # UNIMPLEMENTED, answered by the core
+    headers, _ = response(parse_frames(conn.data_to_send()), 3)
+    assert headers[-1][b"grpc-status"] == b"12"

@@ -78,3 +78,9 @@ def test_dumps_refuses_a_cycle():
     value.append(value)
     with pytest.raises(ValueError):
         cjson.dumps(value)
+
+
+@pytest.mark.parametrize("data", [b'\xef\xbb\xbf{"id": "a"}', b'{"id": "\xed\xa0\x80"}', b'{"id": "\xc3\xa9"}'])
+def test_bytes_read_as_json_reads_utf8_bytes(data):
+    """A byte order mark and lone surrogates, as json.loads takes them from UTF-8 bytes."""
+    assert cjson.loads(data) == json.loads(data)

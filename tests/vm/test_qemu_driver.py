@@ -115,6 +115,8 @@ def test_firmware_is_qboot_where_qemu_ships_it(tmp_path, monkeypatch):
     assert resolve(path=str(tmp_path / "links" / "qemu")) == qboot
     assert resolve(path=str(tmp_path / "links" / "qemu"), firmware="/fw/bios.bin") == "/fw/bios.bin"
     assert resolve(path=str(tmp_path / "nowhere" / "qemu")) == ""
+    monkeypatch.chdir(prefix / "bin")  # a name not on $PATH: no prefix, whatever the current directory
+    assert default_firmware("qemu-system-x86_64-missing") == ""
 
     argv = QemuHypervisor.from_config(tmp_path / "sb", "x", {"firmware": qboot}).command_line()
     assert arg_after(argv, "-bios") == [qboot] and argv.index("-bios") < argv.index("-kernel")
