@@ -25,8 +25,9 @@ runs in the connection's task: it must not use ``asyncio.current_task()`` or
 ``asyncio.timeout()`` (``asyncio.wait_for`` is fine).  A handler's RpcError becomes its status
 (code, message); a client's RST_STREAM (a cancelled call) or a lost connection cancels the
 task; a grpc-timeout cancels it when it expires and answers DEADLINE_EXCEEDED; any other
-exception is logged and answered UNKNOWN with its text.  A path missing from ``handlers`` is answered UNIMPLEMENTED,
-a message over ``max_message`` bytes (64 MiB, as the agent's grpc.aio server) RESOURCE_EXHAUSTED.
+exception is logged and answered UNKNOWN with its text.  A path missing from ``handlers`` is
+answered UNIMPLEMENTED, a message over ``max_message`` bytes (64 MiB, as the agent's grpc.aio
+server) RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations

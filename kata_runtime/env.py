@@ -36,11 +36,11 @@ def _hypervisor(config) -> dict:
         python = settings["path"] or sys.executable
         return {"Type": "process", "Path": python, "Version": _first_line([python, "--version"]),
                 "Isolation": "none: kata-agent runs on the host kernel (tests and development only)"}
-    from kata_runtime.hypervisor.qemu import default_firmware
+    from kata_runtime.hypervisor.qemu import sandbox_firmware
 
     path = settings.get("path", "")
-    firmware = settings.get("firmware") or default_firmware(path) or "QEMU's default (SeaBIOS)"
-    return {"Type": kind, "Path": path, "Version": _first_line([path, "--version"]), "Firmware": firmware}
+    return {"Type": kind, "Path": path, "Version": _first_line([path, "--version"]),
+            "Firmware": sandbox_firmware(settings) or "QEMU's default (SeaBIOS)"}
 
 
 def _component(kind: str, settings: dict, argv_prefix: list[str]) -> dict:

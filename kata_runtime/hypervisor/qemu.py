@@ -88,7 +88,7 @@ DEFAULT_VCPUS = 1
 DEFAULT_MEMORY_MIB = 2048
 #: QEMU's minimal x86 firmware for a direct kernel boot (qboot), shipped with QEMU beside its other
 #: ROMs: under TCG here QEMU start -> the kernel's first line took 0.20 s with it against 0.65 s with
-#: SeaBIOS, QEMU's default (4 alternated boots each; Kata 1.x's `firmware` key, "" = QEMU's default).
+#: SeaBIOS, QEMU's default (4 alternated boots each). Kata 1.x's `firmware` key names another.
 QBOOT_ROM = "qboot.rom"
 #: Kata 1.x's default entropy_source: the host file a virtio-rng device reads.
 DEFAULT_ENTROPY_SOURCE = "/dev/urandom"
@@ -151,8 +151,8 @@ class QemuHypervisor(Hypervisor):
         ``kernel_params``: extra kernel command line words (a string is split like a shell would).
         ``boot_timeout``: seconds `wait_ready()` waits by default. ``entropy_source``: the host
         file behind the guest's virtio-rng ("" for no such device). ``firmware``: what QEMU runs
-        before the kernel (``-bios``; "" for QEMU's default, see `default_firmware`). ``accel``: "kvm" or "tcg";
-        "auto" is accepted here (an object that only stops a guest) but `start()` refuses it.
+        before the kernel (``-bios``; "" for QEMU's default; see `sandbox_firmware`). ``accel``:
+        "kvm" or "tcg"; "auto" is accepted here (an object that only stops a guest) but `start()` refuses it.
         Raises ValueError for a bad accel, vcpus or memory (a configuration error).
         """
         super().__init__(sandbox_dir, sandbox_id)
@@ -188,8 +188,8 @@ class QemuHypervisor(Hypervisor):
         ``kernel``, ``initrd``, ``image`` ("" = not configured: see `resolve_settings`),
         ``machine_type``, ``default_vcpus``, ``default_memory`` (MiB), ``kernel_params``, ``accel``
         (resolve "auto" before `start()`), ``boot_timeout`` (seconds), ``entropy_source`` (absent:
-        /dev/urandom; "": no virtio-rng), ``firmware`` (as `resolve_settings` made it), ``enable_debug`` (kernel
-        ``debug`` instead of ``quiet``). ``debug``: the agent logs at debug level (``agent.log=debug``)."""
+        /dev/urandom; "": no virtio-rng), ``firmware`` (as `resolve_settings` made it),
+        ``enable_debug`` (kernel ``debug`` instead of ``quiet``). ``debug``: the agent logs at debug level (``agent.log=debug``)."""
         return cls(sandbox_dir, sandbox_id,
                    kernel=settings.get("kernel") or None, initrd=settings.get("initrd") or None,
                    image=settings.get("image") or None, accel=settings.get("accel") or "tcg",
@@ -207,13 +207,12 @@ class QemuHypervisor(Hypervisor):
     def resolve_settings(cls, settings: dict, *, probe_cache_dir: str | None, warn) -> dict:
         """[hypervisor.qemu] made concrete for one sandbox, before anything starts (its sandbox.json
         records the result, so every later command rebuilds the same driver): the guest files
-        (`guest_files`), the firmware (`default_firmware` when unset) and the accelerator
-        (`resolve_accel`). ``warn(message)`` is called once
+        (`guest_files`), the firmware (`sandbox_firmware`) and the accelerator (`resolve_accel`). ``warn(message)`` is called once
         when ``auto`` falls back to TCG. Raises HypervisorError (one line) when no guest image
         can be found."""
         resolved = dict(settings)
         resolved.update(guest_files(settings))
-        resolved["firmware"] = settings.get("firmware") or default_firmware(settings.get("path") or DEFAULT_PATH)
+        resolved["firmware"] = sandbox_firmware(settings)
         resolved["accel"] = resolve_accel(resolved, probe_cache_dir, warn)
         return resolved
 
@@ -468,6 +467,12 @@ class QemuHypervisor(Hypervisor):
 
 
 # ------------------------------------------------------- configuration
+
+
+def sandbox_firmware(settings: dict) -> str:
+    """The firmware a sandbox of [hypervisor.qemu] ``settings`` boots with: its ``firmware``, else
+    `default_firmware` of its QEMU (``path``); "" for QEMU's own default."""
+    return settings.get("firmware") or default_firmware(settings.get("path") or DEFAULT_PATH)
 
 
 def default_firmware(qemu: str) -> str:
