@@ -1,6 +1,6 @@
 """Container start benchmark: kata-runtime (process sandbox) vs runc, same bundle, same run.
 
-    python -m bench.start_bench [--quick] [--rounds N] [--state-calls N] [--baseline TREE]
+    python -m bench.start_bench [--quick] [--rounds N] [--state-calls N] [--baseline TREE] [--vm-cache]
 
 Everything real, as a caller (containerd-shim) drives a runtime: subprocesses of the CLI.
 
@@ -20,7 +20,9 @@ both alike; ratios are kata / runc. ``--baseline TREE`` adds a third runtime, in
 too: kata-runtime from another source tree (another revision, e.g. ``git archive REV | tar
 -x -C TREE``), run with ``PYTHONPATH=TREE:TREE/proto`` so that it and the proxy, shim and
 agent it starts import that tree's modules (ahead of the editable install): before/after
-figures from one run. Modules are byte-compiled first, as an installed package is (this
+figures from one run. ``--vm-cache`` adds kata-runtime with the VM cache (kata_runtime.vmcache:
+a ``factory init`` server holding one started process sandbox; each create takes it, and waits,
+untimed, until the server has started the next one). Modules are byte-compiled first, as an installed package is (this
 machine sets PYTHONDONTWRITEBYTECODE). The load average is printed at the start and the end.
 Targets (issue 12): create+start <= 5x runc (stretch 3x), state <= 3x runc. Never asserts.
 The last line is machine-readable:
@@ -67,10 +69,12 @@ class Runtime:
     """One runtime's CLI with its own --root (and, for kata-runtime, a configuration); ``env``:
     its environment (None: ours)."""
 
-    def __init__(self, name: str, prefix: list[str], env: dict | None = None):
+    def __init__(self, name: str, prefix: list[str], env: dict | None = None, ready=None):
         self.name = name
         self.prefix = prefix
         self.env = env
+        #: Called before each measured create, not timed (the VM cache: wait until it holds a sandbox).
+        self.ready = ready or (lambda: None)
 
     def run(self, *args, **kw) -> subprocess.CompletedProcess:
         """Run one command; its stderr goes to a file (never a pipe: after ``create`` the
@@ -118,6 +122,7 @@ def start_to_first_byte(rt: Runtime, bundle: Path, cid: str) -> tuple[float, flo
     container running ``echo hi``."""
     r, w = os.pipe()
     try:
+        rt.ready()
         c0 = children_cpu()
         t0 = time.perf_counter()
         rt.run("create", "--bundle", str(bundle), cid, stdout=w)
@@ -190,6 +195,10 @@ def parse_args(argv):
     ap.add_argument("--state-calls", type=int, default=30)
     ap.add_argument("--baseline", metavar="TREE", type=Path,
                     help="also run kata-runtime from this source tree (another revision), interleaved")
+    ap.add_argument("--vm-cache", action="store_true",
+                    help="also run kata-runtime with the VM cache ([factory] vm_cache_number = 1, a "
+                         "`factory init` server), interleaved; each create waits, untimed, until the "
+                         "cache holds a sandbox")
     return ap.parse_args(argv)
 
 
@@ -200,16 +209,51 @@ def compile_tree(tree: Path) -> None:
             compileall.compile_dir(str(init.parent), quiet=1)
 
 
-def runtimes(tmp: Path, config: Path, baseline: Path | None) -> list[Runtime]:
-    """kata-runtime (this tree), kata-runtime from ``baseline`` if given, and runc."""
+def runtimes(tmp: Path, config: Path, baseline: Path | None, cache: "VMCache | None" = None) -> list[Runtime]:
+    """kata-runtime (this tree), kata-runtime from ``baseline`` if given, kata-runtime with the
+    VM cache if given, and runc."""
     prefix = command("kata-runtime")
     rts = [Runtime("kata-runtime", [*prefix, "--root", str(tmp / "kata"), "--kata-config", str(config)])]
     if baseline is not None:
         path = os.pathsep.join([str(baseline), str(baseline / "proto"), *filter(None, [os.environ.get("PYTHONPATH")])])
         rts.append(Runtime("baseline", [*prefix, "--root", str(tmp / "base"), "--kata-config", str(config)],
                            env=dict(os.environ, PYTHONPATH=path)))
+    if cache is not None:
+        rts.append(Runtime("vmcache", [*prefix, "--root", str(tmp / "vmc"), "--kata-config", str(cache.config)],
+                           ready=cache.wait_ready))
     rts.append(Runtime("runc", ["runc", "--root", str(tmp / "runc")]))
     return rts
+
+
+class VMCache:
+    """A `kata-runtime factory init` server of one process sandbox, for the ``vmcache`` runtime."""
+
+    def __init__(self, tmp: Path):
+        self.endpoint = str(tmp / "cache.sock")
+        self.config = tmp / "vmcache.toml"
+        self.config.write_text('[runtime]\nhypervisor = "process"\n\n[factory]\nvm_cache_number = 1\n'
+                               f'vm_cache_endpoint = "{self.endpoint}"\n')
+        self.root = tmp / "vmc"
+        self.server = subprocess.Popen([*command("kata-runtime"), "--root", str(self.root), "--kata-config",
+                                        str(self.config), "factory", "init"], stdout=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        from kata_runtime import vmcache
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if vmcache.status(self.endpoint)["ready"]:
+                    return
+            except vmcache.CacheError:
+                pass
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the VM cache server did not get a sandbox ready")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.terminate()
+        self.server.wait(60)
 
 
 def measure_starts(rts: list[Runtime], bundle: Path, tag: str, rounds: int) -> tuple[dict, dict, dict]:
@@ -266,6 +310,8 @@ def report(rounds: int, starts: dict, deletes: dict, cpus: dict, state: dict, me
     k = "kata-runtime"
     base = (f" base_start_ms={med['baseline'] * 1000:.1f} base_delete_ms={dmed['baseline'] * 1000:.1f} "
             f"base_state_ms={state['baseline'][0] * 1000:.1f}") if "baseline" in med else ""
+    if "vmcache" in med:
+        base += f" vmcache_start_ms={med['vmcache'] * 1000:.1f} vmcache_start_ratio={med['vmcache'] / med['runc']:.2f}"
     print(f"RESULT start_ms={med[k] * 1000:.1f} runc_start_ms={med['runc'] * 1000:.1f} "
           f"start_ratio={med[k] / med['runc']:.2f} delete_ms={dmed[k] * 1000:.1f} "
           f"runc_delete_ms={dmed['runc'] * 1000:.1f} delete_ratio={dmed[k] / dmed['runc']:.2f} "
@@ -285,7 +331,8 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="kstb", dir="/tmp"))
     config = tmp / "configuration.toml"
     config.write_text('[runtime]\nhypervisor = "process"\n')
-    rts = runtimes(tmp, config, args.baseline.resolve() if args.baseline else None)
+    cache = VMCache(tmp) if args.vm_cache else None
+    rts = runtimes(tmp, config, args.baseline.resolve() if args.baseline else None, cache)
     bundle = make_bundle(tmp / "bundle")
     tag = uuid.uuid4().hex[:8]
     live = []
@@ -305,6 +352,8 @@ def main(argv=None) -> int:
     finally:
         for rt, cid in live:
             subprocess.run([*rt.prefix, "delete", "--force", cid], capture_output=True, env=rt.env)
+        if cache is not None:
+            cache.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     report(rounds, starts, deletes, cpus, state, memory, tuple(loads))
     return 0

@@ -72,6 +72,14 @@ def _seconds(value):
     return float(value)
 
 
+def _false_only(what: str):
+    def check(value):
+        if _bool(value):
+            raise ValueError(f"{what} is not supported by kata-py (got true)")
+        return value
+    return check
+
+
 def _one_of(*choices: str):
     def check(value):
         if value not in choices:
@@ -122,6 +130,12 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "hypervisor": ("process", _one_of(*HYPERVISORS)),
         "internetworking_model": ("tcfilter", _one_of("tcfilter", "none")),
     },
+    "factory": {
+        # Kata 1.x's VM templating; kata-py has the VM cache (vm_cache_number) instead.
+        "enable_template": (False, _false_only("VM templating (use vm_cache_number)")),
+        "vm_cache_number": (0, _int_at_least(0)),
+        "vm_cache_endpoint": ("/var/run/kata-containers/cache.sock", _path),
+    },
 }
 
 #: Top-level tables that hold sub-sections ([hypervisor.qemu] is {"hypervisor": {"qemu": ...}}).
@@ -148,6 +162,12 @@ class Config:
     def hypervisor_section(self) -> dict:
         """The selected driver's section ([hypervisor.<driver>])."""
         return self.section(f"hypervisor.{self.hypervisor}")
+
+    @property
+    def vm_cache_endpoint(self) -> str | None:
+        """[factory] vm_cache_endpoint when the VM cache is on (vm_cache_number > 0), else None."""
+        factory = self.values["factory"]
+        return factory["vm_cache_endpoint"] if factory["vm_cache_number"] > 0 else None
 
     @property
     def debug(self) -> bool:

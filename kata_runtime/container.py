@@ -183,7 +183,8 @@ def _create_reserved(store, config, entry, spec, shares, bundle, rootfs, sandbox
         entry.write(data)
         _enter_host_cgroup(data["host_cgroup"], spec, undo)
         if sandbox_id == cid:
-            sandbox = _new_sandbox(store, config, cid, spec, bundle, shares, undo, log, locked)
+            sandbox = _new_sandbox(store, config, cid, spec, bundle, shares, undo, log, locked,
+                                   host_cgroup=data["host_cgroup"])
         else:
             sandbox = _join_sandbox(store, sandbox_id, cid, rootfs, shares, undo, locked)
         spec_pb = _step("translating the spec for the guest", lambda: guest_spec(spec, cid, shares, sandbox))
@@ -247,12 +248,16 @@ def _leave_host_cgroup() -> None:
     host_cgroup.leave()
 
 
-def _new_sandbox(store, config, cid: str, spec: dict, bundle: str, shares: list, undo, log, locked: list):
+def _new_sandbox(store, config, cid: str, spec: dict, bundle: str, shares: list, undo, log, locked: list, *,
+                 host_cgroup: dict | None = None):
     """A sandbox of the container's own (its id is the container's), started: the guest resolved
     (image, accelerator), its directory, the rootfs and the spec's host mounts (``shares``,
     kata_runtime.mounts.plan_shares) shared, the guest, kata-proxy and CreateSandbox (with the
-    sandbox shm). Returns the Sandbox; its state entry (locked) is appended to ``locked`` for
-    the caller to release; ``undo`` gets every reverse step."""
+    sandbox shm). With the VM cache on ([factory] vm_cache_number), a cached sandbox is taken
+    instead of starting one when it can be (:func:`_take_cached`). Returns the Sandbox; its
+    state entry (locked) is appended to ``locked`` for the caller to release; ``undo`` gets
+    every reverse step. ``host_cgroup``: the container's host cgroup record, which a cached
+    sandbox's processes are moved into."""
     from kata_oci.spec import rootfs_path
     from kata_runtime.mounts import sandbox_shm_size
     from kata_runtime.sandbox import Sandbox
@@ -270,6 +275,10 @@ def _new_sandbox(store, config, cid: str, spec: dict, bundle: str, shares: list,
     _step(f"finding the sandbox's {sandbox.data['hypervisor']['kind']} guest",
           lambda: sandbox.resolve_guest(store.root, log))
     sb_entry.write(sandbox.data)
+    if _take_cached(config, sandbox, spec, undo, log, host_cgroup, save=lambda: sb_entry.write(sandbox.data)):
+        _step(f"sharing the rootfs {rootfs} with the sandbox", lambda: sandbox.share_rootfs_running(cid, rootfs, undo))
+        _step("sharing the spec's host mounts with the sandbox", lambda: sandbox.share_mounts_running(shares, undo))
+        return sandbox
     _step("preparing the sandbox directory", lambda: sandbox.prepare(undo))
     _step(f"sharing the rootfs {rootfs} with the sandbox", lambda: sandbox.share_rootfs(cid, rootfs, undo))
     _step("sharing the spec's host mounts with the sandbox", lambda: sandbox.share_mounts(shares, undo))
@@ -278,6 +287,37 @@ def _new_sandbox(store, config, cid: str, spec: dict, bundle: str, shares: list,
     finally:
         sb_entry.write(sandbox.data)
     return sandbox
+
+
+def _take_cached(config, sandbox, spec: dict, undo, log, host_cgroup: dict | None, save) -> bool:
+    """With the VM cache on, take a started sandbox from it (kata_runtime.vmcache.take) and make
+    it this one (Sandbox.adopt): its processes moved into the container's host cgroup, then
+    CreateSandbox. False (nothing done) when the cache is off or has none for this sandbox: a
+    pod network (made when a guest starts) or another configuration. Raises StepError."""
+    endpoint = config.vm_cache_endpoint
+    if endpoint is None:
+        return False
+    if sandbox.data.get("network"):
+        log.debug("vm cache: the container joins a pod network; starting a new sandbox")
+        return False
+    from kata_runtime import vmcache
+
+    base = vmcache.take(endpoint, sandbox.data, log)
+    if base is None:
+        return False
+    sandbox.adopt(base, undo)
+    save()
+    log.debug("vm cache: sandbox taken", sandbox=sandbox.id, guest=sandbox.guest_id)
+    if host_cgroup is not None:
+        from kata_runtime import host_cgroup as hcg
+
+        _step(f"moving the cached sandbox into the host cgroup {host_cgroup['path']}",
+              lambda: hcg.move_processes(host_cgroup, vmcache.sandbox_pids(sandbox.data)))
+    try:
+        sandbox.create_in_agent(spec.get("hostname") or "")
+    finally:
+        save()
+    return True
 
 
 def _join_sandbox(store, sandbox_id: str, cid: str, rootfs: str, shares: list, undo, locked: list):

@@ -51,6 +51,7 @@ only on v1 hosts (with the hybrid unified hierarchy).
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -276,6 +277,20 @@ def join(record: dict) -> None:
         leave(before)
         raise KataError(f"cannot join the host cgroup {record['path']}: {e.strerror or e}") from None
     _joined_from = before
+
+
+def move_processes(record: dict, pids) -> None:
+    """Move each process in ``pids`` (started elsewhere: a cached sandbox's) into the host
+    cgroup (every hierarchy). A process that ended meanwhile is skipped; raises KataError."""
+    for pid in pids:
+        try:
+            _move(pid, record["dirs"].values())
+        except ProcessLookupError:
+            continue
+        except OSError as e:
+            if e.errno == errno.ESRCH:  # cgroup.procs: it ended
+                continue
+            raise KataError(f"cannot move pid {pid} into the host cgroup {record['path']}: {e.strerror or e}") from None
 
 
 def leave(original: dict[str, str] | None = None) -> None:

@@ -44,6 +44,30 @@ def cmdline(pid: int) -> list[bytes] | None:
         return None
 
 
+def threads(pid: int) -> list[int]:
+    """Thread ids of ``pid`` (/proc/<pid>/task), empty if it is gone."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, ValueError):
+        return []
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (/proc/<pid>/task/<tid>/children, depth first);
+    a process that ended meanwhile is skipped."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for tid in threads(current):
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    todo += [int(child) for child in f.read().split()]
+            except (OSError, ValueError):
+                pass
+    return found
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie (a child we know by its pid alone)."""
     fields = _stat_fields(pid)

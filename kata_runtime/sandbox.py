@@ -154,6 +154,12 @@ class Sandbox:
         return self.data["vm_dir"]
 
     @property
+    def guest_id(self) -> str:
+        """The id the guest was started with: the sandbox's, or the cached sandbox's it took
+        (kata_runtime.vmcache: its runtime directory and processes keep that id)."""
+        return self.data["hypervisor"].get("guest_id") or self.id
+
+    @property
     def channel_socket(self) -> str:
         return os.path.join(self.vm_dir, CHANNEL_SOCKET)
 
@@ -193,7 +199,7 @@ class Sandbox:
         from kata_runtime.hypervisor import driver
 
         hv = self.data["hypervisor"]
-        guest = driver(hv["kind"]).from_config(self.vm_dir, self.id, hv["settings"], hv["debug"])
+        guest = driver(hv["kind"]).from_config(self.vm_dir, self.guest_id, hv["settings"], hv["debug"])
         if getattr(self, "pod_network", None) is not None:
             guest.attach_network(self.pod_network)
         return guest
@@ -350,6 +356,30 @@ class Sandbox:
 
         ``save()`` is called after each process is recorded, so that a runtime killed
         half-way leaves records ``delete --force`` can clean up from."""
+        self.boot(undo, log, save)
+        self.create_in_agent(hostname)
+
+    def adopt(self, base: dict, undo: Undo) -> None:
+        """Take over a sandbox started ahead of time (kata_runtime.vmcache.take: a cached
+        sandbox's record, guest and kata-proxy running, no CreateSandbox yet): its runtime
+        directory, guest (recorded with its own id, ``guest_id``) and kata-proxy become this
+        sandbox's. ``undo`` gets their stop. Then `create_in_agent`, and the rootfs is shared
+        as into any running sandbox (``share_rootfs_running``)."""
+        from kata_runtime import mounts
+        from kata_runtime import proxy as kproxy
+
+        self.data["vm_dir"] = base["vm_dir"]
+        self.data["hypervisor"] = {**base["hypervisor"], "guest_id": base["hypervisor"].get("guest_id") or base["id"]}
+        self.data["proxy"] = base["proxy"]
+        # Undone newest first, in `stop`'s order: the guest, kata-proxy, the shared dir, the directory.
+        undo.push(f"remove {self.vm_dir}", lambda: mounts.remove_tree(self.vm_dir))
+        undo.push(f"unmount {self.shared_dir}", lambda: mounts.unmount(self.shared_dir))
+        undo.push("stop kata-proxy", lambda: kproxy.stop(self.data["proxy"]["process"]))
+        undo.push("stop the hypervisor", self._stop_guest)
+
+    def boot(self, undo: Undo, log, save=lambda: None) -> None:
+        """The pod network connected, the guest and kata-proxy started, the agent answering;
+        no CreateSandbox (a sandbox the VM cache holds stops here). Raises StepError."""
         self._connect_pod_network(undo, save)
         try:
             guest = self.driver()
@@ -360,6 +390,10 @@ class Sandbox:
         finally:
             if self.pod_network is not None:
                 self.pod_network.close_fds()  # the hypervisor holds its own copies
+
+    def create_in_agent(self, hostname: str) -> None:
+        """CreateSandbox in the started guest (the pod network configured in it first, when
+        there is one); the sandbox is "running" after it. Raises StepError."""
         with self.agent() as agent:
             if self.pod_network is not None:
                 try:

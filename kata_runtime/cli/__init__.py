@@ -36,6 +36,7 @@ COMMANDS = [
     "version",
     "check",
     "image",
+    "factory",
 ]
 
 DEFAULT_ROOT = "/run/kata-py"

@@ -9,7 +9,7 @@ renumbers a field fails here.
 import pytest
 from google.protobuf.descriptor import FieldDescriptor as FD
 
-from katapb import agent_pb2, agent_pb2_grpc, health_pb2, health_pb2_grpc, oci_pb2, types_pb2
+from katapb import agent_pb2, agent_pb2_grpc, cache_pb2, health_pb2, health_pb2_grpc, oci_pb2, types_pb2
 
 EMPTY = "google.protobuf.Empty"
 
@@ -168,6 +168,14 @@ FIELDS = {
     "types.Route": {
         "dest": (1, S), "gateway": (2, S), "device": (3, S), "source": (4, S), "scope": (5, U32),
     },
+    # cache.proto (Kata 1.x's VMCache, protocols/cache/cache.proto)
+    "cache.GrpcVMConfig": {"Data": (1, B), "AgentConfig": (2, B)},
+    "cache.GrpcVM": {
+        "id": (1, S), "hypervisor": (2, B), "proxyPid": (3, I64), "proxyURL": (4, S), "cpu": (5, U32),
+        "memory": (6, U32), "cpuDelta": (7, U32),
+    },
+    "cache.GrpcVMStatus": {"pid": (1, I64), "cpu": (2, U32), "memory": (3, U32)},
+    "cache.GrpcStatus": {"pid": (1, I64), "vmStatus": (2, MSG, "cache.GrpcVMStatus")},
 }
 
 POOL = agent_pb2.DESCRIPTOR.pool
@@ -194,6 +202,15 @@ def test_methods(service, methods):
     assert got == methods
     for m in svc.methods:
         assert not m.client_streaming and not m.server_streaming, m.name
+
+
+def test_the_vm_cache_service_has_kata_1x_names():
+    svc = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
+    assert svc.full_name == "cache.CacheService"
+    got = {m.name: (m.input_type.full_name, m.output_type.full_name) for m in svc.methods}
+    empty = "google.protobuf.Empty"
+    assert got == {"Config": (empty, "cache.GrpcVMConfig"), "GetBaseVM": (empty, "cache.GrpcVM"),
+                   "Status": (empty, "cache.GrpcStatus"), "Quit": (empty, empty)}
 
 
 def test_stubs_and_servicers_exist():

@@ -1,0 +1,83 @@
+"""`kata-runtime factory init|status|destroy`: the VM cache (Kata 1.x's `factory` commands).
+
+``init`` runs the cache server in the foreground (kata_runtime.vmcache.CacheServer) with the
+configuration's ``[factory] vm_cache_number`` and ``vm_cache_endpoint``: one line on stdout
+once it serves, one when it stopped; SIGTERM or SIGINT (ctrl-c) stop it, and so does
+``destroy``. ``status`` prints the server's pid and the sandboxes it holds ready (exit 1 when
+none serves). ``destroy`` asks the server to stop and waits until it did; without a server it
+stops what a killed one left. A configuration without the cache is an error (exit 1).
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+#: Seconds ``destroy`` waits for the server to stop its sandboxes and go.
+DESTROY_TIMEOUT = 60.0
+
+
+def _cache_config(globs):
+    """(config, number, endpoint) of the VM cache; ClickException when it is off."""
+    config = globs.config()
+    factory = config.values["factory"]
+    if not factory["vm_cache_number"]:
+        raise click.ClickException(f"VM cache is not enabled: set [factory] vm_cache_number > 0 in {config.path}")
+    return config, factory["vm_cache_number"], factory["vm_cache_endpoint"]
+
+
+@click.group(name="factory", help="The VM cache: sandboxes started ahead of time for faster creates.")
+def command():
+    pass
+
+
+@command.command(name="init", help="Serve the VM cache in the foreground (ctrl-c or `factory destroy` stops it).")
+@click.pass_obj
+def init(globs) -> None:
+    from kata_runtime import log as klog
+    from kata_runtime.vmcache import CacheError, CacheServer
+
+    config, number, endpoint = _cache_config(globs)
+    server = CacheServer(config, number, endpoint, globs.root, klog.current(), say=lambda line: click.echo(line))
+    try:
+        server.run()
+    except CacheError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@command.command(name="status", help="Show the VM cache server and the sandboxes it holds ready.")
+@click.pass_obj
+def status(globs) -> None:
+    from kata_runtime import vmcache
+
+    _, number, endpoint = _cache_config(globs)
+    try:
+        got = vmcache.status(endpoint)
+    except vmcache.CacheError as e:
+        raise click.ClickException(f"vm cache is off: {e}") from None
+    click.echo(f"vm cache is on: server pid {got['pid']} on {endpoint}, {len(got['ready'])} of {number} "
+               f"sandboxes ready")
+    for vm in got["ready"]:
+        click.echo(f"  sandbox pid {vm['pid']}: {vm['cpu']} vCPU, {vm['memory']} MiB")
+
+
+@command.command(name="destroy", help="Stop the VM cache server and the sandboxes it holds ready.")
+@click.pass_obj
+def destroy(globs) -> None:
+    from kata_runtime import log as klog
+    from kata_runtime import vmcache
+
+    _, _, endpoint = _cache_config(globs)
+    try:
+        vmcache.quit_server(endpoint)
+    except vmcache.CacheError:
+        pass  # none serves: what a killed one left is cleaned below
+    deadline = time.monotonic() + DESTROY_TIMEOUT
+    while vmcache.serving(endpoint):
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the vm cache server on {endpoint} did not stop within {DESTROY_TIMEOUT:g} s")
+        time.sleep(0.05)
+    for cleaned in vmcache.clean_leftovers(globs.root, klog.current()):
+        click.echo(f"stopped sandbox {cleaned}, left by a vm cache server that was killed")
+    click.echo("vm factory destroyed")

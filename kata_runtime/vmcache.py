@@ -1,0 +1,463 @@
+"""The VM cache (Kata 1.x's VMCache): sandboxes started ahead of time and handed to creates.
+
+``kata-runtime factory init`` runs :class:`CacheServer` in the foreground: it keeps
+``[factory] vm_cache_number`` sandboxes started — the guest (QEMU, or the process sandbox's
+agent) and its kata-proxy up, the agent answering, no CreateSandbox yet — and serves
+``cache.CacheService`` (proto/katapb/cache.proto, Kata 1.x's service and message names) on
+the unix socket ``vm_cache_endpoint``. ``kata-runtime create`` of a new sandbox asks it first
+(:func:`take`): when the cached sandboxes were started with the configuration the create
+would use (``Config``), it takes one (``GetBaseVM``) and owns it from then on — CreateSandbox,
+the rootfs shared into the running guest, CreateContainer — instead of starting its own. A
+create falls back to starting its own sandbox when nothing serves the endpoint (one warning,
+as Kata's "load vm factory failed, about to create new vm"), when no cached sandbox is ready
+(the server answers UNAVAILABLE at once: a create never waits for the cache), when the
+configurations differ, or when the container joins a pod network (the guest's network is
+made when it starts; Kata's VMCache hot-plugs it, ours does not).
+
+What a cached sandbox is on the host: its runtime directory ``/run/vc/vm/vmcache-<16 hex>``
+(the id a create then records as the guest's, ``hypervisor.guest_id``), its processes
+(children of the server, in sessions of their own), and a record ``<root>/vmcache/<id>.json``
+(the sandbox record plus the server's own process record) that a later server or
+``factory destroy`` uses to stop what a killed server left. The server starts sandboxes at
+the lowest CPU priority (nice 19, inherited by everything it spawns), so refilling the cache
+does not slow the creates it exists to speed up; a sandbox handed out is set back to nice 0
+(every thread of its processes) before the create gets it.
+
+Stopping the server (SIGTERM, SIGINT, ``Quit`` from ``factory destroy``) stops the sandboxes
+it holds ready; the ones handed out belong to their containers and stay. The server reaps
+the handed-out processes that are its children when they end.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kata_runtime import cjson, procs
+
+CONFIG = "/cache.CacheService/Config"
+GET_BASE_VM = "/cache.CacheService/GetBaseVM"
+STATUS = "/cache.CacheService/Status"
+QUIT = "/cache.CacheService/Quit"
+#: Ids of cached sandboxes: the prefix and 16 hex digits.
+ID_PREFIX = "vmcache-"
+#: Seconds a create waits for the cache server's answers before starting its own sandbox.
+TAKE_TIMEOUT = 5.0
+#: nice of the processes of a sandbox while it waits in the cache (the lowest priority).
+WAITING_NICE = 19
+RECORDS = "vmcache"
+
+
+class CacheError(Exception):
+    """The VM cache cannot be served or reached; the message says why (one line)."""
+
+
+def wanted_config(data: dict) -> dict:
+    """What a cached sandbox must have been started with to serve the sandbox record ``data``
+    (kata_runtime.sandbox.Sandbox.data, its guest resolved): the hypervisor driver, its
+    settings and agent debug level, and kata-proxy's settings. GrpcVMConfig.Data's JSON."""
+    hv = data["hypervisor"]
+    return {"hypervisor": {"kind": hv["kind"], "settings": hv["settings"], "debug": bool(hv["debug"])},
+            "proxy": {"settings": data["proxy"]["settings"]}}
+
+
+def records_dir(root: str) -> str:
+    """Where a cache server under ``--root`` keeps the records of the sandboxes it holds."""
+    return os.path.join(root, RECORDS)
+
+
+# ------------------------------------------------------------------ client
+
+
+def _empty() -> bytes:
+    return b""  # google.protobuf.Empty encodes to no bytes
+
+
+def take(endpoint: str, data: dict, log, timeout: float = TAKE_TIMEOUT) -> dict | None:
+    """A started sandbox from the cache server on ``endpoint`` for the new sandbox record
+    ``data`` (its guest resolved), or None when the create must start its own: nothing serves
+    the endpoint or it fails (a warning in ``log``), no sandbox is ready or the cached ones
+    were started with another configuration (a debug line). The caller owns the returned
+    record (a cached sandbox's Sandbox.data: ``id``, ``vm_dir``, ``hypervisor``, ``proxy``)
+    and must stop it if its create fails. Never raises for the cache's sake."""
+    from kata_grpc.client import Channel, TransportError
+    from kata_grpc.protocol import UNAVAILABLE, RpcError
+    from katapb import cache_pb2
+
+    channel = Channel(endpoint, connect_timeout=timeout, user_agent=b"kata-runtime")
+    try:
+        config = cache_pb2.GrpcVMConfig.FromString(bytes(channel.unary(CONFIG, _empty(), timeout=timeout)))
+        if cjson.loads(config.Data) != wanted_config(data):
+            log.debug(f"vm cache {endpoint}: its sandboxes were started with another configuration; "
+                      "starting a new sandbox")
+            return None
+        vm = cache_pb2.GrpcVM.FromString(bytes(channel.unary(GET_BASE_VM, _empty(), timeout=timeout)))
+    except RpcError as e:
+        if e.code == UNAVAILABLE:
+            log.debug(f"vm cache {endpoint}: {e.message}; starting a new sandbox")
+        else:
+            log.warning(f"vm cache {endpoint}: {e.message or e.name}; starting a new sandbox")
+        return None
+    except (TransportError, ValueError) as e:
+        log.warning(f"load vm factory failed ({endpoint}: {e}), about to create new vm")
+        return None
+    finally:
+        channel.close()
+    base = cjson.loads(vm.hypervisor)
+    if not (procs.alive(base["hypervisor"]["process"]) and procs.alive(base["proxy"]["process"])):
+        # Ended between the server's check and now: it is ours to clean up.
+        log.warning(f"vm cache {endpoint}: sandbox {vm.id} ended before it was used; starting a new sandbox")
+        from kata_runtime.sandbox import Sandbox
+
+        Sandbox(base).stop(log, force=True)
+        return None
+    return base
+
+
+def status(endpoint: str, timeout: float = 2.0) -> dict:
+    """The cache server's Status: ``{"pid": int, "ready": [{"pid", "cpu", "memory"}, ...]}``.
+    Raises CacheError when nothing serves ``endpoint``."""
+    from kata_grpc.client import Channel, TransportError
+    from kata_grpc.protocol import RpcError
+    from katapb import cache_pb2
+
+    channel = Channel(endpoint, connect_timeout=timeout, user_agent=b"kata-runtime")
+    try:
+        got = cache_pb2.GrpcStatus.FromString(bytes(channel.unary(STATUS, _empty(), timeout=timeout)))
+    except (TransportError, RpcError) as e:
+        raise CacheError(f"no vm cache server on {endpoint} ({e})") from None
+    finally:
+        channel.close()
+    return {"pid": got.pid, "ready": [{"pid": v.pid, "cpu": v.cpu, "memory": v.memory} for v in got.vmStatus]}
+
+
+def quit_server(endpoint: str, timeout: float = 2.0) -> None:
+    """Ask the cache server on ``endpoint`` to stop (Quit). Raises CacheError when nothing serves it."""
+    from kata_grpc.client import Channel, TransportError
+    from kata_grpc.protocol import RpcError
+
+    channel = Channel(endpoint, connect_timeout=timeout, user_agent=b"kata-runtime")
+    try:
+        channel.unary(QUIT, _empty(), timeout=timeout)
+    except (TransportError, RpcError) as e:
+        raise CacheError(f"no vm cache server on {endpoint} ({e})") from None
+    finally:
+        channel.close()
+
+
+def serving(endpoint: str) -> bool:
+    """True when something accepts connections on the unix socket ``endpoint``."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(1.0)
+        sock.connect(endpoint)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+# ------------------------------------------------------- the cached sandboxes
+
+
+def sandbox_pids(data: dict) -> list[int]:
+    """Host pids of a started sandbox's processes and all their descendants: the guest (QEMU,
+    or unshare and the agent below it) and kata-proxy."""
+    found = []
+    for rec in (data["hypervisor"].get("process"), data["proxy"].get("process")):
+        if procs.alive(rec):
+            found += procs.descendants(int(rec["pid"]))
+    return found
+
+
+def set_nice(pids, nice: int) -> None:
+    """Every thread of each process in ``pids`` to ``nice`` (a thread that ended meanwhile is skipped)."""
+    for pid in pids:
+        for tid in procs.threads(pid):
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def start_base_sandbox(config, root: str, server: dict, log) -> dict:
+    """Start one sandbox for the cache, in this thread: a new ``vmcache-`` id, its guest
+    resolved (image, accelerator), runtime directory, guest and kata-proxy (no CreateSandbox,
+    no pod network); recorded in ``records_dir(root)`` with the ``server`` process record.
+    Returns its Sandbox.data. Raises kata_runtime.errors.KataError (nothing left behind)."""
+    import secrets
+
+    from kata_runtime.sandbox import Sandbox, Undo
+    from kata_runtime.state import remove_file, write_atomic
+
+    sandbox = Sandbox.new(ID_PREFIX + secrets.token_hex(8), config)
+    path = os.path.join(records_dir(root), f"{sandbox.id}.json")
+    os.makedirs(records_dir(root), mode=0o700, exist_ok=True)
+
+    def save() -> None:
+        write_atomic(path, cjson.dumps({"server": server, "sandbox": sandbox.data}))
+
+    undo = Undo(log)
+    undo.push(f"remove {path}", lambda: remove_file(path))
+    try:
+        save()
+        sandbox.resolve_guest(root, log)
+        sandbox.prepare(undo)
+        save()
+        sandbox.boot(undo, log, save)
+        save()
+    except BaseException:
+        undo.run()
+        raise
+    return sandbox.data
+
+
+def stop_base_sandbox(data: dict, root: str, log) -> None:
+    """Stop a sandbox the cache still holds (not handed out) and remove its record."""
+    from kata_runtime.sandbox import Sandbox
+    from kata_runtime.state import remove_file
+
+    Sandbox(data).stop(log, force=True)
+    remove_file(os.path.join(records_dir(root), f"{data['id']}.json"))
+
+
+def clean_leftovers(root: str, log) -> list[str]:
+    """Stop the cached sandboxes recorded under ``records_dir(root)`` by a server that is gone
+    (killed before it could stop them); returns their ids. A live server's are left alone."""
+    directory = records_dir(root)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    cleaned = []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "rb") as f:
+                record = cjson.loads(f.read())
+        except (OSError, ValueError):
+            continue
+        if procs.alive(record.get("server")):
+            continue
+        stop_base_sandbox(record["sandbox"], root, log)
+        cleaned.append(record["sandbox"]["id"])
+    return cleaned
+
+
+# ------------------------------------------------------------------ server
+
+
+class CacheServer:
+    """``factory init``: keep ``number`` sandboxes started and serve cache.CacheService on
+    ``endpoint`` until SIGTERM, SIGINT or Quit (:meth:`run`).
+
+    ``config``: the effective configuration (kata_runtime.config.Config); ``root``: the
+    runtime's --root (records, the KVM probe cache); ``say``: one-line progress messages
+    (``say(str)``); ``log``: kata_runtime.log.Log.
+    """
+
+    #: Seconds between the reaping of handed-out children, and the longest back-off after failures.
+    REAP_INTERVAL = 1.0
+    MAX_BACKOFF = 30.0
+
+    def __init__(self, config, number: int, endpoint: str, root: str, log, say=lambda line: None):
+        import collections
+
+        self.config = config
+        self.number = number
+        self.endpoint = endpoint
+        self.root = root
+        self.log = log
+        self.say = say
+        self.ready: collections.deque[dict] = collections.deque()
+        self.handed_out = 0
+        #: pids of handed-out processes that are this server's children (reaped when they end).
+        self.children: set[int] = set()
+        self.server_record = procs.record(os.getpid())
+        self._config_reply: bytes | None = None
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> None:
+        """Serve until stopped; the held sandboxes are stopped on the way out. Raises CacheError
+        (another server answers on the endpoint, the first sandbox cannot start, the socket
+        cannot be made): nothing is left behind."""
+        import asyncio
+
+        if serving(self.endpoint):
+            raise CacheError(f"a vm cache server already serves {self.endpoint}")
+        for cleaned in clean_leftovers(self.root, self.log):
+            self.say(f"vm cache: stopped sandbox {cleaned}, left by a server that was killed")
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        import asyncio
+        import signal
+        from concurrent.futures import ThreadPoolExecutor
+
+        from kata_grpc.aio import serve_unix
+
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._wanted = asyncio.Event()
+        # One thread starts the sandboxes, at the lowest CPU priority (inherited by what it spawns).
+        self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmcache-start",
+                                           initializer=os.setpriority, initargs=(os.PRIO_PROCESS, 0, WAITING_NICE))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            try:
+                self.ready.append(await self._start_one())
+            except Exception as e:
+                raise CacheError(f"vm cache: cannot start a sandbox: {e}") from None
+            try:
+                server = await serve_unix(self.endpoint, self._handlers())
+            except OSError as e:
+                raise CacheError(f"vm cache: cannot listen on {self.endpoint}: {e.strerror or e}") from None
+            self.say(f"vm cache server serving {self.endpoint} ({self.number} sandboxes, "
+                     f"hypervisor {self.config.hypervisor})")
+            filling = asyncio.ensure_future(self._fill())
+            reaping = asyncio.ensure_future(self._reap())
+            await self._stop.wait()
+            await server.close(grace=1.0)
+            filling.cancel()
+            reaping.cancel()
+            await asyncio.gather(filling, reaping, return_exceptions=True)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self._stop_held()
+            self._starter.shutdown(wait=True)
+        self.say("vm cache server stopped")
+
+    async def _start_one(self) -> dict:
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(
+            self._starter, start_base_sandbox, self.config, self.root, self.server_record, self.log)
+
+    async def _fill(self) -> None:
+        """Start sandboxes while fewer than ``number`` are ready; back off after failures."""
+        import asyncio
+
+        failures = 0
+        while True:
+            if len(self.ready) >= self.number:
+                self._wanted.clear()
+                await self._wanted.wait()
+                continue
+            start = asyncio.ensure_future(self._start_one())
+            try:
+                data = await asyncio.shield(start)
+            except asyncio.CancelledError:
+                # Stopping: let the start finish (its thread cannot be interrupted), then stop it.
+                try:
+                    self.ready.append(await start)
+                except Exception:  # noqa: BLE001 - it cleaned up after itself
+                    pass
+                raise
+            except Exception as e:  # noqa: BLE001 - keep serving what is ready
+                failures += 1
+                delay = min(self.MAX_BACKOFF, 2.0 ** failures)
+                self.log.error(f"vm cache: cannot start a sandbox: {e} (retrying in {delay:g} s)")
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            self.ready.append(data)
+
+    async def _reap(self) -> None:
+        """Reap the handed-out processes that are this server's children, once they end."""
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.REAP_INTERVAL)
+            self.reap_children()
+
+    def reap_children(self) -> None:
+        for pid in list(self.children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.children.discard(pid)
+
+    async def _stop_held(self) -> None:
+        import asyncio
+
+        while self.ready:
+            data = self.ready.popleft()
+            await asyncio.to_thread(stop_base_sandbox, data, self.root, self.log)
+
+    # ----------------------------------------------------------- handlers
+    def _handlers(self) -> dict:
+        return {CONFIG: self._on_config, GET_BASE_VM: self._on_get_base_vm, STATUS: self._on_status,
+                QUIT: self._on_quit}
+
+    async def _on_config(self, request: bytes) -> bytes:
+        from katapb import cache_pb2
+
+        if self._config_reply is None:
+            held = self.ready[0] if self.ready else None
+            if held is None:
+                from kata_grpc.protocol import UNAVAILABLE, RpcError
+
+                raise RpcError(UNAVAILABLE, "no sandbox is ready")
+            self._config_reply = cache_pb2.GrpcVMConfig(
+                Data=cjson.dumps(wanted_config(held)).encode(),
+                AgentConfig=cjson.dumps(self.config.section("agent.kata")).encode()).SerializeToString()
+        return self._config_reply
+
+    async def _on_get_base_vm(self, request: bytes) -> bytes:
+        from kata_grpc.protocol import UNAVAILABLE, RpcError
+        from katapb import cache_pb2
+
+        data = self.hand_out()
+        if data is None:
+            raise RpcError(UNAVAILABLE, "no sandbox is ready")
+        hv = data["hypervisor"]
+        settings = hv["settings"]
+        return cache_pb2.GrpcVM(
+            id=data["id"], hypervisor=cjson.dumps(data).encode(), proxyPid=data["proxy"]["process"]["pid"],
+            proxyURL="unix://" + os.path.join(data["vm_dir"], "proxy.sock"),
+            cpu=int(settings.get("default_vcpus") or 1), memory=int(settings.get("default_memory") or 0),
+        ).SerializeToString()
+
+    def hand_out(self) -> dict | None:
+        """The oldest ready sandbox whose processes still run, no longer held: its record file
+        removed, its processes back at nice 0 and its children remembered for reaping; the
+        refill woken. None when none is ready (a dead one found on the way is stopped)."""
+        from kata_runtime.state import remove_file
+
+        while self.ready:
+            data = self.ready.popleft()
+            self._wanted.set()
+            if not (procs.alive(data["hypervisor"]["process"]) and procs.alive(data["proxy"]["process"])):
+                self.log.warning(f"vm cache: sandbox {data['id']} ended while it waited; stopping what is left")
+                stop_base_sandbox(data, self.root, self.log)
+                continue
+            set_nice(sandbox_pids(data), 0)
+            for rec in (data["hypervisor"]["process"], data["proxy"]["process"]):
+                self.children.add(int(rec["pid"]))
+            remove_file(os.path.join(records_dir(self.root), f"{data['id']}.json"))
+            self.handed_out += 1
+            return data
+        return None
+
+    async def _on_status(self, request: bytes) -> bytes:
+        from katapb import cache_pb2
+
+        reply = cache_pb2.GrpcStatus(pid=os.getpid())
+        for data in self.ready:
+            settings = data["hypervisor"]["settings"]
+            reply.vmStatus.add(pid=data["hypervisor"]["process"]["pid"],
+                               cpu=int(settings.get("default_vcpus") or 1),
+                               memory=int(settings.get("default_memory") or 0))
+        return reply.SerializeToString()
+
+    async def _on_quit(self, request: bytes) -> bytes:
+        self._stop.set()
+        return b""

@@ -1,0 +1,263 @@
+"""The VM cache (kata_runtime.vmcache, ``kata-runtime factory``), Kata 1.x's VMCache.
+
+Units: the ``[factory]`` section. Process tier (``sandbox``): a real ``factory init`` server
+holding started process sandboxes; ``kata-runtime run`` takes one (the container runs in the
+agent the server started, with the spec's hostname), the server starts the next one at nice 19
+and the taken one runs at nice 0; a failed create stops the sandbox it took; a create falls
+back to its own sandbox when nothing serves the endpoint or the configurations differ; a
+server that is stopped stops what it holds, and ``factory destroy`` cleans up after one that
+was killed. Nothing may be left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from kata_runtime import vmcache
+from kata_runtime.config import ConfigError, parse
+from kata_runtime.sandbox import VM_ROOT
+from tests.support.oci import make_bundle
+from tests.support.processes import Proc, command, processes_mentioning, wait_for
+from tests.support.runtime import Kata, assert_clean, mounts_mentioning, write_config
+
+
+# ------------------------------------------------------------------ units
+
+
+def test_the_factory_section_defaults_to_no_cache_on_kata_1x_endpoint():
+    values = parse({}, "c.toml")["factory"]
+    assert values == {"enable_template": False, "vm_cache_number": 0,
+                      "vm_cache_endpoint": "/var/run/kata-containers/cache.sock"}
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"vm_cache_number": -1}, r"\[factory\] vm_cache_number: must be an integer >= 0"),
+    ({"vm_cache_number": "2"}, r"\[factory\] vm_cache_number: must be an integer"),
+    ({"vm_cache_endpoint": "cache.sock"}, r"\[factory\] vm_cache_endpoint: must be an absolute path"),
+    ({"enable_template": True}, r"\[factory\] enable_template: VM templating \(use vm_cache_number\) is not supported"),
+    ({"template_path": "/x"}, r"\[factory\] template_path: unknown key"),
+])
+def test_bad_factory_settings_are_one_line_errors_naming_the_key(table, message):
+    with pytest.raises(ConfigError, match=message):
+        parse({"factory": table}, "c.toml")
+
+
+def test_descendants_finds_a_whole_process_tree():
+    from kata_runtime.procs import descendants
+
+    proc = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    try:
+        found = wait_for(lambda: (lambda d: d if len(d) == 3 else None)(descendants(proc.pid)), 10, "two children")
+        assert found[0] == proc.pid and len(set(found)) == 3
+    finally:
+        for pid in reversed(descendants(proc.pid)):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+# ------------------------------------------------------------ process tier
+
+
+class CacheServer:
+    """``kata-runtime factory init`` with its own --root and configuration."""
+
+    def __init__(self, tmp, number: int = 1, **sections):
+        self.endpoint = str(tmp / "cache.sock")
+        self.root = tmp / "factory-root"
+        self.config = write_config(tmp / "factory.toml", factory={"vm_cache_number": number,
+                                                                  "vm_cache_endpoint": self.endpoint}, **sections)
+        self.argv = [*command("kata-runtime"), "--root", str(self.root), "--kata-config", str(self.config)]
+        self.out = tmp / "factory.out"
+        self.proc: Proc | None = None
+
+    def start(self) -> "CacheServer":
+        with open(self.out, "ab") as out:
+            self.proc = Proc(subprocess.Popen([*self.argv, "factory", "init"], stdout=out, stderr=subprocess.STDOUT),
+                             "factory init")
+        return self
+
+    def ready(self, count: int = 1, timeout: float = 60) -> list[dict]:
+        """The Status' ready sandboxes once there are ``count``."""
+        def got():
+            assert self.proc is None or self.proc.alive(), self.out.read_text()
+            try:
+                ready = vmcache.status(self.endpoint)["ready"]
+            except vmcache.CacheError:
+                return None
+            return ready if len(ready) == count else None
+        return wait_for(got, timeout, f"{count} cached sandboxes")
+
+    def factory(self, *args) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.argv, "factory", *args], capture_output=True, text=True, timeout=120)
+
+    def held_dirs(self) -> list[str]:
+        return sorted(d for d in os.listdir(VM_ROOT) if d.startswith(vmcache.ID_PREFIX)) if os.path.isdir(VM_ROOT) else []
+
+
+@pytest.fixture
+def cache(tmp_path):
+    """A cache server (not started); at teardown it is stopped and what it held must be gone."""
+    server = CacheServer(tmp_path)
+    before = set(server.held_dirs())
+    yield server
+    if server.proc is not None:
+        server.proc.stop(timeout=30)
+    server.factory("destroy")
+    left = set(server.held_dirs()) - before
+    assert not left, f"cached sandboxes left: {left}"
+    assert not list((server.root / "vmcache").glob("*.json")) if (server.root / "vmcache").exists() else True
+
+
+def kata_with_cache(tmp_path, server: CacheServer, **sections) -> Kata:
+    config = write_config(tmp_path / "configuration.toml", factory={"vm_cache_number": 1,
+                                                                    "vm_cache_endpoint": server.endpoint}, **sections)
+    kata = Kata(tmp_path / "root", config, tmp_path / "kata.log")
+    kata.prefix.append("--debug")
+    return kata
+
+
+def sandbox_record(kata: Kata, cid: str) -> dict:
+    return json.loads((kata.root / "sandboxes" / cid / "sandbox.json").read_text())
+
+
+def nice_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+def assert_guest_gone(guest_id: str) -> None:
+    path = os.path.join(VM_ROOT, guest_id)
+    wait_for(lambda: not os.path.lexists(path) and not processes_mentioning(path + "/")
+             and not mounts_mentioning(path + "/"), 10, f"{path} and its processes to be gone")
+
+
+@pytest.mark.sandbox
+def test_run_takes_a_cached_sandbox_and_the_cache_refills(tmp_path, cache):
+    cache.start()
+    (held,) = cache.ready()
+    (held_dir,) = cache.held_dirs()
+    kata = kata_with_cache(tmp_path, cache)
+    bundle = make_bundle(tmp_path / "bundle", ["sh", "-c", "hostname; cat /proc/1/cmdline; echo; exit 3"])
+    p = kata.run("run", "--bundle", str(bundle), "c-cached")
+    kata.ids.append("c-cached")
+    assert p.returncode == 3, kata.explain(p, ["run"])
+    lines = p.stdout.decode().splitlines()
+    hostname = json.loads((bundle / "config.json").read_text())["hostname"]
+    assert lines[0] == hostname and lines[1].startswith("sh"), lines  # the spec's hostname, via CreateSandbox
+    log = kata.log.read_text()
+    taken = [json.loads(line) for line in log.splitlines() if "vm cache: sandbox taken" in line]
+    assert taken and taken[0]["guest"] == held_dir, log
+    (refilled,) = cache.ready()
+    assert refilled["pid"] != held["pid"]
+    assert nice_of(refilled["pid"]) == vmcache.WAITING_NICE
+    assert_clean(kata, "c-cached")  # run deleted it, as runc run does
+    assert_guest_gone(taken[0]["guest"])
+
+
+@pytest.mark.sandbox
+def test_a_taken_sandbox_runs_at_nice_0_and_a_pod_member_joins_it(tmp_path, cache):
+    cache.start()
+    (held,) = cache.ready()
+    kata = kata_with_cache(tmp_path, cache)
+    bundle = make_bundle(tmp_path / "pod", ["sleep", "1000"])
+    assert kata.create("pod-s", bundle).returncode == 0, kata.log_tail()
+    record = sandbox_record(kata, "pod-s")
+    assert record["hypervisor"]["process"]["pid"] == held["pid"]
+    guest = record["hypervisor"]["guest_id"]
+    assert record["vm_dir"] == os.path.join(VM_ROOT, guest)
+    assert all(nice_of(pid) == 0 for pid in vmcache.sandbox_pids(record))
+    kata.ok("start", "pod-s")
+    member = make_bundle(tmp_path / "member", ["echo", "member ran"])
+    spec = json.loads((member / "config.json").read_text())
+    spec["annotations"] = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "pod-s"}
+    (member / "config.json").write_text(json.dumps(spec))
+    out = tmp_path / "member.out"
+    assert kata.create("pod-m", member, out=out).returncode == 0, kata.log_tail()
+    kata.ok("start", "pod-m")
+    wait_for(lambda: b"member ran" in out.read_bytes(), 20, "the member's output")
+    kata.ok("delete", "--force", "pod-m")
+    kata.ok("delete", "--force", "pod-s")
+    assert_clean(kata, "pod-s")
+    assert_guest_gone(guest)
+
+
+@pytest.mark.sandbox
+def test_a_failed_create_stops_the_sandbox_it_took(tmp_path, cache):
+    cache.start()
+    cache.ready()
+    kata = kata_with_cache(tmp_path, cache)
+    bundle = make_bundle(tmp_path / "bundle", ["/no/such/program"])
+    p = kata.create("c-fails", bundle)
+    assert p.returncode == 1
+    assert "no/such/program" in p.stderr.decode(), p.stderr
+    taken = [json.loads(line) for line in kata.log.read_text().splitlines() if "vm cache: sandbox taken" in line]
+    assert taken, kata.log_tail()
+    assert_clean(kata, "c-fails")
+    assert_guest_gone(taken[0]["guest"])
+    cache.ready()
+
+
+@pytest.mark.sandbox
+def test_without_a_server_or_with_another_configuration_create_starts_its_own(tmp_path, cache):
+    kata = kata_with_cache(tmp_path, cache)
+    bundle = make_bundle(tmp_path / "bundle", ["sleep", "1000"])
+    assert kata.create("c-no-server", bundle).returncode == 0, kata.log_tail()
+    assert sandbox_record(kata, "c-no-server")["vm_dir"] == os.path.join(VM_ROOT, "c-no-server")
+    warnings = [json.loads(line)["msg"] for line in kata.log.read_text().splitlines() if '"warning"' in line]
+    assert any("load vm factory failed" in w and cache.endpoint in w for w in warnings), warnings
+    kata.ok("delete", "--force", "c-no-server")
+
+    cache.start()
+    cache.ready()
+    (tmp_path / "other").mkdir()
+    other = kata_with_cache(tmp_path / "other", cache, **{"proxy.kata": {"debug": False}})
+    assert other.create("c-other-config", bundle).returncode == 0, other.log_tail()
+    assert sandbox_record(other, "c-other-config")["vm_dir"] == os.path.join(VM_ROOT, "c-other-config")
+    cache.ready()  # still held
+    other.ok("delete", "--force", "c-other-config")
+    assert_clean(kata, "c-no-server")
+    assert_clean(other, "c-other-config")
+
+
+@pytest.mark.sandbox
+def test_stopping_the_server_stops_what_it_holds_and_destroy_cleans_after_a_killed_one(tmp_path, cache):
+    cache.start()
+    (first,) = cache.ready()
+    again = subprocess.run([*cache.argv, "factory", "init"], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and again.stderr.strip() == f"a vm cache server already serves {cache.endpoint}"
+    status = cache.factory("status")
+    assert status.returncode == 0 and "1 of 1 sandboxes ready" in status.stdout, status
+    held = cache.held_dirs()
+    destroyed = cache.factory("destroy")
+    assert destroyed.returncode == 0 and destroyed.stdout.strip() == "vm factory destroyed", destroyed
+    assert cache.proc.wait(30) == 0
+    for guest in held:
+        assert_guest_gone(guest)
+    assert not os.path.exists(cache.endpoint)
+
+    cache.start()
+    cache.ready()
+    held = [d for d in cache.held_dirs() if d not in held]
+    cache.proc.popen.kill()
+    cache.proc.wait()
+    assert len(held) == 1 and os.path.isdir(os.path.join(VM_ROOT, held[0]))  # a killed server cannot clean up
+    off = cache.factory("status")
+    assert off.returncode == 1 and off.stderr.startswith("vm cache is off: no vm cache server on"), off
+    destroyed = cache.factory("destroy")
+    assert destroyed.returncode == 0, destroyed
+    assert f"stopped sandbox {held[0]}, left by a vm cache server that was killed" in destroyed.stdout
+    assert_guest_gone(held[0])
+
+
+def test_factory_commands_need_the_cache_enabled(tmp_path):
+    config = write_config(tmp_path / "c.toml")
+    for sub in ("init", "status", "destroy"):
+        p = subprocess.run([*command("kata-runtime"), "--root", str(tmp_path / "r"), "--kata-config", str(config),
+                            "factory", sub], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1
+        assert p.stderr.strip() == f"VM cache is not enabled: set [factory] vm_cache_number > 0 in {config}"
