@@ -4,8 +4,9 @@
 configuration's ``[factory] vm_cache_number`` and ``vm_cache_endpoint``: one line on stdout
 once it serves, one when it stopped; SIGTERM or SIGINT (ctrl-c) stop it, and so does
 ``destroy``. ``status`` prints the server's pid and the sandboxes it holds ready (exit 1 when
-none serves). ``destroy`` asks the server to stop and waits until it did; without a server it
-stops what a killed one left. A configuration without the cache is an error (exit 1).
+none serves). ``destroy`` asks the server to stop and waits until its process is gone (it
+stops the sandboxes it holds after it stopped listening); without a server it stops what a
+killed one left. A configuration without the cache is an error (exit 1).
 """
 
 from __future__ import annotations
@@ -68,15 +69,20 @@ def destroy(globs) -> None:
     from kata_runtime import log as klog
     from kata_runtime import vmcache
 
+    from kata_runtime.procs import pid_alive
+
     _, _, endpoint = _cache_config(globs)
     try:
+        server = vmcache.status(endpoint)["pid"]
         vmcache.quit_server(endpoint)
     except vmcache.CacheError:
-        pass  # none serves: what a killed one left is cleaned below
+        server = None  # none serves: what a killed one left is cleaned below
+    # Gone, not only its socket: it stops the sandboxes it holds after it stopped listening.
     deadline = time.monotonic() + DESTROY_TIMEOUT
-    while vmcache.serving(endpoint):
+    while server is not None and pid_alive(server):
         if time.monotonic() > deadline:
-            raise click.ClickException(f"the vm cache server on {endpoint} did not stop within {DESTROY_TIMEOUT:g} s")
+            raise click.ClickException(f"the vm cache server on {endpoint} (pid {server}) did not stop within "
+                                       f"{DESTROY_TIMEOUT:g} s")
         time.sleep(0.05)
     for cleaned in vmcache.clean_leftovers(globs.root, klog.current()):
         click.echo(f"stopped sandbox {cleaned}, left by a vm cache server that was killed")

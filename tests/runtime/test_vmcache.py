@@ -236,6 +236,7 @@ def test_stopping_the_server_stops_what_it_holds_and_destroy_cleans_after_a_kill
     destroyed = cache.factory("destroy")
     assert destroyed.returncode == 0 and destroyed.stdout.strip() == "vm factory destroyed", destroyed
     assert cache.proc.wait(30) == 0
+    assert not [g for g in held if os.path.lexists(os.path.join(VM_ROOT, g))]  # stopped before destroy returned
     for guest in held:
         assert_guest_gone(guest)
     assert not os.path.exists(cache.endpoint)

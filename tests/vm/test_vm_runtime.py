@@ -329,3 +329,49 @@ def test_a_missing_kernel_or_build_fails_before_anything_starts(tmp_path, vm_roo
     if what == "build":
         assert f"`kata-runtime image build --cache-dir {tmp_path}/empty-cache`" in message
     assert_clean(kata, cid, timeout=0)
+
+
+def test_a_cached_vm_runs_a_container_without_a_boot(tmp_path, vm_root, guest_image, figures):
+    """The VM cache (kata_runtime.vmcache) with QEMU: `factory init` boots a VM ahead of time,
+    `run` takes it (no boot of its own: the guest's kernel answers at once), the server boots
+    the next one; `factory destroy` stops it; nothing is left."""
+    from kata_runtime import vmcache
+    from tests.support.processes import Proc, command
+
+    endpoint = str(tmp_path / "cache.sock")
+    kata = kata_cli(tmp_path, vm_root, kernel=guest_image.kernel, initrd=guest_image.initrd, image=guest_image.image)
+    text = kata.config.read_text() + f'[factory]\nvm_cache_number = 1\nvm_cache_endpoint = "{endpoint}"\n'
+    kata.config.write_text(text)
+    factory = [*command("kata-runtime"), "--root", str(vm_root), "--kata-config", str(kata.config), "factory"]
+    with open(tmp_path / "factory.out", "wb") as out:
+        server = Proc(subprocess.Popen([*factory, "init"], stdout=out, stderr=subprocess.STDOUT), "factory init")
+    held = []
+    try:
+        def ready():
+            assert server.alive(), (tmp_path / "factory.out").read_text()
+            try:
+                return vmcache.status(endpoint)["ready"]
+            except vmcache.CacheError:
+                return None
+        wait_for(ready, BOOT_TIMEOUT, "a cached VM")
+        held = [d for d in os.listdir(vm_dir("")) if d.startswith(vmcache.ID_PREFIX)]
+        cid = "cached-" + os.urandom(4).hex()
+        kata.ids.append(cid)
+        bundle = make_bundle(tmp_path / "bundle", ["uname", "-r"])
+        t0 = time.monotonic()
+        p = kata.run("run", "--bundle", str(bundle), cid, timeout=BOOT_TIMEOUT)
+        took = time.monotonic() - t0
+        assert p.returncode == 0, kata.explain(p, ["run"])
+        assert p.stdout.decode().strip() == guest_image.kernel_version != os.uname().release
+        taken = [r["guest"] for r in log_records(kata) if r["msg"] == "vm cache: sandbox taken"]
+        assert taken and taken[0] in held
+        assert not [r for r in log_records(kata) if r["msg"] == "agent ready"]  # no boot of its own
+        assert_clean(kata, cid)
+        assert not os.path.lexists(vm_dir(taken[0]))
+        figures.append(f"kata-runtime run -> exit with a cached VM (TCG): {took:.1f} s")
+    finally:
+        destroyed = subprocess.run([*factory, "destroy"], capture_output=True, text=True, timeout=BOOT_TIMEOUT)
+        server.stop(timeout=BOOT_TIMEOUT)
+    assert destroyed.returncode == 0, destroyed
+    left = [d for d in os.listdir(vm_dir("")) if d.startswith(vmcache.ID_PREFIX)]
+    assert not left and not processes_mentioning(vm_dir(vmcache.ID_PREFIX)), left
