@@ -116,28 +116,26 @@ def take(endpoint: str, data: dict, log, timeout: float = TAKE_TIMEOUT) -> dict 
 def status(endpoint: str, timeout: float = 2.0) -> dict:
     """The cache server's Status: ``{"pid": int, "ready": [{"pid", "cpu", "memory"}, ...]}``.
     Raises CacheError when nothing serves ``endpoint``."""
-    from kata_grpc.client import Channel, TransportError
-    from kata_grpc.protocol import RpcError
     from katapb import cache_pb2
 
-    channel = Channel(endpoint, connect_timeout=timeout, user_agent=b"kata-runtime")
-    try:
-        got = cache_pb2.GrpcStatus.FromString(bytes(channel.unary(STATUS, _empty(), timeout=timeout)))
-    except (TransportError, RpcError) as e:
-        raise CacheError(f"no vm cache server on {endpoint} ({e})") from None
-    finally:
-        channel.close()
+    got = cache_pb2.GrpcStatus.FromString(_call(endpoint, STATUS, timeout))
     return {"pid": got.pid, "ready": [{"pid": v.pid, "cpu": v.cpu, "memory": v.memory} for v in got.vmStatus]}
 
 
 def quit_server(endpoint: str, timeout: float = 2.0) -> None:
     """Ask the cache server on ``endpoint`` to stop (Quit). Raises CacheError when nothing serves it."""
+    _call(endpoint, QUIT, timeout)
+
+
+def _call(endpoint: str, method: str, timeout: float) -> bytes:
+    """One call with an Empty request on a connection of its own; the encoded reply. Raises
+    CacheError (nothing serves ``endpoint``, or the call failed)."""
     from kata_grpc.client import Channel, TransportError
     from kata_grpc.protocol import RpcError
 
     channel = Channel(endpoint, connect_timeout=timeout, user_agent=b"kata-runtime")
     try:
-        channel.unary(QUIT, _empty(), timeout=timeout)
+        return bytes(channel.unary(method, _empty(), timeout=timeout))
     except (TransportError, RpcError) as e:
         raise CacheError(f"no vm cache server on {endpoint} ({e})") from None
     finally:
@@ -182,11 +180,25 @@ def set_nice(pids, nice: int) -> None:
                 pass
 
 
-def start_base_sandbox(config, root: str, server: dict, log) -> dict:
+class _WarningsAsDebug:
+    """A log whose warnings are debug records (the accelerator's fall-back, said once per server)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def warning(self, msg: str, **fields) -> None:
+        self.log.debug(msg, **fields)
+
+    def __getattr__(self, name):
+        return getattr(self.log, name)
+
+
+def start_base_sandbox(config, root: str, server: dict, log, *, first: bool = True) -> dict:
     """Start one sandbox for the cache, in this thread: a new ``vmcache-`` id, its guest
-    resolved (image, accelerator), runtime directory, guest and kata-proxy (no CreateSandbox,
-    no pod network); recorded in ``records_dir(root)`` with the ``server`` process record.
-    Returns its Sandbox.data. Raises kata_runtime.errors.KataError (nothing left behind)."""
+    resolved (image, accelerator; its warnings only for the ``first``), runtime directory,
+    guest and kata-proxy (no CreateSandbox, no pod network); recorded in ``records_dir(root)``
+    with the ``server`` process record. Returns its Sandbox.data. Raises
+    kata_runtime.errors.KataError (nothing left behind)."""
     import secrets
 
     from kata_runtime.sandbox import Sandbox, Undo
@@ -203,7 +215,7 @@ def start_base_sandbox(config, root: str, server: dict, log) -> dict:
     undo.push(f"remove {path}", lambda: remove_file(path))
     try:
         save()
-        sandbox.resolve_guest(root, log)
+        sandbox.resolve_guest(root, log if first else _WarningsAsDebug(log))
         sandbox.prepare(undo)
         save()
         sandbox.boot(undo, log, save)
@@ -279,6 +291,7 @@ class CacheServer:
         self.children: set[int] = set()
         self.server_record = procs.record(os.getpid())
         self._config_reply: bytes | None = None
+        self._started_one = False
 
     # ---------------------------------------------------------------- run
     def run(self) -> None:
@@ -336,8 +349,12 @@ class CacheServer:
     async def _start_one(self) -> dict:
         import asyncio
 
+        import functools
+
+        first, self._started_one = not self._started_one, True
         return await asyncio.get_running_loop().run_in_executor(
-            self._starter, start_base_sandbox, self.config, self.root, self.server_record, self.log)
+            self._starter, functools.partial(start_base_sandbox, self.config, self.root, self.server_record,
+                                             self.log, first=first))
 
     async def _fill(self) -> None:
         """Start sandboxes while fewer than ``number`` are ready; back off after failures."""

@@ -23,7 +23,7 @@ from kata_runtime.config import ConfigError, parse
 from kata_runtime.sandbox import VM_ROOT
 from tests.support.oci import make_bundle
 from tests.support.processes import Proc, command, processes_mentioning, wait_for
-from tests.support.runtime import Kata, assert_clean, mounts_mentioning, write_config
+from tests.support.runtime import Kata, assert_clean, mounts_mentioning, sandbox_cgroups, write_config
 
 
 # ------------------------------------------------------------------ units
@@ -133,7 +133,8 @@ def nice_of(pid: int) -> int:
 def assert_guest_gone(guest_id: str) -> None:
     path = os.path.join(VM_ROOT, guest_id)
     wait_for(lambda: not os.path.lexists(path) and not processes_mentioning(path + "/")
-             and not mounts_mentioning(path + "/"), 10, f"{path} and its processes to be gone")
+             and not mounts_mentioning(path + "/") and not sandbox_cgroups(guest_id), 10,
+             f"{path}, its processes, mounts and cgroups to be gone")
 
 
 @pytest.mark.sandbox
