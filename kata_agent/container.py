@@ -14,6 +14,7 @@ import logging
 import os
 
 import kata_cgroups as cgroups
+from kata_log import cjson
 
 from .config import AgentConfig
 from .reaper import Reaper
@@ -223,17 +224,20 @@ class ProcessLauncher:
 
 
 def remove_state_dir(path: str) -> None:
-    import shutil  # imported here, not on the agent's start path
+    """Remove ``path`` and what is in it, if it exists (shutil, and the compression modules
+    it imports, only then: a first CreateContainer has nothing to remove)."""
+    if not os.path.lexists(path):
+        return
+    import shutil
 
     shutil.rmtree(path, ignore_errors=True)
 
 
 def write_json(path: str, data: dict) -> None:
-    import json  # imported here, not on the agent's start path
-
+    """``data`` as JSON in ``path`` (write + rename; kata_log.cjson: no ``json`` import)."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
+        f.write(cjson.dumps(data, indent=1))
     os.replace(tmp, path)
 
 

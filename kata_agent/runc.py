@@ -16,6 +16,8 @@ import logging
 import os
 import signal
 
+from kata_log import cjson
+
 from .reaper import Reaper
 
 log = logging.getLogger("kata_agent.runc")
@@ -45,12 +47,10 @@ def log_errors(text: str, limit: int = 3) -> str:
     """The messages of the last ``limit`` error/fatal entries of a runc
     ``--log-format json`` log, joined by "; " (a message repeated back to back
     is given once). "" when there is none."""
-    import json  # imported here, not on the agent's start path
-
     msgs: list[str] = []
     for line in text.splitlines():
         try:
-            entry = json.loads(line)
+            entry = cjson.loads(line)
         except ValueError:
             continue
         if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
@@ -63,14 +63,22 @@ def log_errors(text: str, limit: int = 3) -> str:
 @contextlib.contextmanager
 def call_log(directory: str):
     """A fresh, empty, nameless file for one runc call's log: yields its fd
-    (close-on-exec; the spawn passes it as fd 3). Closed, and so gone, on exit."""
-    import tempfile  # imported here, not on the agent's start path
-
-    f = tempfile.TemporaryFile(dir=directory)
+    (close-on-exec; the spawn passes it as fd 3). Closed, and so gone, on exit. An O_TMPFILE
+    (what tempfile.TemporaryFile makes on Linux, without importing tempfile, random and
+    shutil on the first CreateContainer); tempfile where the filesystem has none."""
     try:
-        yield f.fileno()
-    finally:
+        fd = os.open(directory, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+    except OSError:
+        import tempfile
+
+        f = tempfile.TemporaryFile(dir=directory)
+        fd = os.dup(f.fileno())
+        os.set_inheritable(fd, False)
         f.close()
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def read_call_log(fd: int) -> str:
@@ -134,9 +142,7 @@ class Runc:
 
     # -- subcommands ----------------------------------------------------
     async def state(self, cid: str) -> dict:
-        import json
-
-        return json.loads(await self.run("state", cid))
+        return cjson.loads(await self.run("state", cid))
 
     async def start(self, cid: str) -> None:
         await self.run("start", cid)
@@ -156,12 +162,8 @@ class Runc:
         await self.run("resume", cid)
 
     async def update(self, cid: str, resources: dict) -> None:
-        import json
-
-        await self.run("update", "--resources", "-", cid, input=json.dumps(resources).encode())
+        await self.run("update", "--resources", "-", cid, input=cjson.dumps(resources).encode())
 
     async def ps_pids(self, cid: str) -> list[int]:
-        import json
-
         out = await self.run("ps", "--format", "json", cid)
-        return json.loads(out or b"[]") or []
+        return cjson.loads(out or b"[]") or []

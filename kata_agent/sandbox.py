@@ -38,6 +38,7 @@ import signal
 import socket
 
 import kata_cgroups as cgroups
+from kata_log import cjson
 
 from .config import AgentConfig
 from .container import (LIVE, Container, ContainerStatus, Process, ProcessLauncher, record_cgroups,
@@ -464,9 +465,7 @@ class Sandbox:
             raise SandboxError(Fault.INVALID, f"format {fmt!r} is invalid: use 'table' or 'json'")
         pids = await self.runc.ps_pids(c.id)
         if fmt == "json":
-            import json  # imported here, not on the agent's start path
-
-            return json.dumps(pids).encode()
+            return cjson.dumps(pids).encode()
         args = list(args) or ["-ef"]
         try:
             code, out, _ = await self.reaper.run(["ps", *args], timeout=30)

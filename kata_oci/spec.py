@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 
-from kata_oci.schema import field_kind, is_repeated
+from kata_oci.schema import field_kind, is_map_field, is_repeated
 
 #: Where the agent mounts the 9p share "kataShared" (CreateSandbox's Storage mount point).
 GUEST_SHARED_DIR = "/run/kata-containers/shared/containers/"
@@ -248,7 +248,7 @@ def message_to_oci(msg) -> dict:
     mname = msg.DESCRIPTOR.name
     for field, value in msg.ListFields():
         key = oci_name(mname, field.name)
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if is_map_field(field):
             vfield = field.message_type.fields_by_name["value"]
             if vfield.message_type is not None:
                 out[key] = {k: message_to_oci(v) for k, v in value.items()}
@@ -267,7 +267,7 @@ def message_to_oci(msg) -> dict:
 
 
 def _set_field(msg, field, value, place: str) -> None:
-    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+    if is_map_field(field):
         _set_map(getattr(msg, field.name), field.message_type, value, place)
     elif is_repeated(field):
         if not isinstance(value, list):

@@ -13,7 +13,7 @@ A directory is reserved with mkdir (atomic: the second ``create`` of one id gets
 "container with id exists"); its state file is written when the command succeeds, so a
 directory without one is a create in progress (or one that crashed: ``delete --force``
 removes it). ``state`` and ``list`` import this: the standard library's builtins and C codecs
-only (kata_runtime.cjson for the JSON, no ``json``, ``re`` or ``enum``).
+only (kata_log.cjson for the JSON, no ``json``, ``re`` or ``enum``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from kata_runtime import cjson
+from kata_log import cjson
 from kata_runtime.errors import AlreadyExists, InvalidArgument, KataError, NotFound, container_not_found
 
 CONTAINERS = "containers"

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import os
 
-from kata_runtime import cjson, procs
+from kata_log import cjson
+from kata_runtime import procs
 
 CONFIG = "/cache.CacheService/Config"
 GET_BASE_VM = "/cache.CacheService/GetBaseVM"

@@ -220,7 +220,7 @@ def delete(g: Globals, container_id: str, force: bool) -> None:
 
 def print_state(g: Globals, container_id: str) -> None:
     """As runc: json.MarshalIndent(state, "", "  "), no newline after it."""
-    from kata_runtime import cjson
+    from kata_log import cjson
     from kata_runtime.state import Store
     from kata_runtime.status import state
 
@@ -245,7 +245,7 @@ def tabwriter(rows, minwidth: int = 12, padding: int = 3) -> str:
 
 def print_list(g: Globals, fmt: str, quiet: bool) -> None:
     """runc's list output: ids (quiet), a JSON array (null when empty) or the table."""
-    from kata_runtime import cjson
+    from kata_log import cjson
     from kata_runtime.state import Store
     from kata_runtime.status import list_states
 

@@ -169,3 +169,27 @@ def test_check_spec_loads_no_protobuf(tmp_path):
     code = ("import json, sys; from kata_oci import check_spec; check_spec(json.loads(sys.stdin.read())); "
             "print(sorted(m for m in sys.modules if m.startswith(('google', 'katapb'))))")
     assert python_prints(code, stdin=json.dumps(spec)) == "[]"
+
+
+def test_map_fields_are_found_without_descriptor_options():
+    """kata_oci.schema.is_map_field reads the descriptors' structure; GetOptions().map_entry
+    (which imports descriptor_pb2) must agree on every field of every katapb message."""
+    from katapb import agent_pb2, cache_pb2, health_pb2, oci_pb2, types_pb2
+
+    from kata_oci.schema import is_map_field
+
+    def messages(descriptor):
+        yield descriptor
+        for nested in descriptor.nested_types:
+            yield from messages(nested)
+
+    checked = maps = 0
+    for module in (agent_pb2, cache_pb2, health_pb2, oci_pb2, types_pb2):
+        for top in module.DESCRIPTOR.message_types_by_name.values():
+            for message in messages(top):
+                for field in message.fields:
+                    expected = field.message_type is not None and field.message_type.GetOptions().map_entry
+                    assert is_map_field(field) == expected, field.full_name
+                    checked += 1
+                    maps += expected
+    assert checked > 300 and maps >= 4

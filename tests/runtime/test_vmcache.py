@@ -74,6 +74,8 @@ class CacheServer:
         self.argv = [*command("kata-runtime"), "--root", str(self.root), "--kata-config", str(self.config)]
         self.out = tmp / "factory.out"
         self.proc: Proc | None = None
+        #: Every sandbox id this server was seen holding.
+        self.seen: set[str] = set()
 
     def start(self) -> "CacheServer":
         with open(self.out, "ab") as out:
@@ -89,6 +91,7 @@ class CacheServer:
                 ready = vmcache.status(self.endpoint)["ready"]
             except vmcache.CacheError:
                 return None
+            self.held_dirs()
             return ready if len(ready) == count else None
         return wait_for(got, timeout, f"{count} cached sandboxes")
 
@@ -96,21 +99,24 @@ class CacheServer:
         return subprocess.run([*self.argv, "factory", *args], capture_output=True, text=True, timeout=120)
 
     def held_dirs(self) -> list[str]:
-        return sorted(d for d in os.listdir(VM_ROOT) if d.startswith(vmcache.ID_PREFIX)) if os.path.isdir(VM_ROOT) else []
+        """Ids of the sandboxes this server holds (its records: other servers may run on the host)."""
+        records = self.root / vmcache.RECORDS
+        ids = sorted(p.stem for p in records.glob("*.json")) if records.is_dir() else []
+        self.seen.update(ids)
+        return ids
 
 
 @pytest.fixture
 def cache(tmp_path):
     """A cache server (not started); at teardown it is stopped and what it held must be gone."""
     server = CacheServer(tmp_path)
-    before = set(server.held_dirs())
     yield server
     if server.proc is not None:
         server.proc.stop(timeout=30)
     server.factory("destroy")
-    left = set(server.held_dirs()) - before
-    assert not left, f"cached sandboxes left: {left}"
-    assert not list((server.root / "vmcache").glob("*.json")) if (server.root / "vmcache").exists() else True
+    assert not server.held_dirs(), "records of cached sandboxes left"
+    for guest in server.seen:
+        assert_guest_gone(guest)
 
 
 def kata_with_cache(tmp_path, server: CacheServer, **sections) -> Kata:

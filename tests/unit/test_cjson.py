@@ -1,4 +1,4 @@
-"""kata_runtime.cjson against the json package: the same text out, the same values in, and a
+"""kata_log.cjson against the json package: the same text out, the same values in, and a
 ValueError wherever json.loads refuses."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kata_runtime import cjson
+from kata_log import cjson
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text()
 documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),

@@ -1,10 +1,12 @@
-"""JSON for the commands a caller runs most (``state``, ``list``) without the ``json`` package.
+"""JSON without the ``json`` package, for start paths that pay for every import.
 
-containerd calls ``kata-runtime state`` several times per container. Importing ``json`` costs
-~11 ms here (it imports ``re`` and ``enum`` and compiles its regular expressions), a third of
-the whole command. This module does the same work with the standard library's own C codec
-(CPython's ``_json``: the scanner and string escaper that ``json`` itself runs on), so it costs
-no import beyond that extension:
+containerd calls ``kata-runtime state`` several times per container: importing ``json`` costs
+~11 ms on the host (it imports ``re`` and ``enum`` and compiles its regular expressions), a
+third of the whole command, and much more in a TCG guest, where kata-agent's first
+CreateContainer writes runc's config.json. This module does the same work with the standard
+library's own C codec (CPython's ``_json``: the scanner and string escaper that ``json``
+itself runs on), so it costs no import beyond that extension. Here, at the bottom of the
+package graph, both kata-runtime and kata-agent use it:
 
 * :func:`loads` equals ``json.loads`` for text: the same values, NaN/Infinity accepted, and a
   ValueError for anything ``json.loads`` refuses (``json``'s own JSONDecodeError where the C
