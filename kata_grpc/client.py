@@ -117,10 +117,12 @@ class Channel:
                 if deadline is not None:
                     _arm(sock, deadline)
                 out = conn.output()
+                if call.done:
+                    if out:
+                        self._send_after_answer(out)
+                    break
                 if out:
                     _send(sock, out)
-                if call.done:
-                    break
                 room = conn.get_buffer()
                 n = sock.recv_into(room)
                 room.release()
@@ -139,10 +141,19 @@ class Channel:
         except OSError as e:
             self.close()
             raise TransportError(f"connection to {self.path} failed: {e.strerror or e}") from None
-        if deadline is not None:
+        if deadline is not None and self.sock is not None:
             sock.settimeout(None)
         self._body = call.body  # (a new one if the old was still held by a reply view)
         return call.result()
+
+    def _send_after_answer(self, out) -> None:
+        """Send what the connection owes the server once the answer is complete (a SETTINGS
+        ack, WINDOW_UPDATEs). A server may close right after answering (a Quit): then this
+        fails, the connection is dropped (the next call connects again) and the answer stands."""
+        try:
+            _send(self.sock, out)
+        except OSError:
+            self.close()
 
 
 def _arm(sock: socket.socket, deadline: float) -> None:

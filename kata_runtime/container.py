@@ -307,12 +307,15 @@ def _take_cached(config, sandbox, spec: dict, undo, log, host_cgroup: dict | Non
         return False
     sandbox.adopt(base, undo)
     save()
+    vmcache.taken_over(base)
     log.debug("vm cache: sandbox taken", sandbox=sandbox.id, guest=sandbox.guest_id)
-    if host_cgroup is not None:
-        from kata_runtime import host_cgroup as hcg
+    from kata_runtime import host_cgroup as hcg
 
-        _step(f"moving the cached sandbox into the host cgroup {host_cgroup['path']}",
-              lambda: hcg.move_processes(host_cgroup, vmcache.sandbox_pids(sandbox.data)))
+    # Where a sandbox of its own would have been born: the host cgroup, or the runtime's own (not
+    # the cache server's, whose stop or limits must not reach the containers it handed out).
+    _step("moving the cached sandbox into " + (f"the host cgroup {host_cgroup['path']}" if host_cgroup
+                                               else "the runtime's cgroup"),
+          lambda: hcg.move_processes(host_cgroup, vmcache.sandbox_pids(sandbox.data)))
     try:
         sandbox.create_in_agent(spec.get("hostname") or "")
     finally:

@@ -279,18 +279,22 @@ def join(record: dict) -> None:
     _joined_from = before
 
 
-def move_processes(record: dict, pids) -> None:
-    """Move each process in ``pids`` (started elsewhere: a cached sandbox's) into the host
-    cgroup (every hierarchy). A process that ended meanwhile is skipped; raises KataError."""
+def move_processes(record: dict | None, pids) -> None:
+    """Move each process in ``pids`` (started elsewhere: a cached sandbox's) where the runtime
+    would have started it: into the host cgroup of ``record`` (every hierarchy), or with no
+    record into this process's own cgroups. A process that ended meanwhile is skipped; raises
+    KataError."""
+    directories = record["dirs"].values() if record is not None else kata_cgroups.cgroup_paths(os.getpid()).values()
+    where = f"the host cgroup {record['path']}" if record is not None else "the runtime's cgroup"
     for pid in pids:
         try:
-            _move(pid, record["dirs"].values())
+            _move(pid, directories)
         except ProcessLookupError:
             continue
         except OSError as e:
             if e.errno == errno.ESRCH:  # cgroup.procs: it ended
                 continue
-            raise KataError(f"cannot move pid {pid} into the host cgroup {record['path']}: {e.strerror or e}") from None
+            raise KataError(f"cannot move pid {pid} into {where}: {e.strerror or e}") from None
 
 
 def leave(original: dict[str, str] | None = None) -> None:

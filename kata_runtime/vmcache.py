@@ -46,6 +46,12 @@ TAKE_TIMEOUT = 5.0
 #: nice of the processes of a sandbox while it waits in the cache (the lowest priority).
 WAITING_NICE = 19
 RECORDS = "vmcache"
+#: Seconds a handed-out sandbox's record outlives the hand-out before the server takes it back
+#: and stops it: the taker removes the record once its own state holds the sandbox (a create
+#: does so within milliseconds); one that died, timed out or was interrupted before never does.
+LEASE = 30.0
+#: Key of the record path in GetBaseVM's sandbox JSON.
+RECORD_KEY = "vmcache_record"
 
 
 class CacheError(Exception):
@@ -64,6 +70,12 @@ def wanted_config(data: dict) -> dict:
 def records_dir(root: str) -> str:
     """Where a cache server under ``--root`` keeps the records of the sandboxes it holds."""
     return os.path.join(root, RECORDS)
+
+
+def record_path(root: str, sandbox_id: str) -> str:
+    """The record of one cached sandbox: ``{"server": process record, "sandbox": Sandbox.data}``,
+    and ``"handed_out"`` (epoch seconds) once handed out, until the taker removes it."""
+    return os.path.join(records_dir(root), f"{sandbox_id}.json")
 
 
 # ------------------------------------------------------------------ client
@@ -105,13 +117,21 @@ def take(endpoint: str, data: dict, log, timeout: float = TAKE_TIMEOUT) -> dict 
         channel.close()
     base = cjson.loads(vm.hypervisor)
     if not (procs.alive(base["hypervisor"]["process"]) and procs.alive(base["proxy"]["process"])):
-        # Ended between the server's check and now: it is ours to clean up.
+        # Ended between the server's check and now: the server stops it when the lease ends.
         log.warning(f"vm cache {endpoint}: sandbox {vm.id} ended before it was used; starting a new sandbox")
-        from kata_runtime.sandbox import Sandbox
-
-        Sandbox(base).stop(log, force=True)
         return None
     return base
+
+
+def taken_over(base: dict) -> None:
+    """Tell the cache server that the sandbox ``base`` (from :func:`take`) is now recorded in
+    the taker's own state: its record under the server's --root is removed, so the server
+    does not take it back when the lease (:data:`LEASE`) ends. Call it right after saving."""
+    from kata_runtime.state import remove_file
+
+    path = base.get(RECORD_KEY)
+    if path:
+        remove_file(path)
 
 
 def status(endpoint: str, timeout: float = 2.0) -> dict:
@@ -171,14 +191,18 @@ def sandbox_pids(data: dict) -> list[int]:
     return found
 
 
-def set_nice(pids, nice: int) -> None:
-    """Every thread of each process in ``pids`` to ``nice`` (a thread that ended meanwhile is skipped)."""
+def set_nice(pids, nice: int) -> bool:
+    """Every thread of each process in ``pids`` to ``nice`` (a thread that ended meanwhile is
+    skipped); False when not allowed (lowering nice needs CAP_SYS_NICE)."""
     for pid in pids:
         for tid in procs.threads(pid):
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, nice)
-            except (ProcessLookupError, PermissionError):
+            except ProcessLookupError:
                 pass
+            except PermissionError:
+                return False
+    return True
 
 
 class _WarningsAsDebug:
@@ -206,7 +230,7 @@ def start_base_sandbox(config, root: str, server: dict, log, *, first: bool = Tr
     from kata_runtime.state import remove_file, write_atomic
 
     sandbox = Sandbox.new(ID_PREFIX + secrets.token_hex(8), config)
-    path = os.path.join(records_dir(root), f"{sandbox.id}.json")
+    path = record_path(root, sandbox.id)
     os.makedirs(records_dir(root), mode=0o700, exist_ok=True)
 
     def save() -> None:
@@ -233,12 +257,14 @@ def stop_base_sandbox(data: dict, root: str, log) -> None:
     from kata_runtime.state import remove_file
 
     Sandbox(data).stop(log, force=True)
-    remove_file(os.path.join(records_dir(root), f"{data['id']}.json"))
+    remove_file(record_path(root, data["id"]))
 
 
 def clean_leftovers(root: str, log) -> list[str]:
     """Stop the cached sandboxes recorded under ``records_dir(root)`` by a server that is gone
     (killed before it could stop them); returns their ids. A live server's are left alone."""
+    import time
+
     directory = records_dir(root)
     try:
         names = sorted(os.listdir(directory))
@@ -256,6 +282,8 @@ def clean_leftovers(root: str, log) -> list[str]:
             continue
         if procs.alive(record.get("server")):
             continue
+        if time.time() - record.get("handed_out", -LEASE) < LEASE:
+            continue  # handed out just before the server died: its taker may be recording it
         stop_base_sandbox(record["sandbox"], root, log)
         cleaned.append(record["sandbox"]["id"])
     return cleaned
@@ -277,9 +305,12 @@ class CacheServer:
     REAP_INTERVAL = 1.0
     MAX_BACKOFF = 30.0
 
-    def __init__(self, config, number: int, endpoint: str, root: str, log, say=lambda line: None):
+    def __init__(self, config, number: int, endpoint: str, root: str, log, say=lambda line: None,
+                 lease: float = LEASE):
         import collections
 
+        #: Seconds a handed-out sandbox may stay unclaimed (:data:`LEASE`).
+        self.lease = lease
         self.config = config
         self.number = number
         self.endpoint = endpoint
@@ -288,6 +319,8 @@ class CacheServer:
         self.say = say
         self.ready: collections.deque[dict] = collections.deque()
         self.handed_out = 0
+        #: Sandboxes handed out whose taker has not removed the record yet: [(data, lease end)].
+        self.leased: list[tuple[dict, float]] = []
         #: pids of handed-out processes that are this server's children (reaped when they end).
         self.children: set[int] = set()
         self.server_record = procs.record(os.getpid())
@@ -301,11 +334,38 @@ class CacheServer:
         cannot be made): nothing is left behind."""
         import asyncio
 
-        if serving(self.endpoint):
+        lock = self._lock_endpoint()
+        try:
+            for cleaned in clean_leftovers(self.root, self.log):
+                self.say(f"vm cache: stopped sandbox {cleaned}, left by a server that was killed")
+            asyncio.run(self._main())
+        finally:
+            from kata_runtime.state import remove_file
+
+            remove_file(self.endpoint + ".lock")
+            os.close(lock)
+
+    def _lock_endpoint(self) -> int:
+        """An exclusive flock on ``<endpoint>.lock``, held while this server lives: a second
+        server on the endpoint is refused even while the first still boots its first sandbox
+        (before it listens). Returns the lock's fd. Raises CacheError."""
+        import fcntl
+
+        directory = os.path.dirname(os.path.abspath(self.endpoint))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(self.endpoint + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise CacheError(f"vm cache: cannot use {self.endpoint}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise CacheError(f"a vm cache server already serves {self.endpoint}") from None
+        if serving(self.endpoint):  # a server of before the lock file (it does not take it)
+            os.close(fd)
             raise CacheError(f"a vm cache server already serves {self.endpoint}")
-        for cleaned in clean_leftovers(self.root, self.log):
-            self.say(f"vm cache: stopped sandbox {cleaned}, left by a server that was killed")
-        asyncio.run(self._main())
+        return fd
 
     async def _main(self) -> None:
         import asyncio
@@ -327,25 +387,32 @@ class CacheServer:
                 self.ready.append(await self._start_one())
             except Exception as e:
                 raise CacheError(f"vm cache: cannot start a sandbox: {e}") from None
-            try:
-                server = await serve_unix(self.endpoint, self._handlers())
-            except OSError as e:
-                raise CacheError(f"vm cache: cannot listen on {self.endpoint}: {e.strerror or e}") from None
-            self.say(f"vm cache server serving {self.endpoint} ({self.number} sandboxes, "
-                     f"hypervisor {self.config.hypervisor})")
-            filling = asyncio.ensure_future(self._fill())
-            reaping = asyncio.ensure_future(self._reap())
-            await self._stop.wait()
-            await server.close(grace=1.0)
-            filling.cancel()
-            reaping.cancel()
-            await asyncio.gather(filling, reaping, return_exceptions=True)
+            if not self._stop.is_set():
+                await self._serve(serve_unix)
         finally:
+            await self._stop_held()  # a second SIGTERM or ctrl-c meanwhile only sets _stop again
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            await self._stop_held()
             self._starter.shutdown(wait=True)
         self.say("vm cache server stopped")
+
+    async def _serve(self, serve_unix) -> None:
+        """Listen, refill and reap until stopped; then stop listening."""
+        import asyncio
+
+        try:
+            server = await serve_unix(self.endpoint, self._handlers())
+        except OSError as e:
+            raise CacheError(f"vm cache: cannot listen on {self.endpoint}: {e.strerror or e}") from None
+        self.say(f"vm cache server serving {self.endpoint} ({self.number} sandboxes, "
+                 f"hypervisor {self.config.hypervisor})")
+        filling = asyncio.ensure_future(self._fill())
+        reaping = asyncio.ensure_future(self._reap())
+        await self._stop.wait()
+        await server.close(grace=1.0)
+        filling.cancel()
+        reaping.cancel()
+        await asyncio.gather(filling, reaping, return_exceptions=True)
 
     async def _start_one(self) -> dict:
         import asyncio
@@ -393,6 +460,25 @@ class CacheServer:
         while True:
             await asyncio.sleep(self.REAP_INTERVAL)
             self.reap_children()
+            for data in self.expired_leases():
+                self.log.warning(f"vm cache: sandbox {data['id']} was handed out but never taken over "
+                                 f"within {self.lease:g} s; stopping it")
+                await asyncio.to_thread(stop_base_sandbox, data, self.root, self.log)
+
+    def expired_leases(self, now: float | None = None) -> list[dict]:
+        """Handed-out sandboxes whose record is still there after their lease: taken back (their
+        taker died, timed out or was interrupted before it recorded them). Those whose record the
+        taker removed are forgotten."""
+        import time
+
+        now = time.monotonic() if now is None else now
+        expired, kept = [], []
+        for data, until in self.leased:
+            if not os.path.exists(record_path(self.root, data["id"])):
+                continue
+            (expired if now >= until else kept).append((data, until))
+        self.leased = kept
+        return [data for data, _ in expired]
 
     def reap_children(self) -> None:
         for pid in list(self.children):
@@ -404,11 +490,20 @@ class CacheServer:
                 self.children.discard(pid)
 
     async def _stop_held(self) -> None:
+        """Stop the ready sandboxes; wait for the open leases (a taker still recording its
+        sandbox), stopping the sandboxes whose lease ends unclaimed."""
         import asyncio
 
         while self.ready:
             data = self.ready.popleft()
             await asyncio.to_thread(stop_base_sandbox, data, self.root, self.log)
+        while True:
+            for data in self.expired_leases():
+                self.log.warning(f"vm cache: sandbox {data['id']} was handed out but never taken over; stopping it")
+                await asyncio.to_thread(stop_base_sandbox, data, self.root, self.log)
+            if not self.leased:
+                return
+            await asyncio.sleep(0.1)
 
     # ----------------------------------------------------------- handlers
     def _handlers(self) -> dict:
@@ -436,31 +531,40 @@ class CacheServer:
         data = self.hand_out()
         if data is None:
             raise RpcError(UNAVAILABLE, "no sandbox is ready")
-        hv = data["hypervisor"]
-        settings = hv["settings"]
+        settings = data["hypervisor"]["settings"]
+        payload = {**data, RECORD_KEY: record_path(self.root, data["id"])}
         return cache_pb2.GrpcVM(
-            id=data["id"], hypervisor=cjson.dumps(data).encode(), proxyPid=data["proxy"]["process"]["pid"],
+            id=data["id"], hypervisor=cjson.dumps(payload).encode(), proxyPid=data["proxy"]["process"]["pid"],
             proxyURL="unix://" + os.path.join(data["vm_dir"], "proxy.sock"),
             cpu=int(settings.get("default_vcpus") or 1), memory=int(settings.get("default_memory") or 0),
         ).SerializeToString()
 
     def hand_out(self) -> dict | None:
-        """The oldest ready sandbox whose processes still run, no longer held: its record file
-        removed, its processes back at nice 0 and its children remembered for reaping; the
-        refill woken. None when none is ready (a dead one found on the way is stopped)."""
-        from kata_runtime.state import remove_file
+        """The oldest ready sandbox whose processes still run, no longer held: leased (its record
+        marked handed out, kept until the taker removes it, :func:`taken_over`; taken back after
+        :data:`LEASE`), its processes back at nice 0 and its children remembered for reaping;
+        the refill woken. None when none is ready (a dead one found on the way is stopped in a
+        thread, not on the event loop)."""
+        import asyncio
+        import time
+
+        from kata_runtime.state import write_atomic
 
         while self.ready:
             data = self.ready.popleft()
             self._wanted.set()
             if not (procs.alive(data["hypervisor"]["process"]) and procs.alive(data["proxy"]["process"])):
                 self.log.warning(f"vm cache: sandbox {data['id']} ended while it waited; stopping what is left")
-                stop_base_sandbox(data, self.root, self.log)
+                asyncio.ensure_future(asyncio.to_thread(stop_base_sandbox, data, self.root, self.log))
                 continue
-            set_nice(sandbox_pids(data), 0)
+            if not set_nice(sandbox_pids(data), 0):
+                self.log.warning(f"vm cache: cannot set sandbox {data['id']} back to nice 0 (CAP_SYS_NICE); "
+                                 f"it runs at nice {WAITING_NICE}")
             for rec in (data["hypervisor"]["process"], data["proxy"]["process"]):
                 self.children.add(int(rec["pid"]))
-            remove_file(os.path.join(records_dir(self.root), f"{data['id']}.json"))
+            write_atomic(record_path(self.root, data["id"]),
+                         cjson.dumps({"server": self.server_record, "sandbox": data, "handed_out": time.time()}))
+            self.leased.append((data, time.monotonic() + self.lease))
             self.handed_out += 1
             return data
         return None

@@ -34,13 +34,17 @@ def command():
 
 
 @command.command(name="init", help="Serve the VM cache in the foreground (ctrl-c or `factory destroy` stops it).")
+@click.option("--lease", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="How long a handed-out sandbox may stay unclaimed by its taker before the server stops "
+                   "it (default 30).")
 @click.pass_obj
-def init(globs) -> None:
+def init(globs, lease: float | None) -> None:
     from kata_runtime import log as klog
-    from kata_runtime.vmcache import CacheError, CacheServer
+    from kata_runtime.vmcache import LEASE, CacheError, CacheServer
 
     config, number, endpoint = _cache_config(globs)
-    server = CacheServer(config, number, endpoint, globs.root, klog.current(), say=lambda line: click.echo(line))
+    server = CacheServer(config, number, endpoint, globs.root, klog.current(), say=lambda line: click.echo(line),
+                         lease=lease or LEASE)
     try:
         server.run()
     except CacheError as e:
@@ -60,7 +64,7 @@ def status(globs) -> None:
     click.echo(f"vm cache is on: server pid {got['pid']} on {endpoint}, {len(got['ready'])} of {number} "
                f"sandboxes ready")
     for vm in got["ready"]:
-        click.echo(f"  sandbox pid {vm['pid']}: {vm['cpu']} vCPU, {vm['memory']} MiB")
+        click.echo(f"  sandbox pid {vm['pid']}" + (f": {vm['cpu']} vCPU, {vm['memory']} MiB" if vm["memory"] else ""))
 
 
 @command.command(name="destroy", help="Stop the VM cache server and the sandboxes it holds ready.")
@@ -74,9 +78,15 @@ def destroy(globs) -> None:
     _, _, endpoint = _cache_config(globs)
     try:
         server = vmcache.status(endpoint)["pid"]
-        vmcache.quit_server(endpoint)
     except vmcache.CacheError:
         server = None  # none serves: what a killed one left is cleaned below
+        if vmcache.serving(endpoint):
+            raise click.ClickException(f"the vm cache server on {endpoint} does not answer") from None
+    if server is not None:
+        try:
+            vmcache.quit_server(endpoint)
+        except vmcache.CacheError:
+            pass  # it may have quit before its answer reached us: its process says
     # Gone, not only its socket: it stops the sandboxes it holds after it stopped listening.
     deadline = time.monotonic() + DESTROY_TIMEOUT
     while server is not None and pid_alive(server):

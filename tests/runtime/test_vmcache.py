@@ -77,11 +77,18 @@ class CacheServer:
         #: Every sandbox id this server was seen holding.
         self.seen: set[str] = set()
 
-    def start(self) -> "CacheServer":
+    def start(self, *init_args, prefix=()) -> "CacheServer":
         with open(self.out, "ab") as out:
-            self.proc = Proc(subprocess.Popen([*self.argv, "factory", "init"], stdout=out, stderr=subprocess.STDOUT),
-                             "factory init")
+            self.proc = Proc(subprocess.Popen([*prefix, *self.argv, "factory", "init", *init_args], stdout=out,
+                                              stderr=subprocess.STDOUT), "factory init")
         return self
+
+    def get_base_vm(self) -> dict:
+        """GetBaseVM as a taker that never takes the sandbox over: its sandbox JSON."""
+        from katapb import cache_pb2
+
+        vm = cache_pb2.GrpcVM.FromString(vmcache._call(self.endpoint, vmcache.GET_BASE_VM, 5))
+        return json.loads(vm.hypervisor)
 
     def ready(self, count: int = 1, timeout: float = 60) -> list[dict]:
         """The Status' ready sandboxes once there are ``count``."""
@@ -269,3 +276,70 @@ def test_factory_commands_need_the_cache_enabled(tmp_path):
                             "factory", sub], capture_output=True, text=True, timeout=60)
         assert p.returncode == 1
         assert p.stderr.strip() == f"VM cache is not enabled: set [factory] vm_cache_number > 0 in {config}"
+
+
+@pytest.mark.sandbox
+def test_a_sandbox_handed_out_and_never_taken_over_is_stopped_when_its_lease_ends(tmp_path, cache):
+    cache.start("--lease", "1")
+    cache.ready()
+    orphan = cache.get_base_vm()  # a taker that dies (or times out) before it records the sandbox
+    assert os.path.exists(orphan[vmcache.RECORD_KEY])  # leased, not forgotten
+    assert_guest_gone(orphan["id"])  # taken back within the reaper's interval after the lease
+    assert not os.path.exists(orphan[vmcache.RECORD_KEY])
+    cache.ready()  # and refilled
+
+    orphan = cache.get_base_vm()
+    destroyed = cache.factory("destroy")  # during the lease: the server waits for it, then stops it
+    assert destroyed.returncode == 0, destroyed
+    assert not os.path.lexists(os.path.join(VM_ROOT, orphan["id"]))
+
+
+@pytest.mark.sandbox
+def test_a_second_server_on_the_endpoint_is_refused_even_before_the_first_listens(tmp_path, cache):
+    """Two `factory init` started together (the first not listening yet): exactly one serves."""
+    cache.start()
+    out = tmp_path / "second.out"
+    with open(out, "wb") as f:
+        second = Proc(subprocess.Popen([*cache.argv, "factory", "init"], stdout=f, stderr=subprocess.STDOUT),
+                      "second factory init")
+    try:
+        wait_for(lambda: not cache.proc.alive() or not second.alive(), 60, "one of the two servers to give up")
+        loser, output = (second, out) if not second.alive() else (cache.proc, cache.out)
+        assert loser.wait(5) == 1
+        assert f"a vm cache server already serves {cache.endpoint}" in output.read_text()
+        winner = cache.proc if loser is second else second
+        assert winner.alive()
+        cache.proc = winner
+        cache.ready()
+    finally:
+        second.stop(timeout=30)
+
+
+@pytest.mark.sandbox
+def test_a_taken_sandbox_leaves_the_servers_cgroup_for_the_runtimes(tmp_path, cache):
+    """Without a cgroupsPath, a sandbox of its own is born in the runtime's cgroup; a taken one
+    must be moved there, out of the cache server's (whose stop or limits must not reach it)."""
+    import kata_cgroups
+
+    ours = kata_cgroups.cgroup_paths(os.getpid())
+    controller = "cpu" if "cpu" in ours else next(iter(ours))
+    server_cgroup = os.path.join(ours[controller], f"vmcache-test-{os.urandom(4).hex()}")
+    os.mkdir(server_cgroup)
+    try:
+        cache.start(prefix=["sh", "-c", f'echo $$ > {server_cgroup}/cgroup.procs && exec "$@"', "sh"])
+        cache.ready()
+        kata = kata_with_cache(tmp_path, cache)
+        bundle = make_bundle(tmp_path / "bundle", ["sleep", "1000"])
+        assert kata.create("c-cgroup", bundle).returncode == 0, kata.log_tail()
+        record = sandbox_record(kata, "c-cgroup")
+        unshare, proxy = record["hypervisor"]["process"]["pid"], record["proxy"]["process"]["pid"]
+        agent = int(open(f"/proc/{unshare}/task/{unshare}/children").read().split()[0])
+        for pid in (unshare, agent, proxy):
+            assert kata_cgroups.cgroup_paths(pid)[controller] == ours[controller], pid
+        kata.ok("delete", "--force", "c-cgroup")
+        assert_clean(kata, "c-cgroup")
+        cache.proc.stop(timeout=30)
+    finally:
+        wait_for(lambda: not open(os.path.join(server_cgroup, "cgroup.procs")).read().strip(), 30,
+                 "the test cgroup to empty")
+        os.rmdir(server_cgroup)
