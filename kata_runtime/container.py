@@ -307,7 +307,7 @@ def _take_cached(config, sandbox, spec: dict, undo, log, host_cgroup: dict | Non
         return False
     sandbox.adopt(base, undo)
     save()
-    vmcache.taken_over(base)
+    _step("taking over the cached sandbox", lambda: vmcache.taken_over(base))
     log.debug("vm cache: sandbox taken", sandbox=sandbox.id, guest=sandbox.guest_id)
     from kata_runtime import host_cgroup as hcg
 

@@ -74,7 +74,7 @@ def records_dir(root: str) -> str:
 
 def record_path(root: str, sandbox_id: str) -> str:
     """The record of one cached sandbox: ``{"server": process record, "sandbox": Sandbox.data}``,
-    and ``"handed_out"`` (epoch seconds) once handed out, until the taker removes it."""
+    and ``"lease_until"`` (epoch seconds) once handed out, until the taker removes it."""
     return os.path.join(records_dir(root), f"{sandbox_id}.json")
 
 
@@ -126,12 +126,46 @@ def take(endpoint: str, data: dict, log, timeout: float = TAKE_TIMEOUT) -> dict 
 def taken_over(base: dict) -> None:
     """Tell the cache server that the sandbox ``base`` (from :func:`take`) is now recorded in
     the taker's own state: its record under the server's --root is removed, so the server
-    does not take it back when the lease (:data:`LEASE`) ends. Call it right after saving."""
-    from kata_runtime.state import remove_file
+    does not take it back when the lease (:data:`LEASE`) ends. Call it right after saving.
+    Raises CacheError when the server already took it back (the lease ended: the removal and
+    the server's claim, a rename, cannot both succeed)."""
+    path = base.get(RECORD_KEY) or ""
+    if os.path.basename(path) != f"{base['id']}.json" or not base["id"].startswith(ID_PREFIX) \
+            or os.path.basename(os.path.dirname(path)) != RECORDS:
+        raise CacheError(f"vm cache: sandbox {base['id']} came with no record of its own ({path!r})")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        raise CacheError(f"vm cache: the server took sandbox {base['id']} back (its lease ended) before "
+                         "this create recorded it") from None
 
-    path = base.get(RECORD_KEY)
-    if path:
-        remove_file(path)
+
+def claim_back(path: str) -> bool:
+    """The server's side of :func:`taken_over`: take a leased record back (renamed to
+    ``.expired``, which the stop removes) unless its taker removed it first. True if taken."""
+    try:
+        os.rename(path, path + ".expired")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def settle_leases(root: str, leased: list, log, now: float | None = None) -> list:
+    """Of the leases ``[(sandbox data, lease end in epoch seconds)]``: forget those whose taker
+    took the sandbox over, stop those that ended unclaimed, and return the others (still open)."""
+    import time
+
+    now = time.time() if now is None else now
+    still_open = []
+    for data, until in leased:
+        path = record_path(root, data["id"])
+        if now < until:
+            if os.path.exists(path):
+                still_open.append((data, until))
+        elif claim_back(path):
+            log.warning(f"vm cache: sandbox {data['id']} was handed out but never taken over; stopping it")
+            stop_base_sandbox(data, root, log)
+    return still_open
 
 
 def status(endpoint: str, timeout: float = 2.0) -> dict:
@@ -161,6 +195,23 @@ def _call(endpoint: str, method: str, timeout: float) -> bytes:
         raise CacheError(f"no vm cache server on {endpoint} ({e})") from None
     finally:
         channel.close()
+
+
+def locked(endpoint: str) -> bool:
+    """True while a cache server holds ``<endpoint>.lock`` (it may not listen yet)."""
+    import fcntl
+
+    try:
+        fd = os.open(endpoint + ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def serving(endpoint: str) -> bool:
@@ -258,21 +309,23 @@ def stop_base_sandbox(data: dict, root: str, log) -> None:
 
     Sandbox(data).stop(log, force=True)
     remove_file(record_path(root, data["id"]))
+    remove_file(record_path(root, data["id"]) + ".expired")
 
 
-def clean_leftovers(root: str, log) -> list[str]:
-    """Stop the cached sandboxes recorded under ``records_dir(root)`` by a server that is gone
-    (killed before it could stop them); returns their ids. A live server's are left alone."""
-    import time
-
+def clean_leftovers(root: str, log) -> tuple[list[str], list]:
+    """What a server that is gone (killed before it could stop its sandboxes) left under
+    ``records_dir(root)``: the sandboxes it held are stopped (their ids returned first), and
+    the ones it had handed out whose lease is still open are returned second, as
+    ``[(data, lease end)]`` for :func:`settle_leases` (their taker may be recording them).
+    A live server's records are left alone."""
     directory = records_dir(root)
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
-        return []
-    cleaned = []
+        return [], []
+    cleaned, leased = [], []
     for name in names:
-        if not name.endswith(".json"):
+        if not name.endswith((".json", ".json.expired")):
             continue
         path = os.path.join(directory, name)
         try:
@@ -282,11 +335,21 @@ def clean_leftovers(root: str, log) -> list[str]:
             continue
         if procs.alive(record.get("server")):
             continue
-        if time.time() - record.get("handed_out", -LEASE) < LEASE:
-            continue  # handed out just before the server died: its taker may be recording it
+        if "lease_until" in record and name.endswith(".json"):
+            leased.append((record["sandbox"], record["lease_until"]))
+            continue
         stop_base_sandbox(record["sandbox"], root, log)
         cleaned.append(record["sandbox"]["id"])
-    return cleaned
+    return cleaned, leased
+
+
+def wait_leases(root: str, leased: list, log, poll: float = 0.1) -> None:
+    """Settle ``leased`` (:func:`settle_leases`) until none is open."""
+    import time
+
+    while leased:
+        time.sleep(poll)
+        leased = settle_leases(root, leased, log)
 
 
 # ------------------------------------------------------------------ server
@@ -319,8 +382,10 @@ class CacheServer:
         self.say = say
         self.ready: collections.deque[dict] = collections.deque()
         self.handed_out = 0
-        #: Sandboxes handed out whose taker has not removed the record yet: [(data, lease end)].
+        #: Sandboxes handed out whose taker has not removed the record yet: [(data, lease end)],
+        #: the end in epoch seconds (recorded as the record's "lease_until").
         self.leased: list[tuple[dict, float]] = []
+        self._tasks: set = set()
         #: pids of handed-out processes that are this server's children (reaped when they end).
         self.children: set[int] = set()
         self.server_record = procs.record(os.getpid())
@@ -336,8 +401,10 @@ class CacheServer:
 
         lock = self._lock_endpoint()
         try:
-            for cleaned in clean_leftovers(self.root, self.log):
-                self.say(f"vm cache: stopped sandbox {cleaned}, left by a server that was killed")
+            cleaned, leased = clean_leftovers(self.root, self.log)
+            for sandbox_id in cleaned:
+                self.say(f"vm cache: stopped sandbox {sandbox_id}, left by a server that was killed")
+            self.leased += leased
             asyncio.run(self._main())
         finally:
             from kata_runtime.state import remove_file
@@ -348,21 +415,36 @@ class CacheServer:
     def _lock_endpoint(self) -> int:
         """An exclusive flock on ``<endpoint>.lock``, held while this server lives: a second
         server on the endpoint is refused even while the first still boots its first sandbox
-        (before it listens). Returns the lock's fd. Raises CacheError."""
+        (before it listens). The file is removed when a server stops, so the lock taken must
+        be on the file the path names now (else it is taken again). Returns the lock's fd.
+        Raises CacheError."""
         import fcntl
 
-        directory = os.path.dirname(os.path.abspath(self.endpoint))
+        path = self.endpoint + ".lock"
         try:
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(self.endpoint + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.makedirs(os.path.dirname(os.path.abspath(self.endpoint)), exist_ok=True)
         except OSError as e:
             raise CacheError(f"vm cache: cannot use {self.endpoint}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise CacheError(f"a vm cache server already serves {self.endpoint}") from None
-        if serving(self.endpoint):  # a server of before the lock file (it does not take it)
+        for _ in range(10):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise CacheError(f"vm cache: cannot use {self.endpoint}: {e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise CacheError(f"a vm cache server already serves {self.endpoint}") from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # a stopping server removed it meanwhile: lock the file there now
+        else:
+            raise CacheError(f"vm cache: cannot lock {path}")
+        if serving(self.endpoint):  # a server that does not take the lock file
             os.close(fd)
             raise CacheError(f"a vm cache server already serves {self.endpoint}")
         return fd
@@ -460,25 +542,21 @@ class CacheServer:
         while True:
             await asyncio.sleep(self.REAP_INTERVAL)
             self.reap_children()
-            for data in self.expired_leases():
-                self.log.warning(f"vm cache: sandbox {data['id']} was handed out but never taken over "
-                                 f"within {self.lease:g} s; stopping it")
-                await asyncio.to_thread(stop_base_sandbox, data, self.root, self.log)
+            if self.leased:
+                self.leased = await asyncio.to_thread(settle_leases, self.root, self.leased, self.log)
 
-    def expired_leases(self, now: float | None = None) -> list[dict]:
-        """Handed-out sandboxes whose record is still there after their lease: taken back (their
-        taker died, timed out or was interrupted before it recorded them). Those whose record the
-        taker removed are forgotten."""
-        import time
+    def _in_background(self, fn, *args) -> None:
+        """``fn(*args)`` in a thread, its failure logged (the task is kept until it ends)."""
+        import asyncio
 
-        now = time.monotonic() if now is None else now
-        expired, kept = [], []
-        for data, until in self.leased:
-            if not os.path.exists(record_path(self.root, data["id"])):
-                continue
-            (expired if now >= until else kept).append((data, until))
-        self.leased = kept
-        return [data for data, _ in expired]
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        self._tasks.add(task)
+
+        def done(t) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.log.error(f"vm cache: {fn.__name__}: {t.exception()}")
+        task.add_done_callback(done)
 
     def reap_children(self) -> None:
         for pid in list(self.children):
@@ -497,13 +575,10 @@ class CacheServer:
         while self.ready:
             data = self.ready.popleft()
             await asyncio.to_thread(stop_base_sandbox, data, self.root, self.log)
-        while True:
-            for data in self.expired_leases():
-                self.log.warning(f"vm cache: sandbox {data['id']} was handed out but never taken over; stopping it")
-                await asyncio.to_thread(stop_base_sandbox, data, self.root, self.log)
-            if not self.leased:
-                return
-            await asyncio.sleep(0.1)
+        while self.leased:
+            self.leased = await asyncio.to_thread(settle_leases, self.root, self.leased, self.log)
+            if self.leased:
+                await asyncio.sleep(0.1)
 
     # ----------------------------------------------------------- handlers
     def _handlers(self) -> dict:
@@ -555,16 +630,22 @@ class CacheServer:
             self._wanted.set()
             if not (procs.alive(data["hypervisor"]["process"]) and procs.alive(data["proxy"]["process"])):
                 self.log.warning(f"vm cache: sandbox {data['id']} ended while it waited; stopping what is left")
-                asyncio.ensure_future(asyncio.to_thread(stop_base_sandbox, data, self.root, self.log))
+                self._in_background(stop_base_sandbox, data, self.root, self.log)
                 continue
+            until = time.time() + self.lease
+            try:
+                write_atomic(record_path(self.root, data["id"]),
+                             cjson.dumps({"server": self.server_record, "sandbox": data, "lease_until": until}))
+            except OSError as e:
+                self.ready.appendleft(data)
+                raise CacheError(f"vm cache: cannot record the hand-out of sandbox {data['id']}: "
+                                 f"{e.strerror or e}") from None
+            self.leased.append((data, until))
             if not set_nice(sandbox_pids(data), 0):
                 self.log.warning(f"vm cache: cannot set sandbox {data['id']} back to nice 0 (CAP_SYS_NICE); "
                                  f"it runs at nice {WAITING_NICE}")
             for rec in (data["hypervisor"]["process"], data["proxy"]["process"]):
                 self.children.add(int(rec["pid"]))
-            write_atomic(record_path(self.root, data["id"]),
-                         cjson.dumps({"server": self.server_record, "sandbox": data, "handed_out": time.time()}))
-            self.leased.append((data, time.monotonic() + self.lease))
             self.handed_out += 1
             return data
         return None

@@ -15,8 +15,9 @@ import time
 
 import click
 
-#: Seconds ``destroy`` waits for the server to stop its sandboxes and go.
-DESTROY_TIMEOUT = 60.0
+#: Seconds ``destroy`` waits for the server to stop its sandboxes and go (its open leases,
+#: at most 60 s, included).
+DESTROY_TIMEOUT = 120.0
 
 
 def _cache_config(globs):
@@ -34,9 +35,9 @@ def command():
 
 
 @command.command(name="init", help="Serve the VM cache in the foreground (ctrl-c or `factory destroy` stops it).")
-@click.option("--lease", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+@click.option("--lease", type=click.FloatRange(min=5, max=60), default=None, metavar="SECONDS",
               help="How long a handed-out sandbox may stay unclaimed by its taker before the server stops "
-                   "it (default 30).")
+                   "it (5-60, default 30).")
 @click.pass_obj
 def init(globs, lease: float | None) -> None:
     from kata_runtime import log as klog
@@ -82,6 +83,9 @@ def destroy(globs) -> None:
         server = None  # none serves: what a killed one left is cleaned below
         if vmcache.serving(endpoint):
             raise click.ClickException(f"the vm cache server on {endpoint} does not answer") from None
+        if vmcache.locked(endpoint):
+            raise click.ClickException(f"the vm cache server on {endpoint} is still starting its first sandbox; "
+                                       "try again once `factory status` answers") from None
     if server is not None:
         try:
             vmcache.quit_server(endpoint)
@@ -94,6 +98,8 @@ def destroy(globs) -> None:
             raise click.ClickException(f"the vm cache server on {endpoint} (pid {server}) did not stop within "
                                        f"{DESTROY_TIMEOUT:g} s")
         time.sleep(0.05)
-    for cleaned in vmcache.clean_leftovers(globs.root, klog.current()):
-        click.echo(f"stopped sandbox {cleaned}, left by a vm cache server that was killed")
+    cleaned, leased = vmcache.clean_leftovers(globs.root, klog.current())
+    for sandbox_id in cleaned:
+        click.echo(f"stopped sandbox {sandbox_id}, left by a vm cache server that was killed")
+    vmcache.wait_leases(globs.root, leased, klog.current())  # handed out just before it was killed
     click.echo("vm factory destroyed")

@@ -280,18 +280,45 @@ def test_factory_commands_need_the_cache_enabled(tmp_path):
 
 @pytest.mark.sandbox
 def test_a_sandbox_handed_out_and_never_taken_over_is_stopped_when_its_lease_ends(tmp_path, cache):
-    cache.start("--lease", "1")
+    cache.start("--lease", "5")
     cache.ready()
     orphan = cache.get_base_vm()  # a taker that dies (or times out) before it records the sandbox
     assert os.path.exists(orphan[vmcache.RECORD_KEY])  # leased, not forgotten
-    assert_guest_gone(orphan["id"])  # taken back within the reaper's interval after the lease
+    wait_for(lambda: not os.path.lexists(os.path.join(VM_ROOT, orphan["id"])), 30, "the lease to end")
+    assert_guest_gone(orphan["id"])
     assert not os.path.exists(orphan[vmcache.RECORD_KEY])
+    with pytest.raises(vmcache.CacheError, match="took sandbox .* back"):
+        vmcache.taken_over(orphan)  # a taker this late is told, and fails its create
     cache.ready()  # and refilled
 
     orphan = cache.get_base_vm()
-    destroyed = cache.factory("destroy")  # during the lease: the server waits for it, then stops it
+    cache.proc.popen.kill()  # the server dies during the lease
+    cache.proc.wait()
+    destroyed = cache.factory("destroy")  # waits for the lease, then stops it
     assert destroyed.returncode == 0, destroyed
     assert not os.path.lexists(os.path.join(VM_ROOT, orphan["id"]))
+
+
+def test_a_lease_is_settled_once_by_whichever_side_comes_first(tmp_path, monkeypatch):
+    stopped = []
+    monkeypatch.setattr(vmcache, "stop_base_sandbox", lambda data, root, log: stopped.append(data["id"]))
+    root = str(tmp_path)
+    os.makedirs(vmcache.records_dir(root))
+
+    def leased(sandbox_id: str) -> dict:
+        path = vmcache.record_path(root, sandbox_id)
+        open(path, "w").write("{}")
+        return {"id": sandbox_id, vmcache.RECORD_KEY: path}
+
+    taken, open_, ended, late = (leased(vmcache.ID_PREFIX + n * 16) for n in "abcd")
+    vmcache.taken_over(taken)
+    log = type("Log", (), {"warning": lambda self, msg: None})()
+    left = vmcache.settle_leases(root, [(taken, 100.0), (open_, 200.0), (ended, 50.0), (late, 50.0)], log, now=100.0)
+    assert left == [(open_, 200.0)] and stopped == [ended["id"], late["id"]]
+    with pytest.raises(vmcache.CacheError, match="took sandbox .* back"):
+        vmcache.taken_over(late)
+    with pytest.raises(vmcache.CacheError, match="no record of its own"):
+        vmcache.taken_over({"id": open_["id"], vmcache.RECORD_KEY: "/etc/passwd"})
 
 
 @pytest.mark.sandbox
@@ -343,3 +370,32 @@ def test_a_taken_sandbox_leaves_the_servers_cgroup_for_the_runtimes(tmp_path, ca
         wait_for(lambda: not open(os.path.join(server_cgroup, "cgroup.procs")).read().strip(), 30,
                  "the test cgroup to empty")
         os.rmdir(server_cgroup)
+
+
+def test_the_endpoint_lock_holds_when_a_stopping_server_removes_its_file(tmp_path, monkeypatch):
+    """B opens the lock file just before the old server A removes it and unlocks: B's flock on
+    the removed file succeeds, so B must lock the file the path names now; then C is refused."""
+    import fcntl
+    import types
+
+    endpoint = str(tmp_path / "cache.sock")
+    server = lambda: types.SimpleNamespace(endpoint=endpoint)  # noqa: E731 - what _lock_endpoint reads
+    held_by_a = vmcache.CacheServer._lock_endpoint(server())
+    real_flock = fcntl.flock
+
+    def a_stops_between_open_and_flock(fd, op):
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        os.unlink(endpoint + ".lock")  # CacheServer.run's way out: remove, then close
+        os.close(held_by_a)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", a_stops_between_open_and_flock)
+    held_by_b = vmcache.CacheServer._lock_endpoint(server())
+    try:
+        assert os.fstat(held_by_b).st_ino == os.stat(endpoint + ".lock").st_ino
+        with pytest.raises(vmcache.CacheError, match="already serves"):
+            vmcache.CacheServer._lock_endpoint(server())
+        assert vmcache.locked(endpoint)
+    finally:
+        os.close(held_by_b)
+    assert not vmcache.locked(endpoint)
