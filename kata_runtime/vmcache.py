@@ -21,11 +21,20 @@ What a cached sandbox is on the host: its runtime directory ``/run/vc/vm/vmcache
 ``factory destroy`` uses to stop what a killed server left. The server starts sandboxes at
 the lowest CPU priority (nice 19, inherited by everything it spawns), so refilling the cache
 does not slow the creates it exists to speed up; a sandbox handed out is set back to nice 0
-(every thread of its processes) before the create gets it.
+(every thread of its processes) before the create gets it, and the create moves its
+processes into its own cgroup (or the container's host cgroup), where a sandbox it started
+would have been born.
+
+Hand-over: a sandbox handed out is leased, not forgotten. Its record stays, with the lease's
+end, until the taker has saved its own state and removes it (:func:`taken_over`); a lease
+that ends first (the taker died, timed out or was interrupted) is claimed back by the server,
+which stops the sandbox. Removal and claim are one unlink against one rename, so exactly one
+side wins, and a taker that comes too late fails its create cleanly. One server per
+endpoint: an flock on ``<endpoint>.lock``, taken before the first boot.
 
 Stopping the server (SIGTERM, SIGINT, ``Quit`` from ``factory destroy``) stops the sandboxes
-it holds ready; the ones handed out belong to their containers and stay. The server reaps
-the handed-out processes that are its children when they end.
+it holds ready and settles its open leases; the ones taken over belong to their containers
+and stay. The server reaps the handed-out processes that are its children when they end.
 """
 
 from __future__ import annotations
