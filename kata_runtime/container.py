@@ -298,7 +298,7 @@ def _take_cached(config, sandbox, spec: dict, undo, log, host_cgroup: dict | Non
     if endpoint is None:
         return False
     if sandbox.data.get("network"):
-        log.debug("vm cache: the container joins a pod network; starting a new sandbox")
+        log.debug("VM cache: the container joins a pod network; starting a new sandbox")
         return False
     from kata_runtime import vmcache
 
@@ -308,7 +308,7 @@ def _take_cached(config, sandbox, spec: dict, undo, log, host_cgroup: dict | Non
     sandbox.adopt(base, undo)
     save()
     _step("taking over the cached sandbox", lambda: vmcache.taken_over(base))
-    log.debug("vm cache: sandbox taken", sandbox=sandbox.id, guest=sandbox.guest_id)
+    log.debug("VM cache: sandbox taken", sandbox=sandbox.id, guest=sandbox.guest_id)
     from kata_runtime import host_cgroup as hcg
 
     # Where a sandbox of its own would have been born: the host cgroup, or the runtime's own (not

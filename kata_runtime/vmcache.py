@@ -76,6 +76,22 @@ def wanted_config(data: dict) -> dict:
             "proxy": {"settings": data["proxy"]["settings"]}}
 
 
+def config_differences(held: dict, wanted: dict) -> list[str]:
+    """Names of the settings in which two :func:`wanted_config` values differ, as the
+    configuration spells them (``[hypervisor.qemu] default_memory``, ``hypervisor``)."""
+    if held.get("hypervisor", {}).get("kind") != wanted["hypervisor"]["kind"]:
+        return ["[runtime] hypervisor"]
+    kind = wanted["hypervisor"]["kind"]
+    names = []
+    for section, got, want in ((f"hypervisor.{kind}", held["hypervisor"].get("settings", {}),
+                                wanted["hypervisor"]["settings"]),
+                               ("proxy.kata", held.get("proxy", {}).get("settings", {}), wanted["proxy"]["settings"])):
+        names += [f"[{section}] {key}" for key in sorted(set(got) | set(want)) if got.get(key) != want.get(key)]
+    if bool(held["hypervisor"].get("debug")) != wanted["hypervisor"]["debug"]:
+        names.append("[agent.kata] enable_debug")
+    return names
+
+
 def records_dir(root: str) -> str:
     """Where a cache server under ``--root`` keeps the records of the sandboxes it holds."""
     return os.path.join(root, RECORDS)
@@ -108,16 +124,17 @@ def take(endpoint: str, data: dict, log, timeout: float = TAKE_TIMEOUT) -> dict 
     channel = Channel(endpoint, connect_timeout=timeout, user_agent=b"kata-runtime")
     try:
         config = cache_pb2.GrpcVMConfig.FromString(bytes(channel.unary(CONFIG, _empty(), timeout=timeout)))
-        if cjson.loads(config.Data) != wanted_config(data):
-            log.debug(f"vm cache {endpoint}: its sandboxes were started with another configuration; "
-                      "starting a new sandbox")
+        differs = config_differences(cjson.loads(config.Data), wanted_config(data))
+        if differs:
+            log.warning(f"VM cache {endpoint}: its sandboxes were started with another configuration "
+                        f"({', '.join(differs)} differ); starting a new sandbox")
             return None
         vm = cache_pb2.GrpcVM.FromString(bytes(channel.unary(GET_BASE_VM, _empty(), timeout=timeout)))
     except RpcError as e:
         if e.code == UNAVAILABLE:
-            log.debug(f"vm cache {endpoint}: {e.message}; starting a new sandbox")
+            log.debug(f"VM cache {endpoint}: {e.message}; starting a new sandbox")
         else:
-            log.warning(f"vm cache {endpoint}: {e.message or e.name}; starting a new sandbox")
+            log.warning(f"VM cache {endpoint}: {e.message or e.name}; starting a new sandbox")
         return None
     except (TransportError, ValueError) as e:
         log.warning(f"load vm factory failed ({endpoint}: {e}), about to create new vm")
@@ -127,7 +144,7 @@ def take(endpoint: str, data: dict, log, timeout: float = TAKE_TIMEOUT) -> dict 
     base = cjson.loads(vm.hypervisor)
     if not (procs.alive(base["hypervisor"]["process"]) and procs.alive(base["proxy"]["process"])):
         # Ended between the server's check and now: the server stops it when the lease ends.
-        log.warning(f"vm cache {endpoint}: sandbox {vm.id} ended before it was used; starting a new sandbox")
+        log.warning(f"VM cache {endpoint}: sandbox {vm.id} ended before it was used; starting a new sandbox")
         return None
     return base
 
@@ -141,11 +158,11 @@ def taken_over(base: dict) -> None:
     path = base.get(RECORD_KEY) or ""
     if os.path.basename(path) != f"{base['id']}.json" or not base["id"].startswith(ID_PREFIX) \
             or os.path.basename(os.path.dirname(path)) != RECORDS:
-        raise CacheError(f"vm cache: sandbox {base['id']} came with no record of its own ({path!r})")
+        raise CacheError(f"VM cache: sandbox {base['id']} came with no record of its own ({path!r})")
     try:
         os.unlink(path)
     except FileNotFoundError:
-        raise CacheError(f"vm cache: the server took sandbox {base['id']} back (its lease ended) before "
+        raise CacheError(f"VM cache: the server took sandbox {base['id']} back (its lease ended) before "
                          "this create recorded it") from None
 
 
@@ -172,7 +189,7 @@ def settle_leases(root: str, leased: list, log, now: float | None = None) -> lis
             if os.path.exists(path):
                 still_open.append((data, until))
         elif claim_back(path):
-            log.warning(f"vm cache: sandbox {data['id']} was handed out but never taken over; stopping it")
+            log.warning(f"VM cache: sandbox {data['id']} was handed out but never taken over; stopping it")
             stop_base_sandbox(data, root, log)
     return still_open
 
@@ -201,7 +218,7 @@ def _call(endpoint: str, method: str, timeout: float) -> bytes:
     try:
         return bytes(channel.unary(method, _empty(), timeout=timeout))
     except (TransportError, RpcError) as e:
-        raise CacheError(f"no vm cache server on {endpoint} ({e})") from None
+        raise CacheError(f"no VM cache server on {endpoint} ({e})") from None
     finally:
         channel.close()
 
@@ -412,7 +429,7 @@ class CacheServer:
         try:
             cleaned, leased = clean_leftovers(self.root, self.log)
             for sandbox_id in cleaned:
-                self.say(f"vm cache: stopped sandbox {sandbox_id}, left by a server that was killed")
+                self.say(f"VM cache: stopped sandbox {sandbox_id}, left by a server that was killed")
             self.leased += leased
             asyncio.run(self._main())
         finally:
@@ -433,17 +450,17 @@ class CacheServer:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.endpoint)), exist_ok=True)
         except OSError as e:
-            raise CacheError(f"vm cache: cannot use {self.endpoint}: {e.strerror or e}") from None
+            raise CacheError(f"VM cache: cannot use {self.endpoint}: {e.strerror or e}") from None
         for _ in range(10):
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as e:
-                raise CacheError(f"vm cache: cannot use {self.endpoint}: {e.strerror or e}") from None
+                raise CacheError(f"VM cache: cannot use {self.endpoint}: {e.strerror or e}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise CacheError(f"a vm cache server already serves {self.endpoint}") from None
+                raise CacheError(f"a VM cache server already serves {self.endpoint}") from None
             try:
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -452,10 +469,10 @@ class CacheServer:
                 break
             os.close(fd)  # a stopping server removed it meanwhile: lock the file there now
         else:
-            raise CacheError(f"vm cache: cannot lock {path}")
+            raise CacheError(f"VM cache: cannot lock {path}")
         if serving(self.endpoint):  # a server that does not take the lock file
             os.close(fd)
-            raise CacheError(f"a vm cache server already serves {self.endpoint}")
+            raise CacheError(f"a VM cache server already serves {self.endpoint}")
         return fd
 
     async def _main(self) -> None:
@@ -477,7 +494,7 @@ class CacheServer:
             try:
                 self.ready.append(await self._start_one())
             except Exception as e:
-                raise CacheError(f"vm cache: cannot start a sandbox: {e}") from None
+                raise CacheError(f"VM cache: cannot start a sandbox: {e}") from None
             if not self._stop.is_set():
                 await self._serve(serve_unix)
         finally:
@@ -485,7 +502,7 @@ class CacheServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             self._starter.shutdown(wait=True)
-        self.say("vm cache server stopped")
+        self.say("VM cache server stopped")
 
     async def _serve(self, serve_unix) -> None:
         """Listen, refill and reap until stopped; then stop listening."""
@@ -494,8 +511,8 @@ class CacheServer:
         try:
             server = await serve_unix(self.endpoint, self._handlers())
         except OSError as e:
-            raise CacheError(f"vm cache: cannot listen on {self.endpoint}: {e.strerror or e}") from None
-        self.say(f"vm cache server serving {self.endpoint} ({self.number} sandboxes, "
+            raise CacheError(f"VM cache: cannot listen on {self.endpoint}: {e.strerror or e}") from None
+        self.say(f"VM cache server serving {self.endpoint} ({self.number} sandboxes, "
                  f"hypervisor {self.config.hypervisor})")
         filling = asyncio.ensure_future(self._fill())
         reaping = asyncio.ensure_future(self._reap())
@@ -538,7 +555,7 @@ class CacheServer:
             except Exception as e:  # noqa: BLE001 - keep serving what is ready
                 failures += 1
                 delay = min(self.MAX_BACKOFF, 2.0 ** failures)
-                self.log.error(f"vm cache: cannot start a sandbox: {e} (retrying in {delay:g} s)")
+                self.log.error(f"VM cache: cannot start a sandbox: {e} (retrying in {delay:g} s)")
                 await asyncio.sleep(delay)
                 continue
             failures = 0
@@ -564,7 +581,7 @@ class CacheServer:
         def done(t) -> None:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
-                self.log.error(f"vm cache: {fn.__name__}: {t.exception()}")
+                self.log.error(f"VM cache: {fn.__name__}: {t.exception()}")
         task.add_done_callback(done)
 
     def reap_children(self) -> None:
@@ -638,7 +655,7 @@ class CacheServer:
             data = self.ready.popleft()
             self._wanted.set()
             if not (procs.alive(data["hypervisor"]["process"]) and procs.alive(data["proxy"]["process"])):
-                self.log.warning(f"vm cache: sandbox {data['id']} ended while it waited; stopping what is left")
+                self.log.warning(f"VM cache: sandbox {data['id']} ended while it waited; stopping what is left")
                 self._in_background(stop_base_sandbox, data, self.root, self.log)
                 continue
             until = time.time() + self.lease
@@ -647,11 +664,11 @@ class CacheServer:
                              cjson.dumps({"server": self.server_record, "sandbox": data, "lease_until": until}))
             except OSError as e:
                 self.ready.appendleft(data)
-                raise CacheError(f"vm cache: cannot record the hand-out of sandbox {data['id']}: "
+                raise CacheError(f"VM cache: cannot record the hand-out of sandbox {data['id']}: "
                                  f"{e.strerror or e}") from None
             self.leased.append((data, until))
             if not set_nice(sandbox_pids(data), 0):
-                self.log.warning(f"vm cache: cannot set sandbox {data['id']} back to nice 0 (CAP_SYS_NICE); "
+                self.log.warning(f"VM cache: cannot set sandbox {data['id']} back to nice 0 (CAP_SYS_NICE); "
                                  f"it runs at nice {WAITING_NICE}")
             for rec in (data["hypervisor"]["process"], data["proxy"]["process"]):
                 self.children.add(int(rec["pid"]))

@@ -34,7 +34,9 @@ def command():
     pass
 
 
-@command.command(name="init", help="Serve the VM cache in the foreground (ctrl-c or `factory destroy` stops it).")
+@command.command(name="init", short_help="Start the VM cache server (foreground).",
+                 help="Serve the VM cache in the foreground: it listens once its first sandbox is up "
+                      "(`factory status` answers then); ctrl-c or `factory destroy` stops it.")
 @click.option("--lease", type=click.FloatRange(min=5, max=60), default=None, metavar="SECONDS",
               help="How long a handed-out sandbox may stay unclaimed by its taker before the server stops "
                    "it (5-60, default 30).")
@@ -61,8 +63,10 @@ def status(globs) -> None:
     try:
         got = vmcache.status(endpoint)
     except vmcache.CacheError as e:
-        raise click.ClickException(f"vm cache is off: {e}") from None
-    click.echo(f"vm cache is on: server pid {got['pid']} on {endpoint}, {len(got['ready'])} of {number} "
+        if vmcache.locked(endpoint):
+            raise click.ClickException(f"the VM cache server on {endpoint} is starting its first sandbox") from None
+        raise click.ClickException(f"{e}: start one with `kata-runtime factory init`") from None
+    click.echo(f"VM cache server pid {got['pid']} on {endpoint}: {len(got['ready'])} of {number} "
                f"sandboxes ready")
     for vm in got["ready"]:
         click.echo(f"  sandbox pid {vm['pid']}" + (f": {vm['cpu']} vCPU, {vm['memory']} MiB" if vm["memory"] else ""))
@@ -82,9 +86,9 @@ def destroy(globs) -> None:
     except vmcache.CacheError:
         server = None  # none serves: what a killed one left is cleaned below
         if vmcache.serving(endpoint):
-            raise click.ClickException(f"the vm cache server on {endpoint} does not answer") from None
+            raise click.ClickException(f"the VM cache server on {endpoint} does not answer") from None
         if vmcache.locked(endpoint):
-            raise click.ClickException(f"the vm cache server on {endpoint} is still starting its first sandbox; "
+            raise click.ClickException(f"the VM cache server on {endpoint} is still starting its first sandbox; "
                                        "try again once `factory status` answers") from None
     if server is not None:
         try:
@@ -95,11 +99,14 @@ def destroy(globs) -> None:
     deadline = time.monotonic() + DESTROY_TIMEOUT
     while server is not None and pid_alive(server):
         if time.monotonic() > deadline:
-            raise click.ClickException(f"the vm cache server on {endpoint} (pid {server}) did not stop within "
+            raise click.ClickException(f"the VM cache server on {endpoint} (pid {server}) did not stop within "
                                        f"{DESTROY_TIMEOUT:g} s")
         time.sleep(0.05)
     cleaned, leased = vmcache.clean_leftovers(globs.root, klog.current())
     for sandbox_id in cleaned:
-        click.echo(f"stopped sandbox {sandbox_id}, left by a vm cache server that was killed")
+        click.echo(f"stopped sandbox {sandbox_id}, left by a VM cache server that was killed")
     vmcache.wait_leases(globs.root, leased, klog.current())  # handed out just before it was killed
-    click.echo("vm factory destroyed")
+    if server is None and not cleaned and not leased:
+        click.echo(f"no VM cache server on {endpoint}: nothing to destroy")
+        return
+    click.echo("vm factory destroyed")  # Kata 1.x's words

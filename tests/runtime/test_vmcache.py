@@ -164,7 +164,7 @@ def test_run_takes_a_cached_sandbox_and_the_cache_refills(tmp_path, cache):
     hostname = json.loads((bundle / "config.json").read_text())["hostname"]
     assert lines[0] == hostname and lines[1].startswith("sh"), lines  # the spec's hostname, via CreateSandbox
     log = kata.log.read_text()
-    taken = [json.loads(line) for line in log.splitlines() if "vm cache: sandbox taken" in line]
+    taken = [json.loads(line) for line in log.splitlines() if "VM cache: sandbox taken" in line]
     assert taken and taken[0]["guest"] == held_dir, log
     (refilled,) = cache.ready()
     assert refilled["pid"] != held["pid"]
@@ -209,7 +209,7 @@ def test_a_failed_create_stops_the_sandbox_it_took(tmp_path, cache):
     p = kata.create("c-fails", bundle)
     assert p.returncode == 1
     assert "no/such/program" in p.stderr.decode(), p.stderr
-    taken = [json.loads(line) for line in kata.log.read_text().splitlines() if "vm cache: sandbox taken" in line]
+    taken = [json.loads(line) for line in kata.log.read_text().splitlines() if "VM cache: sandbox taken" in line]
     assert taken, kata.log_tail()
     assert_clean(kata, "c-fails")
     assert_guest_gone(taken[0]["guest"])
@@ -231,6 +231,8 @@ def test_without_a_server_or_with_another_configuration_create_starts_its_own(tm
     (tmp_path / "other").mkdir()
     other = kata_with_cache(tmp_path / "other", cache, **{"proxy.kata": {"debug": False}})
     assert other.create("c-other-config", bundle).returncode == 0, other.log_tail()
+    warnings = [json.loads(line)["msg"] for line in other.log.read_text().splitlines() if '"warning"' in line]
+    assert any("started with another configuration ([proxy.kata] debug differ)" in w for w in warnings), warnings
     assert sandbox_record(other, "c-other-config")["vm_dir"] == os.path.join(VM_ROOT, "c-other-config")
     cache.ready()  # still held
     other.ok("delete", "--force", "c-other-config")
@@ -243,7 +245,7 @@ def test_stopping_the_server_stops_what_it_holds_and_destroy_cleans_after_a_kill
     cache.start()
     (first,) = cache.ready()
     again = subprocess.run([*cache.argv, "factory", "init"], capture_output=True, text=True, timeout=60)
-    assert again.returncode == 1 and again.stderr.strip() == f"a vm cache server already serves {cache.endpoint}"
+    assert again.returncode == 1 and again.stderr.strip() == f"a VM cache server already serves {cache.endpoint}"
     status = cache.factory("status")
     assert status.returncode == 0 and "1 of 1 sandboxes ready" in status.stdout, status
     held = cache.held_dirs()
@@ -262,11 +264,14 @@ def test_stopping_the_server_stops_what_it_holds_and_destroy_cleans_after_a_kill
     cache.proc.wait()
     assert len(held) == 1 and os.path.isdir(os.path.join(VM_ROOT, held[0]))  # a killed server cannot clean up
     off = cache.factory("status")
-    assert off.returncode == 1 and off.stderr.startswith("vm cache is off: no vm cache server on"), off
+    assert off.returncode == 1 and off.stderr.startswith(f"no VM cache server on {cache.endpoint}"), off
+    assert off.stderr.rstrip().endswith("start one with `kata-runtime factory init`"), off
     destroyed = cache.factory("destroy")
     assert destroyed.returncode == 0, destroyed
-    assert f"stopped sandbox {held[0]}, left by a vm cache server that was killed" in destroyed.stdout
+    assert f"stopped sandbox {held[0]}, left by a VM cache server that was killed" in destroyed.stdout
     assert_guest_gone(held[0])
+    again = cache.factory("destroy")
+    assert again.returncode == 0 and again.stdout.strip() == f"no VM cache server on {cache.endpoint}: nothing to destroy"
 
 
 def test_factory_commands_need_the_cache_enabled(tmp_path):
@@ -333,7 +338,7 @@ def test_a_second_server_on_the_endpoint_is_refused_even_before_the_first_listen
         wait_for(lambda: not cache.proc.alive() or not second.alive(), 60, "one of the two servers to give up")
         loser, output = (second, out) if not second.alive() else (cache.proc, cache.out)
         assert loser.wait(5) == 1
-        assert f"a vm cache server already serves {cache.endpoint}" in output.read_text()
+        assert f"a VM cache server already serves {cache.endpoint}" in output.read_text()
         winner = cache.proc if loser is second else second
         assert winner.alive()
         cache.proc = winner

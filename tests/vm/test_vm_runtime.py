@@ -363,7 +363,7 @@ def test_a_cached_vm_runs_a_container_without_a_boot(tmp_path, vm_root, guest_im
         took = time.monotonic() - t0
         assert p.returncode == 0, kata.explain(p, ["run"])
         assert p.stdout.decode().strip() == guest_image.kernel_version != os.uname().release
-        taken = [r["guest"] for r in log_records(kata) if r["msg"] == "vm cache: sandbox taken"]
+        taken = [r["guest"] for r in log_records(kata) if r["msg"] == "VM cache: sandbox taken"]
         assert taken and taken[0] in held
         assert not [r for r in log_records(kata) if r["msg"] == "agent ready"]  # no boot of its own
         assert_clean(kata, cid)
