@@ -114,13 +114,13 @@ class Channel:
         try:
             call = conn.request(header_block(method, self.user_agent), message, framed=framed, body=self._body)
             while True:
-                if deadline is not None:
-                    _arm(sock, deadline)
                 out = conn.output()
-                if call.done:
+                if call.done:  # before the deadline's check: an answer in hand stands
                     if out:
                         self._send_after_answer(out)
                     break
+                if deadline is not None:
+                    _arm(sock, deadline)
                 if out:
                     _send(sock, out)
                 room = conn.get_buffer()

@@ -1,7 +1,12 @@
-"""kata_grpc.client: a server that answers and closes at once (the VM cache's Quit does) must
-not turn the answer into an error. The client owes the server frames after the answer (the
-SETTINGS ack); sending them to a closed peer fails, and before the fix that failure replaced
-the answer with a TransportError (``factory destroy`` then thought no server was there)."""
+"""kata_grpc.client: an answer the client holds complete is the call's result, whatever
+happens after it arrived.
+
+- A server that answers and closes at once (the VM cache's Quit does): the client owes it
+  frames after the answer (the SETTINGS ack); sending them to a closed peer fails, and before
+  the fix that failure replaced the answer with a TransportError (``factory destroy`` then
+  thought no server was there).
+- A deadline that passes after the whole answer arrived: the deadline was checked before the
+  answer, and the call reported DeadlineExceeded."""
 
 from __future__ import annotations
 
@@ -70,4 +75,33 @@ def test_an_answer_is_kept_when_the_server_closes_right_after_it(tmp_path):
                 channel.close()
                 server.join(5)
     finally:
+        listener.close()
+
+
+def test_an_answer_in_hand_is_not_lost_to_its_deadline(tmp_path, monkeypatch):
+    """The whole answer arrived, then the deadline passed before the client looked at it again:
+    the answer stands (the deadline was checked first, and the call reported DeadlineExceeded)."""
+    import kata_grpc.client as client
+
+    readings = iter([0.0, 0.0])  # the deadline's start, then its check before the first send
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return next(readings, 10.0)  # from then on: long past the 1 s deadline
+
+    path = str(tmp_path / "s.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    server = threading.Thread(target=answer_then_close, args=(listener, b"in time"))
+    server.start()
+    channel = Channel(path)
+    try:
+        channel.connect()
+        monkeypatch.setattr(client, "time", Clock)
+        assert bytes(channel.unary("/cache.CacheService/Status", b"", timeout=1.0)) == b"in time"
+    finally:
+        channel.close()
+        server.join(5)
         listener.close()
