@@ -31,6 +31,12 @@ def sandbox_dead_part(sandbox: dict) -> str | None:
     """None while a started sandbox's guest and kata-proxy run, else which one is gone."""
     if sandbox.get("status") != "running":
         return None
+    return processes_dead_part(sandbox)
+
+
+def processes_dead_part(sandbox: dict) -> str | None:
+    """None while the guest and kata-proxy recorded in ``sandbox`` run, else which one is gone
+    (whatever its status: the VM cache's sandboxes have had no CreateSandbox yet)."""
     if not procs.alive(sandbox["hypervisor"]["process"]):
         return f"the sandbox's {sandbox['hypervisor']['kind']} hypervisor (agent) is gone"
     if not procs.alive(sandbox["proxy"]["process"]):

@@ -43,6 +43,7 @@ import os
 
 from kata_log import cjson
 from kata_runtime import procs
+from kata_runtime.status import processes_dead_part
 
 CONFIG = "/cache.CacheService/Config"
 GET_BASE_VM = "/cache.CacheService/GetBaseVM"
@@ -92,6 +93,13 @@ def config_differences(held: dict, wanted: dict) -> list[str]:
     return names
 
 
+def guest_size(data: dict) -> dict:
+    """``{"cpu": vCPUs, "memory": MiB}`` of a sandbox record's guest, as GrpcVM and GrpcVMStatus
+    carry them (the process sandbox: 1 and 0, it has no size of its own)."""
+    settings = data["hypervisor"]["settings"]
+    return {"cpu": int(settings.get("default_vcpus") or 1), "memory": int(settings.get("default_memory") or 0)}
+
+
 def records_dir(root: str) -> str:
     """Where a cache server under ``--root`` keeps the records of the sandboxes it holds."""
     return os.path.join(root, RECORDS)
@@ -113,8 +121,8 @@ def _empty() -> bytes:
 def take(endpoint: str, data: dict, log, timeout: float = TAKE_TIMEOUT) -> dict | None:
     """A started sandbox from the cache server on ``endpoint`` for the new sandbox record
     ``data`` (its guest resolved), or None when the create must start its own: nothing serves
-    the endpoint or it fails (a warning in ``log``), no sandbox is ready or the cached ones
-    were started with another configuration (a debug line). The caller owns the returned
+    the endpoint, it fails, or the cached sandboxes were started with another configuration
+    (a warning in ``log`` naming the settings that differ); no sandbox is ready (a debug line). The caller owns the returned
     record (a cached sandbox's Sandbox.data: ``id``, ``vm_dir``, ``hypervisor``, ``proxy``)
     and must stop it if its create fails. Never raises for the cache's sake."""
     from kata_grpc.client import Channel, TransportError
@@ -142,9 +150,11 @@ def take(endpoint: str, data: dict, log, timeout: float = TAKE_TIMEOUT) -> dict 
     finally:
         channel.close()
     base = cjson.loads(vm.hypervisor)
-    if not (procs.alive(base["hypervisor"]["process"]) and procs.alive(base["proxy"]["process"])):
+    dead = processes_dead_part(base)
+    if dead is not None:
         # Ended between the server's check and now: the server stops it when the lease ends.
-        log.warning(f"VM cache {endpoint}: sandbox {vm.id} ended before it was used; starting a new sandbox")
+        log.warning(f"VM cache {endpoint}: sandbox {vm.id} ended before it was used ({dead}); "
+                    "starting a new sandbox")
         return None
     return base
 
@@ -407,7 +417,6 @@ class CacheServer:
         self.log = log
         self.say = say
         self.ready: collections.deque[dict] = collections.deque()
-        self.handed_out = 0
         #: Sandboxes handed out whose taker has not removed the record yet: [(data, lease end)],
         #: the end in epoch seconds (recorded as the record's "lease_until").
         self.leased: list[tuple[dict, float]] = []
@@ -524,7 +533,6 @@ class CacheServer:
 
     async def _start_one(self) -> dict:
         import asyncio
-
         import functools
 
         first, self._started_one = not self._started_one, True
@@ -632,12 +640,10 @@ class CacheServer:
         data = self.hand_out()
         if data is None:
             raise RpcError(UNAVAILABLE, "no sandbox is ready")
-        settings = data["hypervisor"]["settings"]
         payload = {**data, RECORD_KEY: record_path(self.root, data["id"])}
         return cache_pb2.GrpcVM(
             id=data["id"], hypervisor=cjson.dumps(payload).encode(), proxyPid=data["proxy"]["process"]["pid"],
-            proxyURL="unix://" + os.path.join(data["vm_dir"], "proxy.sock"),
-            cpu=int(settings.get("default_vcpus") or 1), memory=int(settings.get("default_memory") or 0),
+            proxyURL="unix://" + os.path.join(data["vm_dir"], "proxy.sock"), **guest_size(data),
         ).SerializeToString()
 
     def hand_out(self) -> dict | None:
@@ -654,8 +660,10 @@ class CacheServer:
         while self.ready:
             data = self.ready.popleft()
             self._wanted.set()
-            if not (procs.alive(data["hypervisor"]["process"]) and procs.alive(data["proxy"]["process"])):
-                self.log.warning(f"VM cache: sandbox {data['id']} ended while it waited; stopping what is left")
+            dead = processes_dead_part(data)
+            if dead is not None:
+                self.log.warning(f"VM cache: sandbox {data['id']} ended while it waited ({dead}); "
+                                 "stopping what is left")
                 self._in_background(stop_base_sandbox, data, self.root, self.log)
                 continue
             until = time.time() + self.lease
@@ -672,7 +680,6 @@ class CacheServer:
                                  f"it runs at nice {WAITING_NICE}")
             for rec in (data["hypervisor"]["process"], data["proxy"]["process"]):
                 self.children.add(int(rec["pid"]))
-            self.handed_out += 1
             return data
         return None
 
@@ -681,10 +688,7 @@ class CacheServer:
 
         reply = cache_pb2.GrpcStatus(pid=os.getpid())
         for data in self.ready:
-            settings = data["hypervisor"]["settings"]
-            reply.vmStatus.add(pid=data["hypervisor"]["process"]["pid"],
-                               cpu=int(settings.get("default_vcpus") or 1),
-                               memory=int(settings.get("default_memory") or 0))
+            reply.vmStatus.add(pid=data["hypervisor"]["process"]["pid"], **guest_size(data))
         return reply.SerializeToString()
 
     async def _on_quit(self, request: bytes) -> bytes:
