@@ -59,6 +59,14 @@ def loads(text: str | bytes):
         value, end = _scan(text, start)
     except StopIteration as exc:
         raise ValueError(f"Expecting value: char {exc.value}") from None
+    except SystemError:
+        # CPython's _json raises an error inside an object, array or string as
+        # json.decoder.JSONDecodeError, which it looks up in sys.modules only: while json.decoder
+        # is not loaded, the scanner fails with no exception set (SystemError). Load it (only
+        # for a malformed document) and scan again, which raises the real JSONDecodeError.
+        import json.decoder  # noqa: F401
+
+        value, end = _scan(text, start)
     if text[end:].strip(_WHITESPACE):
         raise ValueError(f"Extra data: char {end}")
     return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 
@@ -11,6 +12,7 @@ import pytest
 from kata_runtime import procs
 from kata_runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from kata_runtime.state import Store, check_id
+from tests.support.processes import child_env, command
 
 
 @pytest.mark.parametrize("good", ["a", "abc-DEF_1.2+3", "x" * 1024, "0" * 64])
@@ -101,6 +103,12 @@ def test_corrupt_state_is_a_clear_error(tmp_path):
             f.write("{half")
     with pytest.raises(Exception, match="state file .* is corrupt"):
         store.read_container("c")
+    # and from the command, whose interpreter never loaded json (this one has: kata_log.cjson
+    # then met CPython's _json failing with no exception set, an "internal error: SystemError")
+    p = subprocess.run([*command("kata-runtime"), "--root", str(tmp_path), "state", "c"], capture_output=True,
+                       text=True, env=child_env())
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert "state file" in p.stderr and "is corrupt: Expecting property name" in p.stderr, p.stderr
 
 
 def test_process_records():

@@ -3,12 +3,15 @@ ValueError wherever json.loads refuses."""
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kata_log import cjson
+from tests.support.processes import REPO
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text()
 documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
@@ -84,3 +87,17 @@ def test_dumps_refuses_a_cycle():
 def test_bytes_read_as_json_reads_utf8_bytes(data):
     """A byte order mark and lone surrogates, as json.loads takes them from UTF-8 bytes."""
     assert cjson.loads(data) == json.loads(data)
+
+
+@pytest.mark.parametrize("text", ['{not json', '{"a": 1', '["a", 1', '"abc', '{"a" 1}', '[1 2]'])
+def test_a_malformed_document_is_a_value_error_where_json_was_never_imported(text):
+    """CPython's _json raises an error inside an object, array or string through
+    json.decoder, found in sys.modules only: in a fresh kata-runtime (which never imports
+    json) that was a SystemError. This test process has json loaded, so it runs a fresh one."""
+    code = ("import sys; from kata_log import cjson\n"
+            "try:\n    cjson.loads(sys.argv[1])\nexcept ValueError as e:\n    print('ValueError', e)")
+    out = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True, cwd=str(REPO))
+    assert out.returncode == 0 and out.stdout.startswith("ValueError "), out.stderr
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    assert out.stdout.strip() == f"ValueError {expected.value}"
