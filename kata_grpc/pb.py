@@ -2,7 +2,7 @@
 
 Encoding follows proto3 (fields in number order, zero values omitted), so a message
 built from these helpers, field by field in number order, equals the generated
-module's ``SerializeToString()``. Decoding skips unknown fields, as protobuf does.
+module's ``SerializeToString()`` (kata_oci.encode_message builds the OCI messages on them). Decoding skips unknown fields, as protobuf does.
 No imports: the protobuf runtime costs megabytes of memory and tens of milliseconds
 of start-up, which a short-lived command or a per-process relay should not pay for
 a message of two strings.
@@ -26,15 +26,22 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _key(field: int, wire_type: int) -> bytes:
+def key(field: int, wire_type: int) -> bytes:
+    """A field's key: its number and wire type (0 varint, 2 length-delimited)."""
     return varint((field << 3) | wire_type)
+
+
+def length_delimited(field: int, value) -> bytes:
+    """A length-delimited field written even when empty: a repeated element, a map entry's
+    key or value, or a sub-message that is present (``value``: its encoding)."""
+    return key(field, 2) + varint(len(value)) + bytes(value)
 
 
 def field_bytes(field: int, value) -> bytes:
     """A length-delimited field (omitted when empty, as proto3 does)."""
     if not value:
         return b""
-    return _key(field, 2) + varint(len(value)) + bytes(value)
+    return length_delimited(field, value)
 
 
 def field_str(field: int, value: str) -> bytes:
@@ -44,13 +51,13 @@ def field_str(field: int, value: str) -> bytes:
 
 def field_strs(field: int, values) -> bytes:
     """A repeated string field: one entry per value, empty ones included (protobuf keeps them)."""
-    return b"".join(_key(field, 2) + varint(len(b)) + b for b in (v.encode() for v in values))
+    return b"".join(key(field, 2) + varint(len(b)) + b for b in (v.encode() for v in values))
 
 
 def field_varint(field: int, value: int) -> bytes:
     if not value:
         return b""
-    return _key(field, 0) + varint(value)
+    return key(field, 0) + varint(value)
 
 
 def _read_varint(buf, pos: int) -> tuple[int, int]:

@@ -1,15 +1,15 @@
 """OCI runtime spec <-> katapb (oci.proto) translation, shared by the host and the guest.
 
 Below both kata_runtime and kata_agent: imports only the standard library and katapb
-(and katapb only when a message is built). The runtime reads a bundle's config.json and
-sends the container's spec to the agent as ``katapb.oci_pb2.Spec``:
+(the agent's direction reads katapb messages). The runtime reads a bundle's config.json and
+sends the container's spec to the agent as an encoded ``oci.Spec``, never importing protobuf:
 
     spec = load_bundle_config(bundle)                 # dict, validated
-    check_spec(spec)                                  # every value typed, without protobuf
-    pb = container_spec(spec, container_id)           # oci_pb2.Spec, Root.Path in the guest
+    check_spec(spec)                                  # every value typed
+    spec_bytes = container_spec(spec, container_id)   # oci.Spec on the wire, Root.Path in the guest
 
-The agent goes the other way, ``message_to_oci(pb)`` (then kata_agent/spec.py fits the
-spec to the guest); both follow one naming rule, :func:`oci_name`.
+The agent goes the other way, ``message_to_oci(oci_pb2.Spec.FromString(...))`` (then
+kata_agent/spec.py fits the spec to the guest); both follow one naming rule, :func:`oci_name`.
 """
 
 from kata_oci.spec import (
@@ -20,8 +20,8 @@ from kata_oci.spec import (
     container_spec,
     guest_rootfs,
     guest_shared_path,
+    encode_message,
     load_bundle_config,
-    message_from_dict,
     message_to_oci,
     oci_name,
     process_spec,
@@ -36,8 +36,8 @@ __all__ = [
     "container_spec",
     "guest_rootfs",
     "guest_shared_path",
+    "encode_message",
     "load_bundle_config",
-    "message_from_dict",
     "message_to_oci",
     "oci_name",
     "process_spec",

@@ -3,9 +3,10 @@
 oci.proto mirrors the OCI runtime spec with Go's CamelCase field names
 (``UIDMappings``, ``OOMScoreAdj``, ``CgroupsPath``); config.json uses the spec's own
 (``uidMappings``, ``oomScoreAdj``, ``cgroupsPath``). :func:`oci_name` maps one to the
-other in both directions: the runtime fills messages from JSON (:func:`message_from_dict`),
-the agent turns them back into the JSON runc reads (:func:`message_to_oci`), so a spec
-sent to the agent is, there, the spec that was read here.
+other in both directions: the runtime encodes messages from JSON (:func:`encode_message`,
+over kata_oci.schema's table, without protobuf), the agent turns them back into the JSON
+runc reads (:func:`message_to_oci`), so a spec sent to the agent is, there, the spec that
+was read here.
 
 proto3 cannot tell a zero from "unset": a JSON ``0`` / ``false`` / ``""`` arrives at the
 agent as absent, which for the spec's optional (pointer) fields is the only safe
@@ -17,9 +18,8 @@ content) are ignored, as runc ignores unknown fields. A value of the wrong type 
 from __future__ import annotations
 
 import os
-import re
 
-from kata_oci.schema import field_kind, is_map_field, is_repeated
+from kata_oci.schema import is_map_field, is_repeated
 
 #: Where the agent mounts the 9p share "kataShared" (CreateSandbox's Storage mount point).
 GUEST_SHARED_DIR = "/run/kata-containers/shared/containers/"
@@ -27,6 +27,10 @@ GUEST_SHARED_DIR = "/run/kata-containers/shared/containers/"
 #: "ephemeral" Storage; containers' /dev/shm bind mounts point here (Kata 1.x: kataGuestSandboxDir
 #: + "shm", virtcontainers kata_agent.go handleShm).
 GUEST_SANDBOX_SHM = "/run/kata-containers/sandbox/shm"
+
+#: What the leading run of oci_name's rule is made of (a set, not a regular expression: the
+#: ``re`` import costs kata-runtime's create ~4 ms).
+_RUN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 # Names the generic rule gets wrong.
 _SPECIAL = {
@@ -58,10 +62,12 @@ def oci_name(message: str, field: str) -> str:
     special = _SPECIAL.get((message, field))
     if special:
         return special
-    m = re.match(r"^[A-Z0-9]+", field)
-    if not m:
+    n = 0  # the leading run of capitals and digits
+    while n < len(field) and field[n] in _RUN:
+        n += 1
+    if not n:
         return field
-    run = m.group(0)
+    run = field[:n]
     if len(run) == len(field):
         return field.lower()
     if len(run) == 1:
@@ -90,10 +96,10 @@ def load_bundle_config(bundle: str) -> dict:
         raise SpecError(f"bundle {bundle}: config.json: no such file") from None
     except OSError as e:
         raise SpecError(f"bundle {bundle}: config.json: {e.strerror}") from None
-    import json  # not at import: kata-agent imports this module on its start path
+    from kata_log import cjson  # json's C codec without json's imports (re, enum): ~2 ms of a create
 
     try:
-        spec = json.loads(data)
+        spec = cjson.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise SpecError(f"bundle {bundle}: config.json is not valid JSON: {e}") from None
     if not isinstance(spec, dict):
@@ -136,107 +142,129 @@ def guest_shared_path(name: str) -> str:
     return f"{GUEST_SHARED_DIR}{name}"
 
 
-# ------------------------------------------------------------------ checks (no protobuf)
+# ------------------------------------------------------------------ messages (no protobuf)
 
 
 def check_spec(spec: dict) -> None:
     """Check every config.json value oci.proto carries for its type and range, as
-    :func:`container_spec` would, without loading protobuf (kata_oci.schema's table).
+    :func:`container_spec` does (it is the same walk, its bytes dropped).
 
     Raises the SpecError container_spec would raise (``process.user.uid: expected an
     integer``); a spec that passes is one container_spec translates."""
-    check_message(spec, "Spec", "")
+    encode_message(spec, "Spec", "")
 
 
-def check_message(data, message: str, where: str) -> None:
-    """Check the OCI JSON object ``data`` against oci.proto message ``message`` (its name);
-    ``where`` is its JSON path ("" for the top level). Raises SpecError."""
-    from kata_oci.schema_table import SCHEMA
-
-    if not isinstance(data, dict):
-        raise SpecError(f"config.json: {where or 'the spec'} must be an object")
-    for key, kind, repeated, ref in SCHEMA[message]:
-        value = data.get(key)
-        if value is not None:
-            _check_value(value, key, kind, repeated, ref, f"{where}.{key}" if where else key)
-
-
-def _check_value(value, key: str, kind: str, repeated: bool, ref, place: str) -> None:
-    if kind == "map":
-        if not isinstance(value, dict):
-            raise SpecError(f"config.json: {place}: expected an object")
-        for k, v in value.items():
-            _check_one(v, key, *_map_value(ref), f"{place}.{k}")
-    elif repeated:
-        if not isinstance(value, list):
-            raise SpecError(f"config.json: {place}: expected a list")
-        for i, item in enumerate(value):
-            _check_one(item, key, kind, ref, f"{place}[{i}]")
-    else:
-        _check_one(value, key, kind, ref, place)
-
-
-def _map_value(ref: str) -> tuple[str, str | None]:
-    return ("message", ref[len("message:"):]) if ref.startswith("message:") else (ref, None)
-
-
-def _check_one(value, key: str, kind: str, ref, place: str) -> None:
-    if kind == "message":
-        check_message(value, ref, place)
-    else:
-        _scalar(kind, key, value, place)
-
-
-# ------------------------------------------------------------------ messages
-
-
-def container_spec(spec: dict, container_id: str):
-    """config.json (a dict from :func:`load_bundle_config`) -> ``oci_pb2.Spec`` for CreateContainer.
+def container_spec(spec: dict, container_id: str) -> bytes:
+    """config.json (a dict from :func:`load_bundle_config`) -> CreateContainer's ``oci.Spec``, encoded.
 
     Root.Path becomes the rootfs as the guest sees it (:func:`guest_rootfs`, where the
     runtime shares the bundle's rootfs); Root.Readonly is kept. Raises SpecError.
     """
-    from katapb import oci_pb2
+    root = spec.get("root")
+    if isinstance(root, dict):
+        spec = {**spec, "root": {**root, "path": guest_rootfs(container_id)}}
+    return bytes(encode_message(spec, "Spec", "") or b"")
 
-    pb = message_from_dict(spec, oci_pb2.Spec(), "")
-    pb.Root.Path = guest_rootfs(container_id)
-    return pb
 
-
-def process_spec(process: dict):
-    """An OCI process object (config.json's ``process``, or runc exec's process.json) -> ``oci_pb2.Process``."""
-    from katapb import oci_pb2
-
+def process_spec(process: dict) -> bytes:
+    """An OCI process object (config.json's ``process``, or runc exec's process.json) ->
+    ExecProcess's ``oci.Process``, encoded. Raises SpecError."""
     check_process(process, "process")
-    return message_from_dict(process, oci_pb2.Process(), "process")
+    return bytes(encode_message(process, "Process", "process") or b"")
 
 
-def resources_spec(resources: dict):
-    """An OCI ``linux.resources`` object (runc update's --resources) -> ``oci_pb2.LinuxResources``."""
-    from katapb import oci_pb2
-
+def resources_spec(resources: dict) -> bytes:
+    """An OCI ``linux.resources`` object (runc update's --resources) -> UpdateContainer's
+    ``oci.LinuxResources``, encoded. Raises SpecError."""
     if not isinstance(resources, dict):
         raise SpecError("resources must be a JSON object")
-    return message_from_dict(resources, oci_pb2.LinuxResources(), "resources")
+    return bytes(encode_message(resources, "LinuxResources", "resources") or b"")
 
 
-def message_from_dict(data: dict, msg, where: str):
-    """Fill protobuf message ``msg`` from the OCI JSON object ``data``; returns ``msg``.
+def encode_message(data, message: str, where: str) -> bytearray | None:
+    """The OCI JSON object ``data`` as oci.proto message ``message`` (its name) on the
+    protobuf wire, from kata_oci.schema's table: no protobuf import, which would cost a
+    kata-runtime command ~30 ms. ``where`` is its JSON path for error messages ("" for the
+    top level). Keys are matched with :func:`oci_name`; ``null`` values and keys oci.proto
+    lacks are skipped; a value of the wrong type raises SpecError naming its place.
 
-    ``where`` is the JSON path of ``data`` for error messages ("" for the top level).
-    Keys are matched with :func:`oci_name`; ``null`` values are skipped.
-    """
+    Returns None when no field was set, else the encoding, exactly what protobuf's
+    deterministic ``SerializeToString()`` makes of the message filled field by field (the
+    unit tests compare the two): fields in number order; proto3 zeros omitted, but a
+    sub-message any field of which was set (even to its zero) is present, possibly empty;
+    every repeated element and map entry (key and value) written; repeated integers packed.
+    Map entries are sorted by key (protobuf's upb sorts them its own way, "ab" before "a":
+    the order carries no meaning)."""
+    from kata_oci.schema_table import SCHEMA
+
     if not isinstance(data, dict):
         raise SpecError(f"config.json: {where or 'the spec'} must be an object")
-    mname = msg.DESCRIPTOR.name
-    for field in msg.DESCRIPTOR.fields:
-        key = oci_name(mname, field.name)
+    out = bytearray()
+    touched = False
+    for key, kind, repeated, ref, number in SCHEMA[message]:
         value = data.get(key)
-        if value is None:
-            continue
-        place = f"{where}.{key}" if where else key
-        _set_field(msg, field, value, place)
-    return msg
+        if value is not None:
+            place = f"{where}.{key}" if where else key
+            touched = _encode_field(out, value, key, kind, repeated, ref, number, place) or touched
+    return out if touched else None
+
+
+def _encode_field(out: bytearray, value, key: str, kind: str, repeated: bool, ref, number: int, place: str) -> bool:
+    """Append one field's encoding to ``out``; whether it set anything (protobuf's "modified")."""
+    from kata_grpc.pb import key as wire_key, length_delimited
+
+    if kind == "map":
+        if not isinstance(value, dict):
+            raise SpecError(f"config.json: {place}: expected an object")
+        vkind, vref = ("message", ref[len("message:"):]) if ref.startswith("message:") else (ref, None)
+        entries = []
+        for k, v in value.items():
+            entry = length_delimited(1, k.encode()) + _always(2, v, key, vkind, vref, f"{place}.{k}")
+            entries.append((k, length_delimited(number, entry)))
+        out += b"".join(e for _, e in sorted(entries, key=lambda e: e[0]))
+        return bool(entries)
+    if repeated:
+        if not isinstance(value, list):
+            raise SpecError(f"config.json: {place}: expected a list")
+        if kind in _INT_RANGES:  # packed, as proto3 writes repeated scalars of varint type
+            from kata_grpc.pb import varint
+
+            packed = b"".join(varint(_scalar(kind, key, v, f"{place}[{i}]")) for i, v in enumerate(value))
+            if packed:
+                out += length_delimited(number, packed)
+        else:
+            for i, item in enumerate(value):
+                out += _always(number, item, key, kind, ref, f"{place}[{i}]")
+        return bool(value)
+    if kind == "message":
+        body = encode_message(value, ref, place)
+        if body is None:
+            return False
+        out += length_delimited(number, body)
+        return True
+    scalar = _scalar(kind, key, value, place)
+    if scalar:
+        out += _scalar_field(number, kind, scalar, wire_key)
+    return True
+
+
+def _always(number: int, value, key: str, kind: str, ref, place: str) -> bytes:
+    """A repeated element or map value: written even when empty or zero."""
+    from kata_grpc.pb import key as wire_key, length_delimited
+
+    if kind == "message":
+        return length_delimited(number, encode_message(value, ref, place) or b"")
+    return _scalar_field(number, kind, _scalar(kind, key, value, place), wire_key)
+
+
+def _scalar_field(number: int, kind: str, value, wire_key) -> bytes:
+    from kata_grpc.pb import length_delimited, varint
+
+    if kind == "string":
+        return length_delimited(number, value.encode())
+    if kind == "bytes":
+        return length_delimited(number, value)
+    return wire_key(number, 0) + varint(int(value))
 
 
 def message_to_oci(msg) -> dict:
@@ -264,35 +292,6 @@ def message_to_oci(msg) -> dict:
         else:
             out[key] = value
     return out
-
-
-def _set_field(msg, field, value, place: str) -> None:
-    if is_map_field(field):
-        _set_map(getattr(msg, field.name), field.message_type, value, place)
-    elif is_repeated(field):
-        if not isinstance(value, list):
-            raise SpecError(f"config.json: {place}: expected a list")
-        target = getattr(msg, field.name)
-        for i, item in enumerate(value):
-            if field.message_type is not None:
-                message_from_dict(item, target.add(), f"{place}[{i}]")
-            else:
-                target.append(_scalar(field_kind(field), field.name, item, f"{place}[{i}]"))
-    elif field.message_type is not None:
-        message_from_dict(value, getattr(msg, field.name), place)
-    else:
-        setattr(msg, field.name, _scalar(field_kind(field), field.name, value, place))
-
-
-def _set_map(target, entry_type, value, place: str) -> None:
-    if not isinstance(value, dict):
-        raise SpecError(f"config.json: {place}: expected an object")
-    vfield = entry_type.fields_by_name["value"]
-    for k, v in value.items():
-        if vfield.message_type is not None:
-            message_from_dict(v, target[k], f"{place}.{k}")
-        else:
-            target[k] = _scalar(field_kind(vfield), vfield.name, v, f"{place}.{k}")
 
 
 def _scalar(kind: str, name: str, value, place: str):

@@ -3,12 +3,13 @@
 Each kata-runtime command is one short process making a few calls, so the calls are
 blocking, on one connection to ``<sandbox>/proxy.sock`` (every connection there is one
 yamux stream to the agent), made with kata_grpc (a small HTTP/2 client) rather than
-grpcio: no grpc import, no threads, nothing to shut down at exit. The small requests
-(StartContainer, SignalProcess, RemoveContainer, ...) are encoded by hand
-(kata_grpc.pb, field numbers of proto/katapb/agent.proto; tests check the bytes against
-katapb's). Requests that carry an OCI structure (CreateContainer, ExecProcess,
-UpdateContainer, CreateSandbox's Storage) are katapb messages, serialised; ``pb`` (the
-generated agent_pb2) is imported only when one of those is built.
+grpcio: no grpc import, no threads, nothing to shut down at exit. The requests of the
+container lifecycle are encoded by hand (kata_grpc.pb, field numbers of
+proto/katapb/agent.proto; tests check the bytes against katapb's), those that carry an OCI
+structure (CreateContainer, ExecProcess, UpdateContainer) around kata_oci's encoding: no
+kata-runtime command on a container's path imports protobuf (~30 ms of start-up). ``pb``
+(the generated agent_pb2) is for the rest: the pod network's messages, StatsContainer's
+reply.
 
 Every failure is an :class:`AgentError` whose message is the agent's own (it names the
 container or process), prefixed with the call: ``CreateContainer: ... executable file
@@ -76,6 +77,46 @@ def list_processes_request(container_id: str, fmt: str, args=()) -> bytes:
     from kata_grpc.pb import field_str, field_strs
 
     return _ids(container_id) + field_str(2, fmt) + field_strs(3, args)
+
+
+def storage(driver: str, source: str, fstype: str, options, mount_point: str) -> bytes:
+    """A Storage (CreateSandbox's): driver = 1, source = 3, fstype = 4, options = 5 (repeated
+    string), mount_point = 6."""
+    from kata_grpc.pb import field_str, field_strs
+
+    return (field_str(1, driver) + field_str(3, source) + field_str(4, fstype) + field_strs(5, options)
+            + field_str(6, mount_point))
+
+
+def create_sandbox_request(sandbox_id: str, hostname: str, storages, dns) -> bytes:
+    """CreateSandboxRequest: hostname = 1, dns = 2 (repeated string), storages = 3 (repeated
+    Storage, each from :func:`storage`), sandbox_id = 5."""
+    from kata_grpc.pb import field_str, field_strs, length_delimited
+
+    return (field_str(1, hostname) + field_strs(2, dns) + b"".join(length_delimited(3, s) for s in storages)
+            + field_str(5, sandbox_id))
+
+
+def create_container_request(container_id: str, spec: bytes) -> bytes:
+    """CreateContainerRequest: container_id = 1, exec_id = 2 (the same: the init process),
+    OCI = 6 (an encoded oci.Spec, kata_oci.container_spec; always present)."""
+    from kata_grpc.pb import length_delimited
+
+    return _ids(container_id, container_id) + length_delimited(6, spec)
+
+
+def exec_process_request(container_id: str, exec_id: str, process: bytes) -> bytes:
+    """ExecProcessRequest: container_id = 1, exec_id = 2, process = 4 (an encoded oci.Process)."""
+    from kata_grpc.pb import length_delimited
+
+    return _ids(container_id, exec_id) + length_delimited(4, process)
+
+
+def update_container_request(container_id: str, resources: bytes) -> bytes:
+    """UpdateContainerRequest: container_id = 1, resources = 2 (an encoded oci.LinuxResources)."""
+    from kata_grpc.pb import length_delimited
+
+    return _ids(container_id) + length_delimited(2, resources)
 
 
 def list_processes_response(reply) -> bytes:
@@ -158,18 +199,17 @@ class Agent:
 
     # ------------------------------------------------------------- sandbox
     def create_sandbox(self, sandbox_id: str, hostname: str, storages, dns=()) -> None:
-        """``dns``: resolv.conf lines for the containers' /etc/resolv.conf mounts."""
-        self.call("CreateSandbox", self.pb.CreateSandboxRequest(
-            hostname=hostname, dns=list(dns), storages=list(storages), sandbox_id=sandbox_id))
+        """``storages``: encoded Storage messages (:func:`storage`); ``dns``: resolv.conf lines
+        for the containers' /etc/resolv.conf mounts."""
+        self.call("CreateSandbox", create_sandbox_request(sandbox_id, hostname, storages, dns))
 
     def destroy_sandbox(self) -> None:
         self.call("DestroySandbox", b"")
 
     # ---------------------------------------------------------- containers
-    def create_container(self, container_id: str, spec) -> None:
-        """``spec``: a katapb oci_pb2.Spec (kata_oci.container_spec)."""
-        self.call("CreateContainer", self.pb.CreateContainerRequest(
-            container_id=container_id, exec_id=container_id, OCI=spec))
+    def create_container(self, container_id: str, spec: bytes) -> None:
+        """``spec``: the encoded oci.Spec (kata_oci.container_spec)."""
+        self.call("CreateContainer", create_container_request(container_id, spec))
 
     def start_container(self, container_id: str) -> None:
         self.call("StartContainer", container_request(container_id))
@@ -184,9 +224,9 @@ class Agent:
     def resume_container(self, container_id: str) -> None:
         self.call("ResumeContainer", container_request(container_id))
 
-    def update_container(self, container_id: str, resources) -> None:
-        """``resources``: a katapb oci_pb2.LinuxResources."""
-        self.call("UpdateContainer", self.pb.UpdateContainerRequest(container_id=container_id, resources=resources))
+    def update_container(self, container_id: str, resources: bytes) -> None:
+        """``resources``: the encoded oci.LinuxResources (kata_oci.resources_spec)."""
+        self.call("UpdateContainer", update_container_request(container_id, resources))
 
     def stats_container(self, container_id: str):
         """StatsContainerResponse (cgroup_stats, network_stats)."""
@@ -198,10 +238,9 @@ class Agent:
         return list_processes_response(self.call("ListProcesses", list_processes_request(container_id, fmt, args)))
 
     # ----------------------------------------------------------- processes
-    def exec_process(self, container_id: str, exec_id: str, process) -> None:
-        """``process``: a katapb oci_pb2.Process (kata_oci.process_spec)."""
-        self.call("ExecProcess", self.pb.ExecProcessRequest(
-            container_id=container_id, exec_id=exec_id, process=process))
+    def exec_process(self, container_id: str, exec_id: str, process: bytes) -> None:
+        """``process``: the encoded oci.Process (kata_oci.process_spec)."""
+        self.call("ExecProcess", exec_process_request(container_id, exec_id, process))
 
     def signal_process(self, container_id: str, exec_id: str, signum: int) -> None:
         """``exec_id`` "" signals every process of the container."""

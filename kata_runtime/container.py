@@ -187,10 +187,10 @@ def _create_reserved(store, config, entry, spec, shares, bundle, rootfs, sandbox
                                    host_cgroup=data["host_cgroup"])
         else:
             sandbox = _join_sandbox(store, sandbox_id, cid, rootfs, shares, undo, locked)
-        spec_pb = _step("translating the spec for the guest", lambda: guest_spec(spec, cid, shares, sandbox))
+        spec_bytes = _step("translating the spec for the guest", lambda: guest_spec(spec, cid, shares, sandbox))
         with sandbox.agent() as agent:
             _agent_step("creating the container in the agent (CreateContainer)",
-                        lambda: agent.create_container(cid, spec_pb))
+                        lambda: agent.create_container(cid, spec_bytes))
         if sandbox_id != cid:
             undo.push("remove the container from the agent", lambda: _remove_quietly(sandbox, cid))
         shim = _step("starting kata-shim", lambda: _spawn_shim(sandbox, cid, cid, spec["process"], console_socket,
@@ -354,7 +354,7 @@ def _join_sandbox(store, sandbox_id: str, cid: str, rootfs: str, shares: list, u
 
 
 def guest_spec(spec: dict, cid: str, shares: list, sandbox):
-    """CreateContainer's ``oci_pb2.Spec``: the bundle's spec with its mounts as the guest has them
+    """CreateContainer's ``oci.Spec`` (encoded): the bundle's spec with its mounts as the guest has them
     (kata_runtime.mounts.guest_mounts: shared ones through the shared dir, /dev/shm on the
     sandbox shm when the sandbox has one). Raises kata_oci.SpecError."""
     from kata_oci import container_spec
@@ -421,7 +421,7 @@ def write_pid_file(path: str, pid: int) -> None:
 def _spawn_shim(sandbox, container_id: str, exec_id: str, process: dict, console_socket: str | None,
                 detach: bool, undo):
     """Spawn the shim for one process; with a terminal, make the pty and hand its master out."""
-    from kata_runtime import console, shim as kshim
+    from kata_runtime import shim as kshim
 
     terminal = bool(process.get("terminal"))
     args = kshim.argv(sandbox.shim_settings, sandbox.proxy_socket, container_id, exec_id,
@@ -430,6 +430,8 @@ def _spawn_shim(sandbox, container_id: str, exec_id: str, process: dict, console
         child = kshim.spawn(args, detach=detach)
         undo.push("stop kata-shim", lambda: _stop_shim(child))
         return child
+    from kata_runtime import console  # only with a terminal: it imports socket
+
     master, slave, name = console.open_pty(console.console_size(process))
     try:
         child = kshim.spawn(args, tty_slave=slave, detach=detach)
@@ -502,14 +504,14 @@ def update(store, container_id: str, resources: dict) -> None:
     from kata_oci import SpecError, resources_spec
 
     try:
-        pb = resources_spec(resources)
+        resources_bytes = resources_spec(resources)
     except SpecError as e:
         raise InvalidArgument(str(e).replace("config.json: ", "")) from None
     with Opened(store, container_id, lock_sandbox=False) as c:
         _require(c, ("created", "running", "paused"), "container {id} is {status}: cannot update it")
         with c.sandbox().agent() as agent:
             _agent_step(f"update container {container_id} (UpdateContainer)",
-                        lambda: agent.update_container(container_id, pb))
+                        lambda: agent.update_container(container_id, resources_bytes))
         _update_host_limits(c.data.get("host_cgroup"), resources)
 
 
@@ -689,7 +691,7 @@ def exec_process(store, container_id: str, process: dict, *, detach: bool, pid_f
     from kata_runtime.sandbox import Undo
 
     try:
-        pb = process_spec(process)
+        process_bytes = process_spec(process)
     except SpecError as e:
         raise InvalidArgument(str(e).replace("config.json: ", "")) from None
     terminal = bool(process.get("terminal"))
@@ -702,7 +704,7 @@ def exec_process(store, container_id: str, process: dict, *, detach: bool, pid_f
         _enter_host_cgroup_for_exec(c.data.get("host_cgroup"))
         with sandbox.agent() as agent:
             _agent_step("starting the process in the agent (ExecProcess)",
-                        lambda: agent.exec_process(container_id, exec_id, pb))
+                        lambda: agent.exec_process(container_id, exec_id, process_bytes))
             undo.push("kill the exec'd process", lambda: agent.signal_process(container_id, exec_id, 9))
             try:
                 shim = _step("starting kata-shim", lambda: _spawn_shim(sandbox, container_id, exec_id, process,

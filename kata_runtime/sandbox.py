@@ -62,35 +62,28 @@ def vm_dir_for(sandbox_id: str, vm_root: str = VM_ROOT) -> str:
     return path
 
 
-def shared_storage():
-    """CreateSandbox's Storage for the 9p share, exactly as the original runtime sends it."""
-    from katapb import agent_pb2
-
+def shared_storage() -> bytes:
+    """CreateSandbox's Storage for the 9p share, exactly as the original runtime sends it (encoded)."""
     from kata_oci import GUEST_SHARED_DIR
+    from kata_runtime.agent import storage
 
-    return agent_pb2.Storage(driver="9p", source=SHARED_STORAGE_SOURCE, fstype="9p",
-                             options=["trans=virtio,version=9p2000.L,cache=mmap", "nodev"],
-                             mount_point=GUEST_SHARED_DIR)
+    return storage("9p", SHARED_STORAGE_SOURCE, "9p", ["trans=virtio,version=9p2000.L,cache=mmap", "nodev"],
+                   GUEST_SHARED_DIR)
 
 
 def sandbox_shm_storage(size: int):
     """CreateSandbox's Storage for the sandbox's shared memory: a guest tmpfs of ``size`` bytes at
     kata_oci.GUEST_SANDBOX_SHM, where the containers' /dev/shm binds point (Kata 1.x's
-    "ephemeral" shm Storage, kata_agent.go startSandbox)."""
-    from katapb import agent_pb2
-
+    "ephemeral" shm Storage, kata_agent.go startSandbox); encoded."""
     from kata_oci import GUEST_SANDBOX_SHM
     from kata_runtime import mounts
+    from kata_runtime.agent import storage
 
-    return agent_pb2.Storage(driver="ephemeral", source="shm", fstype="tmpfs",
-                             options=[*mounts.SHM_OPTIONS, f"size={size}"], mount_point=GUEST_SANDBOX_SHM)
+    return storage("ephemeral", "shm", "tmpfs", [*mounts.SHM_OPTIONS, f"size={size}"], GUEST_SANDBOX_SHM)
 
 
 def _import_agent_client() -> None:
-    """What the first agent call needs (katapb's agent messages, kata_grpc's client), imported
-    while the guest starts."""
-    from katapb import agent_pb2  # noqa: F401
-
+    """What the first agent call needs (kata_grpc's client), imported while the guest starts."""
     from kata_grpc import client  # noqa: F401
     from kata_runtime import agent  # noqa: F401
 

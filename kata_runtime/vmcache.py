@@ -126,34 +126,36 @@ def take(endpoint: str, data: dict, log, timeout: float = TAKE_TIMEOUT) -> dict 
     record (a cached sandbox's Sandbox.data: ``id``, ``vm_dir``, ``hypervisor``, ``proxy``)
     and must stop it if its create fails. Never raises for the cache's sake."""
     from kata_grpc.client import Channel, TransportError
+    from kata_grpc.pb import DecodeError, field
     from kata_grpc.protocol import UNAVAILABLE, RpcError
-    from katapb import cache_pb2
 
     channel = Channel(endpoint, connect_timeout=timeout, user_agent=b"kata-runtime")
     try:
-        config = cache_pb2.GrpcVMConfig.FromString(bytes(channel.unary(CONFIG, _empty(), timeout=timeout)))
-        differs = config_differences(cjson.loads(config.Data), wanted_config(data))
+        # By hand (cache.proto's numbers), not cache_pb2: no protobuf import in a create.
+        config = channel.unary(CONFIG, _empty(), timeout=timeout)
+        differs = config_differences(cjson.loads(bytes(field(config, 1, 2, b""))), wanted_config(data))  # Data
         if differs:
             log.warning(f"VM cache {endpoint}: its sandboxes were started with another configuration "
                         f"({', '.join(differs)} differ); starting a new sandbox")
             return None
-        vm = cache_pb2.GrpcVM.FromString(bytes(channel.unary(GET_BASE_VM, _empty(), timeout=timeout)))
+        vm = channel.unary(GET_BASE_VM, _empty(), timeout=timeout)
+        vm_id = bytes(field(vm, 1, 2, b"")).decode()  # GrpcVM.id
+        base = cjson.loads(bytes(field(vm, 2, 2, b"")))  # GrpcVM.hypervisor
     except RpcError as e:
         if e.code == UNAVAILABLE:
             log.debug(f"VM cache {endpoint}: {e.message}; starting a new sandbox")
         else:
             log.warning(f"VM cache {endpoint}: {e.message or e.name}; starting a new sandbox")
         return None
-    except (TransportError, ValueError) as e:
+    except (TransportError, ValueError, DecodeError) as e:
         log.warning(f"load vm factory failed ({endpoint}: {e}), about to create new vm")
         return None
     finally:
         channel.close()
-    base = cjson.loads(vm.hypervisor)
     dead = processes_dead_part(base)
     if dead is not None:
         # Ended between the server's check and now: the server stops it when the lease ends.
-        log.warning(f"VM cache {endpoint}: sandbox {vm.id} ended before it was used ({dead}); "
+        log.warning(f"VM cache {endpoint}: sandbox {vm_id} ended before it was used ({dead}); "
                     "starting a new sandbox")
         return None
     return base

@@ -40,6 +40,30 @@ def test_list_processes_by_hand_equals_katapb(cid, fmt, args, out):
     assert kagent.list_processes_response(reply) == out
 
 
+storages = st.builds(lambda *a: a, ids, ids, ids, st.lists(ids, max_size=3), ids)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cid=ids, eid=ids, hostname=ids, dns=st.lists(ids, max_size=3), stores=st.lists(storages, max_size=3),
+       body=st.sampled_from([b"", b"\x12\x02\x1a\x00", b"\n\x051.0.2"]))
+def test_sandbox_and_oci_requests_by_hand_equal_katapb(cid, eid, hostname, dns, stores, body):
+    """CreateSandbox (with its Storages), and the requests that wrap an encoded OCI message:
+    the OCI field is present even when the message is empty."""
+    from katapb import oci_pb2
+
+    pb_storages = [agent_pb2.Storage(driver=d, source=s, fstype=f, options=o, mount_point=m)
+                   for d, s, f, o, m in stores]
+    assert kagent.create_sandbox_request(cid, hostname, [kagent.storage(*s) for s in stores], dns) == \
+        agent_pb2.CreateSandboxRequest(hostname=hostname, dns=dns, storages=pb_storages,
+                                       sandbox_id=cid).SerializeToString()
+    assert kagent.create_container_request(cid, body) == agent_pb2.CreateContainerRequest(
+        container_id=cid, exec_id=cid, OCI=oci_pb2.Spec.FromString(body)).SerializeToString()
+    assert kagent.exec_process_request(cid, eid, b"") == agent_pb2.ExecProcessRequest(
+        container_id=cid, exec_id=eid, process=oci_pb2.Process()).SerializeToString()
+    assert kagent.update_container_request(cid, b"") == agent_pb2.UpdateContainerRequest(
+        container_id=cid, resources=oci_pb2.LinuxResources()).SerializeToString()
+
+
 class FakeAgent(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self):
         self.requests = []

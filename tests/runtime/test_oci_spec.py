@@ -1,7 +1,9 @@
-"""kata_oci: config.json -> katapb Spec, and the agent's translation back (unit tests).
+"""kata_oci: config.json -> oci.Spec on the wire, and the agent's translation back (unit tests).
 
 The runtime and the agent translate in opposite directions with one naming rule; a spec
-sent to the agent and turned back into JSON there must be the spec the bundle holds."""
+sent to the agent and turned back into JSON there must be the spec the bundle holds. The
+runtime encodes without protobuf (kata_oci.encode_message): its bytes are checked against
+protobuf's own for messages filled field by field with protobuf's setters."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import pytest
 from hypothesis import given, strategies as st
 
 from kata_agent.spec import message_to_oci, oci_name as agent_oci_name
-from kata_oci import (SpecError, check_spec, container_spec, guest_rootfs, load_bundle_config, oci_name,
-                      process_spec, resources_spec)
-from kata_oci.schema import render, schema_from_descriptors
+from kata_oci import (SpecError, check_spec, container_spec, encode_message, guest_rootfs, load_bundle_config,
+                      oci_name, process_spec, resources_spec)
+from kata_oci.schema import field_kind, is_map_field, is_repeated, render, schema_from_descriptors
+from kata_oci.schema_table import SCHEMA
 from katapb import oci_pb2
 from tests.support.oci import make_bundle
 from tests.support.processes import python_prints
@@ -63,7 +66,7 @@ def bundle_config(tmp_path) -> dict:
 
 def test_container_spec_round_trips_through_the_agent(tmp_path):
     spec = bundle_config(tmp_path)
-    back = message_to_oci(container_spec(spec, "c1"))
+    back = message_to_oci(oci_pb2.Spec.FromString(container_spec(spec, "c1")))
     assert back["root"] == {"path": guest_rootfs("c1")}  # readonly false is proto3's "unset"
     assert back["root"]["path"] == "/run/kata-containers/shared/containers/c1/rootfs"
     back["process"]["oomScoreAdj"] -= 1 << 32  # uint32 on the wire; the agent unwraps it
@@ -95,7 +98,8 @@ def test_wrong_types_name_their_place(tmp_path, change, message):
 
 
 def test_resources_spec():
-    pb = resources_spec({"pids": {"limit": 20}, "memory": {"limit": 1 << 26}, "cpu": {"quota": 50000, "period": 100000}})
+    pb = oci_pb2.LinuxResources.FromString(
+        resources_spec({"pids": {"limit": 20}, "memory": {"limit": 1 << 26}, "cpu": {"quota": 50000, "period": 100000}}))
     assert message_to_oci(pb) == {"pids": {"limit": 20}, "memory": {"limit": 1 << 26},
                                   "cpu": {"quota": 50000, "period": 100000}}
     with pytest.raises(SpecError, match="resources.pids.limit: expected an integer"):
@@ -126,7 +130,7 @@ json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_
                        json_values, max_size=6))
 def test_any_process_json_is_translated_or_refused_with_a_spec_error(process):
     try:
-        pb = process_spec(process)
+        pb = oci_pb2.Process.FromString(process_spec(process))
     except SpecError as e:
         assert "\n" not in str(e)
         return
@@ -141,15 +145,120 @@ def _outcome(fn, *args):
     return None
 
 
+# -- the encoding against protobuf's own
+
+
+def protobuf_filled(data, msg, where: str):
+    """The reference: protobuf message ``msg`` filled from the OCI JSON object ``data`` with
+    protobuf's own setters (so its presence rules are the library's), field by field in
+    number order, values converted by kata_oci's scalar rule; returns ``msg``."""
+    from kata_oci.spec import _scalar
+
+    if not isinstance(data, dict):
+        raise SpecError(f"config.json: {where or 'the spec'} must be an object")
+    for field in sorted(msg.DESCRIPTOR.fields, key=lambda f: f.number):
+        key = oci_name(msg.DESCRIPTOR.name, field.name)
+        value = data.get(key)
+        if value is None:
+            continue
+        place = f"{where}.{key}" if where else key
+        if is_map_field(field):
+            if not isinstance(value, dict):
+                raise SpecError(f"config.json: {place}: expected an object")
+            vfield = field.message_type.fields_by_name["value"]
+            for k, v in value.items():
+                getattr(msg, field.name)[k] = _scalar(field_kind(vfield), key, v, f"{place}.{k}")
+        elif is_repeated(field):
+            if not isinstance(value, list):
+                raise SpecError(f"config.json: {place}: expected a list")
+            for i, item in enumerate(value):
+                if field.message_type is not None:
+                    protobuf_filled(item, getattr(msg, field.name).add(), f"{place}[{i}]")
+                else:
+                    getattr(msg, field.name).append(_scalar(field_kind(field), key, item, f"{place}[{i}]"))
+        elif field.message_type is not None:
+            protobuf_filled(value, getattr(msg, field.name), place)
+        else:
+            setattr(msg, field.name, _scalar(field_kind(field), key, value, place))
+    return msg
+
+
+_INTS = {"uint32": (0, (1 << 32) - 1), "int32": (-(1 << 31), (1 << 31) - 1),
+         "uint64": (0, (1 << 64) - 1), "int64": (-(1 << 63), (1 << 63) - 1)}
+
+
+def _scalar_values(kind: str):
+    if kind == "string":
+        return st.text(max_size=4)
+    if kind == "bool":
+        return st.booleans()
+    lo, hi = _INTS[kind]
+    return st.one_of(st.sampled_from([0, 1, lo, hi]), st.integers(lo, hi))
+
+
+def oci_objects(message: str):
+    """OCI JSON objects of oci.proto message ``message``: any subset of its fields, each with a
+    value of its type (zeros, empties and nulls included)."""
+    optional = {}
+    for key, kind, repeated, ref, _number in SCHEMA[message]:
+        if kind == "map":
+            values = st.dictionaries(st.text(max_size=3), _scalar_values(ref), max_size=3)
+        else:
+            values = oci_objects(ref) if kind == "message" else _scalar_values(kind)
+            if repeated:
+                values = st.lists(values, max_size=2)
+        optional[key] = st.one_of(st.none(), values)
+    return st.fixed_dictionaries({}, optional=optional)
+
+
+SPECS = oci_objects("Spec")
+
+
+@given(SPECS)
+def test_encoded_spec_is_protobufs_serialisation(spec):
+    """Every field kind, zeros, empty sub-objects, repeated and map entries: the bytes are
+    protobuf's (deterministic) for the message filled with its setters. Map entries are sorted
+    by key; upb's deterministic order differs (it puts "ab" before "a"), so with two entries or
+    more the message is compared after protobuf re-serialises ours."""
+    ours = bytes(encode_message(spec, "Spec", "") or b"")
+    expected = protobuf_filled(spec, oci_pb2.Spec(), "").SerializeToString(deterministic=True)
+    assert oci_pb2.Spec.FromString(ours).SerializeToString(deterministic=True) == expected
+    if len(spec.get("annotations") or {}) < 2 and len((spec.get("linux") or {}).get("sysctl") or {}) < 2:
+        assert ours == expected
+
+
 @given(st.dictionaries(st.sampled_from(["terminal", "env", "user", "rlimits", "capabilities", "consoleSize",
                                         "oomScoreAdj", "noNewPrivileges", "x-extension"]),
                        json_values, max_size=6),
        st.dictionaries(st.sampled_from(["sysctl", "uidMappings", "resources", "cgroupsPath", "namespaces"]),
                        json_values, max_size=3))
-def test_check_spec_refuses_exactly_what_container_spec_refuses(process, linux):
+def test_any_json_is_encoded_as_protobuf_would_or_refused_with_its_error(process, linux):
     spec = {"ociVersion": "1.0.2", "process": {"args": ["true"], "cwd": "/", **process},
             "root": {"path": "rootfs"}, "linux": linux, "annotations": {"a": "1"}}
-    assert _outcome(check_spec, spec) == _outcome(container_spec, spec, "c")
+    try:
+        expected = protobuf_filled(spec, oci_pb2.Spec(), "").SerializeToString(deterministic=True)
+    except SpecError as e:
+        expected = str(e)
+    assert _outcome(check_spec, spec) == (expected if isinstance(expected, str) else None)
+    try:
+        ours = bytes(encode_message(spec, "Spec", "") or b"")
+        ours = oci_pb2.Spec.FromString(ours).SerializeToString(deterministic=True)
+    except SpecError as e:
+        ours = str(e)
+    assert ours == expected
+
+
+def test_zeros_and_presence_on_the_wire():
+    """proto3: a zero is absent, but a sub-message with a field set to zero is present (empty);
+    repeated integers are packed; a negative oomScoreAdj travels as uint32."""
+    assert encode_message({"root": {"readonly": False}}, "Spec", "") == b"\x1a\x00"
+    assert encode_message({"root": {}}, "Spec", "") is None
+    assert encode_message({"process": {"user": {"additionalGids": [5, 300]}}}, "Spec", "") == \
+        b"\x12\x07\x1a\x05\x1a\x03\x05\xac\x02"  # Spec.Process(2).User(3).AdditionalGids(3), packed
+    assert oci_pb2.Process.FromString(bytes(encode_message({"oomScoreAdj": -5}, "Process", ""))).OOMScoreAdj == \
+        (1 << 32) - 5
+    assert encode_message({"annotations": {"b": "", "a": "1"}}, "Spec", "") == \
+        b":\x06\n\x01a\x12\x011:\x05\n\x01b\x12\x00"  # sorted; an empty value written
 
 
 def test_check_spec_passes_a_full_bundle(tmp_path):
@@ -164,9 +273,10 @@ def test_schema_table_is_generated_from_oci_proto():
         assert f.read() == render(schema_from_descriptors(oci_pb2.Spec.DESCRIPTOR))
 
 
-def test_check_spec_loads_no_protobuf(tmp_path):
+def test_check_and_encode_load_no_protobuf(tmp_path):
     spec = bundle_config(tmp_path)
-    code = ("import json, sys; from kata_oci import check_spec; check_spec(json.loads(sys.stdin.read())); "
+    code = ("import json, sys; from kata_oci import check_spec, container_spec; s = json.loads(sys.stdin.read()); "
+            "check_spec(s); container_spec(s, 'c'); "
             "print(sorted(m for m in sys.modules if m.startswith(('google', 'katapb'))))")
     assert python_prints(code, stdin=json.dumps(spec)) == "[]"
 

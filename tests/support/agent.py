@@ -276,11 +276,11 @@ class Agent:
         self.shims: list[subprocess.Popen] = []
 
     def create_sandbox(self) -> None:
-        self.client.create_sandbox(self.sandbox.sandbox_id, "kata-sb", [shared_storage()])
+        self.client.create_sandbox(self.sandbox.sandbox_id, "kata-sb", [shared_storage().SerializeToString()])
 
     def create(self, cid: str, args, *, terminal: bool = False) -> None:
         build_busybox_rootfs(Path(self.sandbox.shared_dir) / cid / "rootfs")
-        self.client.create_container(cid, busybox_spec(cid, list(args), terminal=terminal))
+        self.client.create_container(cid, busybox_spec(cid, list(args), terminal=terminal).SerializeToString())
 
     def start(self, cid: str) -> None:
         self.client.start_container(cid)
@@ -290,7 +290,7 @@ class Agent:
         self.start(cid)
 
     def exec(self, cid: str, exec_id: str, args, *, terminal: bool = False) -> None:
-        self.client.exec_process(cid, exec_id, process(list(args), terminal=terminal))
+        self.client.exec_process(cid, exec_id, process(list(args), terminal=terminal).SerializeToString())
 
     def signal(self, cid: str, exec_id: str, signum: int) -> None:
         self.client.signal_process(cid, exec_id, signum)
@@ -348,7 +348,7 @@ class Kata1xPeer(Agent):
     def create(self, cid: str, args, *, terminal: bool = False) -> None:
         from katapb import oci_pb2
 
-        self.client.create_container(cid, oci_pb2.Spec(Process=process(list(args), terminal=terminal)))
+        self.client.create_container(cid, oci_pb2.Spec(Process=process(list(args), terminal=terminal)).SerializeToString())
 
     def close(self) -> None:
         super().close()

@@ -18,10 +18,18 @@ import json
 from pathlib import Path
 
 from kata_oci import GUEST_SHARED_DIR, guest_rootfs
-from kata_runtime.sandbox import shared_storage  # noqa: F401  (re-exported: the runtime's own Storage)
+from kata_runtime import sandbox as runtime_sandbox
 from tests.support.rootfs import build_busybox_rootfs
 
 SHARED_MOUNT = GUEST_SHARED_DIR
+
+
+def shared_storage():
+    """CreateSandbox's Storage for the 9p share as a katapb message: the runtime's own
+    (kata_runtime.sandbox.shared_storage, which encodes it without protobuf), decoded."""
+    from katapb import agent_pb2
+
+    return agent_pb2.Storage.FromString(runtime_sandbox.shared_storage())
 DEFAULT_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm")
 #: The capabilities of a katapb process (docker's default set).
 CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",

@@ -7,7 +7,7 @@ import:
 
     kata_log, yamux, katapb, kata_cgroups,  nothing of ours (the bottom; kata_log also holds the
     kata_grpc                               command-line vocabulary proxy and shim share)
-    kata_oci                                katapb
+    kata_oci                                katapb, kata_grpc (its protobuf wire format), kata_log
     kata_proxy                              yamux, kata_log
     kata_shim                               kata_log, katapb, kata_grpc
     kata_agent (the guest)                  yamux, kata_log, katapb, kata_oci, kata_cgroups, kata_grpc
@@ -42,7 +42,7 @@ MAY_IMPORT = {
     "katapb": set(),
     "kata_cgroups": set(),
     "kata_grpc": set(),
-    "kata_oci": {"katapb"},
+    "kata_oci": {"katapb", "kata_grpc", "kata_log"},
     "kata_proxy": {"yamux", "kata_log"},
     "kata_shim": {"kata_log", "katapb", "kata_grpc"},
     "kata_agent": {"yamux", "kata_log", "katapb", "kata_oci", "kata_cgroups", "kata_grpc"},
