@@ -52,6 +52,33 @@ def threads(pid: int) -> list[int]:
         return []
 
 
+def set_autogroup_nice(pid: int, nice: int) -> bool:
+    """Set the nice of the autogroup of ``pid``'s session (/proc/<pid>/autogroup); False when
+    there is none (a kernel without CONFIG_SCHED_AUTOGROUP), ``pid`` is gone or it is not allowed.
+
+    With autogroups on (/proc/sys/kernel/sched_autogroup_enabled, the default of most
+    distributions' kernels), the scheduler shares the CPU between sessions first, each with
+    its autogroup's weight, and a task's own nice counts only against the tasks of its own
+    session (sched(7), "The autogroup feature"). A process started in a new session
+    (setsid) therefore competes at nice 0 whatever its own nice, unless its autogroup's is set."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(f"{nice}\n")
+        return True
+    except OSError:
+        return False
+
+
+def keep_priority(pid: int) -> None:
+    """For ``pid``, just started in a session of its own (start_new_session): when the calling
+    thread runs below the default priority (nice > 0, e.g. the VM cache's starter at nice 19),
+    give the new session's autogroup that nice too, so that the child and what it starts keep
+    the priority they inherited (:func:`set_autogroup_nice` says why they would not). Best effort."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)  # the calling thread's (Linux: per thread)
+    if nice > 0:
+        set_autogroup_nice(pid, nice)
+
+
 def descendants(pid: int) -> list[int]:
     """``pid`` and every process below it (/proc/<pid>/task/<tid>/children, depth first);
     a process that ended meanwhile is skipped."""

@@ -71,6 +71,7 @@ class Starting:
         except OSError as e:
             self.notify.close()
             raise ProxyError(f"cannot run {argv[0]}: {e.strerror}") from None
+        procs.keep_priority(self.child.pid)
         try:
             self.record = procs.record(self.child.pid)
         except ProcessLookupError:

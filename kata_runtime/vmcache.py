@@ -19,9 +19,10 @@ What a cached sandbox is on the host: its runtime directory ``/run/vc/vm/vmcache
 (children of the server, in sessions of their own), and a record ``<root>/vmcache/<id>.json``
 (the sandbox record plus the server's own process record) that a later server or
 ``factory destroy`` uses to stop what a killed server left. The server starts sandboxes at
-the lowest CPU priority (nice 19, inherited by everything it spawns), so refilling the cache
-does not slow the creates it exists to speed up; a sandbox handed out is set back to nice 0
-(every thread of its processes) before the create gets it, and the create moves its
+the lowest CPU priority (nice 19, inherited by everything it spawns, and given to the
+autogroup of each session it starts: procs.keep_priority), so refilling the cache does not
+slow the creates it exists to speed up; a sandbox handed out is set back to nice 0 (every
+thread of its processes, and their sessions' autogroups) before the create gets it, and the create moves its
 processes into its own cgroup (or the container's host cgroup), where a sandbox it started
 would have been born.
 
@@ -281,9 +282,12 @@ def sandbox_pids(data: dict) -> list[int]:
 
 
 def set_nice(pids, nice: int) -> bool:
-    """Every thread of each process in ``pids`` to ``nice`` (a thread that ended meanwhile is
-    skipped); False when not allowed (lowering nice needs CAP_SYS_NICE)."""
+    """Every thread of each process in ``pids``, and the autogroup of each one's session
+    (procs.set_autogroup_nice: across sessions a task's own nice does not count), to ``nice``
+    (a thread that ended meanwhile is skipped); False when not allowed (lowering nice needs
+    CAP_SYS_NICE)."""
     for pid in pids:
+        procs.set_autogroup_nice(pid, nice)
         for tid in procs.threads(pid):
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, nice)

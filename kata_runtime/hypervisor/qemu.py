@@ -77,7 +77,7 @@ import time
 from typing import Awaitable, Callable, Iterable
 
 from kata_runtime.hypervisor.base import Hypervisor, HypervisorError, wait_gone
-from kata_runtime.procs import cmdline, kill_pid, pid_alive, read_pid_file
+from kata_runtime.procs import cmdline, keep_priority, kill_pid, pid_alive, read_pid_file
 from kata_runtime.state import remove_file
 
 log = logging.getLogger("kata_runtime.hypervisor.qemu")
@@ -366,6 +366,7 @@ class QemuHypervisor(Hypervisor):
         if self.pid is None:
             raise HypervisorError(f"qemu sandbox {self.sandbox_id}: QEMU exited right after starting "
                                   f"(no live pid in {self.pid_file}){self._console_suffix()}")
+        keep_priority(self.pid)  # -daemonize made a session of its own
 
     async def wait_ready(self, probe: Callable[[], Awaitable[object]], timeout: float | None = None) -> float:
         """Wait until ``probe()`` returns (the agent answered), watching QEMU meanwhile.

@@ -3,7 +3,7 @@
 Units: the ``[factory]`` section. Process tier (``sandbox``): a real ``factory init`` server
 holding started process sandboxes; ``kata-runtime run`` takes one (the container runs in the
 agent the server started, with the spec's hostname), the server starts the next one at nice 19
-and the taken one runs at nice 0; a failed create stops the sandbox it took; a create falls
+(its sessions' autogroups too) and the taken one runs at nice 0; a failed create stops the sandbox it took; a create falls
 back to its own sandbox when nothing serves the endpoint or the configurations differ; a
 server that is stopped stops what it holds, and ``factory destroy`` cleans up after one that
 was killed. Nothing may be left behind.
@@ -143,6 +143,15 @@ def nice_of(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[16])
 
 
+def autogroup_nice(pid: int) -> int | None:
+    """The nice of ``pid``'s session autogroup ("/autogroup-N nice X"), None without autogroups."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:
+            return int(f.read().split()[-1])
+    except OSError:
+        return None
+
+
 def assert_guest_gone(guest_id: str) -> None:
     path = os.path.join(VM_ROOT, guest_id)
     wait_for(lambda: not os.path.lexists(path) and not processes_mentioning(path + "/")
@@ -169,6 +178,8 @@ def test_run_takes_a_cached_sandbox_and_the_cache_refills(tmp_path, cache):
     (refilled,) = cache.ready()
     assert refilled["pid"] != held["pid"]
     assert nice_of(refilled["pid"]) == vmcache.WAITING_NICE
+    # its own session's autogroup too: else, across sessions, its nice would not count
+    assert autogroup_nice(refilled["pid"]) in (vmcache.WAITING_NICE, None)
     assert_clean(kata, "c-cached")  # run deleted it, as runc run does
     assert_guest_gone(taken[0]["guest"])
 
@@ -185,6 +196,7 @@ def test_a_taken_sandbox_runs_at_nice_0_and_a_pod_member_joins_it(tmp_path, cach
     guest = record["hypervisor"]["guest_id"]
     assert record["vm_dir"] == os.path.join(VM_ROOT, guest)
     assert all(nice_of(pid) == 0 for pid in vmcache.sandbox_pids(record))
+    assert all(autogroup_nice(pid) in (0, None) for pid in vmcache.sandbox_pids(record))
     kata.ok("start", "pod-s")
     member = make_bundle(tmp_path / "member", ["echo", "member ran"])
     spec = json.loads((member / "config.json").read_text())
