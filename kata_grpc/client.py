@@ -10,11 +10,16 @@ Failures: :class:`kata_grpc.h2.RpcError` for a gRPC status from the server,
 :class:`TransportError` when the connection cannot be made or breaks (the server side
 is gone, or broke HTTP/2), :class:`DeadlineExceeded` (a TransportError) when a call with
 a ``timeout`` did not finish in time. After a TransportError the next call connects again.
+
+The connection is CPython's C socket type (``_socket.socket``, what ``socket.socket``
+subclasses) without the ``socket`` module's Python layer, whose import (enum, selectors,
+array) costs a kata-runtime command or a kata-shim ~3 ms of start-up (more under load):
+none of its additions (makefile, sendfile, enum-typed families) is used here.
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
 import time
 
 from kata_grpc import h2
@@ -44,7 +49,7 @@ def header_block(method: str, user_agent: bytes = b"kata-shim") -> bytes:
     return block
 
 
-def _send(sock: socket.socket, segments: list) -> None:
+def _send(sock: _socket.socket, segments: list) -> None:
     """Write every buffer of ``segments`` (gathered with sendmsg, no joining copy)."""
     if len(segments) == 1:
         sock.sendall(segments[0])
@@ -70,7 +75,7 @@ class Channel:
         self.connect_timeout = connect_timeout
         self.recv_size = recv_size
         self.user_agent = user_agent
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.conn: h2.Connection | None = None
         self._body = bytearray()  # reply buffer, reused: a reply is valid until the next call
 
@@ -85,7 +90,7 @@ class Channel:
 
     def connect(self) -> None:
         self.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(self.connect_timeout)
             sock.connect(self.path)
@@ -156,7 +161,7 @@ class Channel:
             self.close()
 
 
-def _arm(sock: socket.socket, deadline: float) -> None:
+def _arm(sock: _socket.socket, deadline: float) -> None:
     """Give the socket's next operation what is left of the call's time (TimeoutError when none)."""
     left = deadline - time.monotonic()
     if left <= 0:

@@ -39,9 +39,7 @@ namespace or link; whatever the failed step made is undone first.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
-import ipaddress
 import os
 import struct
 from contextlib import contextmanager
@@ -142,6 +140,8 @@ _LIBC = None
 
 
 def _setns(fd: int) -> None:
+    import ctypes
+
     global _LIBC
     if _LIBC is None:
         _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -259,10 +259,14 @@ def _copied(value):
 
 def _guest_address(text: str) -> bool:
     """True for addresses the guest needs from us (not IPv6 link-local: the kernel makes it)."""
+    import ipaddress
+
     return not ipaddress.ip_interface(text).ip.is_link_local
 
 
 def _scan_routes(ipr, index: int) -> list[dict]:
+    import ipaddress
+
     routes = []
     for r in ipr.get_routes(table=RT_TABLE_MAIN, oif=index):
         if r.get("table") != RT_TABLE_MAIN or r.get("oif") != index:
@@ -482,6 +486,8 @@ def detach(record: dict | None) -> None:
 
 def interface_pb(ep: Endpoint):
     """types.Interface for UpdateInterface: name, MAC (how the agent finds it), MTU, addresses."""
+    import ipaddress
+
     from katapb import types_pb2
 
     addrs = []
@@ -501,6 +507,8 @@ def routes_pb(ep: Endpoint) -> list:
 
 
 def neighbors_pb(ep: Endpoint) -> list:
+    import ipaddress
+
     from katapb import types_pb2
 
     out = []

@@ -12,7 +12,6 @@ its yamux session to the agent is up. Later commands find it by its record
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 
@@ -60,6 +59,8 @@ class Starting:
                 "--log-level", "debug" if settings.get("debug") else "info"]
         if agent_logs_socket:
             argv += ["--agent-logs-socket", agent_logs_socket]
+        import socket  # here: a create that takes a cached sandbox imports this module, spawns nothing
+
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         name = f"kata-runtime-notify-{os.getpid()}-{os.urandom(6).hex()}"
         self.notify.bind("\0" + name)
@@ -120,8 +121,8 @@ def _environ(notify_address: str) -> dict:
     return env
 
 
-def _wait_ready(child, notify: socket.socket, timeout: float, log_path: str, abort=None) -> None:
-    """Until READY=1 arrives on ``notify``; ProxyError when ``child`` (its subprocess.Popen) exits,
+def _wait_ready(child, notify, timeout: float, log_path: str, abort=None) -> None:
+    """Until READY=1 arrives on ``notify`` (a datagram socket); ProxyError when ``child`` (its subprocess.Popen) exits,
     ``timeout`` passes or ``abort`` (a threading.Event, looked at every 50 ms) is set. Woken by
     the datagram or the child's exit (a pidfd; every 50 ms where there is none), not a poll."""
     import select

@@ -62,10 +62,11 @@ class Globals:
         return Store(self.root)
 
     def config(self):
-        """The effective configuration.toml (see kata_runtime.config.load)."""
+        """The effective configuration.toml (see kata_runtime.config.load; its parsed document
+        cached under --root)."""
         from kata_runtime.config import load
 
-        return load(self.kata_config)
+        return load(self.kata_config, cache_dir=self.root)
 
 
 def read_json_object(flag: str, source: str, *, dash_is_stdin: bool = False) -> dict:

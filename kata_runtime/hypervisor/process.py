@@ -51,23 +51,26 @@ helpers that remove a killed sandbox's leftover cgroups are kata_cgroups, below 
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import select
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 
 from kata_cgroups import remove_cgroup_trees
 from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
-from kata_runtime.procs import cmdline, kill_pid, read_pid_file, wait_exit
+from kata_runtime.procs import cmdline, keep_priority, kill_pid, read_pid_file, wait_exit
 from kata_runtime.state import remove_file, write_atomic
 
-log = logging.getLogger("kata_runtime.hypervisor.process")
+
+
+def _log():
+    """This driver's warnings (stdlib logging, imported only for one: a create that takes a
+    cached sandbox imports this module and never spawns, so logging, shutil, socket and
+    subprocess, ~10 ms of imports, are loaded only where they are used)."""
+    import logging
+
+    return logging.getLogger("kata_runtime.hypervisor.process")
 
 AGENT_STATE_DIR = "/run/kata-containers/agent"
 READY_TIMEOUT = 60.0
@@ -100,7 +103,7 @@ class ProcessSandbox(Hypervisor):
         self.unshare = unshare
         self.env = env
         self.agent_args = list(agent_args)
-        self._proc: subprocess.Popen | None = None
+        self._proc = None  # the subprocess.Popen of unshare, once spawned
         #: Read end of the agent's ready pipe between spawn() and the READY=1 (or its end).
         self._ready_r: int | None = None
         self._ready_got = b""
@@ -194,6 +197,9 @@ class ProcessSandbox(Hypervisor):
         HypervisorError (unshare missing, the socket path too long, already running) or OSError."""
         if self.pid is not None:
             raise HypervisorError(f"sandbox {self.sandbox_id} is already running (pid {self.pid})")
+        import shutil
+        import subprocess
+
         unshare = shutil.which(self.unshare)
         if unshare is None:
             raise HypervisorError(f"process sandbox needs {self.unshare!r} (util-linux) on PATH")
@@ -225,10 +231,10 @@ class ProcessSandbox(Hypervisor):
         finally:
             listener.close()  # the agent holds the only copies now
             os.close(ready_w)
+        keep_priority(self._proc.pid)
         self._ready_r, self._ready_got = ready_r, b""
         os.set_blocking(ready_r, False)
         write_atomic(self.pid_file, f"{self._proc.pid}\n")
-        log.debug("process sandbox %s: unshare pid %d", self.sandbox_id, self._proc.pid)
 
     def wait_spawned(self) -> None:
         """After `spawn`: block until the agent's READY=1 (a select on its ready pipe, no polling),
@@ -294,18 +300,25 @@ class ProcessSandbox(Hypervisor):
     def _kill_now(self, timeout: float = 5.0) -> None:
         """SIGKILL the agent and unshare (a failed start: nothing to ask nicely), reap unshare,
         then `_cleanup`."""
+        import signal
+
         agent = self.agent_pid()
         if self._proc.poll() is None:
             kill_pid(self._proc.pid, signal.SIGKILL)  # --kill-child: the agent follows
         if agent is not None:
             kill_pid(agent, signal.SIGKILL)
+        import subprocess
+
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            log.warning("process sandbox %s: pid %d survived SIGKILL", self.sandbox_id, self._proc.pid)
+            _log().warning("process sandbox %s: pid %d survived SIGKILL", self.sandbox_id, self._proc.pid)
         self._cleanup()
 
-    def _listen(self) -> socket.socket:
+    def _listen(self):
+        """The channel socket, listening (a socket.socket)."""
+        import socket
+
         path = self.channel_socket_path
         if len(os.fsencode(path)) > UNIX_PATH_MAX:
             raise HypervisorError(f"channel socket path is too long for a unix socket ({len(path)} > "
@@ -330,6 +343,8 @@ class ProcessSandbox(Hypervisor):
     def stop_now(self, timeout: float = 5.0) -> None:
         """`stop` without an event loop, for the runtime: the same steps and errors, each wait
         woken by the process's exit (a pidfd; a 10 ms poll where there is none)."""
+        import signal
+
         pid = self.pid
         if pid is None:
             self._reap()
@@ -339,7 +354,7 @@ class ProcessSandbox(Hypervisor):
         if agent is not None:
             kill_pid(agent, signal.SIGTERM)
         if not self._exited(pid, timeout):
-            log.warning("process sandbox %s: agent still running %gs after SIGTERM; killing it",
+            _log().warning("process sandbox %s: agent still running %gs after SIGTERM; killing it",
                         self.sandbox_id, timeout)
             kill_pid(pid, signal.SIGKILL)  # --kill-child: the agent, and its namespace, follow
             if agent is not None:

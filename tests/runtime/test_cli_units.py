@@ -225,3 +225,40 @@ def test_env_reports_the_firmware_a_qemu_sandbox_boots_with(tmp_path):
     p = subprocess.run([sys.executable, "-m", "kata_runtime", "--kata-config", str(config), "env", "--json"],
                        capture_output=True, text=True, timeout=120)
     assert json.loads(p.stdout)["Hypervisor"]["Firmware"] == "/fw/bios.bin"
+
+
+def test_a_detached_shim_is_spawned_as_popen_would(tmp_path):
+    """kata_runtime.shim spawns a detached shim with posix_spawn (no subprocess import): like
+    Popen(cwd="/", close_fds=True, start_new_session=True, restore_signals=True), it runs in /
+    in a session of its own, inherits no fd but 0-2 (here an inheritable pipe end stays
+    behind) with SIGPIPE at its default, and our working directory is ours again after."""
+    import signal
+
+    from kata_runtime import shim
+
+    out = tmp_path / "out"
+    keep_r, keep_w = os.pipe()
+    os.set_inheritable(keep_w, True)
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with open(out, "w") as f:
+            saved = os.dup(1)
+            os.dup2(f.fileno(), 1)
+            try:
+                child = shim.spawn(["sh", "-c", "pwd; ls /proc/$$/fd | tr '\\n' ' '; echo; "
+                                    "ps -o sid= -p $$; grep SigIgn /proc/$$/status"])
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)
+        assert os.getcwd() == str(tmp_path)
+    finally:
+        os.chdir(here)
+        os.close(keep_w)
+    assert isinstance(child, shim.Detached)
+    os.waitpid(child.pid, 0)
+    os.close(keep_r)
+    cwd, fds, sid, ignored = out.read_text().splitlines()
+    assert cwd == "/" and fds.split() == ["0", "1", "2"], out.read_text()
+    assert int(sid) == child.pid
+    assert not int(ignored.split()[1], 16) & (1 << (signal.SIGPIPE - 1))

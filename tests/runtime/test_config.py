@@ -3,6 +3,7 @@ name the file and the key (unit tests)."""
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 
@@ -11,6 +12,7 @@ import pytest
 from kata_runtime import config as kconfig
 from kata_runtime.config import SCHEMA, ConfigError, load, parse
 from kata_runtime.hypervisor import HypervisorError, driver
+from tests.support.processes import python_prints
 
 DEFAULTS = {name: {k: d for k, (d, _) in keys.items()} for name, keys in SCHEMA.items()}
 
@@ -69,6 +71,34 @@ def test_errors_are_one_line_naming_file_and_key(tmp_path, text, message):
         load(str(path))
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_the_parsed_document_is_cached_until_the_file_changes(tmp_path):
+    """With a cache_dir, a second load of the unchanged file does not import tomllib; any
+    write (even one that keeps the size and puts the mtime back) is seen; a bad value is
+    refused on every load; a broken cache file is ignored."""
+    path, cache = tmp_path / "c.toml", tmp_path / "root"
+    cache.mkdir()
+    path.write_text("[hypervisor.qemu]\ndefault_vcpus = 2\n")
+    code = (f"import sys; from kata_runtime.config import load; "
+            f"c = load({str(path)!r}, cache_dir={str(cache)!r}); "
+            f"print(c.section('hypervisor.qemu')['default_vcpus'], 'tomllib' in sys.modules)")
+    assert python_prints(code) == "2 True"
+    assert python_prints(code) == "2 False"
+    st = path.stat()
+    path.write_text("[hypervisor.qemu]\ndefault_vcpus = 3\n")  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert python_prints(code) == "3 True"
+    assert python_prints(code) == "3 False"
+    (cache / kconfig.CACHE_FILE).write_text("{not json")
+    assert python_prints(code) == "3 True"
+    path.write_text("[hypervisor.qemu]\ndefault_vcpus = 0\n")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="default_vcpus: must be an integer >= 1"):
+            load(str(path), cache_dir=str(cache))
+    path.write_text("[runtime\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(str(path), cache_dir=str(cache))
 
 
 def test_explicit_file_must_exist(tmp_path):
