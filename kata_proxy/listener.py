@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
 import socket
 import stat
 
@@ -178,9 +177,10 @@ def bind_unix(path: str, backlog: int = 128) -> Listener:
         raise ListenError(f"listen socket {path}: path longer than {_MAX_SUN_PATH} bytes")
     parent = check_parent(path)
     _probe_existing(path)
-    tmp = os.path.join(parent, f".{os.path.basename(path)[:40]}.{os.getpid()}.{secrets.token_hex(4)}")
+    # os.urandom, not secrets: its import (random, hashlib) is on every sandbox's start path
+    tmp = os.path.join(parent, f".{os.path.basename(path)[:40]}.{os.getpid()}.{os.urandom(4).hex()}")
     if len(os.fsencode(tmp)) > _MAX_SUN_PATH:
-        tmp = os.path.join(parent, f".kp{secrets.token_hex(6)}")
+        tmp = os.path.join(parent, f".kp{os.urandom(6).hex()}")
     if len(os.fsencode(tmp)) > _MAX_SUN_PATH:
         raise ListenError(f"listen socket {path}: path too long for a temporary name beside it")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
