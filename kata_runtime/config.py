@@ -17,12 +17,13 @@ auto, kvm, tcg (got 'xen')``).
     config.hypervisor            # "process" (the driver, [runtime] hypervisor)
     config.section("proxy.kata") # {"path": "", "debug": False}
 
-With a ``cache_dir`` (kata-runtime's --root), the parsed document of the file last read is
-kept there as JSON (:data:`CACHE_FILE`) with the file's identity (device, inode, size,
-mtime and ctime in ns): a command that reads an unchanged file skips the TOML parser, whose
-import alone (tomllib: re, string, typing, datetime) costs ~15 ms, and containerd runs a
-create, a start, a kill and a delete for every container. Any change to the file changes
-its ctime, so a stale document is never used; the checks of :func:`parse` run every time.
+With a ``cache_dir`` (kata-runtime's --root), the parsed documents of the files read last
+are kept there as JSON (:data:`CACHE_FILE`), each with the exact text it was parsed from: a
+command that reads a file whose text is unchanged skips the TOML parser, whose import alone
+(tomllib: re, string, typing, datetime) costs ~15 ms, and containerd runs a create, a
+start, a kill and a delete for every container. The file is read and compared whole every
+time (a few KB), so no rewrite can look unchanged, whatever the filesystem's timestamps;
+the checks of :func:`parse` run every time.
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ def find(explicit: str | None) -> str:
 
 #: The parsed-document cache's file name in ``load``'s ``cache_dir``.
 CACHE_FILE = "configuration.cache.json"
+#: How many configuration files' documents it keeps (the ones read last).
+CACHE_ENTRIES = 8
 
 
 def load(explicit: str | None = None, cache_dir: str | None = None) -> Config:
@@ -207,60 +210,73 @@ def load(explicit: str | None = None, cache_dir: str | None = None) -> Config:
     parsed document may be cached (made if missing; None: no cache). Raises ConfigError."""
     path = find(explicit)
     try:
-        identity = _identity(path)
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     cache = os.path.join(cache_dir, CACHE_FILE) if cache_dir else None
-    data = _cached_document(cache, path, identity) if cache else None
+    entries = _cache_entries(cache) if cache else {}
+    data = _cached_document(entries, path, raw)
     if data is None:
-        data = _read_toml(path)
+        data = _parse_toml(raw, path)
         if cache:
-            _cache_document(cache, path, identity, data)
+            _cache_document(cache, entries, path, raw, data)
     return Config(parse(data, path), path)
 
 
-def _identity(path: str) -> list[int]:
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def _read_toml(path: str) -> dict:
+def _parse_toml(raw: bytes, path: str) -> dict:
     import tomllib
 
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
-def _cached_document(cache: str, path: str, identity: list[int]) -> dict | None:
-    """The document cached for ``path`` if the file is still the one it was read from, else None."""
+def _cache_entries(cache: str) -> dict:
+    """The cache's entries, ``{config path: {"text": the file's text, "document": ...}}``
+    ({} when there is no cache or it is unreadable)."""
     from kata_log import cjson
 
     try:
         with open(cache, "rb") as f:
-            entry = cjson.loads(f.read())
+            entries = cjson.loads(f.read())
     except (OSError, ValueError):
-        return None
-    if not isinstance(entry, dict) or entry.get("path") != path or entry.get("identity") != identity:
-        return None
-    data = entry.get("document")
-    return data if isinstance(data, dict) else None
+        return {}
+    return entries if isinstance(entries, dict) else {}
 
 
-def _cache_document(cache: str, path: str, identity: list[int], data: dict) -> None:
-    """Keep ``data`` as ``path``'s document (best effort: a document JSON cannot hold, e.g. a
-    TOML date, or a directory that cannot be made or written, is not cached). The directory is
-    made (0700) if missing, as runc makes its --root."""
+def _cached_document(entries: dict, path: str, raw: bytes) -> dict | None:
+    """The document cached for ``path`` when it was parsed from exactly the bytes the file
+    holds now (a whole-text compare: no timestamp can make a rewrite look unchanged), else None."""
+    entry = entries.get(path)
+    if not isinstance(entry, dict) or not isinstance(entry.get("document"), dict):
+        return None
+    try:
+        same = entry.get("text") == raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return entry["document"] if same else None
+
+
+def _cache_document(cache: str, entries: dict, path: str, raw: bytes, data: dict) -> None:
+    """Keep ``data`` as the document of ``path``'s text ``raw``, beside the entries of the
+    other files read last (at most :data:`CACHE_ENTRIES`). Best effort: a document JSON cannot
+    hold (a TOML date), or a directory that cannot be made or written, is not cached; two
+    commands writing at once each replace the file whole (write + rename), and an entry one of
+    them dropped is parsed again next time. The directory is made (0700) if missing, as runc
+    makes its --root."""
     from kata_log import cjson
     from kata_runtime.state import write_atomic
 
+    kept = {k: v for k, v in entries.items() if k != path}
+    kept = dict(list(kept.items())[-(CACHE_ENTRIES - 1):]) if CACHE_ENTRIES > 1 else {}
+    kept[path] = {"text": raw.decode("utf-8"), "document": data}
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
-        write_atomic(cache, cjson.dumps({"path": path, "identity": identity, "document": data}))
+        write_atomic(cache, cjson.dumps(kept))
     except (OSError, TypeError, ValueError):
         pass
 

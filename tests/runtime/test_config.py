@@ -3,6 +3,7 @@ name the file and the key (unit tests)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -99,6 +100,28 @@ def test_the_parsed_document_is_cached_until_the_file_changes(tmp_path):
     path.write_text("[runtime\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(str(path), cache_dir=str(cache))
+    path.write_bytes(b"[runtime]\nhypervisor = \"\xff\"\n")
+    with pytest.raises(ConfigError, match="not valid TOML: not UTF-8 text"):
+        load(str(path), cache_dir=str(cache))
+
+
+def test_the_cache_compares_the_whole_text_and_keeps_several_files(tmp_path):
+    """Timestamps cannot be trusted (a filesystem with one-second ones, a rewrite within a
+    clock tick): a rewrite that keeps the size, mtime and ctime is still seen, because the
+    text is compared. Two configurations sharing one --root are both cached."""
+    cache = tmp_path / "root"
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text("[hypervisor.qemu]\ndefault_vcpus = 2\n")
+    b.write_text("[hypervisor.qemu]\ndefault_vcpus = 5\n")
+    assert load(str(a), cache_dir=str(cache)).section("hypervisor.qemu")["default_vcpus"] == 2
+    assert load(str(b), cache_dir=str(cache)).section("hypervisor.qemu")["default_vcpus"] == 5
+    entries = json.loads((cache / kconfig.CACHE_FILE).read_text())
+    assert sorted(entries) == sorted([str(a), str(b)])
+    # the same file, rewritten in place with the same size: pretend the timestamps did not move
+    with open(a, "r+") as f:
+        f.write("[hypervisor.qemu]\ndefault_vcpus = 3\n")
+    assert load(str(a), cache_dir=str(cache)).section("hypervisor.qemu")["default_vcpus"] == 3
+    assert load(str(b), cache_dir=str(cache)).section("hypervisor.qemu")["default_vcpus"] == 5
 
 
 def test_explicit_file_must_exist(tmp_path):
