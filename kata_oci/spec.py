@@ -219,6 +219,7 @@ def _encode_field(out: bytearray, value, key: str, kind: str, repeated: bool, re
         vkind, vref = ("message", ref[len("message:"):]) if ref.startswith("message:") else (ref, None)
         entries = []
         for k, v in value.items():
+            _check_utf8(k, f"{place} key {k!r}")
             entry = length_delimited(1, k.encode()) + _always(2, v, key, vkind, vref, f"{place}.{k}")
             entries.append((k, length_delimited(number, entry)))
         out += b"".join(e for _, e in sorted(entries, key=lambda e: e[0]))
@@ -294,12 +295,22 @@ def message_to_oci(msg) -> dict:
     return out
 
 
+def _check_utf8(text: str, place: str) -> None:
+    """SpecError unless ``text`` can travel as protobuf's UTF-8 (JSON's ``\\ud800`` escapes make
+    lone surrogates, which cannot)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise SpecError(f"config.json: {place}: not valid Unicode (a lone surrogate)") from None
+
+
 def _scalar(kind: str, name: str, value, place: str):
     """A JSON value checked (and converted) for a field of ``kind`` (kata_oci.schema's names);
     ``name`` is the field's proto or JSON name. Raises SpecError naming ``place``."""
     if kind == "string":
         if not isinstance(value, str):
             raise SpecError(f"config.json: {place}: expected a string")
+        _check_utf8(value, place)
         return value
     if kind == "bool":
         if not isinstance(value, bool):
@@ -308,6 +319,7 @@ def _scalar(kind: str, name: str, value, place: str):
     if kind == "bytes":
         if not isinstance(value, str):
             raise SpecError(f"config.json: {place}: expected a string")
+        _check_utf8(value, place)
         return value.encode()
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():

@@ -303,3 +303,19 @@ def test_map_fields_are_found_without_descriptor_options():
                     checked += 1
                     maps += expected
     assert checked > 300 and maps >= 4
+
+
+@pytest.mark.parametrize("spec, place", [
+    ({"hostname": "\ud800"}, "hostname"),
+    ({"process": {"args": ["sh", "x\udfff"]}}, "process.args[1]"),
+    ({"annotations": {"\ud800": "v"}}, "annotations key"),
+    ({"annotations": {"k": "\ud800"}}, "annotations.k"),
+])
+def test_a_lone_surrogate_is_a_spec_error_naming_its_place(spec, place):
+    """JSON's \\ud800 escapes make strings protobuf cannot carry (UTF-8): the runtime said
+    "internal error: UnicodeEncodeError" (and, before kata_oci encoded by itself, only after
+    the guest had started)."""
+    with pytest.raises(SpecError) as info:
+        check_spec(spec)
+    assert str(info.value).startswith(f"config.json: {place}") and "not valid Unicode" in str(info.value)
+    str(info.value).encode()  # the message itself can be printed
