@@ -98,7 +98,7 @@ def _spawn_detached(args: list[str], env: dict) -> Detached:
     import _signal  # the C module: signal's Python layer imports enum
 
     closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 2]
-    here = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
+    here = os.open(".", os.O_PATH | os.O_CLOEXEC)  # O_PATH: a directory we may enter but not read
     try:
         os.chdir("/")
         try:

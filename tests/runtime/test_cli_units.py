@@ -262,3 +262,21 @@ def test_a_detached_shim_is_spawned_as_popen_would(tmp_path):
     assert cwd == "/" and fds.split() == ["0", "1", "2"], out.read_text()
     assert int(sid) == child.pid
     assert not int(ignored.split()[1], 16) & (1 << (signal.SIGPIPE - 1))
+
+
+def test_a_detached_shim_spawns_from_a_directory_it_cannot_read(tmp_path):
+    """A caller may run the runtime from a directory it can enter but not list (mode 0311):
+    saving it to come back must not need read access (O_PATH), as Popen(cwd="/") did not."""
+    from kata_runtime import shim
+
+    blind = tmp_path / "blind"
+    blind.mkdir(mode=0o311)
+    # everything imported first: uid 65534 cannot read this interpreter's files under /root
+    code = ("import os, sys, _signal; from kata_runtime import shim; os.chdir(sys.argv[1]); "
+            "os.setgid(65534); os.setuid(65534); c = shim.spawn(['/bin/true']); os.waitpid(c.pid, 0); "
+            "print(os.getcwd() == sys.argv[1])")
+    os.chmod(tmp_path, 0o711)
+    p = subprocess.run([sys.executable, "-c", code, str(blind)], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=os.getcwd()), cwd="/")
+    assert p.returncode == 0 and p.stdout.strip() == "True", p.stderr
+    assert shim.Detached  # the detached path was the one taken (no Popen for a detached shim)
