@@ -228,6 +228,7 @@ def test_create_start_and_kill_load_no_grpc_protobuf_click_or_asyncio(kata, bund
     first = new_id()
     assert kata.create(first, bundle).returncode == 0  # reads configuration.toml, caches it
     cid = new_id()
+    kata.ids.append(cid)  # created below by a bare interpreter: the fixture deletes it if the test fails
     heavy(["create", "--bundle", str(bundle), cid])
     for command in (["start", cid], ["kill", cid, "KILL"]):
         heavy(command, ("socket", "subprocess"))
