@@ -35,8 +35,8 @@ forwarded signal blocked), so only SIGKILL ends it early.  ``ps`` shows it as
 
 from __future__ import annotations
 
+import _signal  # the C module (no enum import): see shim.py
 import os
-import signal
 import sys
 import time
 
@@ -141,7 +141,7 @@ def kill_process(opts) -> str:
     from kata_grpc.h2 import RpcError
     from kata_shim import pb
 
-    request = pb.signal_request(pb.process_prefix(opts.container, opts.exec_id), signal.SIGKILL)
+    request = pb.signal_request(pb.process_prefix(opts.container, opts.exec_id), _signal.SIGKILL)
     channel = Channel(opts.socket_path, recv_size=4096)
     deadline = time.monotonic() + opts.reconnect_timeout
     while True:

@@ -64,3 +64,15 @@ def test_malformed(bad):
 def test_wrong_wire_type():
     with pytest.raises(pb.DecodeError):
         pb.read_stream_response(b"\x08\x01")  # field 1 as a varint
+
+
+def test_the_shim_loads_no_protobuf_enum_or_socket_module():
+    """kata-shim starts for every container process, on the path to its first output byte: what
+    its relay imports stays small (no protobuf: its requests are encoded by hand; no enum: the
+    signal and socket modules' Python layers are replaced by their C modules)."""
+    from tests.support.processes import python_prints
+
+    code = ("import sys; before = set(sys.modules); import kata_shim.cli, kata_shim.shim, kata_shim.sentinel; "
+            "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in "
+            "('google', 'katapb', 'grpc', 'enum', 'signal', 'socket', 'selectors', 'threading', 'asyncio')))")
+    assert python_prints(code) == "[]"
