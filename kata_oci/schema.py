@@ -59,7 +59,7 @@ def _field_entry(message_name: str, field) -> tuple:
 
     key = oci_name(message_name, field.name)
     sub = field.message_type
-    if sub is not None and sub.GetOptions().map_entry:
+    if is_map_field(field):
         if field_kind(sub.fields_by_name["key"]) != "string":
             raise ValueError(f"oci.proto field {field.full_name}: only string map keys have a schema kind")
         value = sub.fields_by_name["value"]
@@ -81,7 +81,7 @@ def schema_from_descriptors(root) -> dict:
         out[desc.name] = tuple(_field_entry(desc.name, f) for f in sorted(desc.fields, key=lambda f: f.number))
         for f in desc.fields:
             sub = f.message_type
-            if sub is not None and sub.GetOptions().map_entry:
+            if is_map_field(f):
                 sub = sub.fields_by_name["value"].message_type
             if sub is not None:
                 todo.append(sub)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 
+from kata_grpc.pb import key as wire_key, length_delimited, varint
 from kata_oci.schema import is_map_field, is_repeated
 
 #: Where the agent mounts the 9p share "kataShared" (CreateSandbox's Storage mount point).
@@ -163,14 +164,14 @@ def container_spec(spec: dict, container_id: str) -> bytes:
     root = spec.get("root")
     if isinstance(root, dict):
         spec = {**spec, "root": {**root, "path": guest_rootfs(container_id)}}
-    return bytes(encode_message(spec, "Spec", "") or b"")
+    return _message_bytes(spec, "Spec", "")
 
 
 def process_spec(process: dict) -> bytes:
     """An OCI process object (config.json's ``process``, or runc exec's process.json) ->
     ExecProcess's ``oci.Process``, encoded. Raises SpecError."""
     check_process(process, "process")
-    return bytes(encode_message(process, "Process", "process") or b"")
+    return _message_bytes(process, "Process", "process")
 
 
 def resources_spec(resources: dict) -> bytes:
@@ -178,7 +179,13 @@ def resources_spec(resources: dict) -> bytes:
     ``oci.LinuxResources``, encoded. Raises SpecError."""
     if not isinstance(resources, dict):
         raise SpecError("resources must be a JSON object")
-    return bytes(encode_message(resources, "LinuxResources", "resources") or b"")
+    return _message_bytes(resources, "LinuxResources", "resources")
+
+
+def _message_bytes(data: dict, message: str, where: str) -> bytes:
+    """:func:`encode_message` for a message that is present even when no field is set (a
+    request's OCI field): its encoding, empty then."""
+    return bytes(encode_message(data, message, where) or b"")
 
 
 def encode_message(data, message: str, where: str) -> bytearray | None:
@@ -211,16 +218,14 @@ def encode_message(data, message: str, where: str) -> bytearray | None:
 
 def _encode_field(out: bytearray, value, key: str, kind: str, repeated: bool, ref, number: int, place: str) -> bool:
     """Append one field's encoding to ``out``; whether it set anything (protobuf's "modified")."""
-    from kata_grpc.pb import key as wire_key, length_delimited
-
     if kind == "map":
         if not isinstance(value, dict):
             raise SpecError(f"config.json: {place}: expected an object")
         vkind, vref = ("message", ref[len("message:"):]) if ref.startswith("message:") else (ref, None)
         entries = []
         for k, v in value.items():
-            _check_utf8(k, f"{place} key {k!r}")
-            entry = length_delimited(1, k.encode()) + _always(2, v, key, vkind, vref, f"{place}.{k}")
+            entry = (length_delimited(1, _utf8(k, f"{place} key {k!r}"))
+                     + _always(2, v, key, vkind, vref, f"{place}.{k}"))
             entries.append((k, length_delimited(number, entry)))
         out += b"".join(e for _, e in sorted(entries, key=lambda e: e[0]))
         return bool(entries)
@@ -228,8 +233,6 @@ def _encode_field(out: bytearray, value, key: str, kind: str, repeated: bool, re
         if not isinstance(value, list):
             raise SpecError(f"config.json: {place}: expected a list")
         if kind in _INT_RANGES:  # packed, as proto3 writes repeated scalars of varint type
-            from kata_grpc.pb import varint
-
             packed = b"".join(varint(_scalar(kind, key, v, f"{place}[{i}]")) for i, v in enumerate(value))
             if packed:
                 out += length_delimited(number, packed)
@@ -245,24 +248,21 @@ def _encode_field(out: bytearray, value, key: str, kind: str, repeated: bool, re
         return True
     scalar = _scalar(kind, key, value, place)
     if scalar:
-        out += _scalar_field(number, kind, scalar, wire_key)
+        out += _scalar_field(number, kind, scalar, place)
     return True
 
 
 def _always(number: int, value, key: str, kind: str, ref, place: str) -> bytes:
     """A repeated element or map value: written even when empty or zero."""
-    from kata_grpc.pb import key as wire_key, length_delimited
-
     if kind == "message":
-        return length_delimited(number, encode_message(value, ref, place) or b"")
-    return _scalar_field(number, kind, _scalar(kind, key, value, place), wire_key)
+        return length_delimited(number, _message_bytes(value, ref, place))
+    return _scalar_field(number, kind, _scalar(kind, key, value, place), place)
 
 
-def _scalar_field(number: int, kind: str, value, wire_key) -> bytes:
-    from kata_grpc.pb import length_delimited, varint
-
+def _scalar_field(number: int, kind: str, value, place: str) -> bytes:
+    """Field ``number`` holding ``value`` (what :func:`_scalar` returned for ``kind``)."""
     if kind == "string":
-        return length_delimited(number, value.encode())
+        return length_delimited(number, _utf8(value, place))
     if kind == "bytes":
         return length_delimited(number, value)
     return wire_key(number, 0) + varint(int(value))
@@ -295,11 +295,11 @@ def message_to_oci(msg) -> dict:
     return out
 
 
-def _check_utf8(text: str, place: str) -> None:
-    """SpecError unless ``text`` can travel as protobuf's UTF-8 (JSON's ``\\ud800`` escapes make
-    lone surrogates, which cannot)."""
+def _utf8(text: str, place: str) -> bytes:
+    """``text`` as protobuf carries it, UTF-8; SpecError when it cannot be (JSON's ``\\ud800``
+    escapes make lone surrogates)."""
     try:
-        text.encode()
+        return text.encode()
     except UnicodeEncodeError:
         raise SpecError(f"config.json: {place}: not valid Unicode (a lone surrogate)") from None
 
@@ -310,8 +310,7 @@ def _scalar(kind: str, name: str, value, place: str):
     if kind == "string":
         if not isinstance(value, str):
             raise SpecError(f"config.json: {place}: expected a string")
-        _check_utf8(value, place)
-        return value
+        return value  # checked as UTF-8 where it is encoded (_scalar_field)
     if kind == "bool":
         if not isinstance(value, bool):
             raise SpecError(f"config.json: {place}: expected true or false")
@@ -319,8 +318,7 @@ def _scalar(kind: str, name: str, value, place: str):
     if kind == "bytes":
         if not isinstance(value, str):
             raise SpecError(f"config.json: {place}: expected a string")
-        _check_utf8(value, place)
-        return value.encode()
+        return _utf8(value, place)
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
