@@ -209,28 +209,33 @@ def load(explicit: str | None = None, cache_dir: str | None = None) -> Config:
     """Read and check the configuration (see the module docstring); ``cache_dir``: where the
     parsed document may be cached (made if missing; None: no cache). Raises ConfigError."""
     path = find(explicit)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    text = _read_text(path)
     cache = os.path.join(cache_dir, CACHE_FILE) if cache_dir else None
     entries = _cache_entries(cache) if cache else {}
-    data = _cached_document(entries, path, raw)
+    data = _cached_document(entries, path, text)
     if data is None:
-        data = _parse_toml(raw, path)
+        data = _parse_toml(text, path)
         if cache:
-            _cache_document(cache, entries, path, raw, data)
+            _cache_document(cache, entries, path, text, data)
     return Config(parse(data, path), path)
 
 
-def _parse_toml(raw: bytes, path: str) -> dict:
+def _read_text(path: str) -> str:
+    """The file's text (TOML is UTF-8). Raises ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _parse_toml(text: str, path: str) -> dict:
     import tomllib
 
     try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
@@ -248,21 +253,17 @@ def _cache_entries(cache: str) -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
-def _cached_document(entries: dict, path: str, raw: bytes) -> dict | None:
-    """The document cached for ``path`` when it was parsed from exactly the bytes the file
+def _cached_document(entries: dict, path: str, text: str) -> dict | None:
+    """The document cached for ``path`` when it was parsed from exactly the ``text`` the file
     holds now (a whole-text compare: no timestamp can make a rewrite look unchanged), else None."""
     entry = entries.get(path)
     if not isinstance(entry, dict) or not isinstance(entry.get("document"), dict):
         return None
-    try:
-        same = entry.get("text") == raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return entry["document"] if same else None
+    return entry["document"] if entry.get("text") == text else None
 
 
-def _cache_document(cache: str, entries: dict, path: str, raw: bytes, data: dict) -> None:
-    """Keep ``data`` as the document of ``path``'s text ``raw``, beside the entries of the
+def _cache_document(cache: str, entries: dict, path: str, text: str, data: dict) -> None:
+    """Keep ``data`` as the document of ``path``'s ``text``, beside the entries of the
     other files read last (at most :data:`CACHE_ENTRIES`). Best effort: a document JSON cannot
     hold (a TOML date), or a directory that cannot be made or written, is not cached; two
     commands writing at once each replace the file whole (write + rename), and an entry one of
@@ -273,7 +274,7 @@ def _cache_document(cache: str, entries: dict, path: str, raw: bytes, data: dict
 
     kept = {k: v for k, v in entries.items() if k != path}
     kept = dict(list(kept.items())[-(CACHE_ENTRIES - 1):]) if CACHE_ENTRIES > 1 else {}
-    kept[path] = {"text": raw.decode("utf-8"), "document": data}
+    kept[path] = {"text": text, "document": data}
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
         write_atomic(cache, cjson.dumps(kept))
