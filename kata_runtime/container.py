@@ -313,8 +313,7 @@ def _take_cached(config, sandbox, spec: dict, undo, log, host_cgroup: dict | Non
 
     # Where a sandbox of its own would have been born: the host cgroup, or the runtime's own (not
     # the cache server's, whose stop or limits must not reach the containers it handed out).
-    _step("moving the cached sandbox into " + (f"the host cgroup {host_cgroup['path']}" if host_cgroup
-                                               else "the runtime's cgroup"),
+    _step("moving the cached sandbox's processes",  # the error names where (move_processes)
           lambda: hcg.move_processes(host_cgroup, vmcache.sandbox_pids(sandbox.data)))
     try:
         sandbox.create_in_agent(spec.get("hostname") or "")
