@@ -1,0 +1,58 @@
+"""tools/launchers.py: kata-py's console scripts rewritten to start without the site module.
+
+Real interpreters: the launchers are written into a temp dir by the venv's Python and run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.processes import REPO
+
+SCRIPTS = ("kata-runtime", "kata-proxy", "kata-shim", "kata-agent")
+
+
+@pytest.fixture(scope="module")
+def bin_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bin")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, str(REPO / "tools" / "launchers.py"), "--bin-dir", str(path)],
+                   check=True, cwd="/", env=env, stdout=subprocess.DEVNULL)
+    return path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(extra)
+    return env
+
+
+def test_every_console_script_gets_a_launcher_without_site(bin_dir):
+    for name in SCRIPTS:
+        first = (bin_dir / name).read_text().splitlines()[0]
+        assert first == f"#!{sys.executable} -S", (name, first)
+        assert os.access(bin_dir / name, os.X_OK)
+
+
+def test_a_launcher_finds_the_project_and_its_dependencies_from_any_directory(bin_dir):
+    out = subprocess.run([str(bin_dir / "kata-runtime"), "--version"], cwd="/", env=_env(),
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert out.startswith("kata-runtime")
+    # kata-proxy imports uvloop, a site-packages dependency
+    subprocess.run([str(bin_dir / "kata-proxy"), "--help"], cwd="/", env=_env(), check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def test_pythonpath_comes_first_and_site_is_never_imported(bin_dir, tmp_path):
+    """PYTHONPATH shadows the installed package, as with site (bench --baseline relies on it),
+    and the command runs with no site module loaded."""
+    fake = tmp_path / "kata_runtime"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "cli.py").write_text("import sys\ndef main():\n    print('shadowed', 'site' in sys.modules)\n    return 3\n")
+    proc = subprocess.run([str(bin_dir / "kata-runtime")], cwd="/", env=_env(PYTHONPATH=str(tmp_path)),
+                          stdout=subprocess.PIPE, text=True)
+    assert (proc.returncode, proc.stdout) == (3, "shadowed False\n")
