@@ -49,7 +49,8 @@ def loads(text: str | bytes):
     surrogates kept, as json.loads reads UTF-8 bytes). Raises ValueError (json's JSONDecodeError
     is one) when it is not exactly one JSON value with optional whitespace."""
     if isinstance(text, (bytes, bytearray)):
-        text = text.decode("utf-8-sig", "surrogatepass")
+        # utf-8-sig without its codec module (an import on `kata-runtime state`'s path)
+        text = bytes(text[3:] if text[:3] == b"\xef\xbb\xbf" else text).decode("utf-8", "surrogatepass")
     if _scan is None:  # pragma: no cover
         import json
 

@@ -18,7 +18,6 @@ only (kata_log.cjson for the JSON, no ``json``, ``re`` or ``enum``).
 
 from __future__ import annotations
 
-import fcntl
 import os
 
 from kata_log import cjson
@@ -167,6 +166,14 @@ class Store:
 # ------------------------------------------------------------------ helpers
 
 
+def _flock(fd: int) -> None:
+    """An exclusive flock on ``fd`` (fcntl imported here: ``state`` and ``list`` read without
+    locks, and never load it)."""
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 def _reserve(path: str, filename: str, exists_error) -> Entry:
     os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
     try:
@@ -174,7 +181,7 @@ def _reserve(path: str, filename: str, exists_error) -> Entry:
     except FileExistsError:
         raise exists_error() from None
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    _flock(fd)
     return Entry(path, filename, fd)
 
 
@@ -185,7 +192,7 @@ def _lock_existing(path: str, filename: str, missing_error, attempts: int = 5) -
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             raise missing_error() from None
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _flock(fd)
         if os.fstat(fd).st_nlink > 0:
             return Entry(path, filename, fd)
         os.close(fd)  # removed by the command we waited for
