@@ -11,6 +11,7 @@ use this on their fast path.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 POLL_INTERVAL = 0.01
@@ -233,3 +234,15 @@ def _signal_and_wait(fd: int, sig: int, timeout: float) -> bool:
     except ProcessLookupError:
         return True
     return bool(select.select([fd], [], [], timeout)[0])
+
+
+def component_command(path: str, script: str, module: str) -> list[str]:
+    """How to run a kata-py component (kata-proxy, kata-shim, kata-agent): ``path`` if configured,
+    else the ``script`` installed beside this interpreter (the venv's bin/; ``make venv``'s
+    launchers start without site), else ``python -m module``."""
+    if path:
+        return [path]
+    beside = os.path.join(os.path.dirname(sys.executable), script)
+    if os.access(beside, os.X_OK):
+        return [beside]
+    return [sys.executable, "-m", module]

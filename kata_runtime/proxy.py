@@ -12,7 +12,6 @@ its yamux session to the agent is up. Later commands find it by its record
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from kata_runtime import procs
@@ -26,20 +25,9 @@ class ProxyError(KataError):
     """kata-proxy did not start; the message has its exit status and last log lines."""
 
 
-def component_command(path: str, script: str, module: str) -> list[str]:
-    """How to run a kata-py component: ``path`` if configured, else the ``script`` installed
-    beside this interpreter (the venv's bin/), else ``python -m module``."""
-    if path:
-        return [path]
-    beside = os.path.join(os.path.dirname(sys.executable), script)
-    if os.access(beside, os.X_OK):
-        return [beside]
-    return [sys.executable, "-m", module]
-
-
 def command(settings: dict) -> list[str]:
     """kata-proxy's argv prefix from [proxy.kata] (``path``)."""
-    return component_command(settings.get("path", ""), "kata-proxy", "kata_proxy")
+    return procs.component_command(settings.get("path", ""), "kata-proxy", "kata_proxy")
 
 
 class Starting:

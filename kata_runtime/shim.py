@@ -19,7 +19,6 @@ import os
 
 from kata_runtime import procs
 from kata_runtime.errors import KataError
-from kata_runtime.proxy import component_command
 
 
 class ShimError(KataError):
@@ -28,7 +27,7 @@ class ShimError(KataError):
 
 def command(settings: dict) -> list[str]:
     """kata-shim's argv prefix from [shim.kata] (``path``)."""
-    return component_command(settings.get("path", ""), "kata-shim", "kata_shim")
+    return procs.component_command(settings.get("path", ""), "kata-shim", "kata_shim")
 
 
 def argv(settings: dict, proxy_socket: str, container_id: str, exec_id: str, *, terminal: bool,

@@ -87,9 +87,9 @@ def check_component(name: str, configured_path: str, script: str, module: str) -
     """A kata-py component (kata-proxy, kata-shim) can be started the way the runtime starts it.
 
     The runtime runs the configured path, else `script` beside this Python,
-    else `python -m module` (kata_runtime.proxy.component_command).
+    else `python -m module` (kata_runtime.procs.component_command).
     """
-    from kata_runtime.proxy import component_command
+    from kata_runtime.procs import component_command
     argv = component_command(configured_path, script, module)
     if argv[1:2] == ["-m"]:
         return _module_item(name, argv[0], module)
@@ -119,10 +119,13 @@ def _module_item(name: str, python: str, module: str) -> Item:
 
 
 def check_agent(hypervisor: str, process_settings: dict, qemu_settings: dict) -> Item:
-    """kata-agent: on the host for the process sandbox (`python -m kata_agent`), in the guest image for QEMU."""
+    """kata-agent: on the host for the process sandbox (`python -m kata_agent` with a configured
+    Python, else the kata-agent script beside this one, as ProcessSandbox.agent_command), in the
+    guest image for QEMU."""
     if hypervisor == "process":
-        import sys
-        return _module_item("kata-agent", process_settings.get("path") or sys.executable, "kata_agent")
+        if process_settings.get("path"):
+            return _module_item("kata-agent", process_settings["path"], "kata_agent")
+        return check_component("kata-agent", "", "kata-agent", "kata_agent")
     image = qemu_settings.get("image")
     return Item("kata-agent", True, f"runs in the guest image {image}" if image
                 else "runs in the guest image", required=False)

@@ -24,8 +24,10 @@ What it looks like from the host, file by file (see hypervisor/base.py):
   another kata-runtime invocation.
 
 How it runs: ``unshare --mount --pid --uts --ipc --fork --mount-proc
---kill-child=SIGKILL -- python -m kata_agent --channel-fd N --shared-dir ...
---state-dir /run/kata-containers/agent``. `pid` is unshare's pid (it stays in
+--kill-child=SIGKILL -- kata-agent --channel-fd N --shared-dir ...
+--state-dir /run/kata-containers/agent``, where ``kata-agent`` is the script installed beside
+the runtime's interpreter (make venv's launcher: no site, no runpy), or ``python -m kata_agent``
+when [hypervisor.process] ``path`` names a Python or no script is installed. `pid` is unshare's pid (it stays in
 the host pid namespace and waits); the agent is its only child and PID 1 of
 the new pid namespace, where it mounts a private tmpfs on /run/kata-containers
 (its state and runc's ``--root`` live there) with all mounts private, so
@@ -45,7 +47,7 @@ them without an event loop: `spawn()` (returns at once) and `wait_spawned()`
 `timeout`, then SIGKILL to unshare (and so to the agent); then the socket and
 the pid file are removed. The console log is kept.
 
-Only ``python -m kata_agent`` is spawned; nothing of kata_agent is imported (the cgroup
+Only the agent's program is spawned; nothing of kata_agent is imported (the cgroup
 helpers that remove a killed sandbox's leftover cgroups are kata_cgroups, below both).
 """
 
@@ -54,12 +56,11 @@ from __future__ import annotations
 import os
 import re
 import select
-import sys
 import time
 
 from kata_cgroups import remove_cgroup_trees
 from kata_runtime.hypervisor.base import Hypervisor, HypervisorError
-from kata_runtime.procs import cmdline, keep_priority, kill_pid, read_pid_file, wait_exit
+from kata_runtime.procs import cmdline, component_command, keep_priority, kill_pid, read_pid_file, wait_exit
 from kata_runtime.state import remove_file, write_atomic
 
 
@@ -96,7 +97,8 @@ class ProcessSandbox(Hypervisor):
         agent_args: list[str] | tuple[str, ...] = (),
     ):
         super().__init__(sandbox_dir, sandbox_id)
-        self.python = python or sys.executable
+        #: The Python that runs ``-m kata_agent`` when one is configured, else None (the script).
+        self.python = python
         self.log_level = log_level
         self.log_format = log_format
         self.ready_timeout = ready_timeout
@@ -149,7 +151,15 @@ class ProcessSandbox(Hypervisor):
     def _is_ours(self, pid: int) -> bool:
         """Guard against pid reuse: the process must be this sandbox's unshare."""
         args = cmdline(pid) or []
-        return b"kata_agent" in args and os.fsencode(self.shared_dir) in args
+        agent = b"kata_agent" in args or any(arg.endswith(b"/kata-agent") for arg in args)
+        return agent and os.fsencode(self.shared_dir) in args
+
+    def agent_command(self) -> list[str]:
+        """The agent's argv prefix: ``python -m kata_agent`` for a configured Python, else as
+        procs.component_command finds kata-agent (the script beside this interpreter)."""
+        if self.python:
+            return [self.python, "-m", "kata_agent"]
+        return component_command("", "kata-agent", "kata_agent")
 
     def attach_network(self, pod_network) -> None:
         """Join the pod's network namespace (a kata_runtime.network.PodNetwork, model tcfilter):
@@ -161,7 +171,7 @@ class ProcessSandbox(Hypervisor):
         join = ["nsenter", f"--net={self.netns}", "--"] if self.netns else []
         return [
             *join, unshare, "--mount", "--pid", "--uts", "--ipc", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--",
-            self.python, "-m", "kata_agent",
+            *self.agent_command(),
             "--channel-fd", str(fd),
             "--shared-dir", self.shared_dir,
             "--state-dir", AGENT_STATE_DIR,
@@ -174,8 +184,8 @@ class ProcessSandbox(Hypervisor):
 
     def _environ(self) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
-        # The agent runs with cwd "/"; make sure `-m kata_agent` still finds the
-        # project when it is used from a source tree rather than installed.
+        # The agent runs with cwd "/"; make sure it still finds the project when it is used
+        # from a source tree rather than installed.
         import importlib.util
 
         spec = importlib.util.find_spec("kata_agent")

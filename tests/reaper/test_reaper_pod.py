@@ -12,7 +12,7 @@ import os
 import subprocess
 
 from tests.support.containerd import KATA_VM_ROOT, _cmdline, descendants, new_id, pids_mentioning
-from tests.support.processes import wait_for
+from tests.support.processes import runs_kata_agent, wait_for
 
 CRI = "io.kubernetes.cri."
 
@@ -27,9 +27,12 @@ def _run_in_pod(ctr, image, runtime, cid: str, kind: str, sandbox_id: str, cmd: 
 
 def _sandbox_procs(sandbox_id: str, what: str) -> list[int]:
     """Host processes of the sandbox dir of ``sandbox_id`` whose command line has ``what``
-    (``kata-proxy``; ``kata_agent``: the process sandbox's agent, its ``unshare`` parent excluded)."""
+    (``kata-proxy``; ``kata_agent``: the process sandbox's agent, however it is run
+    (runs_kata_agent), its ``unshare`` parent excluded)."""
+    def matches(argv: list[str]) -> bool:
+        return runs_kata_agent(" ".join(argv)) if what == "kata_agent" else any(what in a for a in argv)
     return [p for p in pids_mentioning(f"{KATA_VM_ROOT}/{sandbox_id}/")
-            if any(what in a for a in _cmdline(p)) and not _cmdline(p)[0].endswith("unshare")]
+            if matches(_cmdline(p)) and not _cmdline(p)[0].endswith("unshare")]
 
 
 def _stop(ctr, cid: str) -> None:

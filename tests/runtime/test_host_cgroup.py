@@ -20,6 +20,7 @@ from kata_runtime import host_cgroup
 from kata_runtime.errors import KataError
 from kata_runtime.procs import pid_alive
 from tests.support.requirements import requires
+from tests.support.processes import runs_kata_agent
 
 V1 = {"cpu": "/sys/fs/cgroup/cpu", "memory": "/sys/fs/cgroup/memory", UNIFIED: "/sys/fs/cgroup/unified"}
 V2 = {UNIFIED: "/sys/fs/cgroup"}
@@ -172,8 +173,9 @@ def test_cli_create_limits_update_and_delete(kata, bundle, new_id, top):
     assert open(f"{cpu}/cpu.shares").read().strip() == "512"
     assert open(f"{cpu}/cpu.cfs_quota_us").read().strip() == "50000"
     assert int(open(f"{memory}/memory.limit_in_bytes").read()) > 64 << 20
-    members = " ".join(open(f"/proc/{p}/cmdline").read() for p in open(f"{cpu}/cgroup.procs").read().split())
-    assert "kata-shim" in members and "kata-proxy" in members and "kata_agent" in members
+    members = [open(f"/proc/{p}/cmdline").read().replace("\0", " ").strip() for p in open(f"{cpu}/cgroup.procs").read().split()]
+    assert any("kata-shim" in m for m in members) and any("kata-proxy" in m for m in members), members
+    assert any(runs_kata_agent(m) for m in members), members
     guest = json.loads(kata.ok("events", "--stats", cid))["data"]
     assert guest["memory"]["usage"]["limit"] == 64 << 20
     kata.ok("update", "--cpu-shares", "256", cid)

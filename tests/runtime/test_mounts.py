@@ -22,7 +22,7 @@ import pytest
 from kata_oci import GUEST_SANDBOX_SHM, GUEST_SHARED_DIR, SpecError
 from kata_runtime import mounts
 from tests.support.oci import make_bundle
-from tests.support.processes import processes_mentioning, wait_for
+from tests.support.processes import processes_mentioning, runs_kata_agent, wait_for
 from tests.support.runtime import vm_dir
 
 CRI = "io.kubernetes.cri."
@@ -204,7 +204,7 @@ def host_mounts_of(cid: str) -> list[str]:
 
 def agents_of(sandbox_id: str) -> list[int]:
     return [pid for pid, cmd in processes_mentioning(vm_dir(sandbox_id) + "/")
-            if "kata_agent" in cmd and not cmd.split()[0].endswith("unshare")]
+            if runs_kata_agent(cmd) and not cmd.split()[0].endswith("unshare")]
 
 
 def agent_mounts_of(agent: int, cid: str) -> list[str]:

@@ -19,7 +19,7 @@ import pytest
 from kata_runtime.errors import InvalidArgument
 from kata_runtime.pod import CONTAINER, SANDBOX, pod_role
 from tests.support.oci import make_bundle
-from tests.support.processes import processes_mentioning, wait_for
+from tests.support.processes import processes_mentioning, runs_kata_agent, wait_for
 from tests.support.runtime import vm_dir
 
 CRI = "io.kubernetes.cri."
@@ -76,7 +76,7 @@ def pod_bundle(path, args, kind: str, sandbox_id: str, marker: str | None = None
 def agents_of(sandbox_id: str) -> list[int]:
     """Host pids of the process sandbox's kata-agent (not its unshare parent)."""
     return [pid for pid, cmd in processes_mentioning(vm_dir(sandbox_id) + "/")
-            if "kata_agent" in cmd and not cmd.split()[0].endswith("unshare")]
+            if runs_kata_agent(cmd) and not cmd.split()[0].endswith("unshare")]
 
 
 def proxies_of(sandbox_id: str) -> list[int]:

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import re
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -326,6 +327,22 @@ async def test_stop_kills_an_agent_that_ignores_sigterm(sandbox, client):
     assert not _alive(agent) and not _alive(unshare)
     assert not os.path.exists(sandbox.channel_socket_path)
     assert sandbox_cgroups(sandbox) == []
+
+
+def test_agent_program_is_the_installed_script_unless_a_python_is_configured(sandbox_dir):
+    """Unconfigured, the agent is the kata-agent script beside this interpreter (make venv's
+    launcher: no site, no runpy), as kata-proxy and kata-shim are; [hypervisor.process] path
+    names a Python that runs ``-m kata_agent``."""
+    script = os.path.join(os.path.dirname(sys.executable), "kata-agent")
+    expected = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "kata_agent"]
+    assert ProcessSandbox(sandbox_dir, "sb-cmd").agent_command() == expected
+    assert ProcessSandbox(sandbox_dir, "sb-cmd", python="/opt/py").agent_command() == ["/opt/py", "-m", "kata_agent"]
+
+
+async def test_the_running_agent_is_recognised_by_its_pid_file(sandbox, client):
+    """The pid-reuse guard knows the agent however it was run (here: agent_command's program)."""
+    await client.health.Check(health_pb2.CheckRequest(), timeout=30)
+    assert ProcessSandbox(sandbox.sandbox_dir, sandbox.sandbox_id).pid == sandbox.pid
 
 
 async def test_pid_file_of_another_process_is_not_trusted(sandbox_dir):

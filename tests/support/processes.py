@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: console script -> module of each component (kata_runtime.proxy.component_command decides).
+#: console script -> module of each component (kata_runtime.procs.component_command decides).
 _MODULES = {"kata-proxy": "kata_proxy", "kata-shim": "kata_shim", "kata-runtime": "kata_runtime",
             "kata-agent": "kata_agent"}
 
@@ -36,9 +36,15 @@ def python_prints(code: str, *, stdin: str | None = None) -> str:
 def command(script: str) -> list[str]:
     """How a kata-py component is run: the ``script`` installed beside this interpreter (the
     venv's bin/), else ``python -m <module>`` (the runtime's own rule)."""
-    from kata_runtime.proxy import component_command
+    from kata_runtime.procs import component_command
 
     return component_command("", script, _MODULES[script])
+
+
+def runs_kata_agent(command_line: str) -> bool:
+    """Whether a command line (its arguments joined) runs kata-agent: the kata-agent script
+    (``python -S .../kata-agent``: the process sandbox's default) or ``python -m kata_agent``."""
+    return "/kata-agent " in command_line + " " or " kata_agent " in f" {command_line} "
 
 
 def child_env(extra: dict | None = None) -> dict:
