@@ -25,7 +25,8 @@ install, in site's order, after the standard library); ``PYTHONPATH`` still come
 site. A later ``pip install`` that adds a .pth to the venv needs ``make venv`` again (the launchers
 would not see it); a ``pip install`` of kata-py itself puts pip's ordinary scripts back, which work,
 only slower. Where a module does not import that way (an editable install through an import hook,
-setuptools' default), pip's scripts are kept, with a warning. Exit status: 0, or 1 with a
+setuptools' default), or where the interpreter's path does not fit a '#!' line (a space in it, or
+longer than SHEBANG_MAX), pip's scripts are kept, with a warning. Exit status: 0, or 1 with a
 one-line error if kata-py is not installed.
 """
 
@@ -38,6 +39,8 @@ import sys
 from importlib import metadata
 
 DISTRIBUTION = "kata-py"
+#: Longest interpreter path written on a '#!' line (Linux reads 255 bytes of it, flag included).
+SHEBANG_MAX = 240
 
 
 def site_paths(python: str) -> list[str]:
@@ -95,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launchers: {DISTRIBUTION} is not installed in {sys.prefix}", file=sys.stderr)
         return 1
     python = sys.executable
+    if " " in python or len(python) > SHEBANG_MAX:
+        # pip's scripts start through /bin/sh for such a path; a '#!' line cannot hold it
+        print(f"launchers: {python!r} cannot be a '#!' line with a flag; pip's scripts kept", file=sys.stderr)
+        return 0
     paths = site_paths(python)
     missing = [ep.module for ep in scripts if not importable(python, paths, ep.module)]
     if missing:
