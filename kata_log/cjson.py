@@ -19,8 +19,6 @@ The tests compare both with ``json`` on generated documents. Where ``_json`` is 
 interpreter other than CPython), ``json`` is used.
 """
 
-from __future__ import annotations
-
 try:
     import _json
 except ImportError:  # pragma: no cover - CPython always has it

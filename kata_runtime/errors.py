@@ -4,8 +4,6 @@ Messages follow runc's where a caller parses them: ``container ID does not exist
 unknown ids, ``container with id exists`` for duplicates.
 """
 
-from __future__ import annotations
-
 
 class KataError(Exception):
     """A command failed; ``str(error)`` is the one line printed on stderr and logged."""

@@ -12,8 +12,6 @@ with seconds, as logrus' default. Without --debug only warnings and errors are w
 without --log only errors reach stderr (as the plain message, from the error handler).
 """
 
-from __future__ import annotations
-
 import os
 import sys
 import time

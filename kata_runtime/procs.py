@@ -8,8 +8,6 @@ subprocess, and ``signal`` only where a signal is sent (it imports enum): ``stat
 use this on their fast path.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 import time

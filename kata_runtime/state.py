@@ -16,8 +16,6 @@ removes it). ``state`` and ``list`` import this: the standard library's builtins
 only (kata_log.cjson for the JSON, no ``json``, ``re`` or ``enum``).
 """
 
-from __future__ import annotations
-
 import os
 
 from kata_log import cjson

@@ -9,8 +9,6 @@ process) is dead, or its sandbox's guest or kata-proxy is. A recorded ``creating
 creator process is dead is a crashed create: ``stopped`` (``delete --force`` removes it).
 """
 
-from __future__ import annotations
-
 import os
 import time
 

@@ -19,8 +19,6 @@ with ``--log FILE``, one record in that file (``--log-format json``:
 ``{"level":"error","msg":...,"time":...}``, what containerd-shim reads); exit status 1.
 """
 
-from __future__ import annotations
-
 import gc
 import os
 import sys

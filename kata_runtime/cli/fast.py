@@ -15,8 +15,6 @@ Each command's action is a function here (named after it); its click command in
 ``kata_runtime.cli.<name>`` calls the same function, so both paths do the same work.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

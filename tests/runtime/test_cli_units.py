@@ -133,11 +133,12 @@ def test_state_and_list_import_no_grpc_json_or_re(tmp_path, command):
         entry.write({"id": "c1", "status": "created", "shim": {"pid": 1, "start": -1}, "ociVersion": "1.0.2",
                      "bundle": "/b", "rootfs": "/b/rootfs", "created": "t"})
     # json, re, enum and signal: ~11 ms of a ~21 ms `state` (kata_log.cjson); fcntl (only writers
-    # lock) and the utf-8-sig codec: a module each of a ~3 ms budget. Only what the command
-    # imported counts (a venv's site may have loaded re before it).
+    # lock), the utf-8-sig codec and __future__ (the modules on this path evaluate their
+    # annotations): a module each of a ~3 ms budget. Only what the command imported counts (a
+    # venv's site may have loaded re before it).
     code = ("import sys; before = set(sys.modules); from kata_runtime.cli import main; rc = main(sys.argv[1:]); "
             "heavy = sorted(m for m in set(sys.modules) - before if m.split('.')[0] in ('grpc', 'google', 'katapb', "
-            "'tomllib', 'click', 'asyncio', 'subprocess', 'json', 're', 'enum', 'signal', 'fcntl') "
+            "'tomllib', 'click', 'asyncio', 'subprocess', 'json', 're', 'enum', 'signal', 'fcntl', '__future__') "
             "or m == 'encodings.utf_8_sig');"
             "print(); print('HEAVY', heavy); sys.exit(rc)")
     p = subprocess.run([sys.executable, "-c", code, "--root", str(tmp_path), *command], capture_output=True,
