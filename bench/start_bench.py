@@ -153,17 +153,14 @@ def start_to_first_byte(rt: Runtime, bundle: Path, cid: str) -> tuple[float, flo
     return t1 - t0, t3 - t2, c1 - c0, c2 - c1
 
 
-def timed_calls(rt: Runtime, args: list[str], n: int) -> tuple[float, float]:
-    """Median (wall, CPU) seconds of ``n`` calls of one command."""
-    walls, cpus = [], []
-    for _ in range(n):
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        rt.run(*args)
-        walls.append(time.perf_counter() - t0)
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
-    return statistics.median(walls), statistics.median(cpus)
+def timed_call(rt: Runtime, args: list[str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call of a command."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    rt.run(*args)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
 
 
 def uss_kib(pid: int) -> int:
@@ -286,11 +283,13 @@ def measure_starts(rts: list[Runtime], bundle: Path, tag: str, rounds: int) -> t
 
 
 def measure_state(live: list, calls: int) -> dict:
-    """{runtime: (median wall, median CPU)} of ``state`` on a running container, interleaved halves."""
-    state = {}
-    for _ in range(2):
+    """{runtime: (median wall, median CPU)} of ``state`` on a running container, one call of each
+    runtime in turn: what else runs on the machine meanwhile (a sandbox just started finishing
+    its start, the VM cache's refill) falls on every runtime alike, not on one block of calls."""
+    state = {rt.name: [] for rt, _ in live}
+    for _ in range(calls):
         for rt, cid in live:
-            state.setdefault(rt.name, []).append(timed_calls(rt, ["state", cid], max(1, calls // 2)))
+            state[rt.name].append(timed_call(rt, ["state", cid]))
     return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in state.items()}
 
 
