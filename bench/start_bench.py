@@ -12,6 +12,9 @@ Everything real, as a caller (containerd-shim) drives a runtime: subprocesses of
 - delete: once the container has exited, ``delete`` (for kata-runtime this also stops the
   sandbox: DestroySandbox, agent, proxy, unmount).
 - state: ``state ID`` of a running container, wall time and CPU time per call (median).
+- the CPU (every thread's /proc/PID/task/*/schedstat) the sandbox's kata-agent, kata-proxy and
+  kata-shim had used by the first byte (median; process sandbox): where a create's CPU goes
+  beside the ``create`` command's own.
 - memory: USS (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of what one sandbox
   keeps on the host: kata-agent, kata-proxy and one kata-shim (and the process sandbox's
   ``unshare``, shown apart).
@@ -71,10 +74,12 @@ class Runtime:
     """One runtime's CLI with its own --root (and, for kata-runtime, a configuration); ``env``:
     its environment (None: ours)."""
 
-    def __init__(self, name: str, prefix: list[str], env: dict | None = None, ready=None):
+    def __init__(self, name: str, prefix: list[str], env: dict | None = None, ready=None, root: Path | None = None):
         self.name = name
         self.prefix = prefix
         self.env = env
+        #: kata-runtime's --root (its state files: where the sandbox's processes are found), else None.
+        self.root = root
         #: Called before each measured create, not timed (the VM cache: wait until it holds a sandbox).
         self.ready = ready or (lambda: None)
 
@@ -119,9 +124,10 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def start_to_first_byte(rt: Runtime, bundle: Path, cid: str) -> tuple[float, float, float, float]:
+def start_to_first_byte(rt: Runtime, bundle: Path, cid: str, sandbox_cpus: list) -> tuple[float, float, float, float]:
     """(create+start -> first byte, delete, create's CPU, start's CPU) in seconds, for one
-    container running ``echo hi``."""
+    container running ``echo hi``; for a kata-runtime with a process sandbox, what its agent,
+    kata-proxy and kata-shim had used by the first byte is appended to ``sandbox_cpus``."""
     r, w = os.pipe()
     try:
         rt.ready()
@@ -138,6 +144,8 @@ def start_to_first_byte(rt: Runtime, bundle: Path, cid: str) -> tuple[float, flo
         t1 = time.perf_counter()
         if not first:
             raise RuntimeError(f"{rt.name}: no output from the container")
+        if rt.root is not None:
+            sandbox_cpus.append(sandbox_cpu(rt.root, cid))
         deadline = time.monotonic() + 30
         while rt.state(cid)["status"] != "stopped":
             if time.monotonic() > deadline:
@@ -169,14 +177,41 @@ def uss_kib(pid: int) -> int:
     return fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
 
 
-def sandbox_memory(root: Path, cid: str, shim_pid: int) -> dict:
-    """USS (KiB) of the host processes of one kata sandbox."""
+def sandbox_pids(root: Path, cid: str) -> dict:
+    """{"agent", "proxy", "unshare": pid} of the process sandbox of container ``cid`` (its own)."""
     sandbox = json.loads((root / "sandboxes" / cid / "sandbox.json").read_text())
     unshare = sandbox["hypervisor"]["process"]["pid"]
     with open(f"/proc/{unshare}/task/{unshare}/children") as f:
         agent = int(f.read().split()[0])
-    return {"agent": uss_kib(agent), "proxy": uss_kib(sandbox["proxy"]["process"]["pid"]),
-            "shim": uss_kib(shim_pid), "unshare": uss_kib(unshare)}
+    return {"agent": agent, "proxy": sandbox["proxy"]["process"]["pid"], "unshare": unshare}
+
+
+def sandbox_memory(root: Path, cid: str, shim_pid: int) -> dict:
+    """USS (KiB) of the host processes of one kata sandbox."""
+    pids = sandbox_pids(root, cid)
+    return {"agent": uss_kib(pids["agent"]), "proxy": uss_kib(pids["proxy"]), "shim": uss_kib(shim_pid),
+            "unshare": uss_kib(pids["unshare"])}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time so far of a live process, every thread (/proc/PID/task/*/schedstat: ns on a CPU)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
+def sandbox_cpu(root: Path, cid: str) -> dict:
+    """{"agent", "proxy", "shim": CPU seconds so far} of container ``cid``'s process sandbox; {}
+    where they cannot be read (a VM's sandbox, a process already gone). The VM cache's agent and
+    proxy include what they used while the cache held them."""
+    try:
+        pids = sandbox_pids(root, cid)
+        shim = json.loads((root / "containers" / cid / "state.json").read_text())["shim"]["pid"]
+        return {"agent": cpu_seconds(pids["agent"]), "proxy": cpu_seconds(pids["proxy"]), "shim": cpu_seconds(shim)}
+    except (OSError, KeyError, ValueError, IndexError, TypeError):
+        return {}
 
 
 def ms(seconds: float) -> str:
@@ -225,14 +260,15 @@ def runtimes(tmp: Path, config: Path, baseline: Path | None, cache: "VMCache | N
     """kata-runtime (this tree), kata-runtime from ``baseline`` if given, kata-runtime with the
     VM cache if given, and runc."""
     prefix = command("kata-runtime")
-    rts = [Runtime("kata-runtime", [*prefix, "--root", str(tmp / "kata"), "--kata-config", str(config)])]
+    rts = [Runtime("kata-runtime", [*prefix, "--root", str(tmp / "kata"), "--kata-config", str(config)],
+                   root=tmp / "kata")]
     if baseline is not None:
         path = os.pathsep.join([str(baseline), str(baseline / "proto"), *filter(None, [os.environ.get("PYTHONPATH")])])
         rts.append(Runtime("baseline", [*prefix, "--root", str(tmp / "base"), "--kata-config", str(config)],
-                           env=dict(os.environ, PYTHONPATH=path)))
+                           env=dict(os.environ, PYTHONPATH=path), root=tmp / "base"))
     if cache is not None:
         rts.append(Runtime("vmcache", [*prefix, "--root", str(tmp / "vmc"), "--kata-config", str(cache.config)],
-                           ready=cache.wait_ready))
+                           ready=cache.wait_ready, root=tmp / "vmc"))
     rts.append(Runtime("runc", ["runc", "--root", str(tmp / "runc")]))
     return rts
 
@@ -267,19 +303,21 @@ class VMCache:
         self.server.wait(60)
 
 
-def measure_starts(rts: list[Runtime], bundle: Path, tag: str, rounds: int) -> tuple[dict, dict, dict]:
+def measure_starts(rts: list[Runtime], bundle: Path, tag: str, rounds: int) -> tuple[dict, dict, dict, dict]:
     """{runtime: [create+start -> first byte]}, {runtime: [delete]}, {runtime: [(create CPU,
-    start CPU)]} (seconds), round by round, the order rotated each round."""
+    start CPU)]}, {runtime: [sandbox_cpu]} (seconds), round by round, the order rotated each round."""
     starts = {rt.name: [] for rt in rts}
     deletes = {rt.name: [] for rt in rts}
     cpus = {rt.name: [] for rt in rts}
+    sandbox_cpus = {rt.name: [] for rt in rts}
     for i in range(rounds):
         for rt in rts[i % len(rts):] + rts[:i % len(rts)]:
-            s, d, create_cpu, start_cpu = start_to_first_byte(rt, bundle, f"sb-{tag}-{rt.name[0]}{i}")
+            s, d, create_cpu, start_cpu = start_to_first_byte(rt, bundle, f"sb-{tag}-{rt.name[0]}{i}",
+                                                              sandbox_cpus[rt.name])
             starts[rt.name].append(s)
             deletes[rt.name].append(d)
             cpus[rt.name].append((create_cpu, start_cpu))
-    return starts, deletes, cpus
+    return starts, deletes, cpus, sandbox_cpus
 
 
 def measure_state(live: list, calls: int) -> dict:
@@ -298,8 +336,9 @@ def load() -> str:
 
 
 def report(rounds: int, starts: dict, deletes: dict, cpus: dict, state: dict, memory: dict,
-           loads: tuple[str, str]) -> None:
-    """The table (a column per runtime, ratios to runc), memory, and the RESULT line."""
+           loads: tuple[str, str], sandbox_cpus: dict | None = None) -> None:
+    """The table (a column per runtime, ratios to runc), the sandbox processes' CPU, memory, and
+    the RESULT line."""
     names = list(starts)
     others = [n for n in names if n != "runc"]
     med = {k: statistics.median(v) for k, v in starts.items()}
@@ -316,6 +355,11 @@ def report(rounds: int, starts: dict, deletes: dict, cpus: dict, state: dict, me
     for label, values in rows:
         print(f"{label:42s}" + "".join(f"{ms(values[n]):>14s}" for n in names)
               + "".join(f"{values[n] / max(values['runc'], 1e-9):20.2f}" for n in others))
+    lines = sandbox_cpu_lines(sandbox_cpus or {})
+    if lines:
+        print()
+        print("CPU of the sandbox's processes by the first byte, median (ms; the VM cache's include their time in the cache):")
+        print("\n".join(lines))
     total = sum(memory.get(k, 0) for k in ("agent", "proxy", "shim"))
     if memory:
         print()
@@ -331,6 +375,20 @@ def report(rounds: int, starts: dict, deletes: dict, cpus: dict, state: dict, me
           f"runc_delete_ms={dmed['runc'] * 1000:.1f} delete_ratio={dmed[k] / dmed['runc']:.2f} "
           f"state_ms={state[k][0] * 1000:.1f} runc_state_ms={state['runc'][0] * 1000:.1f} "
           f"state_ratio={state[k][0] / state['runc'][0]:.2f} uss_kib={total}{base}")
+
+
+def sandbox_cpu_lines(sandbox_cpus: dict) -> list[str]:
+    """One line per runtime with figures: the median of each process's CPU over the rounds."""
+    lines = []
+    for name, rounds in sandbox_cpus.items():
+        parts = []
+        for proc in ("agent", "proxy", "shim"):
+            values = [r[proc] for r in rounds if proc in r]
+            if values:
+                parts.append(f"{proc} {statistics.median(values) * 1000:.1f}")
+        if parts:
+            lines.append(f"  {name:14s}" + "  ".join(parts))
+    return lines
 
 
 def main(argv=None) -> int:
@@ -352,7 +410,7 @@ def main(argv=None) -> int:
     live = []
     loads = [load()]
     try:
-        starts, deletes, cpus = measure_starts(rts, bundle, tag, rounds)
+        starts, deletes, cpus, sandbox_cpus = measure_starts(rts, bundle, tag, rounds)
         set_process(bundle, args=["sleep", "1000"])
         for rt in rts:
             cid = f"sb-{tag}-{rt.name[0]}-state"
@@ -369,7 +427,7 @@ def main(argv=None) -> int:
         if cache is not None:
             cache.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    report(rounds, starts, deletes, cpus, state, memory, tuple(loads))
+    report(rounds, starts, deletes, cpus, state, memory, tuple(loads), sandbox_cpus)
     return 0
 
 

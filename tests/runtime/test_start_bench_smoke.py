@@ -16,3 +16,6 @@ def test_start_bench_smoke():
         assert float(run.result[key]) > 0
     assert int(run.result["uss_kib"]) > 0
     assert "create+start -> first byte" in run.stdout
+    # the agent and kata-proxy live until the delete, so their CPU by the first byte is read
+    cpu = run.stdout.split("CPU of the sandbox's processes by the first byte", 1)[1].splitlines()[1]
+    assert "kata-runtime" in cpu and "agent " in cpu and "proxy " in cpu, run.stdout
