@@ -203,15 +203,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 def sandbox_cpu(root: Path, cid: str) -> dict:
-    """{"agent", "proxy", "shim": CPU seconds so far} of container ``cid``'s process sandbox; {}
-    where they cannot be read (a VM's sandbox, a process already gone). The VM cache's agent and
-    proxy include what they used while the cache held them."""
+    """{"agent", "proxy", "shim": CPU seconds so far} of container ``cid``'s process sandbox,
+    without the ones that cannot be read (a VM's sandbox; a kata-shim already gone with its
+    ``echo``). The VM cache's agent and proxy include what they used while the cache held them."""
+    pids = {}
     try:
-        pids = sandbox_pids(root, cid)
-        shim = json.loads((root / "containers" / cid / "state.json").read_text())["shim"]["pid"]
-        return {"agent": cpu_seconds(pids["agent"]), "proxy": cpu_seconds(pids["proxy"]), "shim": cpu_seconds(shim)}
+        pids.update(sandbox_pids(root, cid))
+        pids["shim"] = json.loads((root / "containers" / cid / "state.json").read_text())["shim"]["pid"]
     except (OSError, KeyError, ValueError, IndexError, TypeError):
-        return {}
+        pass
+    cpu = {}
+    for proc in ("agent", "proxy", "shim"):
+        try:
+            cpu[proc] = cpu_seconds(pids[proc])
+        except (OSError, KeyError, ValueError, IndexError):
+            pass
+    return cpu
 
 
 def ms(seconds: float) -> str:

@@ -25,8 +25,8 @@ install, in site's order, after the standard library); ``PYTHONPATH`` still come
 site. A later ``pip install`` that adds a .pth to the venv needs ``make venv`` again (the launchers
 would not see it); a ``pip install`` of kata-py itself puts pip's ordinary scripts back, which work,
 only slower. Where a module does not import that way (an editable install through an import hook,
-setuptools' default), or where the interpreter's path does not fit a '#!' line (a space in it, or
-longer than SHEBANG_MAX), pip's scripts are kept, with a warning. Exit status: 0, or 1 with a
+setuptools' default), or where the interpreter's path does not fit a '#!' line (shebang_fits: not ASCII,
+whitespace in it, or too long), pip's scripts are kept, with a warning. Exit status: 0, or 1 with a
 one-line error if kata-py is not installed.
 """
 
@@ -39,8 +39,8 @@ import sys
 from importlib import metadata
 
 DISTRIBUTION = "kata-py"
-#: Longest interpreter path written on a '#!' line (Linux reads 255 bytes of it, flag included).
-SHEBANG_MAX = 240
+#: Longest '#!' line written, in bytes: Linux before 5.1 read 127 of it (pip's limit too).
+SHEBANG_MAX = 127
 
 
 def site_paths(python: str) -> list[str]:
@@ -59,6 +59,12 @@ def without_pythonpath() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
+def shebang_fits(python: str) -> bool:
+    """Whether ``#!<python> -S`` is a line every Linux reads whole and splits as meant: ASCII (the
+    script is also Python source), no whitespace, at most SHEBANG_MAX bytes."""
+    return python.isascii() and not any(c.isspace() for c in python) and len(f"#!{python} -S") <= SHEBANG_MAX
+
+
 def importable(python: str, paths: list[str], module: str) -> bool:
     """Whether ``module`` imports in ``python -S`` with ``paths`` appended to sys.path (not so
     where a .pth installs an import hook, as setuptools' default editable finder does)."""
@@ -72,7 +78,7 @@ def launcher(python: str, paths: list[str], entry_point: metadata.EntryPoint) ->
     return (f"#!{python} -S\n"
             "# kata-py: written by tools/launchers.py (make venv); starts without the site module.\n"
             "import sys\n"
-            f"sys.path.extend({paths!r})\n"
+            f"sys.path.extend({ascii(paths)})\n"
             f"from {entry_point.module} import {entry_point.attr}\n"
             f"sys.exit({entry_point.attr}())\n")
 
@@ -81,7 +87,7 @@ def write_atomically(path: str, text: str) -> None:
     """``path`` replaced by ``text`` (mode 0755) with write + rename, so a running command that
     reads the script sees the old or the new one, never half."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="ascii") as f:
         f.write(text)
     os.chmod(tmp, 0o755)
     os.replace(tmp, path)
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launchers: {DISTRIBUTION} is not installed in {sys.prefix}", file=sys.stderr)
         return 1
     python = sys.executable
-    if " " in python or len(python) > SHEBANG_MAX:
+    if not shebang_fits(python):
         # pip's scripts start through /bin/sh for such a path; a '#!' line cannot hold it
         print(f"launchers: {python!r} cannot be a '#!' line with a flag; pip's scripts kept", file=sys.stderr)
         return 0

@@ -10,7 +10,8 @@ What is needed (`required`) depends on [runtime] hypervisor:
 
 * both: root; kata-proxy and kata-shim entry points ([proxy.kata] / [shim.kata] path,
   else the scripts beside this Python, else `python -m`);
-* process: kata-agent importable by [hypervisor.process] path (the Python that runs it),
+* process: kata-agent as the driver runs it (importable by [hypervisor.process] path, the
+  Python that runs it; else the kata-agent script beside this Python, else `python -m`),
   util-linux unshare, runc (it runs the containers), the cgroup controllers runc uses;
 * qemu: the QEMU binary, the guest kernel, initrd and image (the configured ones, else the
   build of `kata-runtime image build` for this kata-py in image_cache_dir: the same lookup
@@ -84,7 +85,7 @@ def check_executable(name: str, program: str, required: bool = True) -> Item:
 
 
 def check_component(name: str, configured_path: str, script: str, module: str) -> Item:
-    """A kata-py component (kata-proxy, kata-shim) can be started the way the runtime starts it.
+    """A kata-py component (kata-proxy, kata-shim, kata-agent) can be started the way the runtime starts it.
 
     The runtime runs the configured path, else `script` beside this Python,
     else `python -m module` (kata_runtime.procs.component_command).

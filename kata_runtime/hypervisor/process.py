@@ -114,7 +114,8 @@ class ProcessSandbox(Hypervisor):
 
     @classmethod
     def from_config(cls, sandbox_dir, sandbox_id, settings: dict, debug: bool = False) -> "ProcessSandbox":
-        """[hypervisor.process]: ``path`` (the Python running the agent; "" = ours),
+        """[hypervisor.process]: ``path`` (a Python that runs ``-m kata_agent``; "" = the
+        kata-agent script beside the runtime's Python, see agent_command),
         ``unshare``, ``ready_timeout`` (seconds)."""
         return cls(sandbox_dir, sandbox_id, python=settings.get("path") or None,
                    unshare=settings.get("unshare") or "unshare",

@@ -218,6 +218,17 @@ def test_component_checks(tmp_path):
     assert (broken.status, broken.detail) == ("FAIL", "/usr/bin/false cannot import kata_agent")
 
 
+def test_agent_check_without_a_path_names_what_the_driver_runs():
+    """[hypervisor.process] path unset: the process sandbox runs the kata-agent script beside this
+    Python (ProcessSandbox.agent_command), and check reports that program."""
+    from kata_runtime.hypervisor import ProcessSandbox
+
+    item = check_cli.check_agent("process", {}, {})
+    program = ProcessSandbox("/nonexistent", "x").agent_command()
+    assert item.ok
+    assert item.detail == (f"{sys.executable} -m kata_agent" if program[1:2] == ["-m"] else program[0])
+
+
 @pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs the system Python")
 def test_agent_check_asks_another_interpreter():
     """A configured interpreter is asked in a child process: the venv's python finds kata_agent,

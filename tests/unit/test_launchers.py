@@ -59,14 +59,16 @@ def test_pythonpath_comes_first_and_site_is_never_imported(bin_dir, tmp_path):
 
 
 def test_an_interpreter_path_that_cannot_be_a_shebang_keeps_pips_scripts(tmp_path, monkeypatch, capsys):
-    """A space in the interpreter's path (pip starts such scripts through /bin/sh) or a path too
-    long for a '#!' line: nothing is written, and make venv goes on with pip's scripts."""
+    """Whitespace in the interpreter's path (pip starts such scripts through /bin/sh), a
+    non-ASCII path, or one too long for a '#!' line (127 bytes before Linux 5.1): nothing is
+    written, and make venv goes on with pip's scripts."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("launchers", REPO / "tools" / "launchers.py")
     launchers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(launchers)
-    for python in ("/opt/my venv/bin/python", "/" + "v" * launchers.SHEBANG_MAX + "/python"):
+    for python in ("/opt/my venv/bin/python", "/opt/tab\tvenv/python", "/opt/\u00e9/python",
+                   "/" + "v" * (launchers.SHEBANG_MAX - 12) + "/python"):  # "#!<it> -S": 128 bytes
         monkeypatch.setattr(sys, "executable", python)
         assert launchers.main(["--bin-dir", str(tmp_path)]) == 0
         assert list(tmp_path.iterdir()) == []
