@@ -51,7 +51,7 @@ def field_str(field: int, value: str) -> bytes:
 
 def field_strs(field: int, values) -> bytes:
     """A repeated string field: one entry per value, empty ones included (protobuf keeps them)."""
-    return b"".join(key(field, 2) + varint(len(b)) + b for b in (v.encode() for v in values))
+    return b"".join(length_delimited(field, v.encode()) for v in values)
 
 
 def field_varint(field: int, value: int) -> bytes:

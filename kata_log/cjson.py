@@ -48,7 +48,7 @@ def loads(text: str | bytes):
     is one) when it is not exactly one JSON value with optional whitespace."""
     if isinstance(text, (bytes, bytearray)):
         # utf-8-sig without its codec module (an import on `kata-runtime state`'s path)
-        text = bytes(text[3:] if text[:3] == b"\xef\xbb\xbf" else text).decode("utf-8", "surrogatepass")
+        text = (text[3:] if text[:3] == b"\xef\xbb\xbf" else text).decode("utf-8", "surrogatepass")
     if _scan is None:  # pragma: no cover
         import json
 

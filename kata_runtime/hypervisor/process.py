@@ -64,7 +64,6 @@ from kata_runtime.procs import cmdline, component_command, keep_priority, kill_p
 from kata_runtime.state import remove_file, write_atomic
 
 
-
 def _log():
     """This driver's warnings (stdlib logging, imported only for one: a create that takes a
     cached sandbox imports this module and never spawns, so logging, shutil, socket and
@@ -312,14 +311,13 @@ class ProcessSandbox(Hypervisor):
         """SIGKILL the agent and unshare (a failed start: nothing to ask nicely), reap unshare,
         then `_cleanup`."""
         import signal
+        import subprocess
 
         agent = self.agent_pid()
         if self._proc.poll() is None:
             kill_pid(self._proc.pid, signal.SIGKILL)  # --kill-child: the agent follows
         if agent is not None:
             kill_pid(agent, signal.SIGKILL)
-        import subprocess
-
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
