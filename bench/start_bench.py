@@ -1,7 +1,7 @@
 """Container start benchmark: kata-runtime (process sandbox) vs runc, same bundle, same run.
 
     python -m bench.start_bench [--quick] [--rounds N] [--state-calls N] [--baseline TREE] [--vm-cache]
-                                [--hypervisor process|qemu] [--image-cache-dir DIR]
+                                [--hypervisor process|qemu] [--image-cache-dir DIR] [--floor-imports M,..]
 
 Everything real, as a caller (containerd-shim) drives a runtime: subprocesses of the CLI.
 
@@ -15,6 +15,11 @@ Everything real, as a caller (containerd-shim) drives a runtime: subprocesses of
 - the CPU (every thread's /proc/PID/task/*/schedstat) the sandbox's kata-agent, kata-proxy and
   kata-shim had used by the first byte (median; process sandbox): where a create's CPU goes
   beside the ``create`` command's own.
+- the floor (process sandbox): the same clock over only the processes that must run one after
+  another on any kata-runtime of this design, doing nothing but start (the create's and the
+  start's interpreters, the agent's interpreter importing asyncio and its protobuf messages, or
+  ``--floor-imports``) and ``runc create`` + ``runc start`` (see Floor). ``floor/runc`` is the
+  least ratio this design can reach here; ``kata-runtime/floor`` what all of its work adds.
 - memory: USS (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of what one sandbox
   keeps on the host: kata-agent, kata-proxy and one kata-shim (and the process sandbox's
   ``unshare``, shown apart).
@@ -44,6 +49,7 @@ import os
 import resource
 import select
 import shutil
+import site
 import statistics
 import subprocess
 import sys
@@ -161,6 +167,59 @@ def start_to_first_byte(rt: Runtime, bundle: Path, cid: str, sandbox_cpus: list)
     return t1 - t0, t3 - t2, c1 - c0, c2 - c1
 
 
+class Floor:
+    """The least that any kata-runtime of this design can take, on this host, from create to the
+    first byte of ``echo`` in a process sandbox, measured in the same rounds as the runtimes: the
+    processes that must run one after another, each doing only what it cannot skip.
+
+    1. the ``create`` command's interpreter (``python -S``, the launchers' start; nothing imported);
+    2. the agent's interpreter importing what it needs before it can answer the first request:
+       asyncio (the design's event loop) and katapb.agent_pb2 (the requests' protobuf messages);
+    3. ``runc create`` of the bundle (the agent runs containers with runc);
+    4. the ``start`` command's interpreter (the caller runs ``start`` once ``create`` returned);
+    5. ``runc start``, then the clock stops at the first byte.
+
+    Left out, all of it real work that lies on the path too: kata-proxy and kata-shim (each starts
+    beside the agent or beside ``start``), the configuration, the state files, the gRPC round trips
+    through kata-proxy, the sandbox's namespaces and mounts, the agent's own modules."""
+
+    name = "floor"
+    AGENT_IMPORTS = "asyncio, katapb.agent_pb2"
+
+    def __init__(self, root: Path, agent_imports: str = AGENT_IMPORTS):
+        """``agent_imports``: the modules the agent's interpreter imports, comma-separated."""
+        self.root = root
+        self.agent_imports = agent_imports
+        self.python = [sys.executable, "-S", "-c"]
+        paths = [str(REPO), str(REPO / "proto"), *site.getsitepackages()]
+        self.agent = f"import sys; sys.path.extend({paths!r}); import {agent_imports}"
+        self.runc = ["runc", "--root", str(root)]
+
+    def start_to_first_byte(self, bundle: Path, cid: str) -> float:
+        """Seconds from the first interpreter's start to the first byte (the container deleted after)."""
+        r, w = os.pipe()
+        try:
+            t0 = time.perf_counter()
+            for argv, out in (([*self.python, "pass"], None), ([*self.python, self.agent], None),
+                              ([*self.runc, "create", "--bundle", str(bundle), cid], w),
+                              ([*self.python, "pass"], None), ([*self.runc, "start", cid], None)):
+                if run_waited(argv, stdin=subprocess.DEVNULL, stdout=out).returncode != 0:
+                    raise RuntimeError(f"floor: {argv[:3]} failed")
+            os.close(w)
+            w = -1
+            select.select([r], [], [], 60)
+            first = os.read(r, 1)
+            t1 = time.perf_counter()
+            if not first:
+                raise RuntimeError("floor: no output from the container")
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+            subprocess.run([*self.runc, "delete", "--force", cid], capture_output=True)
+        return t1 - t0
+
+
 def timed_call(rt: Runtime, args: list[str]) -> tuple[float, float]:
     """(wall, CPU) seconds of one call of a command."""
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -241,6 +300,8 @@ def parse_args(argv):
     ap.add_argument("--image-cache-dir", metavar="DIR",
                     help="qemu: the guest image cache ([hypervisor.qemu] image_cache_dir; `kata-runtime image "
                          "build --cache-dir DIR` first)")
+    ap.add_argument("--floor-imports", metavar="MODULES", default=Floor.AGENT_IMPORTS,
+                    help="what the floor's agent interpreter imports, comma-separated (default: %(default)s)")
     ap.add_argument("--vm-cache", action="store_true",
                     help="also run kata-runtime with the VM cache ([factory] vm_cache_number = 1, a "
                          "`factory init` server), interleaved; each create waits, untimed, until the "
@@ -319,6 +380,9 @@ def measure_starts(rts: list[Runtime], bundle: Path, tag: str, rounds: int) -> t
     sandbox_cpus = {rt.name: [] for rt in rts}
     for i in range(rounds):
         for rt in rts[i % len(rts):] + rts[:i % len(rts)]:
+            if isinstance(rt, Floor):
+                starts[rt.name].append(rt.start_to_first_byte(bundle, f"sb-{tag}-f{i}"))
+                continue
             s, d, create_cpu, start_cpu = start_to_first_byte(rt, bundle, f"sb-{tag}-{rt.name[0]}{i}",
                                                               sandbox_cpus[rt.name])
             starts[rt.name].append(s)
@@ -343,25 +407,31 @@ def load() -> str:
 
 
 def report(rounds: int, starts: dict, deletes: dict, cpus: dict, state: dict, memory: dict,
-           loads: tuple[str, str], sandbox_cpus: dict | None = None) -> None:
+           loads: tuple[str, str], sandbox_cpus: dict | None = None,
+           floor_imports: str = Floor.AGENT_IMPORTS) -> None:
     """The table (a column per runtime, ratios to runc), the sandbox processes' CPU, memory, and
     the RESULT line."""
     names = list(starts)
     others = [n for n in names if n != "runc"]
     med = {k: statistics.median(v) for k, v in starts.items()}
-    dmed = {k: statistics.median(v) for k, v in deletes.items()}
+    dmed = {k: statistics.median(v) for k, v in deletes.items() if v}
     rows = [("create+start -> first byte, median", med), ("create+start -> first byte, p90",
                                                          {k: p90(v) for k, v in starts.items()}),
-            ("create CPU, median", {k: statistics.median(c for c, _ in v) for k, v in cpus.items()}),
-            ("start CPU, median", {k: statistics.median(c for _, c in v) for k, v in cpus.items()}),
+            ("create CPU, median", {k: statistics.median(c for c, _ in v) for k, v in cpus.items() if v}),
+            ("start CPU, median", {k: statistics.median(c for _, c in v) for k, v in cpus.items() if v}),
             ("delete (after exit), median", dmed), ("state, median wall", {k: v[0] for k, v in state.items()}),
             ("state, median CPU", {k: v[1] for k, v in state.items()})]
     print(f"container start, {rounds} rounds, interleaved (ms); load average {loads[0]} at the start, {loads[1]} "
           f"at the end")
     print(f"{'':42s}" + "".join(f"{n:>14s}" for n in names) + "".join(f"{n + '/runc':>20s}" for n in others))
     for label, values in rows:
-        print(f"{label:42s}" + "".join(f"{ms(values[n]):>14s}" for n in names)
-              + "".join(f"{values[n] / max(values['runc'], 1e-9):20.2f}" for n in others))
+        print(f"{label:42s}" + "".join(f"{ms(values[n]) if n in values else '-':>14s}" for n in names)
+              + "".join(f"{values[n] / max(values['runc'], 1e-9):20.2f}" if n in values else f"{'-':>20s}"
+                        for n in others))
+    if "floor" in med:
+        print(f"\nfloor: the interpreters that must start one after another (create; the agent importing "
+              f"{floor_imports}; start) and runc create + start, nothing else (Floor); "
+              f"kata-runtime/floor {med['kata-runtime'] / med['floor']:.2f}")
     lines = sandbox_cpu_lines(sandbox_cpus or {})
     if lines:
         print()
@@ -375,6 +445,8 @@ def report(rounds: int, starts: dict, deletes: dict, cpus: dict, state: dict, me
     k = "kata-runtime"
     base = (f" base_start_ms={med['baseline'] * 1000:.1f} base_delete_ms={dmed['baseline'] * 1000:.1f} "
             f"base_state_ms={state['baseline'][0] * 1000:.1f}") if "baseline" in med else ""
+    if "floor" in med:
+        base += f" floor_start_ms={med['floor'] * 1000:.1f} floor_start_ratio={med['floor'] / med['runc']:.2f}"
     if "vmcache" in med:
         base += f" vmcache_start_ms={med['vmcache'] * 1000:.1f} vmcache_start_ratio={med['vmcache'] / med['runc']:.2f}"
     print(f"RESULT start_ms={med[k] * 1000:.1f} runc_start_ms={med['runc'] * 1000:.1f} "
@@ -412,6 +484,8 @@ def main(argv=None) -> int:
     config.write_text(config_text(args))
     cache = VMCache(tmp, config_text(args)) if args.vm_cache else None
     rts = runtimes(tmp, config, args.baseline.resolve() if args.baseline else None, cache)
+    if args.hypervisor == "process":
+        rts.append(Floor(tmp / "floor", args.floor_imports))
     bundle = make_bundle(tmp / "bundle")
     tag = uuid.uuid4().hex[:8]
     live = []
@@ -420,6 +494,8 @@ def main(argv=None) -> int:
         starts, deletes, cpus, sandbox_cpus = measure_starts(rts, bundle, tag, rounds)
         set_process(bundle, args=["sleep", "1000"])
         for rt in rts:
+            if isinstance(rt, Floor):
+                continue
             cid = f"sb-{tag}-{rt.name[0]}-state"
             rt.run("create", "--bundle", str(bundle), cid)
             live.append((rt, cid))
@@ -434,7 +510,7 @@ def main(argv=None) -> int:
         if cache is not None:
             cache.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    report(rounds, starts, deletes, cpus, state, memory, tuple(loads), sandbox_cpus)
+    report(rounds, starts, deletes, cpus, state, memory, tuple(loads), sandbox_cpus, args.floor_imports)
     return 0
 
 

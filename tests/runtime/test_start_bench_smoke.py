@@ -15,6 +15,9 @@ def test_start_bench_smoke():
     for key in ("start_ratio", "delete_ratio", "state_ratio"):
         assert float(run.result[key]) > 0
     assert int(run.result["uss_kib"]) > 0
+    # the floor ran its own chain of interpreters and runc to the first byte
+    assert float(run.result["floor_start_ratio"]) > 0
+    assert "kata-runtime/floor" in run.stdout
     assert "create+start -> first byte" in run.stdout
     # the agent and kata-proxy live until the delete, so their CPU by the first byte is read
     cpu = run.stdout.split("CPU of the sandbox's processes by the first byte", 1)[1].splitlines()[1]
