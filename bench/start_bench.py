@@ -18,8 +18,9 @@ Everything real, as a caller (containerd-shim) drives a runtime: subprocesses of
 - the floor (process sandbox): the same clock over only the processes that must run one after
   another on any kata-runtime of this design, doing nothing but start (the create's and the
   start's interpreters, the agent's interpreter importing asyncio and its protobuf messages, or
-  ``--floor-imports``) and ``runc create`` + ``runc start`` (see Floor). ``floor/runc`` is the
-  least ratio this design can reach here; ``kata-runtime/floor`` what all of its work adds.
+  ``--floor-imports``) and ``runc create`` + ``runc start`` (see Floor); for ``state``, the
+  interpreter's start alone. ``floor/runc`` is the least ratio this design can reach here
+  uncached; ``kata-runtime/floor`` what all of its work adds.
 - memory: USS (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of what one sandbox
   keeps on the host: kata-agent, kata-proxy and one kata-shim (and the process sandbox's
   ``unshare``, shown apart).
@@ -38,6 +39,7 @@ Targets (issue 12): create+start <= 5x runc (stretch 3x), state <= 3x runc. Neve
 The last line is machine-readable:
 
     RESULT start_ms=.. runc_start_ms=.. start_ratio=.. delete_ms=.. ... uss_kib=.. [base_start_ms=..]
+           [floor_start_ms=.. floor_start_ratio=.. floor_imports=a,b.c floor_state_ms=.. floor_state_ratio=..] [vmcache_start_ms=.. vmcache_start_ratio=..]
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ import os
 import resource
 import select
 import shutil
-import site
 import statistics
 import subprocess
 import sys
@@ -86,7 +87,8 @@ class Runtime:
         self.env = env
         #: kata-runtime's --root (its state files: where the sandbox's processes are found), else None.
         self.root = root
-        #: Called before each measured create, not timed (the VM cache: wait until it holds a sandbox).
+        #: Called before each measured create and after its delete, not timed (the VM cache: wait
+        #: until it holds a sandbox again).
         self.ready = ready or (lambda: None)
 
     def run(self, *args, **kw) -> subprocess.CompletedProcess:
@@ -160,6 +162,7 @@ def start_to_first_byte(rt: Runtime, bundle: Path, cid: str, sandbox_cpus: list)
         t2 = time.perf_counter()
         rt.run("delete", cid)
         t3 = time.perf_counter()
+        rt.ready()  # the VM cache's refill done here, not during the next runtime's measurement
     finally:
         os.close(r)
         if w >= 0:
@@ -168,63 +171,120 @@ def start_to_first_byte(rt: Runtime, bundle: Path, cid: str, sandbox_cpus: list)
 
 
 class Floor:
-    """The least that any kata-runtime of this design can take, on this host, from create to the
+    """The least that a kata-runtime of this design can take here, uncached, from ``create`` to the
     first byte of ``echo`` in a process sandbox, measured in the same rounds as the runtimes: the
-    processes that must run one after another, each doing only what it cannot skip.
+    processes that must run one after another when the create spawns the agent (no VM cache) and
+    the agent serves through asyncio from its first request, each doing only what it cannot skip.
 
     1. the ``create`` command's interpreter (``python -S``, the launchers' start; nothing imported);
     2. the agent's interpreter importing what it needs before it can answer the first request:
-       asyncio (the design's event loop) and katapb.agent_pb2 (the requests' protobuf messages);
-    3. ``runc create`` of the bundle (the agent runs containers with runc);
+       asyncio (the design's event loop) and katapb.agent_pb2 (the requests' protobuf messages),
+       with the cycle collector off as the agent has it; the clock goes on when it says so on a
+       pipe (it then waits, as an agent does, and exits after the first byte, off the clock);
+    3. ``runc create`` of the bundle (the agent runs containers with runc; ``create`` returns
+       once the container is created, so that its errors are its own, as runc's);
     4. the ``start`` command's interpreter (the caller runs ``start`` once ``create`` returned);
     5. ``runc start``, then the clock stops at the first byte.
 
     Left out, all of it real work that lies on the path too: kata-proxy and kata-shim (each starts
-    beside the agent or beside ``start``), the configuration, the state files, the gRPC round trips
-    through kata-proxy, the sandbox's namespaces and mounts, the agent's own modules."""
+    beside the agent or beside ``start``), ``unshare``, the configuration, the state files, the
+    gRPC round trips through kata-proxy, the sandbox's mounts, uvloop and the agent's own modules.
+
+    The floor of ``state`` (:meth:`interpreter`) is the interpreter that a kata-runtime command
+    starts, alone: reading and printing the state is left out."""
 
     name = "floor"
     AGENT_IMPORTS = "asyncio, katapb.agent_pb2"
 
     def __init__(self, root: Path, agent_imports: str = AGENT_IMPORTS):
         """``agent_imports``: the modules the agent's interpreter imports, comma-separated."""
+        self.agent_imports = module_list(agent_imports)
         self.root = root
-        self.agent_imports = agent_imports
         self.python = [sys.executable, "-S", "-c"]
-        paths = [str(REPO), str(REPO / "proto"), *site.getsitepackages()]
-        self.agent = f"import sys; sys.path.extend({paths!r}); import {agent_imports}"
+        # what this interpreter finds (the venv's site-packages, the project's paths): as a launcher's
+        self.path = [p for p in sys.path if p]
         self.runc = ["runc", "--root", str(root)]
 
+    def agent_code(self, ready_fd: int) -> str:
+        return (f"import gc; gc.disable(); import sys; sys.path.extend({self.path!r}); "
+                f"import {self.agent_imports}; import os; os.write({ready_fd}, b'R'); "
+                "os.read(0, 1)")
+
     def start_to_first_byte(self, bundle: Path, cid: str) -> float:
-        """Seconds from the first interpreter's start to the first byte (the container deleted after)."""
-        r, w = os.pipe()
-        try:
-            t0 = time.perf_counter()
-            for argv, out in (([*self.python, "pass"], None), ([*self.python, self.agent], None),
-                              ([*self.runc, "create", "--bundle", str(bundle), cid], w),
-                              ([*self.python, "pass"], None), ([*self.runc, "start", cid], None)):
-                if run_waited(argv, stdin=subprocess.DEVNULL, stdout=out).returncode != 0:
-                    raise RuntimeError(f"floor: {argv[:3]} failed")
-            os.close(w)
-            w = -1
-            select.select([r], [], [], 60)
-            first = os.read(r, 1)
-            t1 = time.perf_counter()
-            if not first:
-                raise RuntimeError("floor: no output from the container")
-        finally:
-            os.close(r)
-            if w >= 0:
-                os.close(w)
-            subprocess.run([*self.runc, "delete", "--force", cid], capture_output=True)
+        """Seconds from the first interpreter's start to the first byte (the container deleted
+        after). Raises RuntimeError naming the step that failed, with its exit status and stderr."""
+        out_r, out_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        agent = None
+        with tempfile.TemporaryFile() as err:
+            def step(what: str, argv: list[str], stdout=None) -> None:
+                rc = run_waited(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err).returncode
+                if rc != 0:
+                    self._fail(f"{what} exited {rc}", err)
+            try:
+                t0 = time.perf_counter()
+                step("the create's interpreter", [*self.python, "pass"])
+                agent = subprocess.Popen([*self.python, self.agent_code(ready_w)], stdin=subprocess.PIPE,
+                                         stderr=err, pass_fds=(ready_w,))
+                os.close(ready_w)
+                ready_w = -1
+                if not select.select([ready_r], [], [], RUN_TIMEOUT)[0] or os.read(ready_r, 1) != b"R":
+                    self._fail("the agent's interpreter ended or hung before its imports were done", err)
+                step("runc create", [*self.runc, "create", "--bundle", str(bundle), cid], stdout=out_w)
+                os.close(out_w)
+                out_w = -1
+                step("the start's interpreter", [*self.python, "pass"])
+                step("runc start", [*self.runc, "start", cid])
+                select.select([out_r], [], [], 60)
+                first = os.read(out_r, 1)
+                t1 = time.perf_counter()
+                if not first:
+                    raise RuntimeError("floor: no output from the container")
+            finally:
+                for fd in (out_r, out_w, ready_r, ready_w):
+                    if fd >= 0:
+                        os.close(fd)
+                if agent is not None:
+                    agent.stdin.close()
+                    try:
+                        agent.wait(RUN_TIMEOUT)
+                    except subprocess.TimeoutExpired:
+                        agent.kill()
+                        agent.wait()
+                run_waited([*self.runc, "delete", "--force", cid], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return t1 - t0
+
+    def interpreter(self) -> None:
+        """Run ``python -S -c pass`` (a command's interpreter start and exit); RuntimeError if it fails."""
+        rc = run_waited([*self.python, "pass"], stdin=subprocess.DEVNULL).returncode
+        if rc != 0:
+            raise RuntimeError(f"floor: python -S -c pass exited {rc}")
+
+    @staticmethod
+    def _fail(what: str, err) -> None:
+        err.seek(0)
+        raise RuntimeError(f"floor: {what}: {err.read()[-500:]!r}")
+
+
+def module_list(text: str) -> str:
+    """``text`` as ``a, b.c`` if it is a comma-separated list of dotted module names, else
+    argparse.ArgumentTypeError."""
+    names = [m.strip() for m in text.split(",")]
+    if not all(part.isidentifier() for m in names for part in m.split(".")):
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of modules: {text!r}")
+    return ", ".join(names)
 
 
 def timed_call(rt: Runtime, args: list[str]) -> tuple[float, float]:
     """(wall, CPU) seconds of one call of a command."""
+    return timed(lambda: rt.run(*args))
+
+
+def timed(call) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``call()``; the CPU is that of the processes it waited for."""
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    rt.run(*args)
+    call()
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
@@ -300,8 +360,9 @@ def parse_args(argv):
     ap.add_argument("--image-cache-dir", metavar="DIR",
                     help="qemu: the guest image cache ([hypervisor.qemu] image_cache_dir; `kata-runtime image "
                          "build --cache-dir DIR` first)")
-    ap.add_argument("--floor-imports", metavar="MODULES", default=Floor.AGENT_IMPORTS,
-                    help="what the floor's agent interpreter imports, comma-separated (default: %(default)s)")
+    ap.add_argument("--floor-imports", metavar="MODULES", default=Floor.AGENT_IMPORTS, type=module_list,
+                    help="process sandbox: what the floor's agent interpreter imports, comma-separated "
+                         "(default: %(default)s)")
     ap.add_argument("--vm-cache", action="store_true",
                     help="also run kata-runtime with the VM cache ([factory] vm_cache_number = 1, a "
                          "`factory init` server), interleaved; each create waits, untimed, until the "
@@ -398,7 +459,7 @@ def measure_state(live: list, calls: int) -> dict:
     state = {rt.name: [] for rt, _ in live}
     for _ in range(calls):
         for rt, cid in live:
-            state[rt.name].append(timed_call(rt, ["state", cid]))
+            state[rt.name].append(timed(rt.interpreter) if isinstance(rt, Floor) else timed_call(rt, ["state", cid]))
     return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in state.items()}
 
 
@@ -429,9 +490,10 @@ def report(rounds: int, starts: dict, deletes: dict, cpus: dict, state: dict, me
               + "".join(f"{values[n] / max(values['runc'], 1e-9):20.2f}" if n in values else f"{'-':>20s}"
                         for n in others))
     if "floor" in med:
-        print(f"\nfloor: the interpreters that must start one after another (create; the agent importing "
-              f"{floor_imports}; start) and runc create + start, nothing else (Floor); "
-              f"kata-runtime/floor {med['kata-runtime'] / med['floor']:.2f}")
+        print(f"\nfloor (Floor), create+start: the interpreters that must start one after another (create; the "
+              f"agent importing {floor_imports}; start) and runc create + start, nothing else; state: the "
+              f"interpreter alone. kata-runtime/floor: create+start {med['kata-runtime'] / med['floor']:.2f}, "
+              f"state {state['kata-runtime'][0] / state['floor'][0]:.2f}")
     lines = sandbox_cpu_lines(sandbox_cpus or {})
     if lines:
         print()
@@ -446,7 +508,9 @@ def report(rounds: int, starts: dict, deletes: dict, cpus: dict, state: dict, me
     base = (f" base_start_ms={med['baseline'] * 1000:.1f} base_delete_ms={dmed['baseline'] * 1000:.1f} "
             f"base_state_ms={state['baseline'][0] * 1000:.1f}") if "baseline" in med else ""
     if "floor" in med:
-        base += f" floor_start_ms={med['floor'] * 1000:.1f} floor_start_ratio={med['floor'] / med['runc']:.2f}"
+        base += (f" floor_start_ms={med['floor'] * 1000:.1f} floor_start_ratio={med['floor'] / med['runc']:.2f}"
+                 f" floor_imports={floor_imports.replace(' ', '')} floor_state_ms={state['floor'][0] * 1000:.1f}"
+                 f" floor_state_ratio={state['floor'][0] / state['runc'][0]:.2f}")
     if "vmcache" in med:
         base += f" vmcache_start_ms={med['vmcache'] * 1000:.1f} vmcache_start_ratio={med['vmcache'] / med['runc']:.2f}"
     print(f"RESULT start_ms={med[k] * 1000:.1f} runc_start_ms={med['runc'] * 1000:.1f} "
@@ -495,6 +559,7 @@ def main(argv=None) -> int:
         set_process(bundle, args=["sleep", "1000"])
         for rt in rts:
             if isinstance(rt, Floor):
+                live.append((rt, None))
                 continue
             cid = f"sb-{tag}-{rt.name[0]}-state"
             rt.run("create", "--bundle", str(bundle), cid)
@@ -506,7 +571,8 @@ def main(argv=None) -> int:
         loads.append(load())
     finally:
         for rt, cid in live:
-            subprocess.run([*rt.prefix, "delete", "--force", cid], capture_output=True, env=rt.env)
+            if cid is not None:
+                subprocess.run([*rt.prefix, "delete", "--force", cid], capture_output=True, env=rt.env)
         if cache is not None:
             cache.stop()
         shutil.rmtree(tmp, ignore_errors=True)
