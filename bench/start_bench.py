@@ -39,7 +39,8 @@ Targets (issue 12): create+start <= 5x runc (stretch 3x), state <= 3x runc. Neve
 The last line is machine-readable:
 
     RESULT start_ms=.. runc_start_ms=.. start_ratio=.. delete_ms=.. ... uss_kib=.. [base_start_ms=..]
-           [floor_start_ms=.. floor_start_ratio=.. floor_imports=a,b.c floor_state_ms=.. floor_state_ratio=..] [vmcache_start_ms=.. vmcache_start_ratio=..]
+           [floor_start_ms=.. floor_start_ratio=.. floor_imports=a,b.c floor_state_ms=.. floor_state_ratio=..]
+           [vmcache_start_ms=.. vmcache_start_ratio=..]
 """
 
 from __future__ import annotations
@@ -197,8 +198,9 @@ class Floor:
     AGENT_IMPORTS = "asyncio, katapb.agent_pb2"
 
     def __init__(self, root: Path, agent_imports: str = AGENT_IMPORTS):
-        """``agent_imports``: the modules the agent's interpreter imports, comma-separated."""
-        self.agent_imports = module_list(agent_imports)
+        """``agent_imports``: the modules the agent's interpreter imports (``a, b.c``: as
+        :func:`module_list` returns them)."""
+        self.agent_imports = agent_imports
         self.root = root
         self.python = [sys.executable, "-S", "-c"]
         # what this interpreter finds (the venv's site-packages, the project's paths): as a launcher's
@@ -217,24 +219,20 @@ class Floor:
         ready_r, ready_w = os.pipe()
         agent = None
         with tempfile.TemporaryFile() as err:
-            def step(what: str, argv: list[str], stdout=None) -> None:
-                rc = run_waited(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err).returncode
-                if rc != 0:
-                    self._fail(f"{what} exited {rc}", err)
             try:
                 t0 = time.perf_counter()
-                step("the create's interpreter", [*self.python, "pass"])
+                self.interpreter(err)  # the create's
                 agent = subprocess.Popen([*self.python, self.agent_code(ready_w)], stdin=subprocess.PIPE,
                                          stderr=err, pass_fds=(ready_w,))
                 os.close(ready_w)
                 ready_w = -1
                 if not select.select([ready_r], [], [], RUN_TIMEOUT)[0] or os.read(ready_r, 1) != b"R":
                     self._fail("the agent's interpreter ended or hung before its imports were done", err)
-                step("runc create", [*self.runc, "create", "--bundle", str(bundle), cid], stdout=out_w)
+                self._step("runc create", [*self.runc, "create", "--bundle", str(bundle), cid], err, stdout=out_w)
                 os.close(out_w)
                 out_w = -1
-                step("the start's interpreter", [*self.python, "pass"])
-                step("runc start", [*self.runc, "start", cid])
+                self.interpreter(err)  # the start's
+                self._step("runc start", [*self.runc, "start", cid], err)
                 select.select([out_r], [], [], 60)
                 first = os.read(out_r, 1)
                 t1 = time.perf_counter()
@@ -254,16 +252,24 @@ class Floor:
                 run_waited([*self.runc, "delete", "--force", cid], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return t1 - t0
 
-    def interpreter(self) -> None:
-        """Run ``python -S -c pass`` (a command's interpreter start and exit); RuntimeError if it fails."""
-        rc = run_waited([*self.python, "pass"], stdin=subprocess.DEVNULL).returncode
+    def interpreter(self, err=None) -> None:
+        """Run ``python -S -c pass`` (a command's interpreter start and exit); see :meth:`_step`."""
+        self._step("python -S -c pass", [*self.python, "pass"], err)
+
+    def _step(self, what: str, argv: list[str], err, stdout=None) -> None:
+        """Run ``argv``, its stderr into ``err`` (a file, or None: ours); RuntimeError naming
+        ``what``, its exit status and what ``err`` holds, unless it exits 0."""
+        rc = run_waited(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err).returncode
         if rc != 0:
-            raise RuntimeError(f"floor: python -S -c pass exited {rc}")
+            self._fail(f"{what} exited {rc}", err)
 
     @staticmethod
     def _fail(what: str, err) -> None:
-        err.seek(0)
-        raise RuntimeError(f"floor: {what}: {err.read()[-500:]!r}")
+        tail = b""
+        if err is not None:
+            err.seek(0)
+            tail = err.read()[-500:]
+        raise RuntimeError(f"floor: {what}: {tail!r}")
 
 
 def module_list(text: str) -> str:

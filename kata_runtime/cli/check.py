@@ -85,19 +85,23 @@ def check_executable(name: str, program: str, required: bool = True) -> Item:
 
 
 def check_component(name: str, configured_path: str, script: str, module: str) -> Item:
-    """A kata-py component (kata-proxy, kata-shim, kata-agent) can be started the way the runtime starts it.
+    """A kata-py component (kata-proxy, kata-shim) can be started the way the runtime starts it.
 
     The runtime runs the configured path, else `script` beside this Python,
     else `python -m module` (kata_runtime.procs.component_command).
     """
     from kata_runtime.procs import component_command
-    argv = component_command(configured_path, script, module)
-    if argv[1:2] == ["-m"]:
-        return _module_item(name, argv[0], module)
-    item = check_executable(name, argv[0])
+    item = _argv_item(name, component_command(configured_path, script, module), module)
     if item.ok and configured_path:
         item.detail += " (configured)"
     return item
+
+
+def _argv_item(name: str, argv: list[str], module: str) -> Item:
+    """The component's argv prefix can run: ``python -m module`` importable, or the program found."""
+    if argv[1:2] == ["-m"]:
+        return _module_item(name, argv[0], module)
+    return check_executable(name, argv[0])
 
 
 def _module_item(name: str, python: str, module: str) -> Item:
@@ -120,13 +124,12 @@ def _module_item(name: str, python: str, module: str) -> Item:
 
 
 def check_agent(hypervisor: str, process_settings: dict, qemu_settings: dict) -> Item:
-    """kata-agent: on the host for the process sandbox (`python -m kata_agent` with a configured
-    Python, else the kata-agent script beside this one, as ProcessSandbox.agent_command), in the
-    guest image for QEMU."""
+    """kata-agent: on the host for the process sandbox (what the driver runs:
+    hypervisor.process.agent_command), in the guest image for QEMU."""
     if hypervisor == "process":
-        if process_settings.get("path"):
-            return _module_item("kata-agent", process_settings["path"], "kata_agent")
-        return check_component("kata-agent", "", "kata-agent", "kata_agent")
+        from kata_runtime.hypervisor.process import agent_command
+
+        return _argv_item("kata-agent", agent_command(process_settings.get("path") or None), "kata_agent")
     image = qemu_settings.get("image")
     return Item("kata-agent", True, f"runs in the guest image {image}" if image
                 else "runs in the guest image", required=False)

@@ -77,6 +77,15 @@ READY_TIMEOUT = 60.0
 UNIX_PATH_MAX = 107
 
 
+def agent_command(python: str | None) -> list[str]:
+    """The process sandbox's agent argv prefix: ``python -m kata_agent`` for a configured Python
+    ([hypervisor.process] path), else as procs.component_command finds kata-agent (the script
+    beside this interpreter). `kata-runtime check` asks the same."""
+    if python:
+        return [python, "-m", "kata_agent"]
+    return component_command("", "kata-agent", "kata_agent")
+
+
 class ProcessSandbox(Hypervisor):
     """kata-agent on the host in new mount/pid/uts/ipc namespaces (no VM isolation)."""
 
@@ -155,11 +164,8 @@ class ProcessSandbox(Hypervisor):
         return agent and os.fsencode(self.shared_dir) in args
 
     def agent_command(self) -> list[str]:
-        """The agent's argv prefix: ``python -m kata_agent`` for a configured Python, else as
-        procs.component_command finds kata-agent (the script beside this interpreter)."""
-        if self.python:
-            return [self.python, "-m", "kata_agent"]
-        return component_command("", "kata-agent", "kata_agent")
+        """The agent's argv prefix for this sandbox's configured Python (:func:`agent_command`)."""
+        return agent_command(self.python)
 
     def attach_network(self, pod_network) -> None:
         """Join the pod's network namespace (a kata_runtime.network.PodNetwork, model tcfilter):

@@ -18,9 +18,8 @@ SCRIPTS = ("kata-runtime", "kata-proxy", "kata-shim", "kata-agent")
 @pytest.fixture(scope="module")
 def bin_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("bin")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, str(REPO / "tools" / "launchers.py"), "--bin-dir", str(path)],
-                   check=True, cwd="/", env=env, stdout=subprocess.DEVNULL)
+                   check=True, cwd="/", env=_env(), stdout=subprocess.DEVNULL)
     return path
 
 
