@@ -496,8 +496,9 @@ def report(rounds: int, starts: dict, deletes: dict, cpus: dict, state: dict, me
               + "".join(f"{values[n] / max(values['runc'], 1e-9):20.2f}" if n in values else f"{'-':>20s}"
                         for n in others))
     if "floor" in med:
-        print(f"\nfloor (Floor), create+start: the interpreters that must start one after another (create; the "
-              f"agent importing {floor_imports}; start) and runc create + start, nothing else; state: the "
+        print(f"\nfloor (see Floor in bench/start_bench.py), create+start: the interpreters that must start one "
+              f"after another (create; the agent importing {floor_imports}; start) and runc create + start, "
+              f"nothing else; state: the "
               f"interpreter alone. kata-runtime/floor: create+start {med['kata-runtime'] / med['floor']:.2f}, "
               f"state {state['kata-runtime'][0] / state['floor'][0]:.2f}")
     lines = sandbox_cpu_lines(sandbox_cpus or {})
